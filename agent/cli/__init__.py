@@ -1,0 +1,1 @@
+"""The `trainguard` command line: one module per command group, registered in `main`."""

@@ -1,0 +1,164 @@
+"""`trainguard` entry point: argparse root, global flags, one error handler, exit codes.
+
+Exit codes (DESIGN "CLI contract"): 0 clean, 1 findings or denied, 2 usage or config error,
+3 internal. Data goes to stdout, logs and diagnostics to stderr; tracebacks only with -v.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from trainguard.agent.cli.context import Context, OutputFormat
+from trainguard.core.errors import EXIT_INTERNAL, EXIT_USAGE, TrainguardError
+from trainguard.core.home import Home
+
+# One module per command group, in help order. Each defines
+# `register(subparsers) -> None`; every sub-parser sets `func(args, ctx) -> int`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "init",
+    "seal",
+    "key",
+    "sign",
+    "pki",
+    "user",
+    "login",
+    "authz",
+    "policy",
+    "agent_cmd",
+    "check",
+    "deps",
+    "scan",
+    "audit",
+    "hooks",
+    "anomaly",
+    "robust",
+    "train",
+    "demo",
+)
+
+log = logging.getLogger("trainguard")
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """Flags accepted both before and after the sub-command (`trainguard --home X key list`
+    and `trainguard key list --home X`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="trainguard home directory (default: $TRAINGUARD_HOME or ~/.trainguard)",
+    )
+    p.add_argument(
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        default=argparse.SUPPRESS,
+        help="output format on stdout (default: text)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logging on stderr; tracebacks on errors",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_flags()
+    parser = argparse.ArgumentParser(
+        prog="trainguard",
+        description="Security and compliance for GPU training clusters.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Every sub-parser created through `sub` inherits the global flags.
+    original = sub.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        parents = list(kwargs.pop("parents", []))  # type: ignore[call-overload]
+        p = original(name, parents=[common, *parents], **kwargs)  # type: ignore[arg-type]
+        _propagate(p, common)
+        return p
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    for name in COMMAND_MODULES:
+        qualified = f"trainguard.agent.cli.{name}"
+        try:
+            module = importlib.import_module(qualified)
+        except ModuleNotFoundError as exc:
+            if exc.name != qualified:
+                raise
+            continue  # command group not built in this version; `trainguard --help` omits it
+        module.register(sub)
+    return parser
+
+
+def _propagate(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Make nested sub-parsers (`key rotate`) accept the global flags too."""
+    for action in parser._actions:  # argparse has no public API for this walk
+        if isinstance(action, argparse._SubParsersAction):
+            original = action.add_parser
+
+            def add_parser(
+                name: str, _orig=original, **kwargs: object
+            ) -> argparse.ArgumentParser:
+                parents = list(kwargs.pop("parents", []))  # type: ignore[call-overload]
+                p = _orig(name, parents=[common, *parents], **kwargs)
+                _propagate(p, common)
+                return p
+
+            action.add_parser = add_parser  # type: ignore[method-assign]
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", 0) or 0
+    _configure_logging(verbose)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    ctx = Context(
+        home=Home.resolve(getattr(args, "home", None), dict(os.environ)),
+        format=OutputFormat(getattr(args, "format", None) or "text"),
+        verbose=verbose,
+        environ=dict(os.environ),
+    )
+    try:
+        code = args.func(args, ctx)
+        return int(code or 0)
+    except TrainguardError as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(exc.diagnostics(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 3
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"error: internal error: {type(exc).__name__}: {exc}\n"
+            "Tip: re-run with -v for a traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

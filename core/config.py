@@ -54,7 +54,7 @@ _KNOWN_SECTIONS: dict[str, str] = {
     "crypto": "trainguard.crypto.config:CryptoConfig",
     "policy": "trainguard.policy.config:PolicyConfig",
     "agent": "trainguard.agent.config:AgentConfig",
-    "checks": "trainguard.agent.config:ChecksConfig",
+    "checks": "trainguard.agent.checks.config:ChecksConfig",
     "hooks": "trainguard.agent.config:HooksConfig",
     "anomaly": "trainguard.anomaly.config:AnomalyConfig",
 }

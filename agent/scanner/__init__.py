@@ -1,0 +1,1 @@
+"""Static scanner for model and pickle files: never executes what it reads."""

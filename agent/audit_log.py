@@ -1,0 +1,579 @@
+"""The hash-chained audit log: SQLite in WAL mode with synchronous=FULL, signed checkpoints.
+
+Format (version 1). One table ``entries``; each row holds seq (1, 2, ...), time (float seconds),
+node, actor, kind, data (canonical JSON text), prev_hash and hash (32-byte SHA-256)::
+
+    header = canonical JSON of [seq, time, node, actor, kind]
+    hash   = SHA-256(prev_hash || header || "\\n" || data)
+
+The first entry's prev_hash is 32 zero bytes. Every `checkpoint_every` entries or
+`checkpoint_seconds` seconds a checkpoint entry (kind ``audit.checkpoint``) is appended; its data
+holds the seq and hash of the entry just before it plus an Ed25519 signature by the node key over
+canonical JSON ``{"hash", "node", "seq", "v": 1}``. A checkpoint is itself chained, so removing
+one breaks the chain. Anyone who keeps a checkpoint (the report does) can later show that the
+log was rolled back: that seq/hash is no longer in it.
+
+One writer at a time: every append runs inside ``BEGIN IMMEDIATE`` and reads the chain tail inside
+that transaction, so the agent and an embedded CLI log never fork the chain. An append returns
+only after the commit (synchronous=FULL), so an acknowledged entry survives ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainguard.core.errors import IntegrityError
+from trainguard.crypto.errors import BadSignature
+from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
+
+__all__ = [
+    "CHECKPOINT_KIND",
+    "AuditEntry",
+    "AuditLog",
+    "AuditTampered",
+    "Checkpoint",
+    "VerifyReport",
+    "verify_entries",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHECKPOINT_KIND = "audit.checkpoint"
+GENESIS = bytes(32)
+_BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    node TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_kind ON entries(kind, seq);
+CREATE INDEX IF NOT EXISTS entries_time ON entries(time);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class AuditTampered(IntegrityError):
+    """The audit log's chain, a checkpoint signature or a saved checkpoint does not match."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(
+            f"audit log tampered at entry {seq}: {reason}",
+            tip="treat the log after this entry as untrusted; keep a copy of the file as "
+            "evidence and compare it with the last exported segment",
+        )
+        self.seq = seq
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time: float
+    node: str
+    actor: str
+    kind: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "node": self.node,
+            "actor": self.actor,
+            "kind": self.kind,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement "entry `seq` of `node`'s log has hash `hash`"."""
+
+    node: str
+    seq: int
+    hash: str
+    key_id: str
+    signature: str
+
+    def payload(self) -> bytes:
+        return bytes(canonical_json({"hash": self.hash, "node": self.node, "seq": self.seq, "v": 1}))
+
+    def verify(self, verify_key: VerifyKey) -> None:
+        """Raise `BadSignature` unless the node key signed this checkpoint."""
+        verify_key.verify(bytes.fromhex(self.signature), self.payload(), what="audit checkpoint")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "seq": self.seq,
+            "hash": self.hash,
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Checkpoint:
+        try:
+            return cls(
+                node=str(raw["node"]),
+                seq=int(raw["seq"]),
+                hash=str(raw["hash"]),
+                key_id=str(raw.get("key_id", "")),
+                signature=str(raw["signature"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(
+                "not a trainguard audit checkpoint", tip="pass a file saved by `audit verify`"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    entries: int
+    checkpoints: int
+    first_seq: int
+    last_seq: int
+    last_hash: str
+    last_checkpoint: Checkpoint | None
+    unsigned_tail: int  # entries after the last checkpoint (protected by the chain only)
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entries": self.entries,
+            "checkpoints": self.checkpoints,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "last_checkpoint": self.last_checkpoint.to_dict() if self.last_checkpoint else None,
+            "unsigned_tail": self.unsigned_tail,
+        }
+
+
+def _header(seq: int, t: float, node: str, actor: str, kind: str) -> bytes:
+    return json.dumps(
+        [seq, t, node, actor, kind], separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def entry_hash(
+    prev: bytes, seq: int, t: float, node: str, actor: str, kind: str, data: str
+) -> bytes:
+    """The chain hash of one entry (see the module docstring)."""
+    h = hashlib.sha256(prev)
+    h.update(_header(seq, t, node, actor, kind))
+    h.update(b"\n")
+    h.update(data.encode())
+    return h.digest()
+
+
+Row = tuple[int, float, str, str, str, str, bytes, bytes]
+
+
+def verify_entries(
+    rows: Iterable[Row],
+    verify_key: VerifyKey | None,
+    *,
+    trusted_checkpoint: Checkpoint | None = None,
+    anchor: bytes | None = None,
+) -> VerifyReport:
+    """Check a run of rows (seq order) and its checkpoints; raise `AuditTampered` at the first
+    bad seq. `anchor` is the prev_hash expected for the first row (GENESIS for a full log; None
+    to accept the first row's prev_hash, for an exported segment)."""
+    expected_seq: int | None = None
+    prev: bytes | None = anchor
+    count = checkpoints = 0
+    first_seq = last_seq = 0
+    last_hash = GENESIS
+    last_cp: Checkpoint | None = None
+    trusted_seen = trusted_checkpoint is None
+    sha256 = hashlib.sha256
+    dumps = json.dumps
+    for row in rows:
+        try:
+            seq, t, node, actor, kind, data, prev_hash, stored = row
+        except (TypeError, ValueError) as exc:
+            raise AuditTampered(expected_seq or 1, "malformed entry") from exc
+        if type(prev_hash) is not bytes or type(stored) is not bytes or type(data) is not str:
+            raise AuditTampered(
+                seq if isinstance(seq, int) else expected_seq or 1, "malformed entry"
+            )
+        if expected_seq is None:
+            expected_seq = seq if anchor is None else 1
+            first_seq = seq
+        if seq != expected_seq:
+            raise AuditTampered(expected_seq, "entry missing (deleted or renumbered)")
+        if prev is not None and prev_hash != prev:
+            raise AuditTampered(seq, "prev_hash does not match the previous entry")
+        h = sha256(prev_hash)
+        h.update(
+            dumps([seq, t, node, actor, kind], separators=(",", ":"), ensure_ascii=False).encode()
+        )
+        h.update(b"\n")
+        h.update(data.encode())
+        digest = h.digest()
+        if digest != stored:
+            raise AuditTampered(seq, "entry content does not match its hash (edited or reordered)")
+        if kind == CHECKPOINT_KIND:
+            last_cp = _check_checkpoint(seq, node, data, prev_hash, verify_key)
+            checkpoints += 1
+        if trusted_checkpoint is not None and seq == trusted_checkpoint.seq:
+            if digest.hex() != trusted_checkpoint.hash:
+                raise AuditTampered(seq, "differs from the saved checkpoint (log rewritten)")
+            trusted_seen = True
+        prev = digest
+        last_hash = digest
+        last_seq = seq
+        expected_seq = seq + 1
+        count += 1
+    if not trusted_seen and trusted_checkpoint is not None:
+        if trusted_checkpoint.seq > last_seq:
+            raise AuditTampered(
+                last_seq + 1,
+                f"log ends at entry {last_seq} but a saved checkpoint covers entry "
+                f"{trusted_checkpoint.seq} (rolled back or truncated)",
+            )
+        raise AuditTampered(trusted_checkpoint.seq, "saved checkpoint entry is not in the log")
+    tail = last_seq - (last_cp.seq + 1) if last_cp else count
+    return VerifyReport(
+        count, checkpoints, first_seq, last_seq, last_hash.hex(), last_cp, max(tail, 0)
+    )
+
+
+def _check_checkpoint(
+    seq: int, node: str, data: str, prev_hash: bytes, verify_key: VerifyKey | None
+) -> Checkpoint:
+    try:
+        cp = Checkpoint.from_dict(json.loads(data))
+    except (IntegrityError, ValueError) as exc:
+        raise AuditTampered(seq, "malformed checkpoint") from exc
+    if cp.seq != seq - 1 or cp.hash != prev_hash.hex() or cp.node != node:
+        raise AuditTampered(seq, "checkpoint does not cover the entry before it")
+    if verify_key is not None:
+        try:
+            cp.verify(verify_key)
+        except BadSignature as exc:
+            raise AuditTampered(seq, "checkpoint signature is not valid for the node key") from exc
+    return cp
+
+
+class AuditLog:
+    """The audit log of one node. Thread-safe; several processes may append (one at a time)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        node: str,
+        signer: SigningKey | None,
+        *,
+        clock: Callable[[], float],
+        checkpoint_every: int,
+        checkpoint_seconds: float,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.node = node
+        self._signer = signer
+        self._clock = clock
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(
+        cls,
+        db_path: Path,
+        node: str,
+        signer: SigningKey | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 300.0,
+    ) -> AuditLog:
+        """Open (creating if needed, mode 0600) the log at `db_path`."""
+        db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not db_path.exists():
+            db_path.touch(mode=0o600)
+        conn = sqlite3.connect(
+            str(db_path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (str(FORMAT_VERSION),)
+        )
+        return cls(
+            conn,
+            db_path,
+            node,
+            signer,
+            clock=clock,
+            checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def record(self, kind: str, actor: str, data: Mapping[str, Any]) -> None:
+        """`AuditSink.record`: append and return once durable."""
+        self.append(kind, actor, data)
+
+    def append(self, kind: str, actor: str, data: Mapping[str, Any]) -> int:
+        """Append one entry; returns its seq once committed to disk."""
+        return self.append_many([(kind, actor, data)])[0]
+
+    def append_many(self, events: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[int]:
+        """Append several entries in one transaction (one fsync); returns their seqs."""
+        if not events:
+            return []
+        prepared = [(str(k), str(a), canonical_json(dict(d)).decode()) for k, a, d in events]
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                seq, prev = self._tail()
+                cp_seq, cp_time = self._last_checkpoint_info()
+                seqs: list[int] = []
+                rows: list[Row] = []
+                for kind, actor, data in prepared:
+                    seq += 1
+                    t = self._clock()
+                    digest = entry_hash(prev, seq, t, self.node, actor, kind, data)
+                    rows.append((seq, t, self.node, actor, kind, data, prev, digest))
+                    seqs.append(seq)
+                    prev = digest
+                    if self._checkpoint_due(seq, t, cp_seq, cp_time):
+                        seq, prev = self._checkpoint_row(seq, prev, rows)
+                        cp_seq, cp_time = seq, t
+                conn.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return seqs
+
+    def checkpoint(self, *, force: bool = False) -> Checkpoint | None:
+        """Append a signed checkpoint now if entries are unsigned and one is due (or `force`)."""
+        if self._signer is None:
+            return None
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                seq, prev = self._tail()
+                cp_seq, cp_time = self._last_checkpoint_info()
+                if seq == 0 or cp_seq == seq:
+                    conn.execute("ROLLBACK")
+                    return None
+                t = self._clock()
+                if (
+                    not force
+                    and t - cp_time < self.checkpoint_seconds
+                    and seq - cp_seq < self.checkpoint_every
+                ):
+                    conn.execute("ROLLBACK")
+                    return None
+                rows: list[Row] = []
+                self._checkpoint_row(seq, prev, rows)
+                conn.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return Checkpoint.from_dict(json.loads(rows[0][5]))
+
+    def _tail(self) -> tuple[int, bytes]:
+        row = self._conn.execute(
+            "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+
+    def _last_checkpoint_info(self) -> tuple[int, float]:
+        row = self._conn.execute(
+            "SELECT seq, time FROM entries WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+            (CHECKPOINT_KIND,),
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), float(row[1])
+        first = self._conn.execute("SELECT time FROM entries ORDER BY seq LIMIT 1").fetchone()
+        return 0, float(first[0]) if first else self._clock()
+
+    def _checkpoint_due(self, seq: int, t: float, cp_seq: int, cp_time: float) -> bool:
+        if self._signer is None:
+            return False
+        return seq - cp_seq >= self.checkpoint_every or t - cp_time >= self.checkpoint_seconds
+
+    def _checkpoint_row(self, seq: int, prev: bytes, rows: list[Row]) -> tuple[int, bytes]:
+        assert self._signer is not None
+        unsigned = Checkpoint(self.node, seq, prev.hex(), self._signer.key_id, "")
+        sig = self._signer.sign(unsigned.payload()).hex()
+        cp = Checkpoint(self.node, seq, prev.hex(), self._signer.key_id, sig)
+        data = canonical_json(cp.to_dict()).decode()
+        t = self._clock()
+        seq += 1
+        digest = entry_hash(prev, seq, t, self.node, "trainguard-agent", CHECKPOINT_KIND, data)
+        rows.append((seq, t, self.node, "trainguard-agent", CHECKPOINT_KIND, data, prev, digest))
+        return seq, digest
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
+        # A private read connection so a long iteration never blocks writers in this process.
+        conn = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000
+        )
+        try:
+            conn.execute("BEGIN")  # one consistent snapshot for the whole read
+            yield from conn.execute(sql, params)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def entries(
+        self,
+        since: float | None = None,
+        kind: str | None = None,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[AuditEntry]:
+        """Entries in seq order; `since` is a time (seconds since the epoch), `kind` exact or a
+        prefix ending in ``.`` / ``*`` (``policy.*``)."""
+        where = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        if since is not None:
+            where.append("time >= ?")
+            params.append(since)
+        if kind:
+            if kind.endswith(("*", ".")):
+                where.append("kind LIKE ?")
+                params.append(kind.rstrip("*").replace("%", r"\%").replace("_", r"\_") + "%")
+                where[-1] += " ESCAPE '\\'"
+            else:
+                where.append("kind = ?")
+                params.append(kind)
+        sql = f"SELECT * FROM entries WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        for seq, t, node, actor, k, data, prev, h in self._rows(sql, params):
+            yield AuditEntry(
+                seq, t, node, actor, k, json.loads(data), bytes(prev).hex(), bytes(h).hex()
+            )
+
+    def raw_rows(self, first_seq: int = 1, last_seq: int | None = None) -> Iterator[Row]:
+        sql = "SELECT * FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq"
+        yield from self._rows(sql, (first_seq, last_seq if last_seq is not None else 2**62))
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._tail()[0]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT data FROM entries WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+                (CHECKPOINT_KIND,),
+            ).fetchone()
+        return None if row is None else Checkpoint.from_dict(json.loads(row[0]))
+
+    def verify(
+        self, verify_key: VerifyKey | None, *, trusted_checkpoint: Checkpoint | None = None
+    ) -> VerifyReport:
+        """Check the whole chain and every checkpoint signature; raise `AuditTampered` naming
+        the first bad seq. With `trusted_checkpoint` (saved earlier), also detect a rollback."""
+        if trusted_checkpoint is not None and verify_key is not None:
+            try:
+                trusted_checkpoint.verify(verify_key)
+            except BadSignature as exc:
+                raise AuditTampered(
+                    trusted_checkpoint.seq, "saved checkpoint is not signed by the node key"
+                ) from exc
+        rows = self.raw_rows()
+        return verify_entries(
+            rows, verify_key, trusted_checkpoint=trusted_checkpoint, anchor=GENESIS
+        )
+
+    def export_segment(self, first_seq: int = 1, last_seq: int | None = None) -> dict[str, Any]:
+        """A log segment plus the latest checkpoint inside it (the evidence the report pulls)."""
+        entries = [
+            {
+                "seq": s,
+                "time": t,
+                "node": n,
+                "actor": a,
+                "kind": k,
+                "data": d,
+                "prev_hash": bytes(p).hex(),
+                "hash": bytes(h).hex(),
+            }
+            for s, t, n, a, k, d, p, h in self.raw_rows(first_seq, last_seq)
+        ]
+        cps = [e for e in entries if e["kind"] == CHECKPOINT_KIND]
+        return {
+            "format": FORMAT_VERSION,
+            "node": self.node,
+            "entries": entries,
+            "checkpoint": json.loads(str(cps[-1]["data"])) if cps else None,
+        }
+
+
+def verify_segment(
+    segment: Mapping[str, Any],
+    verify_key: VerifyKey | None,
+    *,
+    trusted_checkpoint: Checkpoint | None = None,
+) -> VerifyReport:
+    """Verify an exported segment (`AuditLog.export_segment`); entries keep data as JSON text."""
+    rows: list[Row] = []
+    for e in segment.get("entries", []):
+        rows.append(
+            (
+                int(e["seq"]),
+                float(e["time"]),
+                str(e["node"]),
+                str(e["actor"]),
+                str(e["kind"]),
+                str(e["data"]),
+                bytes.fromhex(e["prev_hash"]),
+                bytes.fromhex(e["hash"]),
+            )
+        )
+    anchor = GENESIS if rows and rows[0][0] == 1 else None
+    return verify_entries(rows, verify_key, trusted_checkpoint=trusted_checkpoint, anchor=anchor)

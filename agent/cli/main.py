@@ -45,10 +45,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 log = logging.getLogger("trainguard")
 
 
-def _global_flags() -> argparse.ArgumentParser:
-    """Flags accepted both before and after the sub-command (`trainguard --home X key list`
-    and `trainguard key list --home X`)."""
-    p = argparse.ArgumentParser(add_help=False)
+def _add_global_flags(p: argparse.ArgumentParser) -> None:
+    """Flags accepted before and after any sub-command (`trainguard --home X key list` and
+    `trainguard key list --home X`). SUPPRESS keeps a later parser from resetting a value an
+    earlier one set."""
     p.add_argument(
         "--home",
         default=argparse.SUPPRESS,
@@ -67,27 +67,26 @@ def _global_flags() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="more logging on stderr; tracebacks on errors",
     )
-    return p
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:  # argparse has no public API for walking the tree
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out.append(child)
+                out.extend(_subparsers(child))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _global_flags()
     parser = argparse.ArgumentParser(
         prog="trainguard",
         description="Security and compliance for GPU training clusters.",
-        parents=[common],
+        epilog="Exit codes: 0 clean, 1 findings or denied, 2 usage or config error, 3 internal.",
     )
+    _add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # Every sub-parser created through `sub` inherits the global flags.
-    original = sub.add_parser
-
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
-        parents = list(kwargs.pop("parents", []))  # type: ignore[call-overload]
-        p = original(name, parents=[common, *parents], **kwargs)  # type: ignore[arg-type]
-        _propagate(p, common)
-        return p
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
     for name in COMMAND_MODULES:
         qualified = f"trainguard.agent.cli.{name}"
         try:
@@ -97,24 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # command group not built in this version; `trainguard --help` omits it
         module.register(sub)
+    for child in _subparsers(parser):
+        if "--home" not in child._option_string_actions:
+            _add_global_flags(child)
     return parser
-
-
-def _propagate(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """Make nested sub-parsers (`key rotate`) accept the global flags too."""
-    for action in parser._actions:  # argparse has no public API for this walk
-        if isinstance(action, argparse._SubParsersAction):
-            original = action.add_parser
-
-            def add_parser(
-                name: str, _orig=original, **kwargs: object
-            ) -> argparse.ArgumentParser:
-                parents = list(kwargs.pop("parents", []))  # type: ignore[call-overload]
-                p = _orig(name, parents=[common, *parents], **kwargs)
-                _propagate(p, common)
-                return p
-
-            action.add_parser = add_parser  # type: ignore[method-assign]
 
 
 def _configure_logging(verbose: int) -> None:

@@ -1,0 +1,140 @@
+"""Create a trainguard home: folders, config, KEK v1, node signing key, cluster CA and node
+certificate, and (through the policy area) the signed default policy and the admin user.
+
+An existing home is never overwritten in place: `force=True` moves it aside to
+``<home>.bak-<UTC timestamp>`` first, so keys that still decrypt old sealed files are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainguard.core.audit import AuditSink
+from trainguard.core.config import NodeConfig, dump_sections
+from trainguard.core.errors import UsageError
+from trainguard.core.home import Home, write_private
+
+log = logging.getLogger(__name__)
+
+NODE_CERT = "node.crt"
+NODE_KEY = "node.key"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: Path
+    cluster: str
+    node: str
+    kek_id: str
+    kek_version: int
+    node_key_id: str
+    node_identity: str
+    node_cert_not_after: str
+    created: list[str] = field(default_factory=list)
+    moved_aside: Path | None = None
+    admin: dict[str, Any] | None = None
+
+
+def move_aside(home: Home, clock: Callable[[], float] = time.time) -> Path:
+    stamp = dt.datetime.fromtimestamp(clock(), tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = home.root.with_name(f"{home.root.name}.bak-{stamp}")
+    os.rename(home.root, target)
+    return target
+
+
+def init_home(
+    home: Home,
+    *,
+    cluster: str,
+    node: str,
+    admin: str | None,
+    force: bool = False,
+    audit_factory: Callable[[Home], AuditSink] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> InitResult:
+    """Create every piece of a fresh home. Raises UsageError if one exists and not `force`."""
+    from trainguard.crypto.keyring import Keyring
+    from trainguard.crypto.pki import ClusterCA
+    from trainguard.crypto.signing import SigningKey
+
+    moved: Path | None = None
+    if home.root.exists() and any(home.root.iterdir()):
+        if not force:
+            raise UsageError(
+                f"a trainguard home already exists at {home.root}",
+                tip="use it as it is, or pass --force to move it aside and create a new one",
+            )
+        moved = move_aside(home, clock)
+        log.warning("moved the existing home aside to %s", moved)
+    home.create_dirs()
+    write_private(
+        home.config_path,
+        (
+            "# trainguard configuration; see README \"CLI conventions\". Every key can be\n"
+            "# overridden with TRAINGUARD_<SECTION>_<KEY>.\n"
+            + dump_sections({"node": NodeConfig(cluster=cluster, name=node)})
+        ).encode(),
+    )
+    keyring = Keyring.create(home.keys_dir, clock=clock)
+    signer = SigningKey.generate()
+    signer.save(home.node_signing_key)
+    ca = ClusterCA.create(home.pki_dir, cluster, clock=clock)
+    cert_pem, key_pem = ca.issue(node, "node", dns_names=("localhost",))
+    write_private(home.pki_dir / NODE_CERT, cert_pem, mode=0o644)
+    write_private(home.pki_dir / NODE_KEY, key_pem)
+    created = [
+        str(home.config_path),
+        f"{home.keys_dir} (KEK v{keyring.current_version})",
+        str(home.node_signing_key),
+        str(ca.ca_path),
+        str(home.pki_dir / NODE_CERT),
+    ]
+    audit = audit_factory(home) if audit_factory else None
+    admin_info: dict[str, Any] | None = None
+    if admin:
+        from trainguard.policy.bootstrap import bootstrap_policy
+
+        sink = audit if audit is not None else _require_sink()
+        admin_info = bootstrap_policy(home, keyring, signer, admin, sink, clock=clock)
+        created.append(str(home.policy_dir))
+        created.append(str(home.users_db))
+    from cryptography import x509
+
+    not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.isoformat()
+    result = InitResult(
+        home=home.root,
+        cluster=cluster,
+        node=node,
+        kek_id=keyring.kek_id,
+        kek_version=keyring.current_version,
+        node_key_id=signer.key_id,
+        node_identity=f"spiffe://{cluster}/node/{node}",
+        node_cert_not_after=not_after,
+        created=created,
+        moved_aside=moved,
+        admin=admin_info,
+    )
+    if audit is not None:
+        audit.record(
+            "home-created",
+            admin or "init",
+            {
+                "cluster": cluster,
+                "node": node,
+                "kek_id": keyring.kek_id,
+                "node_key_id": signer.key_id,
+                "moved_aside": str(moved) if moved else None,
+            },
+        )
+    return result
+
+
+def _require_sink() -> AuditSink:
+    raise UsageError("init needs an audit sink to create the admin user")

@@ -6,26 +6,63 @@ Import public names from here; everything else is private to the area.
 from trainguard.crypto.config import CryptoConfig
 from trainguard.crypto.errors import (
     BadSignature,
+    CryptoError,
     DecryptionError,
     KeyFileError,
     KeyringError,
+    ManifestError,
+    ManifestMismatch,
     RetiredKeyError,
+    SealedStreamError,
 )
 from trainguard.crypto.keyring import KekInfo, Keyring, WrappedDek
+from trainguard.crypto.manifest import (
+    FileEntry,
+    Manifest,
+    build_manifest,
+    default_manifest_path,
+    sign_path,
+    verify_path,
+)
+from trainguard.crypto.sealed import (
+    SealedReader,
+    SealedWriter,
+    is_sealed,
+    rewrap_file,
+    seal_file,
+    unseal_file,
+)
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 
 __all__ = [
     "BadSignature",
     "CryptoConfig",
+    "CryptoError",
     "DecryptionError",
+    "FileEntry",
     "KekInfo",
     "KeyFileError",
     "Keyring",
     "KeyringError",
+    "Manifest",
+    "ManifestError",
+    "ManifestMismatch",
     "RetiredKeyError",
+    "SealedReader",
+    "SealedStreamError",
+    "SealedWriter",
     "SigningKey",
     "VerifyKey",
     "WrappedDek",
+    "build_manifest",
     "canonical_json",
-    # --- pki (lead): add ClusterCA, server_context, client_context, peer_identity, Identity here
+    "default_manifest_path",
+    "is_sealed",
+    "rewrap_file",
+    "seal_file",
+    "sign_path",
+    "unseal_file",
+    "verify_path",
+    # --- pki (lead): add ClusterCA, server_context, client_context, peer_identity, Identity
+    # here, with their import above.
 ]

@@ -1,0 +1,255 @@
+"""Signed manifests: {path, size, sha256} of every file of an artifact, signed with Ed25519.
+
+Manifest file (JSON, default ``<name>.tgsig.json`` next to the artifact)::
+
+    {"format": 1,
+     "manifest": {"format": 1, "kind": "file" | "directory", "name": "<artifact name>",
+                  "created_at": <unix s>,
+                  "files": [{"path": "a/b.bin", "size": 12, "sha256": "<hex>"},
+                            {"path": "latest", "link": "ckpt-3.pt"}, ...]},
+     "key_id": "<16 hex>", "signature": "<base64 Ed25519 over canonical_json(manifest)>"}
+
+Paths are relative POSIX paths inside the artifact, sorted; for a single file the one entry's
+path is the file's name. Symbolic links are recorded with their target and never followed, so
+a link cannot pull a file from outside the tree into the manifest. A manifest file inside the
+tree is never listed. Hashing runs on a thread pool: hashlib releases the GIL on large
+buffers, so the work spreads across cores.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainguard.core.home import atomic_output
+from trainguard.crypto.errors import BadSignature, ManifestError, ManifestMismatch
+from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
+
+__all__ = [
+    "FileEntry",
+    "Manifest",
+    "ManifestMismatch",
+    "build_manifest",
+    "default_manifest_path",
+    "sign_path",
+    "verify_path",
+]
+
+FORMAT = 1
+SUFFIX = ".tgsig.json"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file (size and sha256) or one symbolic link (its target) of an artifact."""
+
+    path: str
+    size: int = 0
+    sha256: str = ""
+    link: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.link is not None:
+            return {"path": self.path, "link": self.link}
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FileEntry:
+        if "link" in d:
+            return cls(path=str(d["path"]), link=str(d["link"]))
+        return cls(path=str(d["path"]), size=int(d["size"]), sha256=str(d["sha256"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an artifact held when it was signed."""
+
+    kind: str  # "file" or "directory"
+    name: str
+    files: tuple[FileEntry, ...]
+    created_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": self.kind,
+            "name": self.name,
+            "created_at": self.created_at,
+            "files": [f.to_json() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
+        if d.get("format") != FORMAT or d.get("kind") not in ("file", "directory"):
+            raise ManifestError("not a trainguard manifest of format 1")
+        return cls(
+            kind=str(d["kind"]),
+            name=str(d["name"]),
+            files=tuple(FileEntry.from_json(f) for f in d["files"]),
+            created_at=float(d.get("created_at", 0.0)),
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def default_manifest_path(path: Path) -> Path:
+    """``<name>.tgsig.json`` next to the artifact (outside a directory artifact)."""
+    path = Path(path)
+    return path.with_name(path.name + SUFFIX)
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return size, h.hexdigest()
+
+
+def _walk(root: Path, skip: set[Path]) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(relative path, path, lstat) of every file and link under `root`, links not followed."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        names = list(filenames)
+        for d in list(dirnames):  # links to folders show up as dirnames: record, don't enter
+            if (base / d).is_symlink():
+                dirnames.remove(d)
+                names.append(d)
+        for name in names:
+            p = base / name
+            if p.absolute() in skip:
+                continue
+            st = p.lstat()
+            yield p.relative_to(root).as_posix(), p, st
+
+
+def build_manifest(
+    path: Path,
+    *,
+    workers: int = 0,
+    exclude: tuple[Path, ...] = (),
+    clock: Callable[[], float] = time.time,
+) -> Manifest:
+    """Hash `path` (a file or a directory) into a `Manifest`.
+
+    Args:
+        workers: hashing threads; 0 means one per CPU.
+        exclude: files never listed (the manifest itself when it sits inside the tree).
+    Raises:
+        ManifestError: `path` is missing or holds something other than files, folders, links.
+    """
+    path = Path(path)
+    skip = {Path(p).absolute() for p in exclude}
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        kind, items = "directory", list(_walk(path, skip))
+    elif stat.S_ISREG(st.st_mode):
+        kind, items = "file", [(path.name, path, st)]
+    else:
+        raise ManifestError(f"{path} is not a regular file or a directory")
+    links = {
+        rel: FileEntry(rel, link=os.readlink(p)) for rel, p, s in items if stat.S_ISLNK(s.st_mode)
+    }
+    bad = [rel for rel, _, s in items if not (stat.S_ISREG(s.st_mode) or stat.S_ISLNK(s.st_mode))]
+    if bad:
+        raise ManifestError(
+            f"{path} holds special files that cannot be signed: {', '.join(bad[:5])}"
+        )
+    files = [(rel, p) for rel, p, s in items if stat.S_ISREG(s.st_mode)]
+    n = workers or os.cpu_count() or 1
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(n, len(files) or 1))) as pool:
+            digests = list(pool.map(_hash_file, [p for _, p in files]))
+    except OSError as exc:
+        raise ManifestError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    entries = [
+        FileEntry(rel, size, digest)
+        for (rel, _), (size, digest) in zip(files, digests, strict=True)
+    ]
+    entries.extend(links.values())
+    return Manifest(kind, path.name, tuple(sorted(entries, key=lambda e: e.path)), clock())
+
+
+def sign_path(
+    path: Path,
+    key: SigningKey,
+    out: Path | None = None,
+    *,
+    workers: int = 0,
+    clock: Callable[[], float] = time.time,
+) -> Path:
+    """Build and sign the manifest of `path`; write it to `out` (default beside it)."""
+    out = Path(out) if out is not None else default_manifest_path(path)
+    manifest = build_manifest(path, workers=workers, exclude=(out,), clock=clock)
+    body = manifest.to_json()
+    doc = {
+        "format": FORMAT,
+        "manifest": body,
+        "key_id": key.key_id,
+        "signature": base64.b64encode(key.sign(canonical_json(body))).decode(),
+    }
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def load_signed(manifest_path: Path, verify_key: VerifyKey) -> Manifest:
+    """Read a manifest file and check its signature; raises `BadSignature` or `ManifestError`."""
+    try:
+        doc = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+        body, sig = doc["manifest"], base64.b64decode(doc["signature"], validate=True)
+    except FileNotFoundError as exc:
+        raise ManifestError(
+            f"no manifest at {manifest_path}",
+            tip="sign the artifact with `trainguard sign PATH`, or pass --manifest",
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BadSignature(f"manifest {manifest_path}") from exc
+    verify_key.verify(sig, canonical_json(body), what=f"manifest {manifest_path}")
+    return Manifest.from_json(body)
+
+
+def verify_path(
+    path: Path, verify_key: VerifyKey, manifest: Path | None = None, *, workers: int = 0
+) -> Manifest:
+    """Check the signature of `path`'s manifest, then re-hash `path` against it.
+
+    Returns the signed manifest. Raises `BadSignature` (manifest not signed by `verify_key`) or
+    `ManifestMismatch` naming the missing, extra and changed files.
+    """
+    mpath = Path(manifest) if manifest is not None else default_manifest_path(path)
+    signed = load_signed(mpath, verify_key)
+    if not Path(path).exists() and not Path(path).is_symlink():
+        raise ManifestMismatch([e.path for e in signed.files], [], [], what=str(path))
+    current = build_manifest(path, workers=workers, exclude=(mpath,))
+    want = {e.path: e for e in signed.files}
+    have = {e.path: e for e in current.files}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    changed = sorted(p for p in set(want) & set(have) if want[p] != have[p])
+    if current.kind != signed.kind:
+        changed = sorted(set(changed) | {"."})
+    if missing or extra or changed:
+        raise ManifestMismatch(missing, extra, changed, what=str(path))
+    return signed

@@ -72,7 +72,7 @@ _OPTIONAL_MODULES = frozenset({"trainguard.agent.checks.integrity"})
 
 
 class Status(enum.StrEnum):
-    PASS = "pass"
+    PASS = "pass"  # noqa: S105 - a check status, not a password
     FAIL = "fail"
     WARN = "warn"
     NOT_APPLICABLE = "not-applicable"
@@ -140,7 +140,9 @@ class CheckContext:
 
     `root` is the filesystem root for /proc, /sys and /etc reads; `environ` is the training
     job's environment (MASTER_ADDR, NCCL_SOCKET_IFNAME, ...) when known, else empty; `nvml` is an
-    `trainguard.agent.nvml.NvmlBackend` or None for the real library.
+    `trainguard.agent.nvml.NvmlBackend` or None for the real library; `if_addrs` (interface ->
+    addresses), `resolve` (host name -> addresses) and `adjtimex` (kernel clock state) default to
+    the real system calls when None.
     """
 
     home: Home
@@ -151,6 +153,9 @@ class CheckContext:
     which: Callable[[str], str | None] = shutil.which
     clock: Callable[[], float] = time.time
     nvml: Any = None
+    if_addrs: Callable[[], Mapping[str, Sequence[str]]] | None = None
+    resolve: Callable[[str], Sequence[str]] | None = None
+    adjtimex: Callable[[], Any] | None = None
 
     @property
     def checks(self) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
@@ -27,6 +28,9 @@ class ChecksConfig:
             the job's GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME.
         rendezvous_endpoint: host[:port] of the torchrun rendezvous when the job env is unknown.
         multi_node: the training spans nodes, so the data plane needs WireGuard or IPsec.
+        privileged_roles: roles whose members must have MFA enrolled (the default roles that
+            hold privileged actions).
+        min_driver_version: oldest acceptable NVIDIA driver ("550.54"); empty = any.
         agent_unit: the systemd unit whose hardening score is checked.
         max_unit_exposure: the highest acceptable `systemd-analyze security` exposure.
     """
@@ -43,6 +47,8 @@ class ChecksConfig:
     data_interfaces: tuple[str, ...] = ()
     rendezvous_endpoint: str = ""
     multi_node: bool = False
+    privileged_roles: tuple[str, ...] = ("admin", "ml-engineer")
+    min_driver_version: str = ""
     agent_unit: str = "trainguard-agent.service"
     max_unit_exposure: float = 2.5
 
@@ -64,4 +70,6 @@ class ChecksConfig:
         for d in (*self.checkpoint_dirs, *self.model_dirs):
             if not d.startswith(("/", "~")):
                 problems.append(f"checkpoint/model folder {d!r} must be an absolute path")
+        if self.min_driver_version and not _VERSION.match(self.min_driver_version):
+            problems.append(f"min_driver_version {self.min_driver_version!r} is not like 550.54.15")
         return problems

@@ -1,0 +1,58 @@
+"""Adversarial robustness for PyTorch models: attacks, adversarial training, honest evaluation.
+
+Importing this package imports torch; the agent imports it only inside CLI handlers.
+"""
+
+from trainguard.adversarial.attacks import APGD, FGSM, PGD, Attack, Norm, eval_mode
+from trainguard.adversarial.data import Dataset, load_dataset, load_digits, load_mnist, read_idx
+from trainguard.adversarial.errors import AdversarialError, DatasetError, ModelSpecError
+from trainguard.adversarial.evaluate import (
+    AttackKind,
+    CheckResult,
+    EvalConfig,
+    RobustnessReport,
+    RobustPoint,
+    evaluate_robustness,
+)
+from trainguard.adversarial.models import build_model, load_factory
+from trainguard.adversarial.plot import render_svg
+from trainguard.adversarial.training import (
+    AdversarialStep,
+    EpochReport,
+    Method,
+    OverfitGuard,
+    TrainResult,
+    train_adversarial,
+)
+
+__all__ = [
+    "APGD",
+    "FGSM",
+    "PGD",
+    "AdversarialError",
+    "AdversarialStep",
+    "Attack",
+    "AttackKind",
+    "CheckResult",
+    "Dataset",
+    "DatasetError",
+    "EpochReport",
+    "EvalConfig",
+    "Method",
+    "ModelSpecError",
+    "Norm",
+    "OverfitGuard",
+    "RobustPoint",
+    "RobustnessReport",
+    "TrainResult",
+    "build_model",
+    "eval_mode",
+    "evaluate_robustness",
+    "load_dataset",
+    "load_digits",
+    "load_factory",
+    "load_mnist",
+    "read_idx",
+    "render_svg",
+    "train_adversarial",
+]

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from trainguard.adversarial.errors import AdversarialError
 
 __all__ = ["APGD", "FGSM", "PGD", "Attack", "Norm", "eval_mode"]
@@ -175,9 +174,7 @@ class Attack:
         delta = project(x_adv - x0, self.norm, self.eps)
         return (x0 + delta).clamp(*self.clip)
 
-    def _run(
-        self, x: Tensor, y: Tensor, gen: torch.Generator, best: _Best, idx: Tensor
-    ) -> None:
+    def _run(self, x: Tensor, y: Tensor, gen: torch.Generator, best: _Best, idx: Tensor) -> None:
         raise NotImplementedError
 
 
@@ -188,8 +185,13 @@ class FGSM(Attack):
     """
 
     def __init__(
-        self, model: nn.Module, eps: float = 0.3, *, norm: Norm | str = Norm.LINF,
-        clip: Clip = (0.0, 1.0), seed: int = 0,
+        self,
+        model: nn.Module,
+        eps: float = 0.3,
+        *,
+        norm: Norm | str = Norm.LINF,
+        clip: Clip = (0.0, 1.0),
+        seed: int = 0,
     ) -> None:
         super().__init__(model, eps=eps, norm=norm, clip=clip, seed=seed, restarts=1)
 
@@ -216,9 +218,17 @@ class PGD(Attack):
     """
 
     def __init__(
-        self, model: nn.Module, eps: float = 0.3, alpha: float | None = None, steps: int = 50,
-        restarts: int = 1, *, norm: Norm | str = Norm.LINF, clip: Clip = (0.0, 1.0),
-        seed: int = 0, random_start: bool = True,
+        self,
+        model: nn.Module,
+        eps: float = 0.3,
+        alpha: float | None = None,
+        steps: int = 50,
+        restarts: int = 1,
+        *,
+        norm: Norm | str = Norm.LINF,
+        clip: Clip = (0.0, 1.0),
+        seed: int = 0,
+        random_start: bool = True,
     ) -> None:
         super().__init__(model, eps=eps, norm=norm, clip=clip, seed=seed, restarts=restarts)
         self.steps = int(steps)
@@ -256,8 +266,15 @@ class APGD(Attack):
     momentum = 0.75
 
     def __init__(
-        self, model: nn.Module, eps: float = 0.3, steps: int = 100, restarts: int = 1, *,
-        norm: Norm | str = Norm.LINF, clip: Clip = (0.0, 1.0), seed: int = 0,
+        self,
+        model: nn.Module,
+        eps: float = 0.3,
+        steps: int = 100,
+        restarts: int = 1,
+        *,
+        norm: Norm | str = Norm.LINF,
+        clip: Clip = (0.0, 1.0),
+        seed: int = 0,
     ) -> None:
         super().__init__(model, eps=eps, norm=norm, clip=clip, seed=seed, restarts=restarts)
         self.steps = int(steps)

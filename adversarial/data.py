@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-
 from trainguard.adversarial.errors import DatasetError
 
 __all__ = ["Dataset", "load_dataset", "load_digits", "load_mnist", "read_idx"]

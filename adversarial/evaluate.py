@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from trainguard.adversarial.attacks import APGD, FGSM, PGD, Attack, Norm, eval_mode
 from trainguard.adversarial.errors import AdversarialError
 
@@ -124,8 +123,14 @@ def make_attack(kind: AttackKind, model: nn.Module, eps: float, cfg: EvalConfig)
         return FGSM(model, eps, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
     if kind is AttackKind.PGD:
         return PGD(
-            model, eps, cfg.step_size, cfg.steps, cfg.restarts,
-            norm=cfg.norm, clip=cfg.clip, seed=cfg.seed,
+            model,
+            eps,
+            cfg.step_size,
+            cfg.steps,
+            cfg.restarts,
+            norm=cfg.norm,
+            clip=cfg.clip,
+            seed=cfg.seed,
         )
     return APGD(model, eps, cfg.steps, cfg.restarts, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
 
@@ -169,7 +174,10 @@ def zero_gradient_share(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
 
 
 def evaluate_robustness(
-    model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig | None = None,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: EvalConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RobustnessReport:
     """Attack ``model`` on (x, y) at every eps with every attack and run the masking checks."""
@@ -191,7 +199,9 @@ def evaluate_robustness(
                     progress(f"eps {eps:g} {kind.value}: robust accuracy {acc:.4f}")
         checks = _checks(model, x, y, cfg, eps_list, clean, per)
     robust = [
-        RobustPoint(eps, kind.value, _frac(per[(eps, kind)])) for eps in eps_list for kind in cfg.attacks
+        RobustPoint(eps, kind.value, _frac(per[(eps, kind)]))
+        for eps in eps_list
+        for kind in cfg.attacks
     ]
     worst = []
     for eps in eps_list:
@@ -200,13 +210,20 @@ def evaluate_robustness(
             all_ok &= per[(eps, kind)]
         worst.append(asdict(WorstCasePoint(eps, _frac(all_ok))))
     settings = {
-        "steps": cfg.steps, "step_size": cfg.step_size, "restarts": cfg.restarts,
-        "seed": cfg.seed, "clip": list(cfg.clip),
+        "steps": cfg.steps,
+        "step_size": cfg.step_size,
+        "restarts": cfg.restarts,
+        "seed": cfg.seed,
+        "clip": list(cfg.clip),
     }
     return RobustnessReport(
-        samples=n, norm=cfg.norm.value, clean_accuracy=_frac(clean), robust=robust,
+        samples=n,
+        norm=cfg.norm.value,
+        clean_accuracy=_frac(clean),
+        robust=robust,
         worst_case={"attacks": [k.value for k in cfg.attacks], "per_eps": worst},
-        checks=checks, settings=settings,
+        checks=checks,
+        settings=settings,
     )
 
 
@@ -215,8 +232,13 @@ def _frac(t: Tensor) -> float:
 
 
 def _checks(
-    model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, eps_list: Sequence[float],
-    clean: Tensor, per: dict[tuple[float, AttackKind], Tensor],
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: EvalConfig,
+    eps_list: Sequence[float],
+    clean: Tensor,
+    per: dict[tuple[float, AttackKind], Tensor],
 ) -> list[CheckResult]:
     n = x.shape[0]
     tol = max(2 / n, 0.005)
@@ -230,8 +252,11 @@ def _checks(
 
 
 def _check_monotone(
-    cfg: EvalConfig, eps_list: Sequence[float], clean_acc: float,
-    acc: dict[tuple[float, AttackKind], float], tol: float,
+    cfg: EvalConfig,
+    eps_list: Sequence[float],
+    clean_acc: float,
+    acc: dict[tuple[float, AttackKind], float],
+    tol: float,
 ) -> CheckResult:
     problems = []
     for kind in cfg.attacks:
@@ -253,13 +278,16 @@ def _check_monotone(
 
 
 def _check_iterative_beats_single(
-    cfg: EvalConfig, eps_list: Sequence[float], acc: dict[tuple[float, AttackKind], float],
+    cfg: EvalConfig,
+    eps_list: Sequence[float],
+    acc: dict[tuple[float, AttackKind], float],
     tol: float,
 ) -> CheckResult:
     iterative = [k for k in cfg.attacks if k in ITERATIVE]
     if AttackKind.FGSM not in cfg.attacks or not iterative:
         return CheckResult(
-            "iterative-beats-single-step", None,
+            "iterative-beats-single-step",
+            None,
             "not run: needs fgsm and an iterative attack (pgd or apgd); use --attack all",
         )
     problems = []
@@ -284,15 +312,24 @@ def _check_large_eps(
     limit = min(x.shape[0], 512)
     xs, ys = x[:limit], y[:limit]
     probe = EvalConfig(
-        eps=(eps,), attacks=(AttackKind.PGD,), steps=cfg.steps, restarts=1, norm=cfg.norm,
-        batch_size=cfg.batch_size, seed=cfg.seed, clip=cfg.clip,
+        eps=(eps,),
+        attacks=(AttackKind.PGD,),
+        steps=cfg.steps,
+        restarts=1,
+        norm=cfg.norm,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        clip=cfg.clip,
     )
     ok = clean[:limit] & robust_correct(model, xs, ys, AttackKind.PGD, eps, probe)
     acc = _frac(ok)
     passed = acc <= cfg.large_eps_max_accuracy
-    verdict = "as expected" if passed else "an attack this large should win: gradients may be masked"
+    verdict = (
+        "as expected" if passed else "an attack this large should win: gradients may be masked"
+    )
     return CheckResult(
-        "large-eps-accuracy-near-zero", passed,
+        "large-eps-accuracy-near-zero",
+        passed,
         f"PGD-{cfg.steps} at eps {eps:g}: accuracy {acc:.3f} on {limit} samples "
         f"(threshold {cfg.large_eps_max_accuracy:g}); {verdict}",
     )
@@ -302,7 +339,8 @@ def _check_gradients(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig) ->
     share = zero_gradient_share(model, x, y, cfg.batch_size)
     passed = share <= cfg.zero_grad_max_share
     return CheckResult(
-        "nonzero-input-gradients", passed,
+        "nonzero-input-gradients",
+        passed,
         f"{share:.1%} of samples have an exactly zero input gradient "
         f"(threshold {cfg.zero_grad_max_share:.0%})",
     )

@@ -11,7 +11,6 @@ import importlib
 from collections.abc import Callable
 
 from torch import nn
-
 from trainguard.adversarial.errors import ModelSpecError
 
 __all__ = ["build_model", "digits_cnn", "digits_mlp", "load_factory", "mnist_cnn", "mnist_mlp"]
@@ -20,7 +19,11 @@ __all__ = ["build_model", "digits_cnn", "digits_mlp", "load_factory", "mnist_cnn
 def digits_mlp() -> nn.Module:
     """Two hidden layers for 8x8 digits."""
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 256),
+        nn.ReLU(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
 
@@ -28,24 +31,38 @@ def digits_mlp() -> nn.Module:
 def digits_cnn() -> nn.Module:
     """A small CNN for 8x8 digits."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
     )
 
 
 def mnist_cnn() -> nn.Module:
     """The small MNIST CNN of Wong, Rice & Kolter 2020 ("Fast is better than free")."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10),
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
     )
 
 
 def mnist_mlp() -> nn.Module:
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10),
+        nn.Flatten(),
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
     )
 
 

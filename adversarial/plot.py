@@ -47,12 +47,16 @@ def render_svg(report: RobustnessReport, title: str = "Robust accuracy vs epsilo
     for i in range(6):
         acc = i / 5
         y = sy(acc)
-        out.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(
+            f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + pw}" y2="{y:.1f}" stroke="#ddd"/>'
+        )
         out.append(f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{acc:.1f}</text>')
     ticks = sorted({e for pts in series.values() for e, _ in pts})
     for eps in ticks:
         x = sx(eps)
-        out.append(f'<line x1="{x:.1f}" y1="{_TOP + ph}" x2="{x:.1f}" y2="{_TOP + ph + 4}" stroke="#333"/>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{_TOP + ph}" x2="{x:.1f}" y2="{_TOP + ph + 4}" stroke="#333"/>'
+        )
         out.append(f'<text x="{x:.1f}" y="{_TOP + ph + 16}" text-anchor="middle">{eps:g}</text>')
     out.append(
         f'<rect x="{_LEFT}" y="{_TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>'
@@ -66,7 +70,9 @@ def render_svg(report: RobustnessReport, title: str = "Robust accuracy vs epsilo
         color = _COLORS.get(name, "#7f7f7f")
         dash = ' stroke-dasharray="5,3"' if name == "worst case" else ""
         path = " ".join(f"{sx(e):.1f},{sy(a):.1f}" for e, a in sorted(pts))
-        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>'
+        )
         for e, a in pts:
             out.append(f'<circle cx="{sx(e):.1f}" cy="{sy(a):.1f}" r="2.5" fill="{color}"/>')
         ly = _TOP + 10 + 18 * i

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from trainguard.adversarial.attacks import PGD, eval_mode, loss_and_grad, random_start, Norm
+from trainguard.adversarial.attacks import PGD, Norm, eval_mode, loss_and_grad, random_start
 from trainguard.adversarial.data import Dataset
 from trainguard.adversarial.errors import AdversarialError
 
@@ -60,8 +59,15 @@ class AdversarialStep:
     """
 
     def __init__(
-        self, method: Method | str, eps: float, *, alpha: float | None = None, steps: int = 10,
-        beta: float = 6.0, clip: tuple[float, float] = (0.0, 1.0), seed: int = 0,
+        self,
+        method: Method | str,
+        eps: float,
+        *,
+        alpha: float | None = None,
+        steps: int = 10,
+        beta: float = 6.0,
+        clip: tuple[float, float] = (0.0, 1.0),
+        seed: int = 0,
     ) -> None:
         self.method = Method(method)
         self.eps = float(eps)
@@ -71,7 +77,9 @@ class AdversarialStep:
         self.seed = seed
         if self.eps < 0 or self.steps < 1:
             raise AdversarialError(f"need eps >= 0 and steps >= 1 (got {eps}, {steps})")
-        default_alpha = 1.25 * self.eps if self.method is Method.FGSM_RS else 2.5 * self.eps / self.steps
+        default_alpha = (
+            1.25 * self.eps if self.method is Method.FGSM_RS else 2.5 * self.eps / self.steps
+        )
         self.alpha = float(alpha) if alpha is not None else default_alpha
         self._gens: dict[torch.device, torch.Generator] = {}
 
@@ -100,7 +108,8 @@ class AdversarialStep:
         if self.method is Method.TRADES:
             logits = model(x)
             kl = F.kl_div(
-                F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1),
+                F.log_softmax(model(x_adv), dim=1),
+                F.softmax(logits, dim=1),
                 reduction="batchmean",
             )
             return F.cross_entropy(logits, y) + self.beta * kl
@@ -176,9 +185,16 @@ def _holdout_accuracy(model: nn.Module, data: Dataset, guard: OverfitGuard) -> f
 
 
 def train_adversarial(
-    model: nn.Module, train: Dataset, step: AdversarialStep, *, epochs: int,
-    batch_size: int = 128, lr: float = 1e-3, holdout: Dataset | None = None,
-    guard: OverfitGuard | None = None, seed: int = 0,
+    model: nn.Module,
+    train: Dataset,
+    step: AdversarialStep,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    holdout: Dataset | None = None,
+    guard: OverfitGuard | None = None,
+    seed: int = 0,
     progress: Callable[[EpochReport], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam and a linear learning-rate decay.

@@ -18,8 +18,10 @@ class ChecksConfig:
         checkpoint_dirs: folders whose checkpoints must all be sealed (`TGSEAL` header).
         model_dirs: folders with models/artifacts (scanned by the integrity checks).
         checkpoint_suffixes: file suffixes treated as checkpoints; empty = every file.
-        kek_max_age_days: rotation policy; a current KEK older than this fails.
-        cert_min_days_left: a node certificate expiring sooner than this warns.
+        kek_max_age_days: rotation policy; a current KEK older than this (or than [crypto]
+            kek_rotation_days, whichever is stricter) fails, within the last 10% it warns.
+        cert_min_days_left: a node certificate expiring sooner than this, or with less than a
+            third of its lifetime left, warns.
         allowed_gpu_users: login names whose processes may use the GPUs (both lists empty:
             processes are listed and the check warns instead of failing).
         allowed_gpu_processes: process names (comm) that may use the GPUs.

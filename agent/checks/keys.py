@@ -20,7 +20,7 @@ _DAY = 86400.0
 def kek_age(ctx: CheckContext) -> Outcome:
     from trainguard.crypto.keyring import Keyring
 
-    max_days = int(ctx.checks.kek_max_age_days)
+    max_days = _kek_limit_days(ctx)
     try:
         ring = Keyring.open(ctx.home.keys_dir, clock=ctx.clock)
     except TrainguardError as exc:
@@ -42,13 +42,27 @@ def kek_age(ctx: CheckContext) -> Outcome:
         "versions": len(versions),
         "retired": sum(1 for v in versions if v.retired),
     }
+    remedy = "rotate with `trainguard key rotate`, then `trainguard key rewrap` sealed files"
     if age_days > max_days:
         return Outcome.fail(
-            f"KEK v{current} is {age_days:.0f} days old (policy: {max_days})",
-            evidence,
-            "rotate with `trainguard key rotate`, then `trainguard key rewrap` sealed files",
+            f"KEK v{current} is {age_days:.0f} days old (policy: {max_days})", evidence, remedy
+        )
+    if age_days > 0.9 * max_days:
+        return Outcome.warn(
+            f"KEK v{current} is {age_days:.0f} days old; rotation is due by day {max_days}",
+            evidence, remedy,
         )
     return Outcome.passed(f"KEK v{current} is {age_days:.0f} days old (policy: {max_days})", evidence)
+
+
+def _kek_limit_days(ctx: CheckContext) -> int:
+    """The stricter of [checks] kek_max_age_days and [crypto] kek_rotation_days."""
+    limit = int(ctx.checks.kek_max_age_days)
+    try:
+        rotation = getattr(ctx.config.section("crypto"), "kek_rotation_days", None)
+    except KeyError:
+        rotation = None
+    return min(limit, int(rotation)) if rotation else limit
 
 
 def _load_cert(path: Any) -> Any:
@@ -104,12 +118,17 @@ def node_cert(ctx: CheckContext) -> Outcome:
             f"the node certificate is not trusted: {problem}", evidence,
             "re-issue it from this cluster's CA with `trainguard pki issue <node> --kind node`",
         )
-    if days_left < ctx.checks.cert_min_days_left:
+    # Node certificates are short-lived (24 h by default) and renewed at 2/3 of their life, so
+    # the warning threshold scales with the lifetime as well as the configured number of days.
+    lifetime_days = (end - start).total_seconds() / _DAY
+    threshold = min(float(ctx.checks.cert_min_days_left), lifetime_days / 3)
+    evidence["warn_below_days"] = round(threshold, 2)
+    if days_left < threshold:
         return Outcome.warn(
-            f"the node certificate expires in {days_left:.0f} days", evidence,
+            f"the node certificate expires in {days_left * 24:.0f} hours", evidence,
             "renew it with `trainguard pki issue <node> --kind node`",
         )
-    return Outcome.passed(f"valid for {days_left:.0f} more days", evidence)
+    return Outcome.passed(f"valid for {days_left * 24:.0f} more hours", evidence)
 
 
 def _chain_problem(cert: Any, ca_path: Any, crl_path: Any) -> str | None:

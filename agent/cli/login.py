@@ -1,0 +1,35 @@
+"""`trainguard login`: verify a TOTP (or recovery) code and save a signed session token."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import time
+from typing import Any
+
+from trainguard.agent.cli.context import Context
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("login", help="log in with a second factor; other commands use the session")
+    p.add_argument("--user", required=True, metavar="NAME")
+    p.add_argument("--otp", metavar="CODE", help="TOTP or recovery code (prompted when omitted)")
+    p.set_defaults(func=_login)
+
+
+def _login(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.policy.access import AccessControl
+
+    ac = AccessControl.open(ctx.home, ctx.config, ctx.audit, environ=ctx.environ)
+    code = args.otp or getpass.getpass(f"TOTP code for {args.user}: ")
+    session = ac.login(args.user, code)
+    data = {
+        "user": session.user,
+        "node": session.node,
+        "cluster": session.cluster,
+        "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(session.expires_at)),
+        "step_up_seconds": ac.config.step_up_seconds,
+        "session_file": str(ac.sessions.path),
+    }
+    ctx.emit(data, lambda d: f"logged in as {d['user']} on {d['node']} until {d['expires_at']}")
+    return 0

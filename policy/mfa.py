@@ -1,0 +1,232 @@
+"""TOTP second factor (RFC 6238 via pyotp), replay protection, backoff, lockout, recovery codes.
+
+- Enrolment creates a 160-bit base32 secret, stores it encrypted with the keyring (the user's
+  uid bound as associated data) and returns the otpauth URI (shown as text and a terminal QR).
+- Verification accepts the current 30 s step and `totp_drift_steps` (default 1) either side. The
+  matched step must be newer than the last accepted one (`UserStore.claim_step`, an atomic
+  conditional UPDATE), so a code is accepted at most once.
+- From the 5th failure within the window an attempt must wait base * 2^(n-5) seconds after the
+  last failure (attempts during the wait are refused unchecked); the 10th failure within 15
+  minutes locks the user until `trainguard user unlock`.
+- Recovery codes: 10 single-use codes (``xxxxx-xxxxx``, 50 random bits), stored as scrypt hashes
+  with a per-code salt; accepted wherever a TOTP code is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyotp
+from trainguard.core.audit import AuditSink
+from trainguard.policy.config import PolicyConfig
+from trainguard.policy.errors import AuthenticationFailed, LockedOut, UnknownName
+from trainguard.policy.users import UserStore
+
+__all__ = ["Enrolment", "MfaService", "SecretBox", "match_step", "qr_text"]
+
+log = logging.getLogger(__name__)
+
+STEP_SECONDS = 30
+_CODE_RE = re.compile(r"^[0-9]{6}$")
+_RECOVERY_RE = re.compile(r"^[a-z2-7]{5}-[a-z2-7]{5}$")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+
+class SecretBox(Protocol):
+    """What MFA needs from the keyring (`trainguard.crypto.keyring.Keyring`)."""
+
+    def encrypt_small(self, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def decrypt_small(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    name: str
+    otpauth_uri: str
+
+    def __repr__(self) -> str:  # the URI carries the secret
+        return f"Enrolment(name={self.name!r}, otpauth_uri=<secret>)"
+
+
+def _aad(uid: str) -> bytes:
+    return b"trainguard/totp/v1/" + uid.encode()
+
+
+def match_step(secret: str, code: str, now: float, drift: int = 1) -> int | None:
+    """The time step whose code equals `code` (current step first), or None."""
+    if not _CODE_RE.fullmatch(code):
+        return None
+    totp = pyotp.TOTP(secret)
+    current = int(now) // STEP_SECONDS
+    for step in (current, *(s for d in range(1, drift + 1) for s in (current - d, current + d))):
+        if step >= 0 and hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def qr_text(uri: str) -> str:
+    """The otpauth URI as a QR code drawn with block characters, for a terminal."""
+    import qrcode
+
+    qr = qrcode.QRCode(border=1)
+    qr.add_data(uri)
+    out = io.StringIO()
+    qr.print_ascii(out=out)
+    return out.getvalue()
+
+
+def _hash_recovery(code: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(code.encode(), salt=salt, **_SCRYPT)
+
+
+class MfaService:
+    """Enrol, verify and recover. Every outcome that matters is an audit event."""
+
+    def __init__(
+        self,
+        users: UserStore,
+        box: SecretBox | None,
+        config: PolicyConfig,
+        audit: AuditSink,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.users = users
+        self._box = box
+        self.config = config
+        self.audit = audit
+        self._clock = clock
+
+    def _require_box(self) -> SecretBox:
+        if self._box is None:
+            raise AuthenticationFailed(
+                "second-factor secrets cannot be opened: no keyring",
+                tip="check the keyring in the home's keys/ folder (`trainguard key list`)",
+            )
+        return self._box
+
+    # -- enrolment ------------------------------------------------------------------------
+    def enrol(self, name: str, *, actor: str, cluster: str = "default") -> Enrolment:
+        """Create (or replace) the user's TOTP secret; returns the otpauth URI."""
+        rec = self.users.get(name)
+        secret = pyotp.random_base32(32)
+        blob = self._require_box().encrypt_small(secret.encode(), _aad(rec.uid))
+        self.users.set_totp(name, blob)
+        uri = pyotp.TOTP(secret).provisioning_uri(
+            name=f"{name}@{cluster}", issuer_name=self.config.issuer
+        )
+        self.audit.record("user-enrolled", actor, {"user": name})
+        return Enrolment(name, uri)
+
+    def _secret(self, name: str) -> str:
+        rec = self.users.get(name)
+        blob = self.users.totp_blob(name)
+        if blob is None:
+            raise AuthenticationFailed(
+                f"user {name!r} has no second factor enrolled",
+                tip=f"an admin runs `trainguard user enrol {name}`",
+            )
+        return self._require_box().decrypt_small(blob, _aad(rec.uid)).decode()
+
+    # -- verification ---------------------------------------------------------------------
+    def verify(self, name: str, code: str, *, purpose: str = "login") -> float:
+        """Accept a TOTP or recovery code for `name` once; returns the verification time.
+
+        Raises:
+            LockedOut: the user is locked, or must wait (backoff) before trying again.
+            AuthenticationFailed: the code is wrong, reused, outside the drift window, or the
+                user is unknown or not enrolled (one generic message for all of them).
+        """
+        now = self._clock()
+        if not self.users.exists(name):
+            self._deny(name, purpose, "unknown user", count=False)
+        self._gate(name, now)
+        code = code.strip().lower()
+        ok = False
+        reason = "wrong code"
+        if _RECOVERY_RE.fullmatch(code):
+            ok = self._use_recovery(name, code, now)
+            reason = "wrong or used recovery code"
+            if ok:
+                self.audit.record("recovery-code-used", name, {"user": name})
+        else:
+            try:
+                step = match_step(self._secret(name), code, now, self.config.totp_drift_steps)
+            except AuthenticationFailed:
+                self._deny(name, purpose, "not enrolled", count=False)
+            if step is not None:
+                ok = self.users.claim_step(name, step)
+                reason = "code already used (replay)" if not ok else ""
+            else:
+                reason = "wrong code or clock outside the drift window"
+        if not ok:
+            self._fail(name, now, purpose, reason)
+        self.users.clear_failures(name)
+        return now
+
+    def _gate(self, name: str, now: float) -> None:
+        if self.users.is_locked(name):
+            self.audit.record("mfa-refused", name, {"user": name, "reason": "locked"})
+            raise LockedOut(f"user {name!r} is locked after repeated failed attempts")
+        recent = self.users.failures_since(name, now - self.config.lockout_window_seconds)
+        over = len(recent) - self.config.backoff_after
+        if over >= 0:
+            wait = min(
+                self.config.backoff_base_seconds * (2**over), self.config.backoff_max_seconds
+            )
+            remaining = recent[-1] + wait - now
+            if remaining > 0:
+                self.audit.record(
+                    "mfa-refused", name, {"user": name, "reason": "backoff", "wait_s": round(remaining, 1)}
+                )
+                raise LockedOut(
+                    f"too many failed attempts; try again in {int(remaining) + 1} s",
+                    tip="wait, then retry with a fresh code",
+                )
+
+    def _fail(self, name: str, now: float, purpose: str, reason: str) -> None:
+        self.users.add_failure(name, now)
+        recent = self.users.failures_since(name, now - self.config.lockout_window_seconds)
+        if len(recent) >= self.config.lockout_after:
+            self.users.lock(name, now)
+            self.audit.record("user-locked", name, {"user": name, "failures": len(recent)})
+            self._deny(name, purpose, reason + "; user locked", count=False)
+        self._deny(name, purpose, reason, count=False)
+
+    def _deny(self, name: str, purpose: str, reason: str, *, count: bool) -> None:
+        self.audit.record("mfa-failed", name, {"user": name, "purpose": purpose, "reason": reason})
+        raise AuthenticationFailed("second-factor verification failed")
+
+    # -- recovery codes -------------------------------------------------------------------
+    def new_recovery_codes(self, name: str, *, actor: str) -> list[str]:
+        """Replace the user's recovery codes with fresh ones; returns them (shown once)."""
+        if not self.users.exists(name):
+            raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
+        codes = []
+        hashed = []
+        for _ in range(self.config.recovery_codes):
+            raw = base64.b32encode(secrets.token_bytes(7)).decode().lower()[:10]
+            code = f"{raw[:5]}-{raw[5:]}"
+            salt = secrets.token_bytes(16)
+            codes.append(code)
+            hashed.append((salt, _hash_recovery(code, salt)))
+        self.users.replace_recovery_codes(name, hashed)
+        self.audit.record("recovery-codes-issued", actor, {"user": name, "count": len(codes)})
+        return codes
+
+    def _use_recovery(self, name: str, code: str, now: float) -> bool:
+        for code_id, salt, digest in self.users.unused_recovery_codes(name):
+            if hmac.compare_digest(_hash_recovery(code, salt), digest):
+                return self.users.use_recovery_code(code_id, now)
+        return False

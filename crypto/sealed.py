@@ -67,6 +67,7 @@ __all__ = [
     "is_sealed",
     "rewrap_file",
     "seal_file",
+    "sealed_kek_version",
     "unseal_file",
 ]
 
@@ -524,6 +525,14 @@ def is_sealed(path: Path | str) -> bool:
     except OSError:
         return False
     return len(head) == 8 and head[:6] == MAGIC and head[6] == FORMAT_VERSION
+
+
+def sealed_kek_version(path: Path | str) -> int:
+    """The KEK version a sealed file's header names (not verified); `SealedStreamError` if
+    the file has no well-formed header."""
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_SIZE)
+    return _Header.parse(raw).kek_version
 
 
 def rewrap_file(path: Path | str, keyring: Keyring, *, fsync: bool = True) -> bool:

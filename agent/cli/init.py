@@ -73,7 +73,8 @@ def _text(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"Admin user {admin['name']!r}: add this to an authenticator app now:")
         lines.append(f"  {admin['otpauth_uri']}")
-        if admin.get("qr"):
-            lines.append(admin["qr"])
+        from trainguard.policy.mfa import qr_text
+
+        lines.append(qr_text(admin["otpauth_uri"]))
         lines.append("Then log in with `trainguard login --user " + admin["name"] + "`.")
     return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""`trainguard audit report`: evidence mapped to controls, in HTML, Markdown, JSON and OSCAL."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from trainguard.agent.cli.context import Context
+from trainguard.core.errors import UsageError
+from trainguard.core.home import atomic_output
+
+
+def register(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser(
+        "report",
+        help="write the audit report (HTML, Markdown, JSON, OSCAL)",
+        description=(
+            "Gather evidence from this node and, with --node, from remote agents over mTLS; "
+            "verify each node's audit log; map everything to NIST SP 800-53 r5 controls and "
+            "MITRE ATLAS techniques. Exit 1 when a control is not satisfied or a log fails."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("trainguard-report"), help="output folder")
+    p.add_argument("--formats", default="html,md,json,oscal", help="comma-separated: html,md,json,oscal")
+    p.add_argument("--node", action="append", default=[], metavar="URL",
+                   help="remote agent (tls://HOST:PORT); repeat for more nodes")
+    p.add_argument("--cert", type=Path, help="client certificate for --node (default: this node's)")
+    p.add_argument("--key", type=Path, help="client key for --node")
+    p.add_argument("--ca", type=Path, help="cluster CA for --node (default: this home's)")
+    p.add_argument("--no-local", action="store_true", help="only the --node agents, not this node")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.agent.report.formats import parse_formats
+    from trainguard.agent.report.gather import RemoteNode, build_report
+
+    home = ctx.home.require()
+    formats = parse_formats(args.formats)
+    if not formats:
+        raise UsageError("no report format given", tip="pass --formats html,md,json,oscal")
+    if args.no_local and not args.node:
+        raise UsageError("--no-local needs at least one --node URL")
+    remotes = [
+        RemoteNode(url, args.cert or home.pki_dir / "node.crt", args.key or home.pki_dir / "node.key",
+                   args.ca or home.pki_dir / "ca.crt")
+        for url in args.node
+    ]
+    report = build_report(home, ctx.config, remotes, include_local=not args.no_local, progress=ctx.info)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for fmt in formats:
+        formatter = fmt.formatter()
+        path = out / f"trainguard-report.{formatter.suffix}"
+        with atomic_output(path, mode=0o640) as tmp:
+            tmp.write_text(formatter.render(report), encoding="utf-8")
+        paths[fmt.value] = str(path)
+    counts = report.counts()
+    ctx.audit.record("audit-report", "cli", {"score": report.score, "counts": counts, "paths": paths,
+                                             "nodes": [n.name for n in report.nodes]})
+    failed_nodes = [n.name for n in report.nodes if not n.log_verified or n.rolled_back]
+    data: dict[str, Any] = {"report": paths, "score": report.score, "controls": counts,
+                            "nodes": [{"name": n.name, "log_verified": n.log_verified, "rolled_back": n.rolled_back}
+                                      for n in report.nodes]}
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"score {d['score']:.1f}/100: " + ", ".join(f"{v} {k}" for k, v in d["controls"].items())]
+        lines += [f"  {k}: {v}" for k, v in d["report"].items()]
+        if failed_nodes:
+            lines.append("nodes whose log failed verification or went backwards: " + ", ".join(failed_nodes))
+        return "\n".join(lines)
+
+    ctx.emit(data, text)
+    return 1 if counts["not-satisfied"] or failed_nodes else 0

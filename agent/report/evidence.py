@@ -1,0 +1,211 @@
+"""Gather evidence for the audit report from one node: the local home, or a remote agent.
+
+A node's evidence starts with its audit log. The log is verified first (hash chain and signed
+checkpoints, and against the checkpoint the previous report saved, which detects a rollback);
+everything else derived from the log is only trusted when that passed. A node whose log fails is
+still reported, with every log-derived item marked failed, never merged silently.
+
+Sources (the names controls.toml uses) and where they come from:
+  audit-chain, audit-rollback   the log verification
+  check:<id>                    posture checks run now (local) or the last `posture.*` results
+  key-rotation                  the keyring's current KEK age against [crypto] kek_rotation_days
+  mfa-coverage                  the user store: privileged users without TOTP enrolment
+  deps, artifacts               the newest dependency verification / artifact scan events
+  training, byzantine           trainer events and byzantine-worker incidents
+  robustness                    `robustness-eval` events
+  incidents                     `incident` events joined with the hooks and actions that ran
+  access-decisions              `access-allowed` / `access-denied` events
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainguard.agent.report.model import EvidenceItem, EvidenceStatus, NodeEvidence
+from trainguard.core.config import Config
+from trainguard.core.errors import IntegrityError, TrainguardError
+from trainguard.core.home import Home, write_private
+
+log = logging.getLogger(__name__)
+
+# Event kinds written by the other areas (one place to keep in step with them).
+INCIDENT_KIND = "incident"
+HOOK_KINDS = ("hook.run", "hook.skipped")
+ACTION_PREFIX = "action."
+ACCESS_KINDS = ("access-allowed", "access-denied")
+DEPS_KINDS = ("deps-verify", "deps.verify")
+SCAN_KINDS = ("artifact-scan", "scan")
+TRAIN_PREFIXES = ("train.", "train-")
+ROBUSTNESS_KINDS = ("robustness-eval",)
+PRIVILEGED_ROLES = ("admin", "ml-engineer")
+
+Entry = Mapping[str, Any]
+
+
+def iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class ReportState:
+    """What the previous report saw of each node: its last signed checkpoint (for rollback
+    detection) and the node's public key (pinned the first time a remote node is seen)."""
+
+    path: Path
+    nodes: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, path: Path) -> ReportState:
+        try:
+            return cls(path, json.loads(path.read_text()).get("nodes", {}))
+        except FileNotFoundError:
+            return cls(path, {})
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise TrainguardError(
+                f"report state {path} is corrupt", tip="move it aside; rollback detection restarts"
+            ) from exc
+
+    def save(self) -> None:
+        write_private(self.path, json.dumps({"version": 1, "nodes": self.nodes}, indent=2).encode())
+
+
+def _item(source: str, node: str, status: EvidenceStatus, title: str, detail: str,
+          data: dict[str, Any] | None = None, remediation: str | None = None,
+          now: float | None = None) -> EvidenceItem:
+    return EvidenceItem(source, node, status, title, detail, iso(now if now is not None else time.time()),
+                        data or {}, remediation)
+
+
+def _latest(entries: Sequence[Entry], kinds: Iterable[str]) -> Entry | None:
+    wanted = set(kinds)
+    for e in reversed(entries):
+        if e["kind"] in wanted:
+            return e
+    return None
+
+
+def _data(e: Entry) -> dict[str, Any]:
+    d = e.get("data")
+    if isinstance(d, str):
+        try:
+            return dict(json.loads(d))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return {}
+    return dict(d or {})
+
+
+def incidents_from(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Every incident with the hooks and actions that ran for it."""
+    handled: dict[str, list[str]] = {}
+    for e in entries:
+        kind = e["kind"]
+        if kind in HOOK_KINDS or kind.startswith(ACTION_PREFIX):
+            d = _data(e)
+            inc = str(d.get("incident") or d.get("incident_id") or "")
+            name = str(d.get("hook") or d.get("action") or kind.removeprefix(ACTION_PREFIX))
+            ok = d.get("ok", d.get("returncode", 0) == 0)
+            handled.setdefault(inc, []).append(name if ok else f"{name} (failed)")
+    out = []
+    for e in entries:
+        if e["kind"] != INCIDENT_KIND:
+            continue
+        d = _data(e)
+        out.append({
+            "id": d.get("id"), "kind": d.get("kind"), "severity": d.get("severity"),
+            "node": d.get("node", e.get("node")), "time": iso(float(d.get("time", e["time"]))),
+            "evidence": d.get("evidence", {}), "hooks": handled.get(str(d.get("id")), []),
+        })
+    return out
+
+
+def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceItem]:
+    """Evidence derived from a verified log."""
+    items: list[EvidenceItem] = []
+    incidents = incidents_from(entries)
+    if incidents:
+        unhandled = [i for i in incidents if not i["hooks"]]
+        status = EvidenceStatus.WARN if unhandled else EvidenceStatus.PASS
+        items.append(_item("incidents", node, status, f"{len(incidents)} incident(s) recorded",
+                           f"{len(incidents) - len(unhandled)} handled by hooks or actions, "
+                           f"{len(unhandled)} without a hook", now=now))
+    decisions = [e for e in entries if e["kind"] in ACCESS_KINDS]
+    if decisions:
+        denied = sum(1 for e in decisions if e["kind"] == "access-denied")
+        items.append(_item("access-decisions", node, EvidenceStatus.PASS,
+                           f"{len(decisions)} access decisions audited",
+                           f"{denied} denied, {len(decisions) - denied} allowed", now=now))
+    deps = _latest(entries, DEPS_KINDS)
+    if deps is not None:
+        d = _data(deps)
+        clean = bool(d.get("clean", not d.get("drift")))
+        items.append(_item("deps", node, EvidenceStatus.PASS if clean else EvidenceStatus.FAIL,
+                           "dependency verification", f"{'no drift' if clean else 'drift'} at {iso(deps['time'])}: "
+                           + json.dumps({k: v for k, v in d.items() if k in ('changed', 'missing', 'extra', 'distributions', 'files')})[:300],
+                           remediation="review the drift named by `trainguard deps verify`, reinstall, re-lock", now=now))
+    scans = [e for e in entries if e["kind"] in SCAN_KINDS]
+    if scans:
+        unsafe = [e for e in scans if _data(e).get("unsafe") or _data(e).get("verdict") == "unsafe"]
+        quarantined = [e for e in entries if e["kind"] == f"{ACTION_PREFIX}quarantine"]
+        ok = not unsafe or len(quarantined) >= 1
+        items.append(_item("artifacts", node, EvidenceStatus.PASS if ok else EvidenceStatus.FAIL,
+                           f"{len(scans)} artifact scan(s)",
+                           f"{len(unsafe)} found unsafe artifacts; {len(quarantined)} quarantine action(s)",
+                           remediation="quarantine or delete the unsafe files named by `trainguard scan`", now=now))
+    items.extend(training_items(node, entries, incidents, now))
+    rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
+    if rob:
+        d = _data(rob[-1])
+        checks = d.get("checks", [])
+        failed = [c.get("name") for c in checks if not c.get("passed", True)]
+        items.append(_item("robustness", node, EvidenceStatus.FAIL if failed else EvidenceStatus.PASS,
+                           "robustness evaluation",
+                           f"clean accuracy {d.get('clean_accuracy')}; masking checks failed: {failed or 'none'}",
+                           remediation="a failed gradient-masking check means the robust accuracy is not trustworthy; "
+                                       "evaluate with stronger attacks (apgd, more restarts)", now=now))
+    return items
+
+
+def training_items(node: str, entries: Sequence[Entry], incidents: list[dict[str, Any]], now: float) -> list[EvidenceItem]:
+    items: list[EvidenceItem] = []
+    runs = [e for e in entries if e["kind"].startswith(TRAIN_PREFIXES)]
+    if runs:
+        tampered = [i for i in incidents if i["kind"] in ("checkpoint-tampered", "membership-failure", "replica-divergence")]
+        items.append(_item("training", node, EvidenceStatus.PASS, f"{len(runs)} training event(s)",
+                           "authenticated membership, sealed and signed checkpoints; "
+                           f"{len(tampered)} integrity incident(s) detected and refused", now=now))
+    byz = [i for i in incidents if i["kind"] == "byzantine-worker"]
+    if byz:
+        items.append(_item("byzantine", node, EvidenceStatus.PASS, f"{len(byz)} Byzantine worker incident(s)",
+                           "flagged by per-rank update statistics under robust aggregation", now=now))
+    return items
+
+
+def robustness_points(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = []
+    rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
+    if rob:
+        d = _data(rob[-1])
+        if d.get("clean_accuracy") is not None:
+            for attack in sorted({str(r.get("attack")) for r in d.get("robust", [])}):
+                points.append({"eps": 0.0, "attack": attack, "accuracy": float(d["clean_accuracy"])})
+        points += [{"eps": r.get("eps"), "attack": r.get("attack"), "accuracy": r.get("accuracy")}
+                   for r in d.get("robust", [])]
+    return points
+
+
+def training_runs(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    out = []
+    for e in entries:
+        if e["kind"] in ("train.completed", "train-completed", "train.finished"):
+            d = _data(e)
+            d.setdefault("summary", ", ".join(f"{k}={d[k]}" for k in
+                         ("aggregation", "steps", "final_accuracy", "flagged_ranks", "resumed_from_step") if k in d))
+            out.append(d)
+    return out

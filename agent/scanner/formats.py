@@ -1,0 +1,396 @@
+"""Format detection by content and the per-format scans.
+
+Formats: raw pickles (protocols 0-5, several in a row), legacy torch files (five pickles after a
+magic number), zip archives (torch zip checkpoints and .npz: every member judged by content),
+.npy (object arrays hold a pickle), joblib (a pickle with arrays interleaved, possibly
+compressed), safetensors (header validated) and plain text. Anything else is an error.
+"""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import io
+import json
+import lzma
+import math
+import struct
+import zlib
+from typing import IO, Any
+
+from trainguard.agent.scanner import zipscan
+from trainguard.agent.scanner.pickle_walk import PickleParseError, dtype_layout, walk_pickle
+from trainguard.agent.scanner.report import Finding, FindingKind
+
+__all__ = ["scan_stream"]
+
+LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+_NPY_MAGIC = b"\x93NUMPY"
+_MAX_INFLATE = 1 << 30  # decompressed bytes scanned per member or file
+_IN_MEMORY = 16 << 20
+_VALID_FIRST = {op.code.encode("latin-1") for op in __import__("pickletools").opcodes}
+_ST_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16,
+    "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64,
+    "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}  # fmt: skip
+_MAX_ST_HEADER = 100 << 20
+
+
+class _Slice:
+    """A read-only window [start, start+length) of a file, for stored zip members."""
+
+    def __init__(self, f: IO[bytes], start: int, length: int) -> None:
+        self._f, self._start, self._len, self._pos = f, start, length, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._len - self._pos
+        n = left if n is None or n < 0 or n > left else n
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = self._len - self._pos
+        limit = left if limit < 0 or limit > left else limit
+        self._f.seek(self._start + self._pos)
+        data = self._f.readline(limit)
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._len}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+
+def _err(kind: FindingKind, message: str, location: str) -> Finding:
+    return Finding(kind, message, location)
+
+
+# -- pickles ---------------------------------------------------------------------------------
+
+
+def _looks_like_proto(head: bytes) -> bool:
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _scan_pickles(stream: Any, location: str, out: list[Finding], *, strict: bool) -> str | None:
+    """Walk the first pickle, then any further pickles (legacy torch: exactly five).
+
+    Returns the format, or None when the first pickle does not parse (a parse error is added
+    when `strict`, or when anything unsafe was seen before the failure).
+    """
+    try:
+        first = walk_pickle(stream, location)
+    except PickleParseError as exc:
+        out.extend(exc.findings)
+        if strict or exc.findings:
+            out.append(_err(FindingKind.PARSE_ERROR, str(exc), location))
+        return None
+    out.extend(first.findings)
+    if isinstance(first.value, int) and first.value == LEGACY_TORCH_MAGIC:
+        for index in range(4):
+            try:
+                out.extend(walk_pickle(stream, f"{location}#pickle{index + 2}").findings)
+            except PickleParseError as exc:
+                out.extend(exc.findings)
+                out.append(_err(FindingKind.PARSE_ERROR, str(exc), location))
+                break
+        return "torch-legacy"
+    fmt = "joblib" if any(g.startswith("joblib.") for g in first.globals) else "pickle"
+    # Whatever follows is data to pickle.load, but a loader that calls load() again would run
+    # the next pickle: walk every further pickle that starts with a PROTO opcode.
+    count = 1
+    while count < 64:
+        here = stream.tell()
+        head = stream.read(2)
+        stream.seek(here)
+        if not _looks_like_proto(head):
+            break
+        count += 1
+        try:
+            out.extend(walk_pickle(stream, f"{location}#pickle{count}").findings)
+        except PickleParseError as exc:
+            out.extend(exc.findings)
+            break
+    return fmt
+
+
+# -- npy -------------------------------------------------------------------------------------
+
+
+def _descr_layout(descr: Any) -> tuple[int, bool]:
+    if isinstance(descr, str):
+        return dtype_layout(descr)
+    if isinstance(descr, list):
+        size, obj = 0, False
+        for field in descr:
+            if not isinstance(field, tuple) or len(field) not in (2, 3):
+                raise ValueError("bad structured dtype")
+            sub_size, sub_obj = _descr_layout(field[1])
+            if len(field) == 3:
+                sub_size *= math.prod(field[2]) if isinstance(field[2], tuple) else int(field[2])
+            size, obj = size + sub_size, obj or sub_obj
+        return size, obj
+    raise ValueError("bad dtype description")
+
+
+def _scan_npy(stream: Any, location: str, out: list[Finding], remaining: int) -> str:
+    head = stream.read(10)
+    major = head[6] if len(head) > 6 else 0
+    if major == 1:
+        (hlen,), start = struct.unpack_from("<H", head, 8), 10
+    elif major in (2, 3):
+        head += stream.read(2)
+        (hlen,), start = struct.unpack_from("<I", head, 8), 12
+    else:
+        out.append(_err(FindingKind.BAD_HEADER, f"unknown .npy version {major}", location))
+        return "npy"
+    try:
+        raw = stream.read(min(hlen, 1 << 20))
+        header = ast.literal_eval(raw.decode("utf-8" if major == 3 else "latin-1"))
+        descr, shape = header["descr"], header["shape"]
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError("bad shape")
+        itemsize, has_object = _descr_layout(descr)
+    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+        out.append(_err(FindingKind.BAD_HEADER, f".npy header unreadable: {exc}", location))
+        return "npy"
+    if has_object:
+        _scan_pickles(stream, f"{location}:object-array", out, strict=True)
+        return "npy"
+    need = math.prod(shape) * itemsize
+    if remaining - start - hlen < need:
+        out.append(_err(FindingKind.BAD_HEADER, ".npy data shorter than its header says", location))
+    return "npy"
+
+
+# -- safetensors -----------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key in header")
+    return dict(pairs)
+
+
+def _safetensors_problems(header: Any, data_len: int) -> list[str]:
+    if not isinstance(header, dict):
+        return ["header is not a JSON object"]
+    problems: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in info.items()
+            ):
+                problems.append("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            problems.append(f"tensor {name!r}: needs exactly dtype, shape, data_offsets")
+            continue
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        bits = _ST_BITS.get(dtype) if isinstance(dtype, str) else None
+        ok_shape = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+        ok_off = (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int and o >= 0 for o in offsets)
+        )
+        if bits is None or not ok_shape or not ok_off:
+            problems.append(f"tensor {name!r}: unknown dtype or malformed shape/offsets")
+            continue
+        begin, end = offsets
+        nbits = math.prod(shape) * bits
+        if nbits % 8 or end - begin != nbits // 8:
+            problems.append(f"tensor {name!r}: byte range does not match shape x dtype size")
+        spans.append((begin, end, name))
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor or end < begin:
+            problems.append(f"tensor {name!r}: offsets overlap or leave a gap")
+        cursor = max(cursor, end)
+    if cursor != data_len:
+        problems.append(f"tensors cover {cursor} bytes but the data section has {data_len}")
+    return problems
+
+
+def _scan_safetensors(stream: Any, location: str, out: list[Finding], size: int) -> str:
+    (hlen,) = struct.unpack("<Q", stream.read(8))
+    try:
+        header = json.loads(stream.read(hlen).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        out.append(_err(FindingKind.BAD_HEADER, f"safetensors header unreadable: {exc}", location))
+        return "safetensors"
+    for problem in _safetensors_problems(header, size - 8 - hlen)[:20]:
+        out.append(_err(FindingKind.BAD_HEADER, problem, location))
+    return "safetensors"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (hlen,) = struct.unpack_from("<Q", head)
+    return 2 <= hlen <= min(size - 8, _MAX_ST_HEADER) and head[8:9] == b"{"
+
+
+# -- compression -----------------------------------------------------------------------------
+
+
+def _decompressor(head: bytes) -> tuple[str, Any] | None:
+    if head[:2] == b"\x1f\x8b":
+        return "gzip", zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
+        return "zlib", zlib.decompressobj()
+    if head[:3] == b"BZh":
+        return "bz2", bz2.BZ2Decompressor()
+    if head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"\x5d\x00\x00":
+        return "xz", lzma.LZMADecompressor()
+    return None
+
+
+def _inflate(stream: Any, decomp: Any, skip: int = 0) -> bytes:
+    stream.read(skip)
+    chunks, total = [], 0
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            break
+        data = decomp.decompress(block, _MAX_INFLATE + 1 - total)
+        chunks.append(data)
+        total += len(data)
+        if total > _MAX_INFLATE:
+            raise ValueError("decompresses to more than 1 GiB")
+        if getattr(decomp, "eof", False):
+            break
+    return b"".join(chunks)
+
+
+# -- zip -------------------------------------------------------------------------------------
+
+
+def _member_stream(f: IO[bytes], member: zipscan.ZipMember) -> Any:
+    if member.method == 0:
+        if member.compressed_size <= _IN_MEMORY:
+            f.seek(member.data_offset)
+            return io.BytesIO(f.read(member.compressed_size))
+        return _Slice(f, member.data_offset, member.compressed_size)
+    window = _Slice(f, member.data_offset, member.compressed_size)
+    makers = {8: lambda: zlib.decompressobj(-15), 12: bz2.BZ2Decompressor, 14: None}
+    if member.method not in makers or makers[member.method] is None:
+        raise ValueError(f"compression method {member.method} not supported")
+    return io.BytesIO(_inflate(window, makers[member.method]()))
+
+
+def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str:
+    members, problems = zipscan.list_members(f, size)
+    if not members:
+        out.append(_err(FindingKind.PARSE_ERROR, "zip with no readable members", location))
+        return "zip"
+    for problem in problems:
+        out.append(_err(FindingKind.BAD_HEADER, f"zip: {problem}", location))
+    kinds: set[str] = set()
+    for member in members:
+        where = f"{location}:{member.name}" if location else member.name
+        if member.encrypted:
+            out.append(_err(FindingKind.UNSUPPORTED, "encrypted zip member", where))
+            continue
+        try:
+            stream = _member_stream(f, member)
+        except (ValueError, zlib.error, OSError, EOFError) as exc:
+            out.append(_err(FindingKind.UNSUPPORTED, f"member unreadable: {exc}", where))
+            continue
+        kinds.add(_scan_member(stream, member, where, out))
+    if "pickle" in kinds:
+        return "torch-zip"
+    return "npz" if kinds == {"npy"} else "zip"
+
+
+def _scan_member(stream: Any, member: zipscan.ZipMember, where: str, out: list[Finding]) -> str:
+    head = stream.read(8)
+    stream.seek(0)
+    if head.startswith(_NPY_MAGIC):
+        return _scan_npy(stream, where, out, member.uncompressed_size)
+    if head[:1] not in _VALID_FIRST:
+        if member.name.endswith(".pkl"):
+            out.append(_err(FindingKind.PARSE_ERROR, "pickle member is not a pickle", where))
+        return "data"
+    fmt = _scan_pickles(stream, where, out, strict=member.name.endswith(".pkl"))
+    return "data" if fmt is None else "pickle"
+
+
+# -- entry -----------------------------------------------------------------------------------
+
+
+def _is_text(f: IO[bytes]) -> bool:
+    f.seek(0)
+    sample = f.read(1 << 16)
+    if b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start > len(sample) - 4  # a multibyte character cut at the sample's end
+    return True
+
+
+def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[Finding]]:
+    """Judge one seekable binary stream of `size` bytes by its content: (format, findings)."""
+    out: list[Finding] = []
+    head = f.read(16)
+    f.seek(0)
+    if size == 0:
+        return "empty", [_err(FindingKind.PARSE_ERROR, "empty file", location)]
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _scan_zip(f, location, out, size), out
+    if head.startswith(_NPY_MAGIC):
+        return _scan_npy(f, location, out, size), out
+    if _is_safetensors(head, size):
+        return _scan_safetensors(f, location, out, size), out
+    fmt = _scan_head(f, head, size, location, out)
+    if zipscan.find_eocd(f, size) is not None:  # a pickle/zip polyglot: judge the zip side too
+        f.seek(0)
+        _scan_zip(f, location, out, size)
+    return fmt, out
+
+
+def _scan_head(f: IO[bytes], head: bytes, size: int, location: str, out: list[Finding]) -> str:
+    comp = _decompressor(head)
+    if comp is not None and head[:1] not in _VALID_FIRST:
+        name, decomp = comp
+        try:
+            data = _inflate(f, decomp)
+        except (ValueError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            out.append(_err(FindingKind.PARSE_ERROR, f"{name} stream: {exc}", location))
+            return name
+        inner_fmt, inner = scan_stream(io.BytesIO(data), len(data), f"{location}[{name}]")
+        out.extend(inner)
+        return f"{name}+{inner_fmt}"
+    if head.startswith(b"ZF0x"):  # joblib < 0.10 zlib format: "ZF" + hex length + zlib
+        try:
+            data = _inflate(f, zlib.decompressobj(), skip=21)  # "ZF" + hex length padded to 19
+        except (ValueError, zlib.error) as exc:
+            out.append(_err(FindingKind.PARSE_ERROR, f"joblib zlib stream: {exc}", location))
+            return "joblib-zlib"
+        inner_fmt, inner = scan_stream(io.BytesIO(data), len(data), f"{location}[zlib]")
+        out.extend(inner)
+        return f"joblib-zlib+{inner_fmt}"
+    if head[:1] in _VALID_FIRST:
+        found: list[Finding] = []
+        fmt = _scan_pickles(f, location, found, strict=True)
+        if fmt is None and all(x.kind is FindingKind.PARSE_ERROR for x in found) and _is_text(f):
+            return "text"  # not a pickle, and nothing in it could have been imported
+        out.extend(found)
+        return fmt or "pickle"
+    if _is_text(f):
+        return "text"
+    out.append(_err(FindingKind.PARSE_ERROR, "unrecognised format (not a pickle, zip, "
+                    "npy, joblib or safetensors file)", location))
+    return "unknown"

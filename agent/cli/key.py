@@ -119,15 +119,18 @@ def _sealed_files(paths: list[Path]) -> Iterator[Path]:
 
 
 def run_rewrap(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.crypto.sealed import rewrap_file
+    from trainguard.crypto.sealed import rewrap_files
 
     ring = open_keyring(ctx)
-    rewrapped, current, failed = [], [], []
-    for f in _sealed_files(args.paths):
-        try:
-            (rewrapped if rewrap_file(f, ring) else current).append(str(f))
-        except (TrainguardError, OSError) as exc:
-            failed.append({"path": str(f), "error": getattr(exc, "message", None) or str(exc)})
+    rewrapped: list[str] = []
+    current: list[str] = []
+    failed: list[dict[str, str]] = []
+    for r in rewrap_files(list(_sealed_files(args.paths)), ring):
+        if r.error is not None:
+            msg = r.error.message if isinstance(r.error, TrainguardError) else str(r.error)
+            failed.append({"path": str(r.path), "error": msg})
+        else:
+            (rewrapped if r.rewrapped else current).append(str(r.path))
     ctx.audit.record(
         "key-rewrapped",
         ACTOR,

@@ -291,3 +291,18 @@ def _fixed(stream: bytes):  # type: ignore[no-untyped-def]
         return out
 
     return rng
+
+
+def test_rewrap_files_batch_reports_each_file(keyring: Keyring, tmp_path: Path) -> None:
+    from trainguard.crypto.sealed import rewrap_files
+
+    good = [tmp_path / f"g{i}.tgs" for i in range(5)]
+    for p in good:
+        p.write_bytes(seal_bytes(os.urandom(100), keyring))
+    bad = tmp_path / "bad.tgs"
+    bad.write_bytes(b"TGSEAL" + b"\0" * 200)
+    keyring.rotate()
+    results = {r.path.name: r for r in rewrap_files([*good, bad], keyring, workers=3)}
+    assert all(results[p.name].rewrapped for p in good)
+    assert isinstance(results["bad.tgs"].error, SealedStreamError)
+    assert [r.rewrapped for r in rewrap_files(good, keyring)] == [False] * 5

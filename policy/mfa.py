@@ -24,10 +24,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import pyotp
 from trainguard.core.audit import AuditSink
+from trainguard.core.errors import TrainguardError
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import AuthenticationFailed, LockedOut, UnknownName
 from trainguard.policy.users import UserStore
@@ -134,10 +135,14 @@ class MfaService:
         blob = self.users.totp_blob(name)
         if blob is None:
             raise AuthenticationFailed(
-                f"user {name!r} has no second factor enrolled",
-                tip=f"an admin runs `trainguard user enrol {name}`",
+                "second-factor verification failed", reason="no second factor enrolled"
             )
-        return self._require_box().decrypt_small(blob, _aad(rec.uid)).decode()
+        try:
+            return self._require_box().decrypt_small(blob, _aad(rec.uid)).decode()
+        except TrainguardError as exc:  # wrong KEK, edited row, or a secret moved between users
+            raise AuthenticationFailed(
+                "second-factor verification failed", reason="stored TOTP secret does not decrypt"
+            ) from exc
 
     # -- verification ---------------------------------------------------------------------
     def verify(self, name: str, code: str, *, purpose: str = "login") -> float:
@@ -150,7 +155,7 @@ class MfaService:
         """
         now = self._clock()
         if not self.users.exists(name):
-            self._deny(name, purpose, "unknown user", count=False)
+            self._deny(name, purpose, "unknown user")
         self._gate(name, now)
         code = code.strip().lower()
         ok = False
@@ -162,9 +167,10 @@ class MfaService:
                 self.audit.record("recovery-code-used", name, {"user": name})
         else:
             try:
-                step = match_step(self._secret(name), code, now, self.config.totp_drift_steps)
-            except AuthenticationFailed:
-                self._deny(name, purpose, "not enrolled", count=False)
+                secret = self._secret(name)
+            except AuthenticationFailed as exc:
+                self._deny(name, purpose, exc.reason)
+            step = match_step(secret, code, now, self.config.totp_drift_steps)
             if step is not None:
                 ok = self.users.claim_step(name, step)
                 reason = "code already used (replay)" if not ok else ""
@@ -195,18 +201,18 @@ class MfaService:
                     tip="wait, then retry with a fresh code",
                 )
 
-    def _fail(self, name: str, now: float, purpose: str, reason: str) -> None:
+    def _fail(self, name: str, now: float, purpose: str, reason: str) -> NoReturn:
         self.users.add_failure(name, now)
         recent = self.users.failures_since(name, now - self.config.lockout_window_seconds)
         if len(recent) >= self.config.lockout_after:
             self.users.lock(name, now)
             self.audit.record("user-locked", name, {"user": name, "failures": len(recent)})
-            self._deny(name, purpose, reason + "; user locked", count=False)
-        self._deny(name, purpose, reason, count=False)
+            self._deny(name, purpose, reason + "; user locked")
+        self._deny(name, purpose, reason)
 
-    def _deny(self, name: str, purpose: str, reason: str, *, count: bool) -> None:
+    def _deny(self, name: str, purpose: str, reason: str) -> NoReturn:
         self.audit.record("mfa-failed", name, {"user": name, "purpose": purpose, "reason": reason})
-        raise AuthenticationFailed("second-factor verification failed")
+        raise AuthenticationFailed("second-factor verification failed", reason=reason)
 
     # -- recovery codes -------------------------------------------------------------------
     def new_recovery_codes(self, name: str, *, actor: str) -> list[str]:

@@ -194,6 +194,10 @@ def _stop_training(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionRes
     return _result("stop-training", True, f"stop requested in {path}", file=str(path))
 
 
+# `hooks test` fires synthetic incidents (evidence {"test": true}); these actions only report
+# what they would do for them, so a test never kills, moves, revokes or stops anything.
+DRY_RUN_FOR_TESTS = frozenset({"kill", "quarantine", "revoke", "stop-training"})
+
 _ACTIONS: dict[str, Callable[[ActionContext, Mapping[str, Any]], ActionResult]] = {
     "webhook": _webhook,
     "kill": _kill,
@@ -208,6 +212,8 @@ def run_action(name: str, ctx: ActionContext, incident: Mapping[str, Any]) -> Ac
     fn = _ACTIONS.get(name)
     if fn is None:
         return _result(name, False, "unknown action")
+    if name in DRY_RUN_FOR_TESTS and incident.get("evidence", {}).get("test") is True:
+        return _result(name, True, "dry run: synthetic test incident (`hooks test`)", dry_run=True)
     try:
         return fn(ctx, incident)
     except (OSError, ValueError, TypeError, KeyError) as exc:

@@ -1,0 +1,162 @@
+"""`trainguard audit verify | audit log [--since T] [--kind K]` (and `audit report`, when built).
+
+Each sub-command lives in one `_register_<name>` function; `audit report` is registered from
+`trainguard.agent.cli.audit_report` when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from trainguard.agent.cli.context import Context
+from trainguard.core.errors import UsageError
+
+_SUBMODULES = ("trainguard.agent.cli.audit_report",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("audit", help="verify, read and report on the audit log")
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    _register_verify(audit_sub)
+    _register_log(audit_sub)
+    for name in _SUBMODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(audit_sub)
+
+
+def _register_verify(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser(
+        "verify",
+        help="check the hash chain and checkpoint signatures (exit 1 names the first bad entry)",
+        description=(
+            "Verify every entry's hash chain and every signed checkpoint against the node key. "
+            "With --checkpoint FILE (saved earlier with --save-checkpoint, ideally off the node), "
+            "also detect a log that was rolled back or truncated."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint saved earlier: detect rollback")
+    p.add_argument(
+        "--save-checkpoint", type=Path, help="after success, save the latest checkpoint here"
+    )
+    p.add_argument(
+        "--pubkey", type=Path, help="node public key (default: <home>/keys/node.ed25519.pub)"
+    )
+    p.add_argument(
+        "--segment", type=Path, help="verify an exported segment (JSON) instead of the log"
+    )
+    p.set_defaults(func=_verify)
+
+
+def _register_log(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser("log", help="print audit entries")
+    p.add_argument(
+        "--since", help="epoch seconds, ISO time (2026-01-31T12:00) or age (30m, 2h, 7d)"
+    )
+    p.add_argument("--kind", help="exact kind, or a prefix ending in * (policy.*)")
+    p.add_argument("--limit", type=int, default=None, help="at most N entries (the newest)")
+    p.set_defaults(func=_log)
+
+
+def parse_since(value: str, now: float) -> float:
+    """Epoch seconds, an ISO 8601 time (UTC unless it says otherwise) or an age like 90m."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if m:
+        return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"cannot read --since {value!r}", tip="use 1700000000, 2026-01-31T12:00 or 2h"
+        ) from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+def _open_log(ctx: Context) -> Any:
+    from trainguard.agent.sink import open_embedded_log
+
+    home = ctx.home.require()
+    if not home.audit_db.exists():
+        raise UsageError(f"no audit log at {home.audit_db}", tip="run `trainguard init` first")
+    return open_embedded_log(home, ctx.config)
+
+
+def _verify(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.agent.audit_log import Checkpoint, verify_segment
+    from trainguard.core.home import write_private
+    from trainguard.crypto.signing import VerifyKey
+
+    key = VerifyKey.load(args.pubkey or ctx.home.node_verify_key)
+    trusted = None
+    if args.checkpoint:
+        trusted = Checkpoint.from_dict(_read_json(args.checkpoint))
+    if args.segment:
+        report = verify_segment(_read_json(args.segment), key, trusted_checkpoint=trusted)
+    else:
+        with _open_log(ctx) as log:
+            report = log.verify(key, trusted_checkpoint=trusted)
+    data = {"ok": True, "key_id": key.key_id, **report.to_dict()}
+    if args.save_checkpoint and report.last_checkpoint is not None:
+        write_private(
+            args.save_checkpoint, json.dumps(report.last_checkpoint.to_dict(), indent=2).encode()
+        )
+        data["saved_checkpoint"] = str(args.save_checkpoint)
+    ctx.emit(data, _verify_text)
+    return 0
+
+
+def _verify_text(d: dict[str, Any]) -> str:
+    cp = d["last_checkpoint"]
+    lines = [
+        f"audit log OK: {d['entries']} entries (seq {d['first_seq']}..{d['last_seq']}), "
+        f"{d['checkpoints']} signed checkpoints, node key {d['key_id']}",
+        f"last checkpoint covers entry {cp['seq']}" if cp else "no signed checkpoint yet",
+    ]
+    if d["unsigned_tail"]:
+        lines.append(
+            f"{d['unsigned_tail']} entries after the last checkpoint are protected by the chain only"
+        )
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} as JSON: {exc}") from exc
+
+
+def _log(args: argparse.Namespace, ctx: Context) -> int:
+    since = parse_since(args.since, time.time()) if args.since else None
+    with _open_log(ctx) as log:
+        entries = [e.to_dict() for e in log.entries(since=since, kind=args.kind)]
+    if args.limit is not None:
+        entries = entries[-args.limit :] if args.limit > 0 else []
+    ctx.emit(entries, _log_text)
+    return 0
+
+
+def _log_text(entries: list[dict[str, Any]]) -> str:
+    out = []
+    for e in entries:
+        when = dt.datetime.fromtimestamp(e["time"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data = json.dumps(e["data"], sort_keys=True, separators=(",", ":"))
+        out.append(f"{e['seq']:>7} {when} {e['kind']:<24} {e['actor']:<18} {data}")
+    return "\n".join(out) or "(no entries)"

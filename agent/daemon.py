@@ -1,0 +1,367 @@
+"""The node agent: one asyncio process that runs posture checks, samples and scores telemetry,
+turns failures and detections into incidents, serves the API and /metrics, and speaks sd_notify.
+
+Collaborators (checks, telemetry, metrics, scorer) are constructor parameters with the real
+implementations as defaults, so tests drive the daemon with small fakes. The blocking parts of a
+cycle (NVML, /proc, checks, hooks) run in a worker thread; the event loop only serves requests.
+
+Signals: SIGTERM/SIGINT flush pending audit writes, write a final checkpoint and exit 0; SIGHUP
+reloads trainguard.toml (a bad file is reported and the old config is kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainguard.agent.api import AgentServer
+from trainguard.agent.api_auth import ApiAuthorizer, policy_check_for_home
+from trainguard.agent.audit_log import AuditLog
+from trainguard.agent.config import AgentConfig
+from trainguard.agent.incidents import AGENT_ACTOR, IncidentEngine, IncidentStatus
+from trainguard.agent.sdnotify import Notifier
+from trainguard.agent.sink import open_embedded_log
+from trainguard.core.config import Config, load_config
+from trainguard.core.errors import TrainguardError, UsageError
+from trainguard.core.home import Home
+
+__all__ = ["Agent", "AgentRefused", "CycleReport"]
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class AgentRefused(UsageError):
+    """The agent will not start on this home as it is (exit 2)."""
+
+
+@dataclass
+class CycleReport:
+    time: float
+    checks: dict[str, int] = field(default_factory=dict)  # status -> count
+    failed_checks: list[str] = field(default_factory=list)
+    gpus: int = 0
+    detections: int = 0
+    incidents: list[str] = field(default_factory=list)
+    webhooks_delivered: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "checks": self.checks,
+            "failed_checks": self.failed_checks,
+            "gpus": self.gpus,
+            "detections": self.detections,
+            "incidents": self.incidents,
+            "webhooks_delivered": self.webhooks_delivered,
+            "errors": self.errors,
+        }
+
+
+def preflight(home: Home) -> None:
+    """Refuse a missing home or loose modes, naming each file and the mode to set."""
+    home.require()
+    problems = home.check_modes()
+    if problems:
+        raise AgentRefused(
+            "refusing to start: unsafe permissions\n  " + "\n  ".join(str(p) for p in problems),
+            tip="fix the modes listed above, then start the agent again",
+        )
+
+
+def _default_scorer(config: Config, clock: Callable[[], float]) -> Any:
+    try:
+        from trainguard.agent.detection import Scorer
+    except ImportError:
+        log.warning("anomaly scoring is not built in this install; detections are off")
+        return None
+    return Scorer(config, clock=clock)
+
+
+class Agent:
+    def __init__(
+        self,
+        home: Home,
+        config: Config,
+        *,
+        audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+        checks: Callable[[Home, Config], list[Any]] | None = None,
+        telemetry: Any = None,
+        metrics: Any = None,
+        scorer: Any = "default",
+        engine: IncidentEngine | None = None,
+        config_loader: Callable[[], Config] | None = None,
+    ) -> None:
+        self.home = home
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.audit = audit or open_embedded_log(home, config)
+        self.engine = engine or IncidentEngine.from_config(home, config, self.audit, clock=clock)
+        if checks is None:
+            from trainguard.agent.checks import run_checks
+
+            checks = run_checks
+        self._checks = checks
+        if telemetry is None:
+            from trainguard.agent.telemetry import TelemetryCollector
+
+            telemetry = TelemetryCollector(clock=clock)
+        self.telemetry = telemetry
+        if metrics is None:
+            from trainguard.agent.metrics import AgentMetrics
+
+            metrics = AgentMetrics(config.node.name)
+        self.metrics = metrics
+        self.scorer = _default_scorer(config, clock) if scorer == "default" else scorer
+        self._load_config = config_loader or (lambda: load_config(home.config_path, {}))
+        self.started = clock()
+        self.cycles = 0
+        self.last_cycle: CycleReport | None = None
+        self._last_checks = float("-inf")
+        self.server: AgentServer | None = None
+        self.listeners: dict[str, str] = {}
+
+    @property
+    def agent_config(self) -> AgentConfig:
+        section = self.config.section("agent")
+        return section if isinstance(section, AgentConfig) else AgentConfig()
+
+    # ---- one cycle -----------------------------------------------------------------------
+
+    def cycle(self, *, force_checks: bool = False) -> CycleReport:
+        """Checks (when due), one telemetry sample, metrics, scoring, incidents, retries."""
+        now = self.clock()
+        report = CycleReport(time=now)
+        if force_checks or now - self._last_checks >= self.agent_config.checks_seconds:
+            self._last_checks = now
+            self._run_checks(report)
+        try:
+            sample = self.telemetry.sample()
+            report.gpus = len(sample.gpus)
+            self.metrics.update(sample)
+            detections = list(self.scorer.observe(sample)) if self.scorer is not None else []
+        except Exception as exc:  # noqa: BLE001 - one bad sample must not stop the agent
+            log.exception("telemetry cycle failed")
+            report.errors.append(f"telemetry: {type(exc).__name__}: {exc}")
+            detections = []
+        report.detections = len(detections)
+        for d in detections:
+            kind = getattr(d.kind, "value", d.kind)
+            severity = getattr(d.severity, "value", d.severity)
+            self._incident(report, kind, severity, dict(d.evidence))
+        try:
+            report.webhooks_delivered = self.engine.deliver_webhooks()
+            self.audit.checkpoint()
+        except (TrainguardError, OSError) as exc:
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+        self.cycles += 1
+        self.last_cycle = report
+        return report
+
+    def _run_checks(self, report: CycleReport) -> None:
+        try:
+            results = self._checks(self.home, self.config)
+        except Exception as exc:  # noqa: BLE001 - a broken check module must not stop the agent
+            log.exception("posture checks failed")
+            report.errors.append(f"checks: {type(exc).__name__}: {exc}")
+            return
+        for r in results:
+            status = getattr(r.status, "value", str(r.status))
+            report.checks[status] = report.checks.get(status, 0) + 1
+        with contextlib.suppress(AttributeError):
+            self.metrics.update_checks(results)
+        failed = [r for r in results if getattr(r.status, "value", r.status) == "fail"]
+        report.failed_checks = [r.id for r in failed]
+        self.audit.append(
+            "posture.checks", AGENT_ACTOR, {"counts": report.checks, "failed": report.failed_checks}
+        )
+        for r in failed:
+            evidence = {
+                "check": r.id,
+                "title": r.title,
+                "summary": r.summary,
+                "controls": list(r.controls),
+                "evidence": dict(r.evidence),
+                "remediation": r.remediation,
+                "dedup_key": f"check:{r.id}",
+            }
+            self._incident(
+                report, "posture-failure", getattr(r.severity, "value", r.severity), evidence
+            )
+
+    def _incident(
+        self, report: CycleReport, kind: str, severity: str, evidence: dict[str, Any]
+    ) -> None:
+        try:
+            incident = self.engine.report(kind, severity, evidence)
+        except TrainguardError as exc:
+            report.errors.append(exc.message)
+            return
+        if incident.status == IncidentStatus.NEW:
+            report.incidents.append(incident.id)
+            with contextlib.suppress(AttributeError):
+                self.metrics.incident(kind, severity)
+
+    # ---- status and reload ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        cp = self.audit.latest_checkpoint()
+        return {
+            "node": self.config.node.name,
+            "cluster": self.config.node.cluster,
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uptime_seconds": round(self.clock() - self.started, 1),
+            "cycles": self.cycles,
+            "last_cycle": self.last_cycle.to_dict() if self.last_cycle else None,
+            "audit": {"last_seq": self.audit.last_seq(), "last_checkpoint": cp.seq if cp else None},
+            "webhook_queue": self.engine.queue.counts(),
+            "listeners": dict(self.listeners),
+            "scoring": self.scorer is not None,
+            "nvml_error": getattr(self.telemetry, "nvml_error", None),
+        }
+
+    def reload(self) -> bool:
+        """Re-read the config (SIGHUP). Interval and hook settings apply from the next cycle;
+        listener addresses need a restart."""
+        try:
+            new = self._load_config()
+        except TrainguardError as exc:
+            log.error("config reload failed, keeping the old config: %s", exc.message)
+            self.audit.append("agent.reload-failed", AGENT_ACTOR, {"error": exc.message})
+            return False
+        self.config = new
+        old_queue = self.engine.queue
+        self.engine = IncidentEngine.from_config(
+            self.home, new, self.audit, clock=self.clock, queue=old_queue
+        )
+        if self.server is not None:
+            self.server.engine = self.engine
+            self.server.config = self.agent_config
+        self.audit.append("agent.reload", AGENT_ACTOR, {"config": self.config.source})
+        return True
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    async def run(self, *, stop: asyncio.Event | None = None) -> int:
+        """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code (0)."""
+        stop = stop or asyncio.Event()
+        reload_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+        await self._start_listeners()
+        self.audit.append(
+            "agent.start",
+            AGENT_ACTOR,
+            {"pid": os.getpid(), "version": VERSION, "listeners": self.listeners},
+        )
+        self.notifier.ready(f"serving {self.home.agent_socket}")
+        watchdog = asyncio.create_task(self._watchdog(stop))
+        try:
+            while not stop.is_set():
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    self.notifier.reloading()
+                    self.reload()
+                    self.notifier.ready("reloaded")
+                await asyncio.to_thread(self.cycle)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        _first(stop, reload_requested), self.agent_config.cycle_seconds
+                    )
+        finally:
+            self.notifier.stopping()
+            watchdog.cancel()
+            await self._shutdown()
+        return 0
+
+    async def _watchdog(self, stop: asyncio.Event) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while not stop.is_set():
+            self.notifier.watchdog()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _start_listeners(self) -> None:
+        cfg = self.agent_config
+        authorizer = ApiAuthorizer(
+            node=self.config.node.name,
+            cluster=self.config.node.cluster,
+            allowed_uids=list(cfg.allowed_uids),
+            admin_names=list(cfg.admin_names),
+            policy_check=policy_check_for_home(self.home, self.config, self.audit),
+        )
+        self.server = AgentServer(self.audit, self.engine, cfg, authorizer, status=self.status)
+        await self.server.start_unix(self.home.agent_socket)
+        self.listeners["unix"] = str(self.home.agent_socket)
+        if cfg.listen:
+            from trainguard.crypto.pki import server_context
+
+            pki = self.home.pki_dir
+            crl = pki / "crl.pem"
+            ctx = server_context(
+                pki / "node.crt", pki / "node.key", pki / "ca.crt", crl if crl.exists() else None
+            )
+            host, _, port = cfg.listen.rpartition(":")
+            bound = await self.server.start_tcp(host.strip("[]"), int(port), ctx)
+            self.listeners["tls"] = f"{host}:{bound}"
+        if cfg.metrics_listen:
+            from trainguard.agent.metrics_http import serve_metrics
+
+            host, _, port = cfg.metrics_listen.rpartition(":")
+            self._metrics_server, bound = await serve_metrics(self.metrics, host, int(port))
+            self.listeners["metrics"] = f"http://{host}:{bound}/metrics"
+
+    async def _shutdown(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        metrics_server = getattr(self, "_metrics_server", None)
+        if metrics_server is not None:
+            metrics_server.close()
+            await metrics_server.wait_closed()
+        self.audit.append("agent.stop", AGENT_ACTOR, {"pid": os.getpid(), "cycles": self.cycles})
+        self.audit.checkpoint(force=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.home.agent_socket)
+        self.engine.close()
+
+    def close(self) -> None:
+        self.engine.close()
+        self.audit.close()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    tasks = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def run_once(home: Home, config: Config, **kwargs: Any) -> Mapping[str, Any]:
+    """`agent run --once`: one full cycle with checks, then a summary."""
+    agent = Agent(home, config, **kwargs)
+    try:
+        report = agent.cycle(force_checks=True)
+        agent.audit.checkpoint(force=True)
+        return {**report.to_dict(), "audit_last_seq": agent.audit.last_seq()}
+    finally:
+        agent.close()

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Sample trainguard incident hook. Copy it into <home>/hooks.d/ (mode 0700, owned by the agent's
+# user) and edit. The agent runs every executable there once per incident:
+#   stdin: ONE JSON object {"v":1,"id","kind","severity","node","time","evidence":{...}}
+#   env:   TRAINGUARD_INCIDENT_ID, _KIND, _SEVERITY, _TIME, TRAINGUARD_NODE, TRAINGUARD_HOME,
+#          TRAINGUARD_HOOK_TIMEOUT (the hook is killed, with its children, after this many s)
+# stdout/stderr (bounded) and the exit code go to the audit log (`trainguard audit log --kind hook.run`).
+set -eu
+incident=$(cat)
+# Log to the system journal when logger exists; always say something on stdout for the audit log.
+if command -v logger >/dev/null 2>&1; then
+    logger -t trainguard-hook -p auth.warning -- \
+        "incident ${TRAINGUARD_INCIDENT_KIND} (${TRAINGUARD_INCIDENT_SEVERITY}) on ${TRAINGUARD_NODE}: ${TRAINGUARD_INCIDENT_ID}"
+fi
+case "$TRAINGUARD_INCIDENT_SEVERITY" in
+    high|critical) echo "paging on-call for ${TRAINGUARD_INCIDENT_KIND}" ;;
+    *) echo "noted ${TRAINGUARD_INCIDENT_KIND}" ;;
+esac
+# Example: pull a field out of the evidence with python (no jq needed).
+printf '%s' "$incident" | python3 -c 'import json,sys; e=json.load(sys.stdin)["evidence"]; print("evidence keys:", ",".join(sorted(e)))' || true

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +138,32 @@ def test_parse_formats() -> None:
     assert parse_formats("html, md,json,oscal,md") == [ReportFormat.HTML, ReportFormat.MD, ReportFormat.JSON, ReportFormat.OSCAL]
     with pytest.raises(UsageError):
         parse_formats("pdf")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, timeout=120)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium; install with `apt-get install chromium`")
+def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    html = tmp_path / "report.html"
+    html.write_text(ReportFormat.HTML.formatter().render(_report()))
+    dom = _chromium(tmp_path, "--dump-dom", html.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = dom.stdout.decode()
+    assert 'id="score"' in text and "/ 100" in text
+    assert text.count("<svg") == 2 and "<polyline" in text  # incidents bars + accuracy line
+    shot = tmp_path / "report.png"
+    res = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", html.as_uri())
+    assert res.returncode == 0, res.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a page with content, not blank

@@ -234,7 +234,7 @@ class PGD(Attack):
         self.steps = int(steps)
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / max(self.steps, 1)
         self.random_start = random_start
-        if self.steps < 1 or self.alpha <= 0:
+        if self.steps < 1 or (self.alpha <= 0 and self.eps > 0):
             raise AdversarialError(f"need steps >= 1 and alpha > 0 (got {steps}, {alpha})")
 
     def _run(self, x: Tensor, y: Tensor, gen: torch.Generator, best: _Best, idx: Tensor) -> None:
@@ -287,7 +287,8 @@ class APGD(Attack):
         p = [0.0, 0.22]
         while p[-1] < 1:
             p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-        return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1} - {0})
+        # round before ceil: 0.41 * 100 is 41.000000000000004 in floating point
+        return sorted({math.ceil(round(q * steps, 6)) for q in p[1:] if q <= 1} - {0})
 
     def _run(self, x: Tensor, y: Tensor, gen: torch.Generator, best: _Best, idx: Tensor) -> None:
         n = x.shape[0]

@@ -196,11 +196,13 @@ def train_adversarial(
     guard: OverfitGuard | None = None,
     seed: int = 0,
     progress: Callable[[EpochReport], None] | None = None,
+    measure: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam and a linear learning-rate decay.
 
     Returns the per-epoch reports. With ``guard`` and ``holdout`` the best-holdout weights are
-    restored when robust accuracy collapses (catastrophic overfitting).
+    restored when robust accuracy collapses (catastrophic overfitting). ``measure`` replaces
+    the held-out PGD accuracy (a seam for tests and for callers with their own metric).
     """
     if epochs < 1 or batch_size < 1:
         raise AdversarialError(f"need epochs >= 1 and batch size >= 1 (got {epochs}, {batch_size})")
@@ -227,7 +229,9 @@ def train_adversarial(
             loss_sum += float(loss.detach()) * len(idx)
             with torch.no_grad(), eval_mode(model):
                 correct += int((model(x).argmax(1) == y).sum())
-        pgd_acc = _holdout_accuracy(model, holdout, guard) if guard and holdout else None
+        pgd_acc = None
+        if guard is not None and (measure is not None or holdout is not None):
+            pgd_acc = measure(model) if measure else _holdout_accuracy(model, holdout, guard)  # type: ignore[arg-type]
         report = EpochReport(epoch, loss_sum / len(train), correct / len(train), pgd_acc)
         reports.append(report)
         if progress:

@@ -16,9 +16,9 @@ from pathlib import Path
 from trainguard.agent.scanner.allowlist import Allowance, classify
 from trainguard.agent.scanner.formats import scan_stream
 from trainguard.agent.scanner.report import (
+    FileVerdict,
     Finding,
     FindingKind,
-    FileVerdict,
     ScanReport,
     Verdict,
 )
@@ -79,9 +79,10 @@ def scan_file(path: Path) -> FileVerdict:
         except (OSError, ValueError, EOFError, IndexError, KeyError) as exc:
             # struct/short-read failures on truncated headers: never "safe"
             log.debug("scan of %s failed", path, exc_info=True)
-            fmt, findings = "unknown", [
-                Finding(FindingKind.PARSE_ERROR, f"unreadable: {type(exc).__name__}: {exc}")
-            ]
+            fmt, findings = (
+                "unknown",
+                [Finding(FindingKind.PARSE_ERROR, f"unreadable: {type(exc).__name__}: {exc}")],
+            )
     return FileVerdict.from_findings(str(path), fmt, findings)
 
 
@@ -93,9 +94,10 @@ def scan_bytes(data: bytes, name: str = "<bytes>") -> FileVerdict:
     try:
         fmt, findings = scan_stream(io.BytesIO(data), len(data))
     except (ValueError, EOFError, IndexError, KeyError, struct.error) as exc:
-        fmt, findings = "unknown", [
-            Finding(FindingKind.PARSE_ERROR, f"unreadable: {type(exc).__name__}: {exc}")
-        ]
+        fmt, findings = (
+            "unknown",
+            [Finding(FindingKind.PARSE_ERROR, f"unreadable: {type(exc).__name__}: {exc}")],
+        )
     return FileVerdict.from_findings(name, fmt, findings)
 
 

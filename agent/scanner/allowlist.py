@@ -64,35 +64,39 @@ _TORCH_DCP = [
     "torch.distributed.checkpoint.planner.LoadItemType",
     "torch.distributed.checkpoint.planner.WriteItemType",
 ]
-_NUMPY = [
-    f"{core}.{n}"
-    for core in ("numpy.core", "numpy._core")
-    for n in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
-] + [
-    "numpy.ndarray",
-    "numpy.dtype",
-    "numpy.ma.core._mareconstruct",
-    "numpy.ma.core.MaskedArray",
-    "numpy.random._pickle.__randomstate_ctor",
-    "numpy.random._pickle.__generator_ctor",
-    "numpy.random._pickle.__bit_generator_ctor",
-    "numpy.random.mtrand.RandomState",
-    "numpy.random._generator.Generator",
-    "numpy.random._mt19937.MT19937",
-    "numpy.random._pcg64.PCG64",
-    "numpy.random._pcg64.PCG64DXSM",
-    "numpy.random._philox.Philox",
-    "numpy.random._sfc64.SFC64",
-    "numpy.random.bit_generator.SeedSequence",
-    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
-] + [
-    f"numpy.{t}"
-    for t in (
-        "bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 "
-        "longdouble complex64 complex128 clongdouble str_ bytes_ void object_ datetime64 "
-        "timedelta64 intc uintc longlong ulonglong"
-    ).split()
-]
+_NUMPY = (
+    [
+        f"{core}.{n}"
+        for core in ("numpy.core", "numpy._core")
+        for n in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
+    ]
+    + [
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.ma.core._mareconstruct",
+        "numpy.ma.core.MaskedArray",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random.mtrand.RandomState",
+        "numpy.random._generator.Generator",
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._pcg64.PCG64DXSM",
+        "numpy.random._philox.Philox",
+        "numpy.random._sfc64.SFC64",
+        "numpy.random.bit_generator.SeedSequence",
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+    ]
+    + [
+        f"numpy.{t}"
+        for t in (
+            "bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 "
+            "longdouble complex64 complex128 clongdouble str_ bytes_ void object_ datetime64 "
+            "timedelta64 intc uintc longlong ulonglong"
+        ).split()
+    ]
+)
 _BUILTINS = [
     f"builtins.{n}"
     for n in (
@@ -127,35 +131,40 @@ _SCIPY = [
 ] + ["scipy.interpolate._bsplines.BSpline"]
 # Internal scikit-learn types (Cython extension classes and their unpickle helpers) that fitted
 # estimators pickle; collected from real pickles of every estimator in scikit-learn 1.9.
-_SKLEARN_INTERNAL = [
-    "sklearn.tree._tree.Tree",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neighbors._kd_tree.newObj",
-    "sklearn.neighbors._ball_tree.BallTree",
-    "sklearn.neighbors._ball_tree.newObj",
-    "sklearn.utils._bunch.Bunch",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-] + [
-    f"sklearn.metrics._dist_metrics.{m}{bits}"
-    for bits in ("", "32", "64")
-    for m in (
-        "EuclideanDistance SEuclideanDistance ManhattanDistance ChebyshevDistance "
-        "MinkowskiDistance MahalanobisDistance HammingDistance CanberraDistance "
-        "BrayCurtisDistance JaccardDistance MatchingDistance DiceDistance KulsinskiDistance "
-        "RogersTanimotoDistance RussellRaoDistance SokalMichenerDistance SokalSneathDistance "
-        "HaversineDistance"
-    ).split()
-] + [
-    f"sklearn.linear_model._sgd_fast.{n}"
-    for n in "Hinge ModifiedHuber Log SquaredLoss Huber EpsilonInsensitive SquaredEpsilonInsensitive SquaredHinge".split()
-] + [
-    f"sklearn._loss._loss.Cy{n}"
-    for n in (
-        "HalfSquaredError AbsoluteError PinballLoss HuberLoss HalfPoissonLoss HalfGammaLoss "
-        "HalfTweedieLoss HalfTweedieLossIdentity HalfBinomialLoss ExponentialLoss "
-        "HalfMultinomialLoss"
-    ).split()
-]
+_SKLEARN_INTERNAL = (
+    [
+        "sklearn.tree._tree.Tree",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._kd_tree.newObj",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.neighbors._ball_tree.newObj",
+        "sklearn.utils._bunch.Bunch",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    ]
+    + [
+        f"sklearn.metrics._dist_metrics.{m}{bits}"
+        for bits in ("", "32", "64")
+        for m in (
+            "EuclideanDistance SEuclideanDistance ManhattanDistance ChebyshevDistance "
+            "MinkowskiDistance MahalanobisDistance HammingDistance CanberraDistance "
+            "BrayCurtisDistance JaccardDistance MatchingDistance DiceDistance KulsinskiDistance "
+            "RogersTanimotoDistance RussellRaoDistance SokalMichenerDistance SokalSneathDistance "
+            "HaversineDistance"
+        ).split()
+    ]
+    + [
+        f"sklearn.linear_model._sgd_fast.{n}"
+        for n in "Hinge ModifiedHuber Log SquaredLoss Huber EpsilonInsensitive SquaredEpsilonInsensitive SquaredHinge".split()
+    ]
+    + [
+        f"sklearn._loss._loss.Cy{n}"
+        for n in (
+            "HalfSquaredError AbsoluteError PinballLoss HuberLoss HalfPoissonLoss HalfGammaLoss "
+            "HalfTweedieLoss HalfTweedieLossIdentity HalfBinomialLoss ExponentialLoss "
+            "HalfMultinomialLoss"
+        ).split()
+    ]
+)
 
 CALLABLE_GLOBALS: frozenset[str] = frozenset(
     [f"torch.{n}" for n in _TORCH_STORAGES + _TORCH_CONSTANTS]
@@ -193,8 +202,15 @@ REFERENCE_GLOBALS: frozenset[str] = frozenset(
     + ["scipy._lib.array_api_compat.numpy._aliases.asarray"]
 )
 
-# Modules under sklearn whose functions must not even be referenced (network, files, testing).
-_SKLEARN_REFERENCE_DENY = ("sklearn.datasets", "sklearn.utils._testing", "sklearn.externals")
+# Modules under sklearn whose names must not even be referenced (network, files, testing).
+_SKLEARN_DENY = (
+    "sklearn.datasets",
+    "sklearn.utils._testing",
+    "sklearn.externals",
+    "sklearn.utils._show_versions",
+    "sklearn.utils.parallel",
+    "sklearn.utils._joblib",
+)
 
 
 def normalize(module: str, name: str, protocol: int) -> tuple[str, str]:
@@ -205,6 +221,21 @@ def normalize(module: str, name: str, protocol: int) -> tuple[str, str]:
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
     return module, name
+
+
+# Names that, re-exported by some sklearn module (`from importlib import import_module`), would
+# hand an attacker a gadget even as a mere reference.
+_GADGET_NAMES = frozenset(
+    "system popen spawn exec eval compile getattr setattr delattr import_module open load loads "
+    "run call check_call check_output execfile input globals locals vars breakpoint urlopen "
+    "urlretrieve remove rmtree unlink partial attrgetter itemgetter methodcaller signature "
+    "Popen NamedTemporaryFile TemporaryDirectory Thread Process Memory Request NumpyPickler "
+    "NumpyUnpickler Parallel Path PathLike StringIO BytesIO".split()
+)
+
+
+def _gadget_name(name: str) -> bool:
+    return name.startswith("__") or name in _GADGET_NAMES or name.startswith(("spawn", "exec"))
 
 
 def _is_class_name(name: str) -> bool:
@@ -219,14 +250,22 @@ def classify(module: str, name: str) -> Allowance:
     if full in REFERENCE_GLOBALS:
         return Allowance.REFERENCE
     top = module.split(".", 1)[0]
-    if top == "sklearn" and "." not in name:
+    if top == "sklearn" and "." not in name and name.isidentifier():
         if name in SKLEARN_CLASS_NAMES:
             return Allowance.CALL
-        if (
-            name.isidentifier()
-            and name[:1].islower()
-            and not module.startswith(_SKLEARN_REFERENCE_DENY)
+        if module.startswith(_SKLEARN_DENY) or (
+            _gadget_name(name) and not name.startswith("__pyx_unpickle_")
         ):
+            return Allowance.DENY
+        # Estimator helpers (_CFNode, _CalibratedClassifier, kernels, optimizers) and the
+        # Cython unpickle helpers, which only allocate the (separately checked) type.
+        if (
+            _is_class_name(name.lstrip("_"))
+            or name == "newObj"
+            or name.startswith("__pyx_unpickle_")
+        ):
+            return Allowance.CALL
+        if name[:1].islower() or name.startswith("_"):
             return Allowance.REFERENCE
     # Full-model pickles (torch.save(model)) hold the built-in layer classes.
     if module.startswith("torch.nn.modules.") and "." not in name and _is_class_name(name):

@@ -135,7 +135,7 @@ def _descr_layout(descr: Any) -> tuple[int, bool]:
             sub_size, sub_obj = _descr_layout(field[1])
             if len(field) == 3:
                 sub_size *= math.prod(field[2]) if isinstance(field[2], tuple) else int(field[2])
-            size, obj = size + sub_size, obj or sub_obj
+            size, obj = size + int(sub_size), obj or sub_obj
         return size, obj
     raise ValueError("bad dtype description")
 
@@ -283,10 +283,14 @@ def _member_stream(f: IO[bytes], member: zipscan.ZipMember) -> Any:
             return io.BytesIO(f.read(member.compressed_size))
         return _Slice(f, member.data_offset, member.compressed_size)
     window = _Slice(f, member.data_offset, member.compressed_size)
-    makers = {8: lambda: zlib.decompressobj(-15), 12: bz2.BZ2Decompressor, 14: None}
-    if member.method not in makers or makers[member.method] is None:
+    decomp: Any
+    if member.method == 8:
+        decomp = zlib.decompressobj(-15)
+    elif member.method == 12:
+        decomp = bz2.BZ2Decompressor()
+    else:  # lzma-in-zip carries its own header; neither torch nor numpy writes it
         raise ValueError(f"compression method {member.method} not supported")
-    return io.BytesIO(_inflate(window, makers[member.method]()))
+    return io.BytesIO(_inflate(window, decomp))
 
 
 def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str:
@@ -391,6 +395,11 @@ def _scan_head(f: IO[bytes], head: bytes, size: int, location: str, out: list[Fi
         return fmt or "pickle"
     if _is_text(f):
         return "text"
-    out.append(_err(FindingKind.PARSE_ERROR, "unrecognised format (not a pickle, zip, "
-                    "npy, joblib or safetensors file)", location))
+    out.append(
+        _err(
+            FindingKind.PARSE_ERROR,
+            "unrecognised format (not a pickle, zip, npy, joblib or safetensors file)",
+            location,
+        )
+    )
     return "unknown"

@@ -91,7 +91,9 @@ class AccessControl:
         """From a loaded config; the session folder defaults to the OS user's config dir."""
         home.require()
         folder = sessions_dir or default_sessions_dir(environ)
-        return cls(home, config.section("policy"), config.node, audit, sessions_dir=folder, clock=clock)
+        return cls(
+            home, config.section("policy"), config.node, audit, sessions_dir=folder, clock=clock
+        )
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -151,8 +153,11 @@ class AccessControl:
             if not self.users.exists(session.user) or self.users.uid(session.user) != session.uid:
                 raise SessionInvalid("your login session is not valid", reason="user removed")
             if self.users.is_locked(session.user):
-                raise SessionInvalid("your account is locked", reason="user locked",
-                                     tip="ask an admin to run `trainguard user unlock NAME`")
+                raise SessionInvalid(
+                    "your account is locked",
+                    reason="user locked",
+                    tip="ask an admin to run `trainguard user unlock NAME`",
+                )
         except SessionInvalid as exc:
             self.audit.record("session-refused", "unknown", {"reason": exc.reason})
             raise
@@ -164,8 +169,11 @@ class AccessControl:
             uid = self.users.uid(name)
         except UnknownName:
             self.audit.record("login-failed", name, {"reason": "unknown user"})
-            raise Denied("login failed", reason="unknown user",
-                         tip="check the user name and the code, then try again") from None
+            raise Denied(
+                "login failed",
+                reason="unknown user",
+                tip="check the user name and the code, then try again",
+            ) from None
         try:
             at = self.mfa.verify(name, code, purpose="login")
         except Denied as exc:
@@ -183,7 +191,9 @@ class AccessControl:
         """Unknown actions and projects, malformed resources: usage errors (exit 2), audited."""
         problem: PolicyFormatError | UnknownName | None = None
         if action not in ACTIONS:
-            problem = UnknownName(f"unknown action {action!r}", tip="known actions: " + ", ".join(ACTIONS))
+            problem = UnknownName(
+                f"unknown action {action!r}", tip="known actions: " + ", ".join(ACTIONS)
+            )
         else:
             try:
                 check_resource(resource)
@@ -196,12 +206,25 @@ class AccessControl:
                 tip="see `trainguard policy show`; projects are the domains named in the policy",
             )
         if problem is not None:
-            self.audit.record("access-denied", actor, {"action": action, "resource": resource,
-                                                       "domain": domain, "reason": problem.message})
+            self.audit.record(
+                "access-denied",
+                actor,
+                {
+                    "action": action,
+                    "resource": resource,
+                    "domain": domain,
+                    "reason": problem.message,
+                },
+            )
             raise problem
 
     def require(
-        self, action: str, resource: str, domain: str, *, otp: str | None = None,
+        self,
+        action: str,
+        resource: str,
+        domain: str,
+        *,
+        otp: str | None = None,
         new_domain: bool = False,
     ) -> Decision:
         """Authorize the logged-in user (step-up with `otp` when given). `new_domain` lets a
@@ -209,15 +232,32 @@ class AccessControl:
         try:
             session = self.current_session()
         except SessionInvalid:
-            self.audit.record("access-denied", "unknown", {"action": action, "resource": resource,
-                                                           "domain": domain, "reason": "no valid session"})
+            self.audit.record(
+                "access-denied",
+                "unknown",
+                {
+                    "action": action,
+                    "resource": resource,
+                    "domain": domain,
+                    "reason": "no valid session",
+                },
+            )
             raise
         self.check_request(action, resource, domain, session.user, new_domain=new_domain)
         if otp:
             self.mfa.verify(session.user, otp, purpose="step-up")
             session = self.sessions.refresh_mfa(session, self.signing_key, self.clock())
-        return authorize(Principal(session.user), action, resource, domain, engine=self.engine,
-                         audit=self.audit, session=session, config=self.config, clock=self.clock)
+        return authorize(
+            Principal(session.user),
+            action,
+            resource,
+            domain,
+            engine=self.engine,
+            audit=self.audit,
+            session=session,
+            config=self.config,
+            clock=self.clock,
+        )
 
     def self_step_up(self, session: Session, *, otp: str | None) -> Session:
         """Require a fresh second factor of the logged-in user (self-service operations)."""
@@ -225,8 +265,10 @@ class AccessControl:
             self.mfa.verify(session.user, otp, purpose="step-up")
             return self.sessions.refresh_mfa(session, self.signing_key, self.clock())
         if not session.mfa_fresh(self.clock(), self.config.step_up_seconds):
-            exc = StepUpRequired("this needs a second factor verified within the step-up window",
-                                 reason="step-up MFA stale")
+            exc = StepUpRequired(
+                "this needs a second factor verified within the step-up window",
+                reason="step-up MFA stale",
+            )
             self.audit.record("access-denied", session.user, {"reason": exc.reason})
             raise exc
         return session
@@ -235,12 +277,23 @@ class AccessControl:
         """Policy-only decision for another user (no session or MFA involved); raises `Denied`."""
         self.check_request(action, resource, domain, actor)
         verdict = self.engine.decide(user, domain, resource, action)
-        self.audit.record("access-what-if", actor, {"user": user, "action": action, "resource": resource,
-                                                    "domain": domain, "allowed": verdict.allowed,
-                                                    "reason": verdict.reason})
+        self.audit.record(
+            "access-what-if",
+            actor,
+            {
+                "user": user,
+                "action": action,
+                "resource": resource,
+                "domain": domain,
+                "allowed": verdict.allowed,
+                "reason": verdict.reason,
+            },
+        )
         if not verdict.allowed:
-            raise Denied(f"access denied: {user} may not {action} on {resource} in project {domain}",
-                         reason=verdict.reason)
+            raise Denied(
+                f"access denied: {user} may not {action} on {resource} in project {domain}",
+                reason=verdict.reason,
+            )
 
     def require_for_user(self, name: str, *, otp: str | None) -> Decision:
         """`user:manage` over `name`: in every project where `name` holds a role."""
@@ -257,14 +310,19 @@ class AccessControl:
         check_name("user", name)
         check_domain(domain)
         if role not in self.roles():
-            raise UnknownName(f"unknown role {role!r}", tip="roles: " + ", ".join(sorted(self.roles())))
+            raise UnknownName(
+                f"unknown role {role!r}", tip="roles: " + ", ".join(sorted(self.roles()))
+            )
         if name in self.roles():
             raise UnknownName(f"{name!r} is a role name", tip="pick another user name")
         if not self.users.exists(name):
             self.users.add(name)
             self.audit.record("user-added", actor, {"user": name})
-        self.save_rules(self.rules.with_link(RoleLink(name, role, domain)), actor=actor,
-                        change={"op": "assign", "user": name, "role": role, "domain": domain})
+        self.save_rules(
+            self.rules.with_link(RoleLink(name, role, domain)),
+            actor=actor,
+            change={"op": "assign", "user": name, "role": role, "domain": domain},
+        )
         return self.users.get(name)
 
     def enrol(self, name: str, *, actor: str) -> Enrolment:
@@ -272,8 +330,9 @@ class AccessControl:
 
     def remove_user(self, name: str, *, actor: str) -> None:
         self.users.get(name)
-        self.save_rules(self.rules.without_member(name), actor=actor,
-                        change={"op": "remove-user", "user": name})
+        self.save_rules(
+            self.rules.without_member(name), actor=actor, change={"op": "remove-user", "user": name}
+        )
         self.users.remove(name)
         self.audit.record("user-removed", actor, {"user": name})
 
@@ -282,24 +341,42 @@ class AccessControl:
         self.audit.record("user-unlocked", actor, {"user": name})
 
     # -- policy editing -------------------------------------------------------------------
-    def grant(self, subject: str, action: str, resource: str, domain: str, *, deny: bool,
-              actor: str, revoke: bool = False) -> Grant:
-        g = Grant(check_name("role", subject), check_domain(domain), check_resource(resource),
-                  check_action_pattern(action), "deny" if deny else "allow")
+    def grant(
+        self,
+        subject: str,
+        action: str,
+        resource: str,
+        domain: str,
+        *,
+        deny: bool,
+        actor: str,
+        revoke: bool = False,
+    ) -> Grant:
+        g = Grant(
+            check_name("role", subject),
+            check_domain(domain),
+            check_resource(resource),
+            check_action_pattern(action),
+            "deny" if deny else "allow",
+        )
         if revoke:
             if g not in self.rules.grants:
                 raise UnknownName(f"no such rule: {g.line()}", tip="see `trainguard policy show`")
             new = self.rules.without_grant(g)
         else:
             new = self.rules.with_grant(g)
-        self.save_rules(new, actor=actor, change={"op": "revoke" if revoke else "grant", "rule": g.line()})
+        self.save_rules(
+            new, actor=actor, change={"op": "revoke" if revoke else "grant", "rule": g.line()}
+        )
         return g
 
     def sign_current(self, *, otp: str | None) -> tuple[Decision, list[str], list[str]]:
         """Re-sign the policy file as it is now (after review of a hand edit).
 
         The caller is authorized against the last signed policy, never the edited file."""
-        self._rules = self.policy_file.load_last_good(self.verify_key, self.audit, actor="policy-sign")
+        self._rules = self.policy_file.load_last_good(
+            self.verify_key, self.audit, actor="policy-sign"
+        )
         self._engine = None
         decision = self.require("policy:edit", "/policy", GLOBAL_DOMAIN, otp=otp)
         from trainguard.policy.rules import parse_policy
@@ -343,5 +420,7 @@ def authorize_cli(
     """Authorize the OS user's logged-in trainguard user (trainer preflight, CLI commands).
 
     Raises `AccessDenied` (exit 1) or `PolicyError`/`UsageError` (exit 2)."""
-    ac = AccessControl.open(home, config, audit, sessions_dir=sessions_dir, environ=environ, clock=clock)
+    ac = AccessControl.open(
+        home, config, audit, sessions_dir=sessions_dir, environ=environ, clock=clock
+    )
     return ac.require(action, resource, domain, otp=otp)

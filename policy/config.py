@@ -32,7 +32,9 @@ class PolicyConfig:
         problems: list[str] = []
         unknown = [a for a in self.privileged_actions if a not in ACTIONS]
         if unknown:
-            problems.append(f"privileged_actions: unknown actions {unknown} (known: {list(ACTIONS)})")
+            problems.append(
+                f"privileged_actions: unknown actions {unknown} (known: {list(ACTIONS)})"
+            )
         if not 0 < self.step_up_seconds <= 3600:
             problems.append("step_up_seconds must be in 1..3600")
         if not 0 < self.session_hours <= 24 * 7:

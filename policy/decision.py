@@ -69,7 +69,12 @@ def authorize(
     """
     cfg = config or PolicyConfig()
     now = clock()
-    request = {"action": action, "resource": resource, "domain": domain, "kind": principal.kind.value}
+    request = {
+        "action": action,
+        "resource": resource,
+        "domain": domain,
+        "kind": principal.kind.value,
+    }
     privileged = action in cfg.privileged_actions
 
     def deny(exc: Denied) -> Denied:

@@ -194,7 +194,9 @@ class MfaService:
             remaining = recent[-1] + wait - now
             if remaining > 0:
                 self.audit.record(
-                    "mfa-refused", name, {"user": name, "reason": "backoff", "wait_s": round(remaining, 1)}
+                    "mfa-refused",
+                    name,
+                    {"user": name, "reason": "backoff", "wait_s": round(remaining, 1)},
                 )
                 raise LockedOut(
                     f"too many failed attempts; try again in {int(remaining) + 1} s",
@@ -234,5 +236,5 @@ class MfaService:
     def _use_recovery(self, name: str, code: str, now: float) -> bool:
         for code_id, salt, digest in self.users.unused_recovery_codes(name):
             if hmac.compare_digest(_hash_recovery(code, salt), digest):
-                return self.users.use_recovery_code(code_id, now)
+                return bool(self.users.use_recovery_code(code_id, now))
         return False

@@ -155,12 +155,19 @@ def parse_line(line: str) -> Grant | RoleLink | None:
     fields = [f.strip() for f in text.split(",")]
     if fields[0] == "p":
         if len(fields) != 6:
-            raise PolicyFormatError("a 'p' line needs 6 fields: p, SUBJECT, DOMAIN, RESOURCE, ACTION, EFFECT")
+            raise PolicyFormatError(
+                "a 'p' line needs 6 fields: p, SUBJECT, DOMAIN, RESOURCE, ACTION, EFFECT"
+            )
         _, sub, dom, res, act, eft = fields
         if eft not in EFFECTS:
             raise PolicyFormatError(f"effect must be allow or deny, not {eft!r}")
-        return Grant(check_name("subject", sub), check_domain(dom), check_resource(res),
-                     check_action_pattern(act), eft)
+        return Grant(
+            check_name("subject", sub),
+            check_domain(dom),
+            check_resource(res),
+            check_action_pattern(act),
+            eft,
+        )
     if fields[0] == "g":
         if len(fields) != 4:
             raise PolicyFormatError("a 'g' line needs 4 fields: g, MEMBER, ROLE, DOMAIN")

@@ -99,7 +99,9 @@ class SessionStore:
         payload = asdict(session)
         sig = base64.b64encode(key.sign(_CONTEXT + canonical_json(payload))).decode()
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(self.path, json.dumps({"v": 1, "payload": payload, "sig": sig}).encode() + b"\n")
+        write_private(
+            self.path, json.dumps({"v": 1, "payload": payload, "sig": sig}).encode() + b"\n"
+        )
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -121,7 +123,10 @@ class SessionStore:
             session = Session(**payload)
         except (ValueError, KeyError, TypeError, binascii.Error, BadSignature) as exc:
             raise _invalid("session token edited or malformed") from exc
-        if (session.node, session.cluster) != (self.node, self.cluster) or session.key_id != key.key_id:
+        if (session.node, session.cluster) != (
+            self.node,
+            self.cluster,
+        ) or session.key_id != key.key_id:
             raise _invalid("session token for another node or cluster")
         if now >= session.expires_at:
             raise _invalid("session expired", "your session has expired")

@@ -45,7 +45,7 @@ class PolicyFile:
         self.last_good = home.policy_dir / "policy.last-good.csv"
 
     def exists(self) -> bool:
-        return self.path.is_file()
+        return bool(self.path.is_file())
 
     def save(self, rules: PolicyRules, key: SigningKey) -> None:
         """Render, sign and write the policy (and the last-good copy)."""
@@ -60,7 +60,9 @@ class PolicyFile:
         write_private(self.path, signed, mode=0o640)
         write_private(self.last_good, signed, mode=0o640)
 
-    def load(self, verify_key: VerifyKey, audit: AuditSink, *, actor: str = "trainguard") -> PolicyRules:
+    def load(
+        self, verify_key: VerifyKey, audit: AuditSink, *, actor: str = "trainguard"
+    ) -> PolicyRules:
         """The verified rules, or `PolicyTampered` (audited) when the file is not as signed."""
         body = self._verified_body(self.path, verify_key, audit, actor)
         return parse_policy(body, source=str(self.path))
@@ -80,7 +82,8 @@ class PolicyFile:
             return path.read_bytes()
         except FileNotFoundError as exc:
             raise PolicyError(
-                f"no policy file at {path}", tip="run `trainguard init` to create the default policy"
+                f"no policy file at {path}",
+                tip="run `trainguard init` to create the default policy",
             ) from exc
         except OSError as exc:
             raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc

@@ -130,7 +130,8 @@ class UserStore:
                 )
         except sqlite3.IntegrityError as exc:
             raise UnknownName(
-                f"a user named {name!r} already exists", tip="pick another name, or `trainguard user list`"
+                f"a user named {name!r} already exists",
+                tip="pick another name, or `trainguard user list`",
             ) from exc
         return uid
 
@@ -168,7 +169,9 @@ class UserStore:
                 )
             )
             roles = tuple(dict.fromkeys(r for r, _ in pairs))
-            out.append(UserRecord(name, uid, kind, created, bool(enrolled), bool(locked), roles, pairs))
+            out.append(
+                UserRecord(name, uid, kind, created, bool(enrolled), bool(locked), roles, pairs)
+            )
         return out
 
     def remove(self, name: str) -> None:
@@ -200,14 +203,17 @@ class UserStore:
                 raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
 
     def totp_blob(self, name: str) -> bytes | None:
-        row = self._conn().execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
+        row = (
+            self._conn().execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
+        )
         return None if row is None or row[0] is None else bytes(row[0])
 
     def claim_step(self, name: str, step: int) -> bool:
         """Record `step` as used; False if it (or a later one) was used already."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE users SET last_step = ? WHERE name = ? AND last_step < ?", (step, name, step)
+                "UPDATE users SET last_step = ? WHERE name = ? AND last_step < ?",
+                (step, name, step),
             )
             return cur.rowcount == 1
 
@@ -228,7 +234,9 @@ class UserStore:
 
     def lock(self, name: str, at: float) -> None:
         with self._tx() as db:
-            db.execute("UPDATE users SET locked_at = ? WHERE name = ? AND locked_at IS NULL", (at, name))
+            db.execute(
+                "UPDATE users SET locked_at = ? WHERE name = ? AND locked_at IS NULL", (at, name)
+            )
 
     def unlock(self, name: str) -> None:
         with self._tx() as db:
@@ -259,6 +267,7 @@ class UserStore:
     def use_recovery_code(self, code_id: int, at: float) -> bool:
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE recovery_codes SET used_at = ? WHERE id = ? AND used_at IS NULL", (at, code_id)
+                "UPDATE recovery_codes SET used_at = ? WHERE id = ? AND used_at IS NULL",
+                (at, code_id),
             )
             return cur.rowcount == 1

@@ -47,7 +47,9 @@ def _check(args: argparse.Namespace, ctx: Context) -> int:
             ac.what_if(args.user, args.action, args.resource, domain, actor=session.user)
     except Denied as exc:
         data["allowed"] = False
-        ctx.emit(data, lambda d: f"deny: {d['user']} {d['action']} {d['resource']} in {d['domain']}")
+        ctx.emit(
+            data, lambda d: f"deny: {d['user']} {d['action']} {d['resource']} in {d['domain']}"
+        )
         ctx.info(exc.diagnostics())
         return 1
     data["allowed"] = True

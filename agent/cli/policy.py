@@ -45,16 +45,26 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
     ac = _ac(ctx)
     ac.require("audit:read", "/policy", args.domain or "*")
     rules = ac.rules
-    keep = (lambda d: d in (args.domain, "*")) if args.domain else (lambda d: True)
+
+    def keep(domain: str) -> bool:
+        return not args.domain or domain in (args.domain, "*")
+
     data = {
         "grants": [
-            {"subject": g.subject, "domain": g.domain, "resource": g.resource,
-             "action": g.action, "effect": g.effect}
-            for g in rules.grants if keep(g.domain)
+            {
+                "subject": g.subject,
+                "domain": g.domain,
+                "resource": g.resource,
+                "action": g.action,
+                "effect": g.effect,
+            }
+            for g in rules.grants
+            if keep(g.domain)
         ],
         "links": [
             {"member": lk.member, "role": lk.role, "domain": lk.domain}
-            for lk in rules.links if keep(lk.domain)
+            for lk in rules.links
+            if keep(lk.domain)
         ],
         "privileged_actions": list(ac.config.privileged_actions),
     }
@@ -64,7 +74,9 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
             f"{g['effect']:<5} {g['subject']:<16} {g['action']:<18} {g['resource']:<24} in {g['domain']}"
             for g in d["grants"]
         ]
-        lines += [f"role  {lk['member']:<16} has {lk['role']:<14} in {lk['domain']}" for lk in d["links"]]
+        lines += [
+            f"role  {lk['member']:<16} has {lk['role']:<14} in {lk['domain']}" for lk in d["links"]
+        ]
         return "\n".join(lines) or "(no rules: everything is denied)"
 
     ctx.emit(data, text)
@@ -76,8 +88,15 @@ def _change(args: argparse.Namespace, ctx: Context, *, revoke: bool) -> int:
     decision = ac.require(
         "policy:edit", "/policy", args.domain, otp=args.otp, new_domain=not revoke
     )
-    rule = ac.grant(args.role, args.action, args.resource, args.domain, deny=args.deny,
-                    actor=decision.principal, revoke=revoke)
+    rule = ac.grant(
+        args.role,
+        args.action,
+        args.resource,
+        args.domain,
+        deny=args.deny,
+        actor=decision.principal,
+        revoke=revoke,
+    )
     verb = "revoked" if revoke else "granted"
     ctx.emit({"op": "revoke" if revoke else "grant", "rule": rule.line()}, f"{verb}: {rule.line()}")
     return 0
@@ -94,8 +113,12 @@ def _revoke(args: argparse.Namespace, ctx: Context) -> int:
 def _sign(args: argparse.Namespace, ctx: Context) -> int:
     ac = _ac(ctx)
     decision, added, removed = ac.sign_current(otp=args.otp)
-    data = {"signed": str(ac.policy_file.path), "by": decision.principal,
-            "added": added, "removed": removed}
+    data = {
+        "signed": str(ac.policy_file.path),
+        "by": decision.principal,
+        "added": added,
+        "removed": removed,
+    }
 
     def text(d: dict[str, Any]) -> str:
         lines = [f"signed {d['signed']}"]

@@ -145,8 +145,10 @@ def _recovery(args: argparse.Namespace, ctx: Context) -> int:
     codes = ac.mfa.new_recovery_codes(args.name, actor=actor)
     ctx.emit(
         {"name": args.name, "recovery_codes": codes},
-        lambda d: "\n".join(d["recovery_codes"])
-        + "\n\nEach code works once, in place of a TOTP code. Store them offline; "
-        "they replace any earlier codes.",
+        lambda d: (
+            "\n".join(d["recovery_codes"])
+            + "\n\nEach code works once, in place of a TOTP code. Store them offline; "
+            "they replace any earlier codes."
+        ),
     )
     return 0

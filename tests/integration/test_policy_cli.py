@@ -42,7 +42,12 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
     home, root_uri = site
     alice_env = {"XDG_CONFIG_HOME": str(tmp_path / "alice-config")}
 
-    assert cli("user", "add", "alice", "--role", "researcher", "--domain", "vision", "--home", home).code == 0
+    assert (
+        cli(
+            "user", "add", "alice", "--role", "researcher", "--domain", "vision", "--home", home
+        ).code
+        == 0
+    )
     r = cli("user", "enrol", "alice", "--home", home, "--format", "json")
     assert r.code == 0, r.stderr
     alice_uri = r.json()["otpauth_uri"]
@@ -52,8 +57,22 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
     assert r.code == 0, r.stderr
 
     def check(action: str, resource: str, domain: str = "vision", **kw: str) -> int:
-        args = ["authz", "check", "--home", home, "--user", "alice", "--action", action,
-                "--resource", resource, "--domain", domain, "--format", "json"]
+        args = [
+            "authz",
+            "check",
+            "--home",
+            home,
+            "--user",
+            "alice",
+            "--action",
+            action,
+            "--resource",
+            resource,
+            "--domain",
+            domain,
+            "--format",
+            "json",
+        ]
         for k, v in kw.items():
             args += [f"--{k}", v]
         return cli(*args, env=alice_env).code
@@ -63,24 +82,69 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
     assert check("dataset:read", "/data/imagenet", "audio") == 2  # unknown project
     assert check("dataset:fly", "/data/imagenet") == 2  # unknown action
 
-    r = cli("policy", "grant", "researcher", "dataset:read", "/data/restricted/*", "--domain", "vision",
-            "--deny", "--home", home)
+    r = cli(
+        "policy",
+        "grant",
+        "researcher",
+        "dataset:read",
+        "/data/restricted/*",
+        "--domain",
+        "vision",
+        "--deny",
+        "--home",
+        home,
+    )
     assert r.code == 0, r.stderr
     assert check("dataset:read", "/data/restricted/x") == 1  # deny wins over the default allow
     assert check("dataset:read", "/data/imagenet") == 0
 
     r = cli("policy", "show", "--domain", "vision", "--home", home, "--format", "json")
-    assert {"subject": "researcher", "domain": "vision", "resource": "/data/restricted/*",
-            "action": "dataset:read", "effect": "deny"} in r.json()["grants"]
+    assert {
+        "subject": "researcher",
+        "domain": "vision",
+        "resource": "/data/restricted/*",
+        "action": "dataset:read",
+        "effect": "deny",
+    } in r.json()["grants"]
 
     # Alice is no admin: her attempts to change the policy or users are denied (exit 1).
-    r = cli("policy", "grant", "researcher", "*", "*", "--domain", "vision", "--home", home, env=alice_env)
+    r = cli(
+        "policy",
+        "grant",
+        "researcher",
+        "*",
+        "*",
+        "--domain",
+        "vision",
+        "--home",
+        home,
+        env=alice_env,
+    )
     assert r.code == 1 and "denied" in r.stderr
-    assert cli("user", "add", "eve", "--role", "admin", "--domain", "*", "--home", home, env=alice_env).code == 1
+    assert (
+        cli(
+            "user", "add", "eve", "--role", "admin", "--domain", "*", "--home", home, env=alice_env
+        ).code
+        == 1
+    )
 
     # Admin what-if for another user: policy-only decision.
-    r = cli("authz", "check", "--home", home, "--user", "alice", "--action", "checkpoint:write",
-            "--resource", "/ckpt/1", "--domain", "vision", "--format", "json")
+    r = cli(
+        "authz",
+        "check",
+        "--home",
+        home,
+        "--user",
+        "alice",
+        "--action",
+        "checkpoint:write",
+        "--resource",
+        "/ckpt/1",
+        "--domain",
+        "vision",
+        "--format",
+        "json",
+    )
     assert r.code == 0 and r.json()["mode"] == "policy-only"
 
     r = cli("user", "list", "--home", home, "--format", "json")
@@ -91,8 +155,16 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
     assert cli("user", "remove", "alice", "--home", home).code == 0
     assert check("dataset:read", "/data/imagenet") == 1
     kinds = _audit_kinds(home)
-    for kind in ("user-added", "user-enrolled", "login", "access-allowed", "access-denied",
-                 "policy-changed", "user-removed", "session-refused"):
+    for kind in (
+        "user-added",
+        "user-enrolled",
+        "login",
+        "access-allowed",
+        "access-denied",
+        "policy-changed",
+        "user-removed",
+        "session-refused",
+    ):
         assert kind in kinds, kind
 
 
@@ -100,30 +172,70 @@ def test_hand_edited_policy_fails_until_an_admin_resigns_it(cli, site) -> None:
     home, root_uri = site
     policy = home / "policy" / "policy.csv"
     text = policy.read_text()
-    policy.write_text(text.replace("# trainguard-signature", "g, mallory, admin, *\n# trainguard-signature"))
-    r = cli("authz", "check", "--home", home, "--user", "root", "--action", "audit:read",
-            "--resource", "/a", "--domain", "*")
+    policy.write_text(
+        text.replace("# trainguard-signature", "g, mallory, admin, *\n# trainguard-signature")
+    )
+    r = cli(
+        "authz",
+        "check",
+        "--home",
+        home,
+        "--user",
+        "root",
+        "--action",
+        "audit:read",
+        "--resource",
+        "/a",
+        "--domain",
+        "*",
+    )
     assert r.code == 2 and "signature" in r.stderr and "policy sign" in r.stderr
     assert "policy-tampered" in _audit_kinds(home)
 
     r = cli("policy", "sign", "--home", home, "--otp", _code(root_uri, ahead=1), "--format", "json")
     assert r.code == 0, r.stderr
     assert r.json()["added"] == ["g, mallory, admin, *"]
-    r = cli("authz", "check", "--home", home, "--user", "root", "--action", "audit:read",
-            "--resource", "/a", "--domain", "*")
+    r = cli(
+        "authz",
+        "check",
+        "--home",
+        home,
+        "--user",
+        "root",
+        "--action",
+        "audit:read",
+        "--resource",
+        "/a",
+        "--domain",
+        "*",
+    )
     assert r.code == 0
 
 
 def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, cli_env) -> None:
     home, root_uri = site
     bob_env = {"XDG_CONFIG_HOME": str(tmp_path / "bob-config")}
-    assert cli("user", "add", "bob", "--role", "ml-engineer", "--domain", "nlp", "--home", home).code == 0
+    assert (
+        cli("user", "add", "bob", "--role", "ml-engineer", "--domain", "nlp", "--home", home).code
+        == 0
+    )
     bob_uri = cli("user", "enrol", "bob", "--home", home, "--format", "json").json()["otpauth_uri"]
-    codes = cli("user", "recovery-codes", "bob", "--home", home, "--format", "json").json()["recovery_codes"]
+    codes = cli("user", "recovery-codes", "bob", "--home", home, "--format", "json").json()[
+        "recovery_codes"
+    ]
     assert len(codes) == 10
 
     # A wrong code: generic refusal, exit 1, no session written.
-    r = cli("login", "--home", home, "--user", "bob", "--otp", "000000" if _code(bob_uri) != "000000" else "111111", env=bob_env)
+    r = cli(
+        "login",
+        "--home",
+        home,
+        "--user",
+        "bob",
+        "--otp",
+        "000000" if _code(bob_uri) != "000000" else "111111",
+        env=bob_env,
+    )
     assert r.code == 1 and "second-factor verification failed" in r.stderr
     # A recovery code works once.
     assert cli("login", "--home", home, "--user", "bob", "--otp", codes[0], env=bob_env).code == 0
@@ -135,8 +247,21 @@ def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, c
     doc = json.loads(session.read_text())
     doc["payload"]["user"] = "root"
     session.write_text(json.dumps(doc))
-    r = cli("authz", "check", "--home", home, "--user", "bob", "--action", "dataset:read",
-            "--resource", "/d", "--domain", "nlp", env=bob_env)
+    r = cli(
+        "authz",
+        "check",
+        "--home",
+        home,
+        "--user",
+        "bob",
+        "--action",
+        "dataset:read",
+        "--resource",
+        "/d",
+        "--domain",
+        "nlp",
+        env=bob_env,
+    )
     assert r.code == 1 and "trainguard login" in r.stderr
 
     # Locked users are refused until an admin unlocks them (lockout itself: unit tests).
@@ -148,14 +273,29 @@ def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, c
     assert cli("user", "unlock", "bob", "--home", home).code == 0
     r = cli("login", "--home", home, "--user", "bob", "--otp", _code(bob_uri), env=bob_env)
     assert r.code == 0, r.stderr
-    r = cli("authz", "check", "--home", home, "--user", "bob", "--action", "train:launch",
-            "--resource", "/jobs/1", "--domain", "nlp", env=bob_env)
+    r = cli(
+        "authz",
+        "check",
+        "--home",
+        home,
+        "--user",
+        "bob",
+        "--action",
+        "train:launch",
+        "--resource",
+        "/jobs/1",
+        "--domain",
+        "nlp",
+        env=bob_env,
+    )
     assert r.code == 0, r.stderr  # ml-engineer, logged in just now: step-up is fresh
 
 
 def test_enrol_prints_a_terminal_qr_code(cli, site) -> None:
     home, _ = site
-    assert cli("user", "add", "carol", "--role", "auditor", "--domain", "*", "--home", home).code == 0
+    assert (
+        cli("user", "add", "carol", "--role", "auditor", "--domain", "*", "--home", home).code == 0
+    )
     r = cli("user", "enrol", "carol", "--home", home)
     assert r.code == 0 and "otpauth://totp/" in r.stdout and "█" in r.stdout
     r = cli("user", "add", "dave", "--role", "wizard", "--domain", "x", "--home", home)

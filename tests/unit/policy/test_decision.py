@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from conftest import Env
+from policy_support import Env
 from trainguard.policy import PRIVILEGED_ACTIONS
 from trainguard.policy.access import AccessControl
 from trainguard.policy.decision import Principal, PrincipalKind, authorize
@@ -13,22 +12,33 @@ from trainguard.policy.rbac import PolicyEngine
 from trainguard.policy.rules import PolicyRules, rules_from_lines
 
 
-def test_a_denial_is_generic_for_the_user_and_specific_in_the_audit_log(env: Env, admin: AccessControl) -> None:
+def test_a_denial_is_generic_for_the_user_and_specific_in_the_audit_log(
+    env: Env, admin: AccessControl
+) -> None:
     admin.add_user("alice", "researcher", "proj1", actor="root")
     admin.grant("alice", "dataset:read", "/data/secret/*", "proj1", deny=True, actor="root")
     session = admin.current_session()
     engine = admin.engine
     with pytest.raises(Denied) as info:
-        authorize(Principal("alice"), "dataset:read", "/data/secret/x", "proj1", engine=engine,
-                  audit=env.audit, session=session.__class__(**{**session.__dict__, "user": "alice"}),
-                  clock=env.clock)
+        authorize(
+            Principal("alice"),
+            "dataset:read",
+            "/data/secret/x",
+            "proj1",
+            engine=engine,
+            audit=env.audit,
+            session=session.__class__(**{**session.__dict__, "user": "alice"}),
+            clock=env.clock,
+        )
     assert "rule" not in str(info.value) and info.value.exit_code == 1
     kind, actor, data = env.audit.events[-1]
     assert (kind, actor) == ("access-denied", "alice")
     assert "p, alice, proj1, /data/secret/*, dataset:read, deny" in data["reason"]
 
 
-def test_an_allowed_request_returns_a_decision_and_is_audited(env: Env, admin: AccessControl) -> None:
+def test_an_allowed_request_returns_a_decision_and_is_audited(
+    env: Env, admin: AccessControl
+) -> None:
     d = admin.require("checkpoint:read", "/ckpt/1", "*")
     assert d.allowed and d.principal == "root" and "admin" in d.reason
     assert env.audit.events[-1][0] == "access-allowed"
@@ -58,7 +68,14 @@ def test_an_empty_policy_denies(env: Env) -> None:
 
     engine = PolicyEngine(PolicyRules())
     with pytest.raises(Denied):
-        authorize(Principal("n", PrincipalKind.NODE), "audit:submit", "/a", "p", engine=engine, audit=NullSink())
+        authorize(
+            Principal("n", PrincipalKind.NODE),
+            "audit:submit",
+            "/a",
+            "p",
+            engine=engine,
+            audit=NullSink(),
+        )
 
 
 @pytest.mark.parametrize(
@@ -71,7 +88,9 @@ def test_an_empty_policy_denies(env: Env) -> None:
         ("dataset:read", "", "*", PolicyFormatError),
     ],
 )
-def test_bad_requests_are_usage_errors_and_audited(env: Env, admin: AccessControl, action, resource, domain, error) -> None:
+def test_bad_requests_are_usage_errors_and_audited(
+    env: Env, admin: AccessControl, action, resource, domain, error
+) -> None:
     with pytest.raises(error) as info:
         admin.require(action, resource, domain)
     assert info.value.exit_code == 2

@@ -6,8 +6,7 @@ import sqlite3
 
 import pyotp
 import pytest
-
-from conftest import Env, code_at, secret_of
+from policy_support import Env, code_at, secret_of
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import AuthenticationFailed, LockedOut
 from trainguard.policy.mfa import match_step
@@ -61,7 +60,9 @@ def test_backoff_after_five_failures_then_lockout_after_ten(env: Env) -> None:
     for _ in range(5):
         env.clock.advance(1)
         with pytest.raises(AuthenticationFailed):
-            mfa.verify("root", "000000" if code_at(env.admin_uri, env.clock()) != "000000" else "111111")
+            mfa.verify(
+                "root", "000000" if code_at(env.admin_uri, env.clock()) != "000000" else "111111"
+            )
     # Five failures: the next attempt must wait, even with a right code; it is not checked.
     with pytest.raises(LockedOut, match="try again in"):
         mfa.verify("root", code_at(env.admin_uri, env.clock()))

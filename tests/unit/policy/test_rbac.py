@@ -6,7 +6,6 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from trainguard.policy.actions import ACTIONS, default_policy_lines
 from trainguard.policy.rbac import PolicyEngine, casbin_enforcer
 from trainguard.policy.rules import Grant, PolicyRules, RoleLink, rules_from_lines
@@ -44,7 +43,13 @@ requests = st.tuples(
 
 
 def _all_requests() -> list[tuple[str, str, str, str]]:
-    return [(s, d, o, a) for s in USERS + ROLES for d in ("d0", "d1", "*") for o in REQ_RESOURCES for a in REQ_ACTS]
+    return [
+        (s, d, o, a)
+        for s in USERS + ROLES
+        for d in ("d0", "d1", "*")
+        for o in REQ_RESOURCES
+        for a in REQ_ACTS
+    ]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,7 +88,9 @@ def test_a_member_inherits_what_its_role_may_do(
     if role_ok:
         has_deny = any(g.effect == "deny" for g in rules.grants)
         assert linked.decide(*req).allowed or has_deny
-    assert linked.decide(*req).allowed == casbin_enforcer(rules.with_link(RoleLink(sub, role, dom))).enforce(*req)
+    assert linked.decide(*req).allowed == casbin_enforcer(
+        rules.with_link(RoleLink(sub, role, dom))
+    ).enforce(*req)
 
 
 @given(requests)
@@ -93,13 +100,25 @@ def test_an_empty_policy_denies_everything(req: tuple[str, str, str, str]) -> No
 
 def test_default_grants_match_the_issue() -> None:
     rules = rules_from_lines(
-        [*default_policy_lines(), "g, eve, ml-engineer, p1", "g, rita, researcher, p1",
-         "g, al, auditor, p1", "g, n1, node, *", "g, root, admin, *"]
+        [
+            *default_policy_lines(),
+            "g, eve, ml-engineer, p1",
+            "g, rita, researcher, p1",
+            "g, al, auditor, p1",
+            "g, n1, node, *",
+            "g, root, admin, *",
+        ]
     )
     engine = PolicyEngine(rules)
     expected = {
         "rita": {"dataset:read", "checkpoint:read", "checkpoint:write"},
-        "eve": {"dataset:read", "checkpoint:read", "checkpoint:write", "train:launch", "checkpoint:export"},
+        "eve": {
+            "dataset:read",
+            "checkpoint:read",
+            "checkpoint:write",
+            "train:launch",
+            "checkpoint:export",
+        },
         "al": {"audit:read"},
         "n1": {"audit:submit", "incident:submit"},
         "root": set(ACTIONS),
@@ -130,7 +149,9 @@ def test_differential_thousands_of_random_requests_on_a_large_policy() -> None:
         for _ in range(rng.randrange(1, 3)):
             lines.append(f"g, {u}, {rng.choice(roles)}, {rng.choice(projects + ['*'])}")
         if rng.random() < 0.1:
-            lines.append(f"p, {u}, {rng.choice(projects)}, /data/{rng.randrange(5)}/*, dataset:read, deny")
+            lines.append(
+                f"p, {u}, {rng.choice(projects)}, /data/{rng.randrange(5)}/*, dataset:read, deny"
+            )
     rules = rules_from_lines(lines)
     engine, reference = PolicyEngine(rules), casbin_enforcer(rules)
     allowed = 0

@@ -8,8 +8,7 @@ import os
 import stat
 
 import pytest
-
-from conftest import Env
+from policy_support import Env
 from trainguard.core.config import NodeConfig
 from trainguard.policy.access import AccessControl
 from trainguard.policy.errors import Denied, SessionInvalid, StepUpRequired
@@ -77,7 +76,9 @@ def test_removed_and_locked_users_lose_their_sessions(env: Env, admin: AccessCon
     admin.add_user("alice", "researcher", "proj1", actor="root")
     uri = admin.enrol("alice", actor="root").otpauth_uri
     alice = env.ac()
-    alice.sessions = type(alice.sessions)(env.tmp / "alice-sessions", cluster="default", node="node-1")
+    alice.sessions = type(alice.sessions)(
+        env.tmp / "alice-sessions", cluster="default", node="node-1"
+    )
     alice.login("alice", env.fresh_code(uri))
     alice.current_session()
     alice.users.lock("alice", env.clock())
@@ -94,7 +95,9 @@ def test_removed_and_locked_users_lose_their_sessions(env: Env, admin: AccessCon
         alice.current_session()
 
 
-def test_privileged_actions_need_step_up_within_five_minutes(env: Env, admin: AccessControl) -> None:
+def test_privileged_actions_need_step_up_within_five_minutes(
+    env: Env, admin: AccessControl
+) -> None:
     admin.require("key:rotate", "/keys", "*")
     env.clock.advance(301)
     with pytest.raises(StepUpRequired):

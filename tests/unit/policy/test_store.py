@@ -4,8 +4,7 @@ admin with MFA re-signs it."""
 from __future__ import annotations
 
 import pytest
-
-from conftest import Env
+from policy_support import Env
 from trainguard.policy.access import AccessControl
 from trainguard.policy.errors import Denied, PolicyFormatError, PolicyTampered
 from trainguard.policy.rules import parse_policy
@@ -53,7 +52,9 @@ def test_a_file_signed_by_another_key_is_refused(env: Env) -> None:
         pf.load(env.key.public_key(), env.audit)
 
 
-def test_policy_sign_by_an_admin_with_mfa_accepts_a_reviewed_edit(env: Env, admin: AccessControl) -> None:
+def test_policy_sign_by_an_admin_with_mfa_accepts_a_reviewed_edit(
+    env: Env, admin: AccessControl
+) -> None:
     admin.add_user("bob", "researcher", "proj1", actor="root")
     _edit(env, "g, bob, ml-engineer, proj1")
     env.clock.advance(301)  # the login's step-up has gone stale
@@ -68,7 +69,9 @@ def test_policy_sign_by_an_admin_with_mfa_accepts_a_reviewed_edit(env: Env, admi
     assert env.ac().users.get("bob").roles == ("ml-engineer", "researcher")
 
 
-def test_a_non_admin_cannot_sign_even_if_the_edit_makes_them_admin(env: Env, admin: AccessControl) -> None:
+def test_a_non_admin_cannot_sign_even_if_the_edit_makes_them_admin(
+    env: Env, admin: AccessControl
+) -> None:
     admin.add_user("bob", "researcher", "proj1", actor="root")
     uri = admin.enrol("bob", actor="root").otpauth_uri
     bob = env.ac()

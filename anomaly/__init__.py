@@ -1,0 +1,56 @@
+"""trainguard.anomaly: detectors for node, access and training telemetry.
+
+Public names are loaded on first use (PEP 562), so `import trainguard.anomaly.streaming` in the
+agent does not pull in numpy-heavy or scikit-learn-backed modules it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "AnomalyConfig": "config",
+    "StreamConfig": "config",
+    "StreamDetector": "streaming",
+    "StreamBank": "streaming",
+    "StreamScore": "streaming",
+    "LearnedDetector": "learned",
+    "UntrustedModel": "learned",
+    "fit_detector": "learned",
+    "load_detector": "learned",
+    "save_detector": "learned",
+    "window_features": "learned",
+    "AccessDetector": "domain",
+    "AccessEvent": "domain",
+    "DomainFinding": "domain",
+    "ExfiltrationDetector": "domain",
+    "GpuMisuseDetector": "domain",
+    "GpuReading": "domain",
+    "RankFlag": "training",
+    "SpikeDetector": "training",
+    "TrainingSpike": "training",
+    "UpdateMonitor": "training",
+    "update_statistics": "training",
+    "NabResult": "nab",
+    "score_corpus": "nab",
+    "sweep_rows": "nab",
+    "load_nab": "nab",
+    "evaluate_nab": "evaluate",
+    "detect_rows": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainguard.anomaly' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"trainguard.anomaly.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

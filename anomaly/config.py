@@ -1,0 +1,98 @@
+"""Settings of the anomaly area: the `[anomaly]` section of trainguard.toml.
+
+Defaults live here and nowhere else. The streaming defaults were chosen once on the NAB
+``artificialWithAnomaly`` category and checked on the held-out ``realAWSCloudwatch`` and
+``artificialNoAnomaly`` categories (README "Anomaly detection"); they are never tuned per series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["AnomalyConfig", "StreamConfig"]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Parameters of one causal univariate detector (`trainguard.anomaly.StreamDetector`)."""
+
+    warmup: int = 150  # samples before any score above 0
+    level_alpha: float = 0.03  # EW weight of the robust level
+    spread_alpha: float = 0.01  # EW weight of the mean absolute deviation
+    season_alpha: float = 0.1  # EW weight of a seasonal bucket when it is visited
+    daily_buckets: int = 48  # time-of-day profile (30 min buckets)
+    weekly_buckets: int = 168  # day-of-week x hour profile on top of the daily one
+    season_gain: float = 0.7  # seasonal model used once its error is < gain * flat error
+    clip: float = 4.0  # residuals clipped at clip * spread before they update the baseline
+    drift_alpha: float = 0.05  # EW weight of the short-term mean of z (slow changes)
+    drift_weight: float = 0.0
+    shift_z: float = 3.0  # |z| above this, on one side ...
+    shift_run: int = 12  # ... this many samples in a row: a level shift, re-baseline
+    tail_quantile: float = 0.99  # EW quantile of |z| that normalises z (heavy tails)
+    tail_rate: float = 0.05
+    log_z: bool = False
+    tail_floor: float = 2.0
+    tail_decay: float = 0.998  # > 0: normalise by a decaying max of |z| instead
+    score_scale: float = 1.0  # score = z^2 / (z^2 + scale^2)
+    threshold: float = 0.8  # alert when score >= threshold (calibrated, see module doc)
+    refractory: int = 200  # samples after an alert in which the score is damped
+    refractory_damp: float = 0.5
+    min_spread: float = 0.001  # relative floor of the spread (flat lines)
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("level_alpha", "spread_alpha", "season_alpha", "drift_alpha"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                problems.append(f"anomaly.stream.{name} must be in (0, 1]")
+        if not 0.0 < self.threshold < 1.0:
+            problems.append("anomaly.stream.threshold must be in (0, 1)")
+        if self.daily_buckets < 1 or self.weekly_buckets < 0:
+            problems.append("anomaly.stream.daily_buckets must be >= 1, weekly_buckets >= 0")
+        return problems
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Everything the anomaly detectors and the agent's Scorer need."""
+
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    # learned (IsolationForest) detectors
+    target_fpr: float = 0.01
+    window: int = 12  # samples per windowed feature
+    n_estimators: int = 100
+    max_samples: int = 256
+    model_path: str = ""  # a skops model for the agent's Scorer; empty: none
+    # GPU misuse
+    allowed_processes: tuple[str, ...] = ("python", "python3", "torchrun", "pt_main_thread")
+    miner_util_pct: float = 90.0
+    miner_power_cv: float = 0.05  # coefficient of variation of power below this: steady
+    miner_mem_churn: float = 0.02  # relative memory change per sample below this: no churn
+    miner_window: int = 60  # samples of EW statistics (10 min at 10 s)
+    miner_pause_window: int = 120  # samples without a utilisation pause (20 min at 10 s)
+    # exfiltration
+    exfil_z: float = 8.0
+    exfil_min_bytes_per_s: float = 50e6
+    # access
+    access_max_failures_per_hour: int = 5
+    access_z: float = 4.0
+    work_hours: tuple[int, int] = (7, 20)  # local hours; exports outside are off-hours
+    # training
+    loss_z: float = 6.0
+    grad_z: float = 6.0
+    byzantine_ratio: float = 3.0  # norm / median norm above this is an outlier
+    byzantine_cosine: float = 0.0  # cosine to the aggregate below this is an outlier
+    byzantine_patience: int = 3
+    # agent incidents
+    incident_cooldown_s: float = 300.0
+
+    def validate(self) -> list[str]:
+        problems = [p for p in self.stream.validate()]
+        if not 0.0 < self.target_fpr < 0.5:
+            problems.append("anomaly.target_fpr must be in (0, 0.5)")
+        if self.window < 1:
+            problems.append("anomaly.window must be >= 1")
+        if not 0 <= self.work_hours[0] < self.work_hours[1] <= 24:
+            problems.append("anomaly.work_hours must be (start, end) with 0 <= start < end <= 24")
+        if self.byzantine_patience < 1:
+            problems.append("anomaly.byzantine_patience must be >= 1")
+        return problems

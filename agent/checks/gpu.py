@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from trainguard.agent import procfs
@@ -12,8 +14,17 @@ from trainguard.agent.nvml import NvmlBackend, NvmlUnavailable, PynvmlBackend
 _DRIVER = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9]+(?:\.[0-9]+)+)")
 
 
-def _backend(ctx: CheckContext) -> NvmlBackend:
-    return ctx.nvml if ctx.nvml is not None else PynvmlBackend(pcie=False)
+@contextlib.contextmanager
+def _backend(ctx: CheckContext) -> Iterator[NvmlBackend]:
+    """The injected backend, or a real one that is shut down again after the check."""
+    if ctx.nvml is not None:
+        yield ctx.nvml
+        return
+    real = PynvmlBackend(pcie=False)
+    try:
+        yield real
+    finally:
+        real.close()
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -34,10 +45,10 @@ def nvidia_driver(ctx: CheckContext) -> Outcome:
         kernel = m.group(1) if m else "unknown"
     devices = sorted(p.name for p in ctx.path("/dev").glob("nvidia[0-9]*"))
     evidence: dict[str, Any] = {"kernel_module": kernel, "device_nodes": devices}
-    nvml = _backend(ctx)
     try:
-        lib = nvml.driver_version()
-        count = nvml.device_count()
+        with _backend(ctx) as nvml:
+            lib = nvml.driver_version()
+            count = nvml.device_count()
     except NvmlUnavailable as exc:
         evidence["nvml_error"] = exc.message
         if kernel is None and not devices:
@@ -78,9 +89,9 @@ def _users(ctx: CheckContext) -> dict[int, str]:
     atlas=("AML.T0034",),
 )
 def gpu_foreign_processes(ctx: CheckContext) -> Outcome:
-    nvml = _backend(ctx)
     try:
-        samples = [nvml.read(i) for i in range(nvml.device_count())]
+        with _backend(ctx) as nvml:
+            samples = [nvml.read(i) for i in range(nvml.device_count())]
     except NvmlUnavailable as exc:
         return Outcome.not_applicable(f"no GPUs to inspect ({exc.message})")
     cfg = ctx.checks

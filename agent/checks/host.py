@@ -135,10 +135,8 @@ def _unit_text(ctx: CheckContext) -> tuple[str, str] | None:
         if exc.name != "trainguard.agent.unit":
             raise
         return None
-    render = getattr(unit, "render_unit", None)
-    if render is None:
-        return None
-    return str(render(ctx.home, ctx.config)), "trainguard.agent.unit (not installed)"
+    text = unit.render_unit(unit.UnitOptions(home=ctx.home.root))
+    return str(text), "the unit `trainguard agent install-unit` writes (not installed)"
 
 
 @register_check(

@@ -186,3 +186,11 @@ def test_allowed_processes_pass_and_no_allowlist_warns(home: Home, tmp_path: Pat
 
 def test_no_gpu_is_not_applicable(home: Home, tmp_path: Path) -> None:
     assert run(ctx(home, tmp_path), "gpu-foreign-processes").status is Status.NOT_APPLICABLE
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_shipped_unit_is_scored_when_none_is_installed(home: Home, tmp_path: Path) -> None:
+    pytest.importorskip("trainguard.agent.unit")
+    r = run(ctx(home, tmp_path, runner=subprocess_runner), "agent-unit-hardening")
+    assert "not installed" in r.evidence["unit"]
+    assert r.status is Status.PASS, r.summary

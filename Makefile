@@ -26,9 +26,15 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# mypy cannot follow setuptools' editable import hook, so it checks a symlink tree that mirrors
+# the installed `trainguard` namespace.
+TYPECHECK := build/typecheck
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy core crypto policy agent
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/trainguard
+	for a in core crypto policy agent anomaly adversarial trainer; do ln -s ../../../$$a $(TYPECHECK)/trainguard/$$a; done
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy --explicit-package-bases \
+	  -p trainguard.core -p trainguard.crypto -p trainguard.policy -p trainguard.agent
 
 bench: install
 	@for b in tests/bench/bench_*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done

@@ -25,7 +25,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from trainguard.core.errors import UsageError
 from trainguard.core.home import read_private, write_private
 from trainguard.crypto.errors import CryptoError
@@ -226,7 +225,7 @@ class ClusterCA:
         body = {"version": 1, "certificates": [asdict(c) for c in index]}
         write_private(self._index_path(), json.dumps(body, indent=2).encode())
 
-    def list(self) -> list[IssuedCert]:
+    def certificates(self) -> list[IssuedCert]:
         """The newest certificate of each identity."""
         latest: dict[tuple[str, str], IssuedCert] = {}
         for entry in self._read_index():

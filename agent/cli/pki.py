@@ -49,7 +49,7 @@ def run_issue(args: argparse.Namespace, ctx: Context) -> int:
     write_private(out / f"{args.name}.crt", cert, mode=0o644)
     write_private(out / f"{args.name}.key", key)
     write_private(out / "ca.crt", ca.ca_path.read_bytes(), mode=0o644)
-    entry = ca.list()
+    entry = ca.certificates()
     issued = next(c for c in entry if c.name == args.name and c.kind == args.kind)
     ctx.audit.record("cert-issued", "cli", {"name": args.name, "kind": args.kind, "serial": str(issued.serial)})
     data: dict[str, Any] = {
@@ -74,7 +74,7 @@ def run_revoke(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
     ca = _ca(ctx)
-    rows = [asdict(c) | {"serial": str(c.serial)} for c in ca.list()]
+    rows = [asdict(c) | {"serial": str(c.serial)} for c in ca.certificates()]
 
     def text(rs: list[dict[str, Any]]) -> str:
         if not rs:

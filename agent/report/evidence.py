@@ -23,15 +23,14 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard.agent.report.model import EvidenceItem, EvidenceStatus, NodeEvidence
-from trainguard.core.config import Config
-from trainguard.core.errors import IntegrityError, TrainguardError
-from trainguard.core.home import Home, write_private
+from trainguard.agent.report.model import EvidenceItem, EvidenceStatus
+from trainguard.core.errors import TrainguardError
+from trainguard.core.home import write_private
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from trainguard.agent.report.evidence import (
     PRIVILEGED_ROLES,
     ReportState,
     _item,
+    incidents_from,
     iso,
     log_items,
     robustness_points,
     training_runs,
-    incidents_from,
 )
 from trainguard.agent.report.mapping import load_controls
 from trainguard.agent.report.model import EvidenceItem, EvidenceStatus, NodeEvidence, Report

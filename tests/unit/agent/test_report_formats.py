@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from trainguard.agent.report.assess import assess, assess_control
 from trainguard.agent.report.formats import ReportFormat, parse_formats
 from trainguard.agent.report.mapping import load_controls

@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from trainguard.core.config import ConfigError, dump_sections, load_config, register_section
 
 

@@ -5,7 +5,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from trainguard.core.home import Home, HomeError, atomic_output, read_private, write_private
 
 

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from trainguard.crypto.pki import (
     ClusterCA,
     Identity,
@@ -69,7 +68,7 @@ def test_list_and_revoke_marks_every_issued_cert(ca: ClusterCA) -> None:
     ca.issue("n1", "node")
     ca.issue("n1", "node")  # renewal: the older serial must be revoked too
     ca.issue("bob", "user")
-    assert [(c.kind, c.name) for c in ca.list()] == [("node", "n1"), ("user", "bob")]
+    assert [(c.kind, c.name) for c in ca.certificates()] == [("node", "n1"), ("user", "bob")]
     revoked = ca.revoke("n1")
     assert len(revoked) == 2 and all(c.revoked for c in revoked)
     assert len(ca.revoked_serials()) == 2
@@ -123,7 +122,9 @@ def server(ca: ClusterCA, tmp_path: Path):
     srv.close()
 
 
-def test_mtls_handshake_with_valid_client_cert(ca: ClusterCA, server: _Server, tmp_path: Path) -> None:
+def test_mtls_handshake_with_valid_client_cert(
+    ca: ClusterCA, server: _Server, tmp_path: Path
+) -> None:
     crt, key = _write(tmp_path, "alice", ca.issue("alice", "user"))
     assert _connect(server.port, client_context(crt, key, ca.ca_path)) == b"ping"
     assert server.identities == [Identity("c1", IdentityKind.USER, "alice")]

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from trainguard.crypto.errors import BadSignature, KeyFileError
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 

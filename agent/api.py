@@ -87,6 +87,7 @@ class AgentServer:
         self._pending: asyncio.Queue[_Pending] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._incident_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"requests": 0, "errors": 0, "denied": 0, "tls_rejected": 0}
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -112,15 +113,26 @@ class AgentServer:
     async def start_tcp(self, host: str, port: int, ssl_context: ssl.SSLContext) -> int:
         """Listen on TCP; TLS is negotiated per connection so failed handshakes are audited.
         Returns the bound port (useful with port 0)."""
-        server = await asyncio.start_server(
-            lambda r, w: self._handle_tcp(r, w, ssl_context),
-            host=host,
-            port=port,
-            limit=self.config.max_request_bytes + 1,
-        )
+        loop = asyncio.get_running_loop()
+        limit = self.config.max_request_bytes + 1
+
+        def factory() -> asyncio.Protocol:
+            reader = asyncio.StreamReader(limit=limit)
+            return _PausedOnConnect(
+                reader,
+                lambda proto, transport: self._track(
+                    loop.create_task(self._handle_tcp(reader, proto, transport, ssl_context))
+                ),
+            )
+
+        server = await loop.create_server(factory, host=host, port=port)
         self._servers.append(server)
         self._ensure_writer()
         return int(server.sockets[0].getsockname()[1])
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     def _ensure_writer(self) -> None:
         if self._writer_task is None:
@@ -159,16 +171,30 @@ class AgentServer:
         await self._serve(reader, writer, principal)
 
     async def _handle_tcp(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ssl.SSLContext
+        self,
+        reader: asyncio.StreamReader,
+        proto: asyncio.StreamReaderProtocol,
+        transport: asyncio.BaseTransport,
+        ctx: ssl.SSLContext,
     ) -> None:
-        peer = writer.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
         try:
-            await asyncio.wait_for(writer.start_tls(ctx), _HANDSHAKE_SECONDS)
-            principal = self.authorizer.tls_principal(writer.get_extra_info("ssl_object"))
+            tls = await loop.start_tls(
+                transport,  # type: ignore[arg-type]
+                proto,
+                ctx,
+                server_side=True,
+                ssl_handshake_timeout=_HANDSHAKE_SECONDS,
+            )
+            if tls is None:
+                raise ConnectionError("connection closed during the handshake")
+            writer = asyncio.StreamWriter(tls, proto, reader, loop)
+            principal = self.authorizer.tls_principal(tls.get_extra_info("ssl_object"))
         except (ssl.SSLError, OSError, TimeoutError, TrainguardError) as exc:
             self.stats["tls_rejected"] += 1
             self._audit_rejected(peer, exc)
-            writer.close()
+            transport.close()
             return
         await self._serve(reader, writer, principal)
 
@@ -339,6 +365,24 @@ class AgentServer:
             for b, seq in zip(batch, seqs, strict=True):
                 if not b.future.done():
                     b.future.set_result(seq)
+
+
+class _PausedOnConnect(asyncio.StreamReaderProtocol):
+    """Stops reading the moment a TCP connection is made, so the client's first TLS bytes reach
+    the TLS layer started next instead of the plain-text stream buffer."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        on_connect: Callable[[asyncio.StreamReaderProtocol, asyncio.BaseTransport], object],
+    ) -> None:
+        super().__init__(reader)
+        self._on_connect = on_connect
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+        super().connection_made(transport)
+        self._on_connect(self, transport)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

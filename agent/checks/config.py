@@ -23,6 +23,7 @@ class ChecksConfig:
         cert_min_days_left: a node certificate expiring sooner than this, or with less than a
             third of its lifetime left, warns.
         allowed_gpu_users: login names whose processes may use the GPUs (both lists empty:
+            the GPU-misuse detector's [anomaly] allowed_processes apply; without those the
             processes are listed and the check warns instead of failing).
         allowed_gpu_processes: process names (comm) that may use the GPUs.
         max_clock_offset_ms: a larger NTP/chrony offset fails the clock check.

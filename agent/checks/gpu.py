@@ -81,6 +81,21 @@ def _users(ctx: CheckContext) -> dict[int, str]:
     return out
 
 
+def _allow_lists(ctx: CheckContext) -> tuple[set[str], set[str], str]:
+    """[checks] allowed_gpu_users / allowed_gpu_processes; when both are empty, the GPU-misuse
+    detector's [anomaly] allowed_processes, so the check and the detector agree."""
+    cfg = ctx.checks
+    users, names = set(cfg.allowed_gpu_users), set(cfg.allowed_gpu_processes)
+    if users or names:
+        return users, names, "checks"
+    try:
+        anomaly = ctx.config.section("anomaly")
+    except KeyError:
+        return users, names, "none"
+    fallback = set(getattr(anomaly, "allowed_processes", ()) or ())
+    return users, fallback, "anomaly" if fallback else "none"
+
+
 @register_check(
     "gpu-foreign-processes",
     "Only allowed users and programs run on the GPUs",
@@ -94,8 +109,7 @@ def gpu_foreign_processes(ctx: CheckContext) -> Outcome:
             samples = [nvml.read(i) for i in range(nvml.device_count())]
     except NvmlUnavailable as exc:
         return Outcome.not_applicable(f"no GPUs to inspect ({exc.message})")
-    cfg = ctx.checks
-    users, names = set(cfg.allowed_gpu_users), set(cfg.allowed_gpu_processes)
+    users, names, source = _allow_lists(ctx)
     passwd = _users(ctx)
     seen: list[dict[str, Any]] = []
     foreign: list[dict[str, Any]] = []
@@ -109,7 +123,7 @@ def gpu_foreign_processes(ctx: CheckContext) -> Outcome:
             if (users or names) and user not in users and name not in names:
                 foreign.append(row)
     evidence = {"allowed_users": sorted(users), "allowed_processes": sorted(names),
-                "processes": seen, "foreign": foreign}
+                "allow_list_from": source, "processes": seen, "foreign": foreign}
     if foreign:
         listed = ", ".join(f"pid {r['pid']} {r['name']} ({r['user']}) on GPU {r['gpu']}" for r in foreign[:5])
         return Outcome.fail(

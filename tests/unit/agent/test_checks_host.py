@@ -180,8 +180,24 @@ def test_allowed_processes_pass_and_no_allowlist_warns(home: Home, tmp_path: Pat
     fake = FakeNvml(1)
     fake.set(0, processes=[(100, 30 << 30, "python3")])
     assert run(ctx(home, tmp_path, nvml=fake, allowed_gpu_processes=("python3",)), "gpu-foreign-processes").status is Status.PASS
-    assert run(ctx(home, tmp_path, nvml=fake), "gpu-foreign-processes").status is Status.WARN
     assert run(ctx(home, tmp_path, nvml=FakeNvml(1)), "gpu-foreign-processes").status is Status.PASS
+    # Without [checks] lists the GPU-misuse detector's allow-list applies ...
+    r = run(ctx(home, tmp_path, nvml=fake), "gpu-foreign-processes")
+    assert r.status is Status.PASS and r.evidence["allow_list_from"] == "anomaly"
+    # ... and with no allow-list anywhere the processes are listed with a warning.
+    anomaly = pytest.importorskip("trainguard.anomaly.config")
+    c = ctx(home, tmp_path, nvml=fake)
+    sections = {**c.config.sections, "anomaly": dataclasses.replace(anomaly.AnomalyConfig(), allowed_processes=())}
+    c = dataclasses.replace(c, config=Config(source="test", sections=sections))
+    assert run(c, "gpu-foreign-processes").status is Status.WARN
+
+
+def test_detector_allow_list_flags_a_miner_by_default(home: Home, tmp_path: Path) -> None:
+    _procs(tmp_path, {200: ("xmrig", 1001)})
+    fake = FakeNvml(1)
+    fake.set(0, processes=[(200, 2 << 30, "xmrig")])
+    r = run(ctx(home, tmp_path, nvml=fake), "gpu-foreign-processes")
+    assert r.status is Status.FAIL and r.evidence["foreign"][0]["name"] == "xmrig"
 
 
 def test_no_gpu_is_not_applicable(home: Home, tmp_path: Path) -> None:

@@ -85,9 +85,9 @@ class _GpuState:
 class GpuMisuseDetector:
     """Foreign processes and the miner usage signature, one small state per GPU."""
 
-    def __init__(self, config: AnomalyConfig | None = None, threshold: float = 0.5) -> None:
+    def __init__(self, config: AnomalyConfig | None = None, threshold: float | None = None) -> None:
         self.cfg = config or AnomalyConfig()
-        self.threshold = threshold
+        self.threshold = self.cfg.miner_threshold if threshold is None else threshold
         self._alpha = 2.0 / (self.cfg.miner_window + 1)
         self._gpus: dict[int, _GpuState] = {}
         self._allowed = {p.lower() for p in self.cfg.allowed_processes}

@@ -89,17 +89,16 @@ def plaintext_checkpoints(ctx: CheckContext) -> Outcome:
             "no checkpoint folders configured ([checks] checkpoint_dirs)"
         )
     plaintext: list[str] = []
+    unreadable: list[str] = []
     sealed = 0
     missing = [str(d) for d in dirs if not d.is_dir()]
     for d in dirs:
         if not d.is_dir():
             continue
         for p in _candidates(d, tuple(cfg.checkpoint_suffixes)):
-            try:
-                ok = is_sealed(p)
-            except OSError:
-                ok = False  # unreadable to the agent: cannot vouch for it
-            if ok:
+            if not os.access(p, os.R_OK):
+                unreadable.append(str(p))  # the agent cannot vouch for it either way
+            elif is_sealed(p):
                 sealed += 1
             else:
                 plaintext.append(str(p))
@@ -109,6 +108,7 @@ def plaintext_checkpoints(ctx: CheckContext) -> Outcome:
         "sealed": sealed,
         "plaintext_count": len(plaintext),
         "plaintext": plaintext[:_LISTED],
+        "unreadable": unreadable[:_LISTED],
     }
     if plaintext:
         return Outcome.fail(
@@ -117,10 +117,11 @@ def plaintext_checkpoints(ctx: CheckContext) -> Outcome:
             "seal them with `trainguard seal IN OUT` and delete the plaintext, or let the trainer "
             "write sealed checkpoints",
         )
-    if missing:
+    if missing or unreadable:
         return Outcome.warn(
-            f"checkpoint folder(s) missing: {', '.join(missing)}",
+            f"{len(missing)} checkpoint folder(s) missing, {len(unreadable)} file(s) unreadable "
+            "to the agent",
             evidence,
-            "fix [checks] checkpoint_dirs or create the folders",
+            "fix [checks] checkpoint_dirs, and let the agent's user read the checkpoint folders",
         )
     return Outcome.passed(f"all {sealed} checkpoint file(s) are sealed", evidence)

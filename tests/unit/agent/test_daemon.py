@@ -1,0 +1,218 @@
+"""The daemon with fake checks, telemetry and scorer: cycles, incidents, signals, sd_notify,
+refusing loose modes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_home
+from trainguard.agent.client import AgentClient
+from trainguard.agent.daemon import Agent, AgentRefused, preflight, run_once
+from trainguard.agent.sdnotify import Notifier
+from trainguard.core.audit import IncidentKind, Severity
+from trainguard.core.config import load_config
+from trainguard.core.home import Home
+
+
+@dataclass
+class FakeResult:
+    id: str
+    status: str
+    severity: str = "high"
+    title: str = "a check"
+    summary: str = "it failed"
+    controls: tuple[str, ...] = ("AC-3",)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    remediation: str = "fix it"
+
+
+@dataclass
+class FakeSample:
+    time: float
+    gpus: list[Any]
+
+
+class FakeTelemetry:
+    nvml_error = "no GPU in tests"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def sample(self) -> FakeSample:
+        self.n += 1
+        return FakeSample(float(self.n), [])
+
+
+@dataclass
+class FakeDetection:
+    kind: IncidentKind
+    severity: Severity
+    evidence: dict[str, Any]
+
+
+class FakeScorer:
+    def __init__(self, fire_on: int) -> None:
+        self.fire_on = fire_on
+        self.seen = 0
+
+    def observe(self, sample: FakeSample) -> list[FakeDetection]:
+        self.seen += 1
+        if self.seen == self.fire_on:
+            return [FakeDetection(IncidentKind.GPU_MISUSE, Severity.HIGH, {"pid": 99, "gpu": 0})]
+        return []
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.samples = 0
+        self.incidents: list[tuple[str, str]] = []
+
+    def update(self, sample: Any) -> None:
+        self.samples += 1
+
+    def update_checks(self, results: Any) -> None:
+        pass
+
+    def incident(self, kind: str, severity: str) -> None:
+        self.incidents.append((kind, severity))
+
+    def render(self) -> bytes:
+        return b"# fake\n"
+
+
+@pytest.fixture
+def short_home() -> Iterator[Home]:
+    with tempfile.TemporaryDirectory(prefix="tg") as d:
+        yield make_home(Path(d) / "h")
+
+
+def _agent(home: Home, **kw: Any) -> Agent:
+    checks = kw.pop("checks", lambda h, c: [FakeResult("modes", "fail"), FakeResult("ok", "pass")])
+    return Agent(
+        home,
+        load_config(home.config_path, {}),
+        checks=checks,
+        telemetry=FakeTelemetry(),
+        metrics=kw.pop("metrics", FakeMetrics()),
+        scorer=kw.pop("scorer", FakeScorer(fire_on=2)),
+        **kw,
+    )
+
+
+def test_cycle_turns_failed_checks_and_detections_into_incidents(short_home: Home) -> None:
+    metrics = FakeMetrics()
+    agent = _agent(short_home, metrics=metrics)
+    try:
+        first = agent.cycle(force_checks=True)
+        assert first.checks == {"fail": 1, "pass": 1} and first.failed_checks == ["modes"]
+        assert len(first.incidents) == 1
+        second = agent.cycle()  # checks not due again; the scorer fires
+        assert second.checks == {} and second.detections == 1 and len(second.incidents) == 1
+        third = agent.cycle(force_checks=True)  # the same failed check again: deduplicated
+        assert third.failed_checks == ["modes"] and third.incidents == []
+        incidents = [e.data for e in agent.audit.entries(kind="incident")]
+        assert [i["kind"] for i in incidents] == ["posture-failure", "gpu-misuse"]
+        assert incidents[0]["evidence"]["check"] == "modes"
+        assert metrics.samples == 3 and len(metrics.incidents) == 2
+    finally:
+        agent.close()
+
+
+def test_broken_collaborators_do_not_stop_the_cycle(short_home: Home) -> None:
+    def boom(*a: Any) -> Any:
+        raise RuntimeError("check module exploded")
+
+    class BadTelemetry:
+        def sample(self) -> Any:
+            raise OSError("proc vanished")
+
+    agent = Agent(
+        short_home,
+        load_config(short_home.config_path, {}),
+        checks=boom,
+        telemetry=BadTelemetry(),
+        metrics=FakeMetrics(),
+        scorer=None,
+    )
+    try:
+        report = agent.cycle(force_checks=True)
+        assert any("exploded" in e for e in report.errors)
+        assert any("proc vanished" in e for e in report.errors)
+    finally:
+        agent.close()
+
+
+def test_run_once_summary(short_home: Home) -> None:
+    out = run_once(
+        short_home,
+        load_config(short_home.config_path, {}),
+        checks=lambda h, c: [],
+        telemetry=FakeTelemetry(),
+        metrics=FakeMetrics(),
+        scorer=None,
+    )
+    assert out["errors"] == [] and out["audit_last_seq"] >= 1
+
+
+def test_preflight_refuses_loose_modes_naming_file_and_mode(short_home: Home) -> None:
+    preflight(short_home)
+    short_home.node_signing_key.chmod(0o644)
+    with pytest.raises(AgentRefused) as err:
+        preflight(short_home)
+    assert str(short_home.node_signing_key) in err.value.message
+    assert "chmod 600" in err.value.message and err.value.exit_code == 2
+
+
+def test_serve_notify_reload_and_stop(short_home: Home) -> None:
+    notify_path = str(short_home.root.parent / "notify")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(notify_path)
+    sink.settimeout(10)
+    notifier = Notifier(notify_path, watchdog_usec=200_000)
+    reloads: list[int] = []
+
+    def loader():  # type: ignore[no-untyped-def]
+        reloads.append(1)
+        return load_config(short_home.config_path, {})
+
+    agent = _agent(short_home, notifier=notifier, config_loader=loader)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop=stop))
+        msgs = []
+        while "READY=1" not in "".join(msgs):
+            msgs.append((await asyncio.to_thread(sink.recv, 4096)).decode())
+        status = await asyncio.to_thread(lambda: AgentClient(short_home).status())
+        assert status["node"] == "node-1" and status["listeners"]["unix"]
+        while "WATCHDOG=1" not in msgs:
+            msgs.append((await asyncio.to_thread(sink.recv, 4096)).decode())
+        os.kill(os.getpid(), __import__("signal").SIGHUP)
+        for _ in range(100):
+            if reloads:
+                break
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), __import__("signal").SIGTERM)
+        assert await asyncio.wait_for(task, 20) == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sink.close()
+        agent.close()
+    assert reloads
+    from trainguard.agent.sink import open_embedded_log
+
+    with open_embedded_log(short_home, load_config(short_home.config_path, {})) as log:
+        kinds = [e.kind for e in log.entries()]
+        assert kinds[0] == "agent.start" and "agent.reload" in kinds
+        assert kinds[-2:] == ["agent.stop", "audit.checkpoint"]
+    assert not short_home.agent_socket.exists()

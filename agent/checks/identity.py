@@ -6,7 +6,7 @@ from trainguard.agent.checks import CheckContext, Outcome, Severity, register_ch
 
 
 @register_check(
-    "privileged-mfa",
+    "mfa-coverage",
     "Every privileged user has MFA enrolled",
     severity=Severity.HIGH,
     controls=("IA-2(1)", "IA-2(2)", "AC-6(5)"),

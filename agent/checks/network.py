@@ -182,7 +182,7 @@ def _multi_node(env: Mapping[str, str], cfg: Any, rdzv_host: str) -> bool:
 
 
 @register_check(
-    "training-isolation",
+    "traffic-isolation",
     "Training traffic stays on an isolated or encrypted interface",
     severity=Severity.HIGH,
     controls=("SC-7", "SC-8", "AC-4"),

@@ -28,7 +28,7 @@ def test_check_json_lists_every_check_with_controls(cli, home: Path) -> None:  #
     assert r.code in (0, 1), r.stderr
     data = r.json()
     by_id = {x["id"]: x for x in data["results"]}
-    assert {"home-modes", "kek-age", "node-cert", "training-isolation", "gpu-foreign-processes"} <= set(by_id)
+    assert {"home-modes", "kek-age", "node-cert", "traffic-isolation", "gpu-foreign-processes"} <= set(by_id)
     assert by_id["home-modes"]["status"] == "pass"
     assert by_id["home-modes"]["controls"]
     assert sum(data["summary"].values()) == len(data["results"])
@@ -51,7 +51,7 @@ def test_loose_key_mode_fails_with_exit_1(cli, home: Path) -> None:  # noqa: ANN
 
 def test_text_output_is_a_table_with_remediation(cli, home: Path) -> None:  # noqa: ANN001
     Home(home).node_signing_key.chmod(0o640)
-    r = cli("check", "--home", home, "--id", "home-modes", "--id", "training-isolation")
+    r = cli("check", "--home", home, "--id", "home-modes", "--id", "traffic-isolation")
     assert r.code == 1
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["STATUS", "CHECK", "SEVERITY", "CONTROLS", "SUMMARY"]
@@ -61,7 +61,7 @@ def test_text_output_is_a_table_with_remediation(cli, home: Path) -> None:  # no
 
 def test_training_environment_comes_from_the_shell(cli, home: Path) -> None:  # noqa: ANN001
     env = {"MASTER_ADDR": "8.8.8.8", "NCCL_SOCKET_IFNAME": "lo"}
-    r = cli("check", "--home", home, "--id", "training-isolation", "--format", "json", env=env)
+    r = cli("check", "--home", home, "--id", "traffic-isolation", "--format", "json", env=env)
     assert r.code == 1
     assert "public address" in r.json()["results"][0]["summary"]
 

@@ -24,7 +24,7 @@ from trainguard.core.home import Home
 
 SHIPPED = {
     "home-modes", "kek-age", "node-cert", "agent-tls", "plaintext-checkpoints",
-    "training-isolation", "privileged-mfa", "clock-sync", "nvidia-driver",
+    "traffic-isolation", "mfa-coverage", "clock-sync", "nvidia-driver",
     "gpu-foreign-processes", "agent-unit-hardening",
 }
 

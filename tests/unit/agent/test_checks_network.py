@@ -69,54 +69,54 @@ def run(c: CheckContext, cid: str):  # noqa: ANN201
 
 
 def test_undescribed_training_network_warns(home: Home, tmp_path: Path) -> None:
-    r = run(ctx(home, tmp_path), "training-isolation")
+    r = run(ctx(home, tmp_path), "traffic-isolation")
     assert r.status is Status.WARN and "NCCL_SOCKET_IFNAME" in r.remediation
 
 
 def test_single_node_on_a_private_interface_passes(home: Home, tmp_path: Path) -> None:
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "NCCL_SOCKET_IFNAME": "ib0",
            "GLOO_SOCKET_IFNAME": "ib0", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}
-    r = run(ctx(home, tmp_path, env), "training-isolation")
+    r = run(ctx(home, tmp_path, env), "traffic-isolation")
     assert r.status is Status.PASS, r.summary
     assert r.evidence["data_interfaces"] == ["ib0"] and r.evidence["multi_node"] is False
 
 
 def test_rendezvous_on_a_public_address_fails(home: Home, tmp_path: Path) -> None:
     env = {"MASTER_ADDR": "8.8.4.4", "NCCL_SOCKET_IFNAME": "ib0"}
-    r = run(ctx(home, tmp_path, env), "training-isolation")
+    r = run(ctx(home, tmp_path, env), "traffic-isolation")
     assert r.status is Status.FAIL and "rendezvous" in r.summary
 
 
 def test_rendezvous_host_name_is_resolved(home: Home, tmp_path: Path) -> None:
     env = {"PET_RDZV_ENDPOINT": "head.example:29400", "NCCL_SOCKET_IFNAME": "wg0"}
-    r = run(ctx(home, tmp_path, env, resolve={"head.example": ["1.1.1.1"]}), "training-isolation")
+    r = run(ctx(home, tmp_path, env, resolve={"head.example": ["1.1.1.1"]}), "traffic-isolation")
     assert r.status is Status.FAIL and r.evidence["rendezvous_addresses"] == ["1.1.1.1"]
 
 
 def test_data_interface_with_public_address_fails(home: Home, tmp_path: Path) -> None:
     env = {"MASTER_ADDR": "127.0.0.1", "NCCL_SOCKET_IFNAME": "eth"}  # NCCL prefix match
-    r = run(ctx(home, tmp_path, env), "training-isolation")
+    r = run(ctx(home, tmp_path, env), "traffic-isolation")
     assert r.status is Status.FAIL and "eth0" in r.summary
 
 
 def test_missing_interface_fails_and_exclusion_list_warns(home: Home, tmp_path: Path) -> None:
-    r = run(ctx(home, tmp_path, {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "=ens9"}), "training-isolation")
+    r = run(ctx(home, tmp_path, {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "=ens9"}), "traffic-isolation")
     assert r.status is Status.FAIL and "does not exist" in r.summary
-    r = run(ctx(home, tmp_path, {"MASTER_ADDR": "127.0.0.1", "NCCL_SOCKET_IFNAME": "^docker"}), "training-isolation")
+    r = run(ctx(home, tmp_path, {"MASTER_ADDR": "127.0.0.1", "NCCL_SOCKET_IFNAME": "^docker"}), "traffic-isolation")
     assert r.status is Status.WARN
 
 
 def test_multi_node_without_encryption_warns(home: Home, tmp_path: Path) -> None:
     env = {"MASTER_ADDR": "10.20.0.1", "NCCL_SOCKET_IFNAME": "ib0", "WORLD_SIZE": "16",
            "LOCAL_WORLD_SIZE": "8"}
-    r = run(ctx(home, tmp_path, env), "training-isolation")
+    r = run(ctx(home, tmp_path, env), "traffic-isolation")
     assert r.status is Status.WARN and "WireGuard" in r.summary
     assert r.evidence["multi_node"] is True
 
 
 def test_multi_node_over_wireguard_passes(home: Home, tmp_path: Path) -> None:
     env = {"MASTER_ADDR": "10.99.0.1", "NCCL_SOCKET_IFNAME": "wg0", "GLOO_SOCKET_IFNAME": "wg0"}
-    r = run(ctx(home, tmp_path, env), "training-isolation")
+    r = run(ctx(home, tmp_path, env), "traffic-isolation")
     assert r.status is Status.PASS and r.evidence["wireguard"] == ["wg0"]
 
 
@@ -124,13 +124,13 @@ def test_multi_node_under_ipsec_passes(home: Home, tmp_path: Path) -> None:
     _root(tmp_path, xfrm=True)
     env = {"MASTER_ADDR": "10.20.0.1", "NCCL_SOCKET_IFNAME": "ib0"}
     out = "src 10.20.0.5 dst 10.20.0.1 proto esp spi 0x1 reqid 1 mode tunnel\n"
-    r = run(ctx(home, tmp_path, env, xfrm_out=out), "training-isolation")
+    r = run(ctx(home, tmp_path, env, xfrm_out=out), "traffic-isolation")
     assert r.status is Status.PASS and r.evidence["ipsec"] is True
 
 
 def test_config_describes_the_job_when_env_is_absent(home: Home, tmp_path: Path) -> None:
     c = ctx(home, tmp_path, data_interfaces=("ib0",), rendezvous_endpoint="10.20.0.1:29400", multi_node=True)
-    r = run(c, "training-isolation")
+    r = run(c, "traffic-isolation")
     assert r.status is Status.WARN and r.evidence["data_interfaces"] == ["ib0"]
 
 

@@ -215,24 +215,24 @@ def test_cert_issued_by_the_cluster_ca_passes(home: Home) -> None:
     assert r.status is Status.PASS, r.summary
 
 
-# -- privileged-mfa ------------------------------------------------------------------------
+# -- mfa-coverage ------------------------------------------------------------------------
 
 
 def test_privileged_mfa(home: Home) -> None:
     from trainguard.policy import UserStore
     from trainguard.policy.rules import PolicyRules, RoleLink
 
-    assert run(ctx(home), "privileged-mfa").status is Status.NOT_APPLICABLE
+    assert run(ctx(home), "mfa-coverage").status is Status.NOT_APPLICABLE
     store = UserStore(home.users_db)
     for name in ("alice", "bob", "carol"):
         store.add(name)
     links = (RoleLink("alice", "admin", "*"), RoleLink("bob", "researcher", "*"))
     store.sync_roles(PolicyRules(links=links))
     store.set_totp("alice", b"sealed-secret")
-    r = run(ctx(home), "privileged-mfa")
+    r = run(ctx(home), "mfa-coverage")
     assert r.status is Status.PASS and r.evidence["privileged_users"] == ["alice"]
     store.sync_roles(PolicyRules(links=(*links, RoleLink("carol", "ml-engineer", "proj"))))
-    r = run(ctx(home), "privileged-mfa")
+    r = run(ctx(home), "mfa-coverage")
     assert r.status is Status.FAIL
     assert r.evidence["without_mfa"] == ["carol"] and "user enrol" in r.remediation
     store.close()

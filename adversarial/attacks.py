@@ -49,7 +49,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def _per_sample_norm(t: Tensor) -> Tensor:
     """L2 norm of each sample, shaped to broadcast against ``t``."""
-    flat = t.flatten(1).norm(p=2, dim=1)
+    flat: Tensor = t.flatten(1).norm(p=2, dim=1)
     return flat.view(-1, *([1] * (t.dim() - 1)))
 
 

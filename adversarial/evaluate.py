@@ -141,7 +141,8 @@ def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
 
 def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
-        return model(x).argmax(1) == y
+        out: Tensor = model(x).argmax(1) == y
+    return out
 
 
 def robust_correct(

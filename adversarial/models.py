@@ -85,7 +85,7 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
             raise ModelSpecError(f"module {module_name!r} has no attribute {attr!r}")
     if not callable(factory):
         raise ModelSpecError(f"{spec} is not callable")
-    return factory  # type: ignore[return-value]
+    return factory
 
 
 def build_model(spec: str) -> nn.Module:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,6 +185,48 @@ def _holdout_accuracy(model: nn.Module, data: Dataset, guard: OverfitGuard) -> f
         return float((model(x_adv).argmax(1) == y).float().mean())
 
 
+class _Trainer:
+    """One training run: optimiser, schedule and shuffling; ``epoch()`` runs one pass."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: Dataset,
+        step: AdversarialStep,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        self.model, self.step, self.batch_size = model, step, batch_size
+        device = next(model.parameters()).device
+        self.x, self.y = train.x.to(device), train.y.to(device)
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        total = epochs * ((len(train) + batch_size - 1) // batch_size)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: max(0.0, 1 - i / total))
+        self.shuffle = torch.Generator().manual_seed(seed)
+
+    def epoch(self) -> tuple[float, float]:
+        """Train one pass; return the mean loss and the accuracy on the clean batches."""
+        self.model.train()
+        n = self.y.shape[0]
+        order = torch.randperm(n, generator=self.shuffle).to(self.x.device)
+        loss_sum, correct = 0.0, 0
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            x, y = self.x[idx], self.y[idx]
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.step.loss(self.model, x, y)
+            torch.autograd.backward(loss)
+            self.opt.step()
+            self.sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            with torch.no_grad(), eval_mode(self.model):
+                correct += int((self.model(x).argmax(1) == y).sum())
+        return loss_sum / n, correct / n
+
+
 def train_adversarial(
     model: nn.Module,
     train: Dataset,
@@ -206,47 +249,29 @@ def train_adversarial(
     """
     if epochs < 1 or batch_size < 1:
         raise AdversarialError(f"need epochs >= 1 and batch size >= 1 (got {epochs}, {batch_size})")
-    device = next(model.parameters()).device
-    x_all, y_all = train.x.to(device), train.y.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    total = epochs * ((len(train) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / total))
-    shuffle = torch.Generator().manual_seed(seed)
+    if guard is not None and measure is None and holdout is not None:
+        measure = functools.partial(_holdout_accuracy, data=holdout, guard=guard)
+    trainer = _Trainer(model, train, step, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     reports: list[EpochReport] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(train), generator=shuffle).to(device)
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(train), batch_size):
-            idx = order[i : i + batch_size]
-            x, y = x_all[idx], y_all[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = step.loss(model, x, y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            with torch.no_grad(), eval_mode(model):
-                correct += int((model(x).argmax(1) == y).sum())
-        pgd_acc = None
-        if guard is not None and (measure is not None or holdout is not None):
-            pgd_acc = measure(model) if measure else _holdout_accuracy(model, holdout, guard)  # type: ignore[arg-type]
-        report = EpochReport(epoch, loss_sum / len(train), correct / len(train), pgd_acc)
-        reports.append(report)
+        loss, acc = trainer.epoch()
+        robust = measure(model) if guard is not None and measure is not None else None
+        reports.append(EpochReport(epoch, loss, acc, robust))
         if progress:
-            progress(report)
-        if pgd_acc is None or guard is None:
+            progress(reports[-1])
+        if robust is None or guard is None:
             continue
-        if best is None or pgd_acc > best[0]:
-            best = (pgd_acc, epoch, copy.deepcopy(model.state_dict()))
-        elif pgd_acc < best[0] - guard.max_drop:
+        if best is None or robust > best[0]:
+            best = (robust, epoch, copy.deepcopy(model.state_dict()))
+        elif robust < best[0] - guard.max_drop:
             model.load_state_dict(best[2])
             reason = (
                 f"catastrophic overfitting: held-out PGD accuracy fell from {best[0]:.3f} "
-                f"(epoch {best[1]}) to {pgd_acc:.3f} (epoch {epoch}); restored epoch {best[1]}"
+                f"(epoch {best[1]}) to {robust:.3f} (epoch {epoch}); restored epoch {best[1]}"
             )
             log.warning(reason)
+            model.eval()
             return TrainResult(reports, True, best[1], reason)
     model.eval()
     return TrainResult(reports)

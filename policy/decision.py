@@ -29,8 +29,12 @@ class PrincipalKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Principal:
+    """Who asks. `roles` is informational (e.g. from a certificate) and never trusted:
+    decisions use the roles the signed policy gives `name` in the project."""
+
     name: str
     kind: PrincipalKind = PrincipalKind.USER
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,11 @@ def _check(args: argparse.Namespace, ctx: Context) -> int:
         "action": args.action,
         "resource": args.resource,
         "domain": domain,
+        "mode": "session",
     }
-    session = ac.current_session()
     try:
+        session = ac.current_session()
         if args.user == session.user:
-            data["mode"] = "session"
             ac.require(args.action, args.resource, domain, otp=args.otp)
         else:
             data["mode"] = "policy-only"

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "GpuMisuseDetector": "domain",
     "GpuReading": "domain",
     "RankFlag": "training",
+    "StepFlags": "training",
     "SpikeDetector": "training",
     "TrainingSpike": "training",
     "UpdateMonitor": "training",

@@ -20,7 +20,9 @@ import numpy as np
 from trainguard.anomaly.config import StreamConfig
 from trainguard.anomaly.streaming import StreamDetector
 
-__all__ = ["RankFlag", "SpikeDetector", "TrainingSpike", "UpdateMonitor", "update_statistics"]
+__all__ = [
+    "RankFlag", "SpikeDetector", "StepFlags", "TrainingSpike", "UpdateMonitor", "update_statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -69,44 +71,69 @@ class UpdateMonitor:
         self.ratio = ratio
         self.min_cosine = min_cosine
         self._streak = [0] * n_ranks
+        self._step = -1
 
     def observe(
         self,
-        step: int,
-        updates: Sequence[np.ndarray] | tuple[Sequence[float], Sequence[float]],
-    ) -> list[RankFlag]:
+        step: int | None = None,
+        updates: Sequence[np.ndarray] | tuple[Sequence[float], Sequence[float]] | None = None,
+        *,
+        norm_ratio: Sequence[float] | None = None,
+        cosine: Sequence[float] | None = None,
+    ) -> StepFlags:
         """Record one step; returns the ranks that just reached `patience` outlier steps.
 
-        `updates` is either one flat numpy vector per rank, or a pair ``(norms, cosines)``
-        with one float per rank (cosine to the aggregate the trainer used).
+        Give either `updates`: a **list** with one flat numpy vector per rank, or a **tuple**
+        ``(norms, cosines)`` with one float per rank; or the keywords `norm_ratio` (norm / median
+        norm, already divided) and `cosine` (to the aggregate the trainer used). `step` defaults
+        to a counter. The result also carries ``.flagged``: the ranks that are outliers in this
+        step alone (for callers that count streaks themselves).
         """
-        if isinstance(updates, tuple) and len(updates) == 2 and self.n_ranks != 2:
+        self._step = self._step + 1 if step is None else step
+        if norm_ratio is not None and cosine is not None:
+            ratios = np.asarray(norm_ratio, dtype=np.float64)
+            cosines = np.asarray(cosine, dtype=np.float64)
+        elif isinstance(updates, tuple):
             norms, cosines = (np.asarray(v, dtype=np.float64) for v in updates)
-        elif isinstance(updates, tuple) and len(updates) == 2 and np.ndim(updates[0]) == 1 \
-                and len(updates[0]) == self.n_ranks and np.ndim(updates[1]) == 1:
-            norms, cosines = (np.asarray(v, dtype=np.float64) for v in updates)
+            ratios = _ratios(norms)
+        elif updates is not None:
+            norms, cosines = update_statistics(list(updates))
+            ratios = _ratios(norms)
         else:
-            norms, cosines = update_statistics(list(updates))  # type: ignore[arg-type]
-        if len(norms) != self.n_ranks or len(cosines) != self.n_ranks:
-            raise ValueError(f"expected statistics for {self.n_ranks} ranks, got {len(norms)}")
-        median = float(np.median(norms))
-        flags: list[RankFlag] = []
+            raise ValueError("give updates, or norm_ratio and cosine")
+        if len(ratios) != self.n_ranks or len(cosines) != self.n_ranks:
+            raise ValueError(f"expected statistics for {self.n_ranks} ranks, got {len(ratios)}")
+        flags = StepFlags()
         for rank in range(self.n_ranks):
-            ratio = float(norms[rank] / median) if median > 0 else 1.0
+            ratio, cos = float(ratios[rank]), float(cosines[rank])
             reasons = []
             if ratio > self.ratio or ratio < 1.0 / self.ratio:
                 reasons.append("norm")
-            if float(cosines[rank]) < self.min_cosine:
+            if cos < self.min_cosine:
                 reasons.append("direction")
             if not reasons:
                 self._streak[rank] = 0
                 continue
+            flags.flagged.append(rank)
             self._streak[rank] += 1
             if self._streak[rank] == self.patience:
                 flags.append(RankFlag(
-                    rank, step, ratio, float(cosines[rank]), self._streak[rank], "+".join(reasons)
+                    rank, self._step, ratio, cos, self._streak[rank], "+".join(reasons)
                 ))
         return flags
+
+
+def _ratios(norms: np.ndarray) -> np.ndarray:
+    median = float(np.median(norms))
+    return norms / median if median > 0 else np.ones_like(norms)
+
+
+class StepFlags(list[RankFlag]):
+    """The ranks flagged at `patience` (the list) plus `.flagged`: this step's outliers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flagged: list[int] = []
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,130 @@
+"""Streaming detectors: causality, constant state, seasonality, level shifts, the numpy bank."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trainguard.anomaly.config import StreamConfig
+from trainguard.anomaly.streaming import StreamBank, StreamDetector
+
+T0 = 1_400_000_000.0  # a Monday-ish epoch; only differences matter
+STEP = 300.0
+
+FAST = StreamConfig(warmup=10, daily_buckets=4, weekly_buckets=0, refractory=3)
+
+
+def _run(values, cfg=FAST, step=STEP):
+    det = StreamDetector(cfg)
+    return [det.update(T0 + i * step, v) for i, v in enumerate(values)]
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prefix=st.lists(finite, min_size=1, max_size=60),
+    tail_a=st.lists(finite, min_size=1, max_size=20),
+    tail_b=st.lists(finite, min_size=1, max_size=20),
+)
+def test_output_for_a_row_ignores_every_later_row(prefix, tail_a, tail_b):
+    a = _run(prefix + tail_a)
+    b = _run(prefix + tail_b)
+    # the rows before the first differing row are decided identically
+    assert a[: len(prefix)] == b[: len(prefix)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=200))
+def test_scores_are_in_unit_interval(values):
+    for r in _run(values):
+        assert 0.0 <= r.score <= 1.0
+        assert not math.isnan(r.score)
+
+
+def test_state_size_does_not_grow_with_the_stream():
+    det = StreamDetector()
+    rng = np.random.default_rng(1)
+    det.update(T0, 1.0)
+    size = det.state_size()
+    lengths = {len(det.daily), len(det.weekly), len(det.mad)}
+    for i in range(20_000):
+        det.update(T0 + i * 60.0, float(rng.normal()))
+    assert det.state_size() == size
+    assert {len(det.daily), len(det.weekly), len(det.mad)} == lengths
+
+
+def _daily_series(days, rng, amplitude=50.0, noise=1.0):
+    n = int(days * 288)
+    t = np.arange(n)
+    return list(100 + amplitude * np.sin(2 * np.pi * t / 288) + rng.normal(0, noise, n))
+
+
+def test_daily_seasonality_is_learned_so_the_cycle_itself_does_not_alert():
+    rng = np.random.default_rng(2)
+    values = _daily_series(10, rng)
+    res = _run(values, StreamConfig())
+    late = res[5 * 288:]
+    assert not any(r.alert for r in late)
+    # the seasonal prediction tracks the cycle: residuals are small against the amplitude
+    assert np.median([abs(r.z) for r in late]) < 3
+
+
+def test_a_break_in_the_daily_pattern_alerts():
+    rng = np.random.default_rng(3)
+    values = _daily_series(10, rng)
+    anomaly_at = 8 * 288 + 72  # the morning peak of day 8 ...
+    for i in range(anomaly_at, anomaly_at + 12):
+        values[i] = 100 - 50  # ... replaced by the night-time trough
+    res = _run(values, StreamConfig())
+    alerts = [i for i, r in enumerate(res) if r.alert]
+    assert any(anomaly_at <= i < anomaly_at + 12 for i in alerts)
+    assert not any(5 * 288 <= i < anomaly_at for i in alerts)
+
+
+def test_a_level_shift_alerts_once_then_becomes_the_new_normal():
+    rng = np.random.default_rng(4)
+    values = list(rng.normal(10, 1, 3000))
+    values[1500:] = list(rng.normal(40, 1, 1500))
+    res = _run(values, StreamConfig(weekly_buckets=0))
+    alerts = [i for i, r in enumerate(res) if r.alert and i >= 300]
+    assert alerts and 1500 <= alerts[0] < 1510
+    assert all(i < 1500 + 400 for i in alerts)  # adapted: no alerts long after the shift
+    assert abs(res[-1].expected - 40) < 2
+
+
+def test_isolated_spike_in_noise_alerts_and_quiet_noise_does_not():
+    rng = np.random.default_rng(5)
+    values = list(rng.normal(0, 1, 2000))
+    quiet = _run(values, StreamConfig(weekly_buckets=0))
+    assert not any(r.alert for r in quiet[300:])
+    values[1500] = 25.0
+    spiky = _run(values, StreamConfig(weekly_buckets=0))
+    assert spiky[1500].alert
+
+
+def test_flat_line_then_change_alerts():
+    values = [5.0] * 800 + [6.0] * 10
+    res = _run(values, StreamConfig(weekly_buckets=0))
+    assert not any(r.alert for r in res[:800])
+    assert res[800].alert
+
+
+def test_bank_matches_the_per_stream_detector():
+    rng = np.random.default_rng(6)
+    m, n = 4, 1500
+    x = rng.standard_t(3, size=(n, m)) * 5 + 50
+    x[700:, 1] += 30
+    x[900, 2] += 80
+    cfg = StreamConfig(warmup=50)
+    dets = [StreamDetector(cfg) for _ in range(m)]
+    bank = StreamBank(m, cfg)
+    for i in range(n):
+        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
+        for j in range(m):
+            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
+            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
+            assert r.alert == bool(alerts[j])

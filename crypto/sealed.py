@@ -18,15 +18,15 @@ Layout (all integers big-endian)::
 
 Segment i = AES-256-GCM(segment key, nonce = prefix ‖ BE32(i) ‖ last, plaintext, AAD = header
 bytes 0..90) = ciphertext ‖ 16-byte tag. Every segment but the last holds exactly S plaintext
-bytes; the last (``last`` = 1) holds 1..S bytes, or 0 when the whole stream is empty, so every
-stream has at least one segment. ``segment key ‖ key commitment`` = HKDF-SHA256(DEK, salt,
+bytes; the last (``last`` = 1) holds 0..S-1 bytes, so every stream has exactly one short final
+segment and neither writer nor reader needs to look ahead (a plaintext of k·S bytes ends in
+an empty final segment). A body whose length is a whole number of full segments is truncated. ``segment key ‖ key commitment`` = HKDF-SHA256(DEK, salt,
 info=b"trainguard/sealed/v1", 64 bytes): a wrong DEK is caught by the commitment before any
 segment is tried. The wrapped DEK is bound to the KEK id and version by its own AAD.
 
 Why this rejects every tamper class: a flipped bit fails a tag (or the commitment, or the DEK
 unwrap); reordered or duplicated segments decrypt under the wrong index in the nonce; truncation
-inside a segment fails its tag, truncation at a segment boundary leaves a non-final segment
-where the final one must be; a header from another file carries another DEK and salt. Every
+inside a segment fails its tag, truncation at a segment boundary removes the short final segment; a header from another file carries another DEK and salt. Every
 such failure raises the same `SealedStreamError`. A KEK rotation rewrites only bytes 91..156
 (`rewrap_file`), never the body.
 
@@ -193,18 +193,22 @@ class _Sealer:
         out.write(self.header.pack())
 
     def seal(self, plain: memoryview | bytearray, last: bool) -> None:
+        """Encrypt the next segment and write it."""
+        self._out.write(self.seal_into(plain, last, self._ct))
+
+    def seal_into(self, plain: memoryview | bytearray, last: bool, out: bytearray) -> memoryview:
+        """Encrypt the next segment into `out`; returns the view to write."""
         if self.index > 0xFFFFFFFF:
-            raise SealedStreamError("stream too long for one sealed file")
+            raise OverflowError("stream too long for one sealed file; use a larger segment")
         nonce = (
             self.header.nonce_prefix
             + self.index.to_bytes(4, "big")
             + (_LAST if last else _NOT_LAST)
         )
-        n = len(plain)
-        view = memoryview(self._ct)[: n + TAG_SIZE]
+        view = memoryview(out)[: len(plain) + TAG_SIZE]
         self._aead.encrypt_into(nonce, plain, self._aad, view)
-        self._out.write(view)
         self.index += 1
+        return view
 
 
 class SealedWriter:
@@ -236,10 +240,7 @@ class SealedWriter:
         mv = memoryview(data).cast("B")
         n, pos, seg = len(mv), 0, self._seg
         while pos < n:
-            if self._fill == seg:  # more data follows, so the buffered segment is not last
-                self._sealer.seal(self._buf, last=False)
-                self._fill = 0
-            if self._fill == 0 and n - pos > seg:  # whole segments straight from the caller
+            if self._fill == 0 and n - pos >= seg:  # whole segments straight from the caller
                 self._sealer.seal(mv[pos : pos + seg], last=False)
                 pos += seg
                 continue
@@ -247,6 +248,9 @@ class SealedWriter:
             self._buf[self._fill : self._fill + take] = mv[pos : pos + take]
             self._fill += take
             pos += take
+            if self._fill == seg:  # a full segment is never the last one
+                self._sealer.seal(self._buf, last=False)
+                self._fill = 0
         self._pos += n
         return n
 
@@ -318,12 +322,9 @@ class SealedReader(io.RawIOBase):
         seg = self._h.segment_size
         body = fileobj.seek(0, io.SEEK_END) - HEADER_SIZE
         full, rem = divmod(body, seg + TAG_SIZE)
-        if rem == 0 and full >= 1:
-            self._count, last_len = full, seg
-        elif rem > TAG_SIZE or (rem == TAG_SIZE and full == 0):
-            self._count, last_len = full + 1, rem - TAG_SIZE
-        else:
+        if rem < TAG_SIZE:  # no short final segment: truncated (or not a sealed body)
             raise SealedStreamError(what)
+        self._count, last_len = full + 1, rem - TAG_SIZE
         self._size = (self._count - 1) * seg + last_len
         self._ct = bytearray(seg + TAG_SIZE)
         self._plain = bytearray(seg)
@@ -406,33 +407,45 @@ def iter_unsealed(
     """Verified plaintext segments of a sealed stream read front to back (pipes work).
 
     Each yielded view is valid until the next one is requested. Raises `SealedStreamError`
-    at the first bad segment; a stream without its final segment fails at the end.
+    at the first bad segment; a stream without its short final segment fails at the end.
     """
+    reused: list[bytearray] = []
+
+    def get_buffer(size: int) -> bytearray:
+        if not reused:
+            reused.append(bytearray(size))
+        return reused[0]
+
+    for buf, n in _unseal_segments(src, keyring, what, get_buffer):
+        yield memoryview(buf)[:n]
+
+
+def _unseal_segments(
+    src: BinaryIO, keyring: Keyring, what: str, get_buffer: Callable[[int], bytearray]
+) -> Iterator[tuple[bytearray, int]]:
+    """(buffer, length) of each verified segment; buffers come from `get_buffer(size)`."""
     header = bytearray(HEADER_SIZE)
     if _read_exact(src, memoryview(header)) != HEADER_SIZE:
         raise SealedStreamError(what)
     h = _Header.parse(bytes(header))
     aead = _open_header(h, keyring, what)
     aad, seg = h.aad, h.segment_size
-    cur, nxt = bytearray(seg + TAG_SIZE), bytearray(seg + TAG_SIZE)
-    plain = bytearray(seg)
-    n_cur = _read_exact(src, memoryview(cur))
+    ct = bytearray(seg + TAG_SIZE)
     index = 0
     while True:
-        n_next = _read_exact(src, memoryview(nxt)) if n_cur == len(cur) else 0
-        last = n_next == 0
-        if n_cur < TAG_SIZE:
+        n = _read_exact(src, memoryview(ct))
+        if n < TAG_SIZE:
             raise SealedStreamError(what)
+        last = n < len(ct)  # only the final segment is short
         nonce = h.nonce_prefix + index.to_bytes(4, "big") + (_LAST if last else _NOT_LAST)
-        out = memoryview(plain)[: n_cur - TAG_SIZE]
+        plain = get_buffer(seg)
         try:
-            aead.decrypt_into(nonce, memoryview(cur)[:n_cur], aad, out)
+            aead.decrypt_into(nonce, memoryview(ct)[:n], aad, memoryview(plain)[: n - TAG_SIZE])
         except InvalidTag as exc:
             raise SealedStreamError(what) from exc
-        yield out
+        yield plain, n - TAG_SIZE
         if last:
             return
-        cur, nxt, n_cur = nxt, cur, n_next
         index += 1
 
 
@@ -446,20 +459,19 @@ def seal_stream(
 ) -> int:
     """Seal everything readable from `src` into `dst`; returns the plaintext length.
 
-    Reads straight into two alternating segment buffers (no extra copy), so it runs at
-    file-copy speed on machines with AES instructions.
+    Reads straight into one segment buffer and encrypts into one output buffer, both reused
+    and small enough to stay in cache, so it runs near file-copy speed with AES instructions.
     """
     sealer = _Sealer(dst, keyring, segment_size, rng)
-    cur, nxt = bytearray(segment_size), bytearray(segment_size)
-    n_cur = _read_exact(src, memoryview(cur))
-    total = n_cur
+    buf = bytearray(segment_size)
+    view = memoryview(buf)
+    total = 0
     while True:
-        n_next = _read_exact(src, memoryview(nxt)) if n_cur == segment_size else 0
-        sealer.seal(memoryview(cur)[:n_cur], last=n_next == 0)
-        if n_next == 0:
+        n = _read_exact(src, view)
+        total += n
+        sealer.seal(view[:n], last=n < segment_size)
+        if n < segment_size:
             break
-        total += n_next
-        cur, nxt, n_cur = nxt, cur, n_next
     dst.flush()
     return total
 

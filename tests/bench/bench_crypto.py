@@ -43,13 +43,26 @@ from trainguard.crypto.sealed import (
 MiB = 1 << 20
 
 
-def _median_alternating(fns: dict[str, Callable[[], None]], runs: int) -> dict[str, float]:
+def _median_alternating(
+    fns: dict[str, Callable[[], None]],
+    runs: int,
+    prepare: Callable[[], None] = lambda: None,
+    best: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Median seconds per function, runs interleaved so drift hits all of them alike.
+
+    `prepare` runs untimed before every run (remove outputs, flush dirty pages), so one run's
+    writeback does not land on the next one's clock.
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for name, fn in fns.items():
+            prepare()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
+    if best is not None:  # fastest run: the cost without other load on a shared machine
+        best.update({k: min(v) for k, v in times.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -72,11 +85,18 @@ def bench_files(work: Path, ring: Keyring, size: int, runs: int) -> dict[str, An
     def unseal() -> None:
         unseal_file(sealed, unseal_out, ring)
 
-    med = _median_alternating({"dd": dd, "seal": seal, "unseal": unseal}, runs)
+    def prepare() -> None:
+        for p in (dd_out, seal_out, unseal_out):
+            p.unlink(missing_ok=True)
+        os.sync()
+
+    fastest: dict[str, float] = {}
+    med = _median_alternating({"dd": dd, "seal": seal, "unseal": unseal}, runs, prepare, fastest)
     mbps = {k: size / v / MiB for k, v in med.items()}
+    unseal()
     assert unseal_out.read_bytes() == src.read_bytes()
     for p in (src, sealed, dd_out, seal_out, unseal_out):
-        p.unlink()
+        p.unlink(missing_ok=True)
     return {
         "file_mib": size // MiB,
         "runs": runs,
@@ -86,6 +106,8 @@ def bench_files(work: Path, ring: Keyring, size: int, runs: int) -> dict[str, An
         "seal_vs_dd": round(mbps["seal"] / mbps["dd"], 3),
         "unseal_vs_dd": round(mbps["unseal"] / mbps["dd"], 3),
         "target_ratio_min": 0.85,
+        "best_of_runs_seal_vs_dd": round(fastest["dd"] / fastest["seal"], 3),
+        "best_of_runs_unseal_vs_dd": round(fastest["dd"] / fastest["unseal"], 3),
     }
 
 
@@ -149,11 +171,18 @@ def bench_torch(work: Path, ring: Keyring, size: int, runs: int) -> dict[str, An
         with open(sealed_p, "wb") as f, SealedWriter(f, ring) as w:
             torch.save(state, w)
 
-    med = _median_alternating({"plain": plain, "sealed": sealed}, runs)
+    def prepare() -> None:
+        plain_p.unlink(missing_ok=True)
+        sealed_p.unlink(missing_ok=True)
+        os.sync()
+
+    fastest: dict[str, float] = {}
+    med = _median_alternating({"plain": plain, "sealed": sealed}, runs, prepare, fastest)
+    sealed()
     with open(sealed_p, "rb") as f:
         back = torch.load(SealedReader(f, ring), weights_only=True)
     assert all(torch.equal(back[k], v) for k, v in state.items())
-    plain_p.unlink()
+    plain_p.unlink(missing_ok=True)
     sealed_p.unlink()
     return {
         "state_dict_mib": size // MiB,
@@ -162,6 +191,7 @@ def bench_torch(work: Path, ring: Keyring, size: int, runs: int) -> dict[str, An
         "sealed_torch_save_s": round(med["sealed"], 3),
         "sealed_vs_plain_time": round(med["sealed"] / med["plain"], 3),
         "target_ratio_max": 1.3,
+        "best_of_runs_sealed_vs_plain": round(fastest["sealed"] / fastest["plain"], 3),
     }
 
 

@@ -53,7 +53,7 @@ def shared_ring(factory: pytest.TempPathFactory) -> Keyring:
 def test_roundtrip_boundary_lengths(keyring: Keyring, n: int) -> None:
     data = os.urandom(n)
     blob = seal_bytes(data, keyring)
-    assert len(blob) == HEADER_SIZE + n + TAG_SIZE * max(1, -(-n // SEG))
+    assert len(blob) == HEADER_SIZE + n + TAG_SIZE * (n // SEG + 1)
     assert unseal_bytes(blob, keyring) == data
     assert SealedReader(io.BytesIO(blob), keyring).read() == data
 
@@ -137,17 +137,21 @@ def _segments(blob: bytes) -> list[bytes]:
 
 
 def test_reordered_segments(keyring: Keyring, tmp_path: Path) -> None:
-    blob = seal_bytes(os.urandom(4 * SEG), keyring)
+    blob = seal_bytes(os.urandom(4 * SEG + 3), keyring)
     s = _segments(blob)
-    assert_rejected(blob[:HEADER_SIZE] + s[1] + s[0] + s[2] + s[3], keyring, tmp_path)
-    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[1] + s[3] + s[2], keyring, tmp_path)
+    assert_rejected(blob[:HEADER_SIZE] + s[1] + s[0] + s[2] + s[3] + s[4], keyring, tmp_path)
+    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[1] + s[3] + s[2] + s[4], keyring, tmp_path)
+    # the short final segment moved to the front
+    assert_rejected(blob[:HEADER_SIZE] + s[4] + s[0] + s[1] + s[2] + s[3], keyring, tmp_path)
 
 
 def test_duplicated_segment(keyring: Keyring, tmp_path: Path) -> None:
-    blob = seal_bytes(os.urandom(3 * SEG), keyring)
+    blob = seal_bytes(os.urandom(3 * SEG + 1), keyring)
     s = _segments(blob)
-    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[0] + s[1] + s[2], keyring, tmp_path)
-    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[1] + s[1], keyring, tmp_path)
+    assert len(s) == 4
+    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[0] + s[1] + s[2] + s[3], keyring, tmp_path)
+    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[1] + s[2] + s[2] + s[3], keyring, tmp_path)
+    assert_rejected(blob[:HEADER_SIZE] + s[0] + s[1] + s[2] + s[3] + s[3], keyring, tmp_path)
 
 
 def test_header_from_another_file(keyring: Keyring, tmp_path: Path) -> None:
@@ -165,13 +169,13 @@ def test_wrong_keyring(keyring: Keyring, tmp_path: Path) -> None:
 
 
 def test_stream_output_releases_only_verified_segments(keyring: Keyring) -> None:
-    data = os.urandom(3 * SEG)
+    data = os.urandom(3 * SEG + 10)
     blob = bytearray(seal_bytes(data, keyring))
     blob[-1] ^= 1  # last segment bad
     out = io.BytesIO()
     with pytest.raises(SealedStreamError):
         unseal_file(io.BytesIO(bytes(blob)), out, keyring)
-    assert out.getvalue() == data[: 2 * SEG]  # the verified prefix, never the bad segment
+    assert out.getvalue() == data[: 3 * SEG]  # the verified prefix, never the bad segment
 
 
 def test_writer_aborted_by_exception_never_verifies(keyring: Keyring, tmp_path: Path) -> None:

@@ -72,10 +72,14 @@ class _Ew:
 
 
 class _GpuState:
-    __slots__ = ("util", "power", "churn", "prev_mem", "n", "flagged", "since_dip")
+    __slots__ = ("util", "power", "churn", "dutil", "dpower", "prev", "prev_mem", "n",
+                 "flagged", "since_dip")
 
     def __init__(self, alpha: float) -> None:
         self.util, self.power, self.churn = _Ew(alpha), _Ew(alpha), _Ew(alpha)
+        # successive differences: steadiness that a level change (a job starting) spoils once
+        self.dutil, self.dpower = _Ew(alpha), _Ew(alpha)
+        self.prev: tuple[float, float | None] | None = None
         self.prev_mem: int | None = None
         self.n = 0
         self.since_dip = 0
@@ -99,9 +103,9 @@ class GpuMisuseDetector:
             return 0.0
         c = self.cfg
         busy = min(1.0, max(0.0, (st.util.mean - c.miner_util_pct / 2) / (c.miner_util_pct / 3)))
-        util_steady = math.exp(-math.sqrt(st.util.var) / 3.0)
-        cv = math.sqrt(st.power.var) / st.power.mean if st.power.mean > 0 else 1.0
-        power_steady = math.exp(-cv / c.miner_power_cv) if st.power.n else 0.5
+        util_steady = math.exp(-st.dutil.mean / 3.0)
+        cv = st.dpower.mean / st.power.mean if st.power.mean > 0 else 1.0
+        power_steady = math.exp(-cv / c.miner_power_cv) if st.dpower.n else 0.5
         mem_steady = math.exp(-st.churn.mean / c.miner_mem_churn)
         # training pauses (input pipeline, eval, checkpoints); a miner never does
         no_pause = min(1.0, st.since_dip / c.miner_pause_window)
@@ -117,6 +121,11 @@ class GpuMisuseDetector:
         st.util.add(gpu.util_pct)
         if gpu.power_w is not None:
             st.power.add(gpu.power_w)
+        if st.prev is not None:
+            st.dutil.add(abs(gpu.util_pct - st.prev[0]))
+            if gpu.power_w is not None and st.prev[1] is not None:
+                st.dpower.add(abs(gpu.power_w - st.prev[1]))
+        st.prev = (gpu.util_pct, gpu.power_w)
         if st.prev_mem is not None and gpu.mem_total_bytes:
             st.churn.add(abs(gpu.mem_used_bytes - st.prev_mem) / gpu.mem_total_bytes)
         st.prev_mem = gpu.mem_used_bytes
@@ -135,7 +144,7 @@ class GpuMisuseDetector:
             out.append(DomainFinding("gpu-misuse", "high", {
                 "gpu": gpu.index, "reason": "miner usage signature, no registered training job",
                 "score": round(score, 3), "util_mean": round(st.util.mean, 1),
-                "power_cv": round(math.sqrt(st.power.var) / st.power.mean, 4)
+                "power_step_cv": round(st.dpower.mean / st.power.mean, 4)
                 if st.power.mean else None,
                 "pids": [p for p, _ in gpu.processes],
             }))

@@ -26,8 +26,7 @@ hundreds of metrics; the two agree to floating-point rounding (a test checks it)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainguard.anomaly.config import StreamConfig
 
@@ -38,8 +37,7 @@ _WEEK = 7 * _DAY
 _SIGMA_PER_MAD = 1.2533  # E|N(0,1)| = 0.798 -> sigma = 1.2533 * mean |x|
 
 
-@dataclass(frozen=True)
-class StreamScore:
+class StreamScore(NamedTuple):
     """One decision: `score` in [0, 1], `alert` when it crossed the threshold, `z` for evidence."""
 
     score: float
@@ -48,121 +46,157 @@ class StreamScore:
     expected: float
 
 
+_NAN = float("nan")
+
+
 class StreamDetector:
-    """Robust level/spread/seasonal detector for one stream. `update(t, x)` per sample."""
+    """Robust level/spread/seasonal detector for one stream. `update(t, x)` per sample.
+
+    The update is one flat function with the settings copied into slots: this is the hot path
+    of every metric stream (about 2x faster than the same arithmetic split into helpers).
+    """
 
     __slots__ = (
-        "cfg", "n", "level", "mad", "daily", "dseen", "weekly", "wseen", "drift",
-        "run", "run_sum", "since_alert", "tail", "absx", "_dw", "_ww", "_drift_norm",
+        "cfg", "n", "level", "mad0", "mad1", "mad2", "daily", "weekly", "drift",
+        "run", "run_sum", "since_alert", "tail", "absx", "_dw", "_ww", "_drift_norm", "_k",
     )
 
     def __init__(self, config: StreamConfig | None = None) -> None:
-        self.cfg = config or StreamConfig()
+        c = self.cfg = config or StreamConfig()
         self.n = 0
         self.level = 0.0
-        # per predictor (flat, daily, weekly): EW mean absolute error
-        self.mad = [0.0, 0.0, 0.0]
-        self.daily = [0.0] * self.cfg.daily_buckets
-        self.dseen = [False] * self.cfg.daily_buckets
-        self.weekly = [0.0] * self.cfg.weekly_buckets
-        self.wseen = [False] * self.cfg.weekly_buckets
+        # EW mean absolute error of each predictor: flat level, daily and weekly profile
+        self.mad0 = self.mad1 = self.mad2 = 0.0
+        self.daily = [_NAN] * c.daily_buckets  # NaN: bucket not seen yet
+        self.weekly = [_NAN] * c.weekly_buckets
         self.drift = 0.0
         self.run = 0
         self.run_sum = 0.0
         self.since_alert = 1 << 30
-        self.tail = self.cfg.tail_floor
+        self.tail = c.tail_floor
         self.absx = 0.0
-        self._dw = _DAY / self.cfg.daily_buckets
-        self._ww = _WEEK / self.cfg.weekly_buckets if self.cfg.weekly_buckets else 0.0
-        a = self.cfg.drift_alpha
-        self._drift_norm = math.sqrt((2.0 - a) / a)
+        self._dw = _DAY / c.daily_buckets
+        self._ww = _WEEK / c.weekly_buckets if c.weekly_buckets else 0.0
+        self._drift_norm = math.sqrt((2.0 - c.drift_alpha) / c.drift_alpha)
+        self._k = (
+            c.season_gain, c.min_spread, c.drift_alpha, c.drift_weight * self._drift_norm,
+            c.warmup, c.log_z, c.score_scale * c.score_scale, c.tail_decay, c.tail_rate,
+            1.0 - c.tail_quantile, c.tail_floor, c.refractory, c.refractory_damp, c.threshold,
+            c.clip, c.spread_alpha, c.level_alpha, c.season_alpha, c.shift_z, c.shift_run,
+        )
 
     def state_size(self) -> int:
         """Number of values held: constant for the life of the stream."""
-        return 12 + 2 * (len(self.daily) + len(self.weekly))
+        return 14 + len(self.daily) + len(self.weekly)
 
-    def update(self, t: float, x: float) -> StreamScore:
+    def update(self, t: float, x: float) -> StreamScore:  # noqa: C901 - the hot path, flat
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
-        c = self.cfg
-        if self.n == 0:
+        (gain, min_spread, drift_alpha, drift_w, warmup, log_z, scale2, tail_decay, tail_rate,
+         tail_p, tail_floor, refractory, damp, threshold, clip, spread_alpha, level_alpha,
+         season_alpha, shift_z, shift_run) = self._k
+        n = self.n
+        level = self.level
+        if n == 0:
             self.level, self.n, self.absx = x, 1, abs(x)
             return StreamScore(0.0, False, 0.0, x)
+        daily, weekly = self.daily, self.weekly
         bd = int(t % _DAY // self._dw)
-        bw = int(t % _WEEK // self._ww) if self._ww else 0
-        preds = (
-            self.level,
-            self.daily[bd] if self.dseen[bd] else self.level,
-            self.weekly[bw] if self._ww and self.wseen[bw] else self.level,
-        )
-        # the predictor with the smallest recent error wins, if it beats flat by season_gain
-        best = 0
-        for k in (1, 2):
-            if self.mad[k] < c.season_gain * self.mad[0] and self.mad[k] < self.mad[best]:
-                best = k
-        expected = preds[best]
-        sigma = max(_SIGMA_PER_MAD * self.mad[best], c.min_spread * self.absx, 1e-12)
-        r = x - expected
-        z = r / sigma
-        zc = max(-10.0, min(10.0, z))
-        self.drift += c.drift_alpha * (zc - self.drift)
-        za = max(abs(z), c.drift_weight * abs(self.drift) * self._drift_norm)
-        score = 0.0
-        if self.n >= c.warmup:
-            zn = math.log1p(za) / math.log1p(self.tail) if c.log_z else za / self.tail
-            score = zn * zn / (zn * zn + c.score_scale * c.score_scale)
-            # the tail quantile of the stream's own |z|: heavy-tailed streams need bigger outliers
-            if c.tail_decay:
-                self.tail = max(self.tail * c.tail_decay, min(za, 1e6), c.tail_floor)
-            else:
-                self.tail *= math.exp(c.tail_rate * ((za > self.tail) - (1.0 - c.tail_quantile)))
-                self.tail = max(self.tail, c.tail_floor)
-        self.since_alert += 1
-        alert = False
-        if self.since_alert <= c.refractory:
-            score *= c.refractory_damp
-        elif score >= c.threshold:
-            alert, self.since_alert = True, 0
-        self._learn(x, preds, z, sigma, bd, bw)
-        return StreamScore(score, alert, z, expected)
-
-    def _learn(
-        self, x: float, preds: tuple[float, float, float], z: float, sigma: float, bd: int, bw: int
-    ) -> None:
-        c = self.cfg
-        lim = c.clip * sigma
-        warm = 1.0 / (self.n + 1)  # bias-corrected start: plain means until alpha takes over
-        sa = max(c.spread_alpha, warm)
-        for k in range(3):
-            e = abs(x - preds[k])
-            self.mad[k] += sa * (min(e, lim) - self.mad[k])
-        self.absx += sa * (abs(x) - self.absx)
-        r = x - self.level
-        self.level += max(c.level_alpha, warm) * max(-lim, min(lim, r))
-        if self.dseen[bd]:
-            self.daily[bd] += c.season_alpha * max(-lim, min(lim, x - self.daily[bd]))
-        else:
-            self.daily[bd], self.dseen[bd] = x, True
+        p1 = daily[bd]
+        if p1 != p1:
+            p1 = level
         if self._ww:
-            if self.wseen[bw]:
-                self.weekly[bw] += c.season_alpha * max(-lim, min(lim, x - self.weekly[bw]))
-            else:
-                self.weekly[bw], self.wseen[bw] = x, True
-        self._level_shift(r, z)
-        self.n += 1
-
-    def _level_shift(self, r: float, z: float) -> None:
-        c = self.cfg
-        if abs(z) > c.shift_z and (self.run == 0 or (self.run > 0) == (z > 0)):
-            self.run += 1 if z > 0 else -1
-            self.run_sum += r
-            if abs(self.run) >= c.shift_run:
-                self.level += self.run_sum / abs(self.run)
-                self.drift = 0.0
-                self.run, self.run_sum = 0, 0.0
-        elif abs(z) > c.shift_z:
-            self.run, self.run_sum = (1 if z > 0 else -1), r
+            bw = int(t % _WEEK // self._ww)
+            p2 = weekly[bw]
+            if p2 != p2:
+                p2 = level
         else:
-            self.run, self.run_sum = 0, 0.0
+            bw, p2 = -1, level
+        # the predictor with the smallest recent error wins, if it beats flat by season_gain
+        m0, m1, m2 = self.mad0, self.mad1, self.mad2
+        expected, mbest = level, m0
+        if m1 < gain * m0 and m1 < mbest:
+            expected, mbest = p1, m1
+        if m2 < gain * m0 and m2 < mbest:
+            expected, mbest = p2, m2
+        sigma = _SIGMA_PER_MAD * mbest
+        floor = min_spread * self.absx
+        if floor > sigma:
+            sigma = floor
+        if sigma < 1e-12:
+            sigma = 1e-12
+        z = (x - expected) / sigma
+        zc = 10.0 if z > 10.0 else -10.0 if z < -10.0 else z
+        drift = self.drift + drift_alpha * (zc - self.drift)
+        za = abs(z)
+        dz = drift_w * abs(drift)
+        if dz > za:
+            za = dz
+        score = 0.0
+        if n >= warmup:
+            tail = self.tail
+            zn = math.log1p(za) / math.log1p(tail) if log_z else za / tail
+            score = zn * zn / (zn * zn + scale2)
+            # normalise by the stream's own recent extremes: heavy tails need bigger outliers
+            if tail_decay:
+                tail *= tail_decay
+                if za > tail:
+                    tail = za if za < 1e6 else 1e6
+            else:
+                tail *= math.exp(tail_rate * ((za > tail) - tail_p))
+            self.tail = tail if tail > tail_floor else tail_floor
+        since = self.since_alert + 1
+        alert = False
+        if since <= refractory:
+            score *= damp
+        elif score >= threshold:
+            alert, since = True, 0
+        self.since_alert = since
+        # learn: clipped residuals update every predictor's error, the level and the profiles
+        lim = clip * sigma
+        sa = 1.0 / (n + 1)  # bias-corrected start: plain means until alpha takes over
+        la = level_alpha if level_alpha > sa else sa
+        if spread_alpha > sa:
+            sa = spread_alpha
+        e = abs(x - level)
+        self.mad0 = m0 + sa * ((e if e < lim else lim) - m0)
+        e = abs(x - p1)
+        self.mad1 = m1 + sa * ((e if e < lim else lim) - m1)
+        e = abs(x - p2)
+        self.mad2 = m2 + sa * ((e if e < lim else lim) - m2)
+        self.absx += sa * (abs(x) - self.absx)
+        r = x - level
+        level += la * (lim if r > lim else -lim if r < -lim else r)
+        d = daily[bd]
+        if d != d:
+            daily[bd] = x
+        else:
+            e = x - d
+            daily[bd] = d + season_alpha * (lim if e > lim else -lim if e < -lim else e)
+        if bw >= 0:
+            w = weekly[bw]
+            if w != w:
+                weekly[bw] = x
+            else:
+                e = x - w
+                weekly[bw] = w + season_alpha * (lim if e > lim else -lim if e < -lim else e)
+        # level shift: shift_run samples in a row beyond shift_z on one side re-baseline
+        run = self.run
+        if z > shift_z or z < -shift_z:
+            up = z > 0
+            if run == 0 or (run > 0) == up:
+                run += 1 if up else -1
+                run_sum = self.run_sum + r
+                if abs(run) >= shift_run:
+                    level += run_sum / abs(run)
+                    drift = 0.0
+                    run, run_sum = 0, 0.0
+            else:
+                run, run_sum = (1 if up else -1), r
+        else:
+            run, run_sum = 0, 0.0
+        self.run, self.run_sum = run, run_sum
+        self.level, self.drift, self.n = level, drift, n + 1
+        return StreamScore(score, alert, z, expected)
 
 
 class StreamBank:

@@ -20,9 +20,12 @@ Segment i = AES-256-GCM(segment key, nonce = prefix ‖ BE32(i) ‖ last, plaint
 bytes 0..90) = ciphertext ‖ 16-byte tag. Every segment but the last holds exactly S plaintext
 bytes; the last (``last`` = 1) holds 0..S-1 bytes, so every stream has exactly one short final
 segment and neither writer nor reader needs to look ahead (a plaintext of k·S bytes ends in
-an empty final segment). A body whose length is a whole number of full segments is truncated. ``segment key ‖ key commitment`` = HKDF-SHA256(DEK, salt,
-info=b"trainguard/sealed/v1", 64 bytes): a wrong DEK is caught by the commitment before any
-segment is tried. The wrapped DEK is bound to the KEK id and version by its own AAD.
+an empty final segment). A body whose length is a whole number of full segments is truncated.
+
+``segment key ‖ key commitment`` = HKDF-SHA256(ikm=DEK, salt=salt,
+info=b"trainguard/sealed/v1" ‖ header bytes 0..58, 64 bytes): a wrong DEK or an edited
+immutable field is caught by the commitment before any segment is tried. The wrapped DEK is
+bound to the KEK id and version by its own AAD.
 
 Why this rejects every tamper class: a flipped bit fails a tag (or the commitment, or the DEK
 unwrap); reordered or duplicated segments decrypt under the wrong index in the nonce; truncation
@@ -86,6 +89,7 @@ FORMAT_VERSION = 1
 ALG_AES256GCM_HKDF_SHA256 = 1
 DEFAULT_SEGMENT_SIZE = 1 << 20
 TAG_SIZE = 16
+_CONTEXT = struct.Struct(">6sBBI8s32s7s")
 _FIXED = struct.Struct(">6sBBI8s32s7s32s")
 _MUTABLE = struct.Struct(">IH")
 AAD_SIZE = _FIXED.size  # 91
@@ -110,17 +114,13 @@ class _Header:
     wrapped: bytes
 
     @property
+    def context(self) -> bytes:
+        """Header bytes 0..58: everything the key commitment binds."""
+        return _context(self.segment_size, self.kek_id, self.salt, self.nonce_prefix)
+
+    @property
     def aad(self) -> bytes:
-        return _FIXED.pack(
-            MAGIC,
-            FORMAT_VERSION,
-            ALG_AES256GCM_HKDF_SHA256,
-            self.segment_size,
-            bytes.fromhex(self.kek_id),
-            self.salt,
-            self.nonce_prefix,
-            self.commitment,
-        )
+        return self.context + self.commitment
 
     def pack(self) -> bytes:
         return self.aad + _MUTABLE.pack(self.kek_version, len(self.wrapped)) + self.wrapped
@@ -142,8 +142,25 @@ class _Header:
         return cls(seg, kid.hex(), salt, prefix, commit, kek_version, raw[AAD_SIZE + 6 :])
 
 
-def _derive(dek: bytes, salt: bytes) -> tuple[bytes, bytes]:
-    out = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=_KDF_INFO).derive(dek)
+def _context(segment_size: int, kek_id: str, salt: bytes, prefix: bytes) -> bytes:
+    return _CONTEXT.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        ALG_AES256GCM_HKDF_SHA256,
+        segment_size,
+        bytes.fromhex(kek_id),
+        salt,
+        prefix,
+    )
+
+
+def _derive(dek: bytes, context: bytes) -> tuple[bytes, bytes]:
+    """(segment key, key commitment): HKDF over the DEK, bound to every other header field
+    before the commitment, so an edited segment size or nonce prefix fails up front."""
+    salt = context[20:52]
+    out = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=_KDF_INFO + context).derive(
+        dek
+    )
     return out[:32], out[32:]
 
 
@@ -155,7 +172,7 @@ def _open_header(header: _Header, keyring: Keyring, what: str) -> AESGCM:
         )
     except DecryptionError as exc:
         raise SealedStreamError(what) from exc
-    seg_key, commitment = _derive(dek, header.salt)
+    seg_key, commitment = _derive(dek, header.context)
     if not hmac.compare_digest(commitment, header.commitment):
         raise SealedStreamError(what)
     return AESGCM(seg_key)
@@ -180,7 +197,7 @@ class _Sealer:
             raise ValueError(f"segment_size must be 1..{MAX_SEGMENT_SIZE}")
         dek = rng(32)
         salt, prefix = rng(32), rng(7)
-        seg_key, commitment = _derive(dek, salt)
+        seg_key, commitment = _derive(dek, _context(segment_size, keyring.kek_id, salt, prefix))
         wrapped = keyring.wrap_dek(dek)
         self.header = _Header(
             segment_size, keyring.kek_id, salt, prefix, commitment, wrapped.version, wrapped.blob
@@ -577,7 +594,7 @@ def rewrap_file(path: Path | str, keyring: Keyring, *, fsync: bool = True) -> bo
             dek = keyring.unwrap_dek(WrappedDek(h.kek_id, h.kek_version, h.wrapped), what=what)
         except DecryptionError as exc:
             raise SealedStreamError(what) from exc
-        if not hmac.compare_digest(_derive(dek, h.salt)[1], h.commitment):
+        if not hmac.compare_digest(_derive(dek, h.context)[1], h.commitment):
             raise SealedStreamError(what)
         wrapped = keyring.wrap_dek(dek)
         new = _Header(

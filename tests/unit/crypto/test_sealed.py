@@ -154,6 +154,13 @@ def test_duplicated_segment(keyring: Keyring, tmp_path: Path) -> None:
     assert_rejected(blob[:HEADER_SIZE] + s[0] + s[1] + s[2] + s[3] + s[3], keyring, tmp_path)
 
 
+def test_edited_segment_size_fails_before_any_segment(keyring: Keyring, tmp_path: Path) -> None:
+    blob = bytearray(seal_bytes(os.urandom(3 * SEG), keyring))
+    blob[8:12] = (1 << 20).to_bytes(4, "big")  # would make a reader allocate 1 MiB buffers
+    with pytest.raises(SealedStreamError):
+        SealedReader(io.BytesIO(bytes(blob)), keyring)
+
+
 def test_header_from_another_file(keyring: Keyring, tmp_path: Path) -> None:
     a = seal_bytes(os.urandom(2 * SEG), keyring)
     b = seal_bytes(os.urandom(2 * SEG), keyring)
@@ -254,29 +261,32 @@ def test_retired_key_error_names_version(keyring: Keyring, tmp_path: Path) -> No
         rewrap_file(path, keyring)
 
 
-def test_header_known_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", range(2))
+def test_header_known_answer(tmp_path: Path, case: int) -> None:
     """Fixed randomness gives a byte-exact stream: the layout cannot drift unnoticed."""
     vec = json.loads((VECTORS / "sealed_v1.json").read_text())
+    c = vec["cases"][case]
     ring = Keyring.create(
         tmp_path, rng=_fixed(bytes.fromhex(vec["keyring_random"])), clock=lambda: 0
     )
     buf = io.BytesIO()
-    with SealedWriter(
-        buf, ring, segment_size=vec["segment_size"], rng=_fixed(bytes.fromhex(vec["stream_random"]))
-    ) as w:
-        w.write(bytes.fromhex(vec["plaintext"]))
+    rng = _fixed(bytes.fromhex(vec["stream_random"]))
+    with SealedWriter(buf, ring, segment_size=c["segment_size"], rng=rng) as w:
+        w.write(bytes.fromhex(c["plaintext"]))
     blob = buf.getvalue()
-    assert blob.hex() == vec["sealed"]
+    assert blob.hex() == c["sealed"]
     # independent reading of the documented offsets
     rnd = bytes.fromhex(vec["stream_random"])
     dek, salt, prefix = rnd[:32], rnd[32:64], rnd[64:71]
     assert blob[:6] == b"TGSEAL" and blob[6] == 1 and blob[7] == 1
-    assert int.from_bytes(blob[8:12], "big") == vec["segment_size"]
+    assert int.from_bytes(blob[8:12], "big") == c["segment_size"]
     assert blob[12:20].hex() == ring.kek_id
     assert blob[20:52] == salt and blob[52:59] == prefix
     assert int.from_bytes(blob[91:95], "big") == 1 and int.from_bytes(blob[95:97], "big") == 60
     assert ring.unwrap_dek(_wrapped(blob)) == dek
-    assert unseal_bytes(blob, ring) == bytes.fromhex(vec["plaintext"])
+    n = len(bytes.fromhex(c["plaintext"]))
+    assert len(blob) == HEADER_SIZE + n + TAG_SIZE * (n // c["segment_size"] + 1)
+    assert unseal_bytes(blob, ring) == bytes.fromhex(c["plaintext"])
 
 
 def _wrapped(blob: bytes):  # type: ignore[no-untyped-def]

@@ -391,9 +391,16 @@ class SealedReader(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             size = self._size - self._pos
-        buf = bytearray(max(0, min(size, self._size - self._pos)))
+        size = max(0, min(size, self._size - self._pos))
+        index, off = divmod(self._pos, self._h.segment_size)
+        if size and off + size <= self._h.segment_size:  # inside one segment: one copy
+            if index != self._cached:
+                self._load(index)
+            self._pos += size
+            return bytes(memoryview(self._plain)[off : off + size])
+        buf = bytearray(size)
         n = self.readinto(buf)
-        return bytes(buf[:n])
+        return bytes(buf) if n == size else bytes(buf[:n])
 
     def readall(self) -> bytes:
         return self.read(-1)

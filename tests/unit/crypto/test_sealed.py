@@ -320,3 +320,25 @@ def test_rewrap_files_batch_reports_each_file(keyring: Keyring, tmp_path: Path) 
     assert all(results[p.name].rewrapped for p in good)
     assert isinstance(results["bad.tgs"].error, SealedStreamError)
     assert [r.rewrapped for r in rewrap_files(good, keyring)] == [False] * 5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(min_size=0, max_size=5 * SEG),
+    ops=st.lists(st.tuples(st.integers(0, 6 * SEG), st.integers(-1, 3 * SEG)), max_size=10),
+)
+def test_reader_matches_plaintext_for_any_seek_and_read(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, ops: list[tuple[int, int]]
+) -> None:
+    ring = shared_ring(tmp_path_factory)
+    r = SealedReader(io.BytesIO(seal_bytes(data, ring)), ring)
+    ref = io.BytesIO(data)
+    for pos, size in ops:
+        assert r.seek(pos) == ref.seek(pos)
+        assert r.read(size) == ref.read(size)
+        assert r.tell() == ref.tell()
+    buf, ref_buf = bytearray(SEG + 3), bytearray(SEG + 3)
+    r.seek(0)
+    ref.seek(0)
+    assert r.readinto(buf) == ref.readinto(ref_buf)
+    assert buf == ref_buf

@@ -109,6 +109,12 @@ def test_key_rotation_workflow(cli, home: Path, tmp_path: Path) -> None:  # type
     ]
     r = cli("unseal", files / "c1.tgs", tmp_path / "c1.out", "--home", home)
     assert r.code == 0
+    audit_log = pytest.importorskip("trainguard.agent.audit_log")
+    log = audit_log.AuditLog.open(Home(home).audit_db, "node-1", None)
+    kinds = [e.kind for e in log.entries()]
+    assert ["key-rotated", "key-rewrapped", "key-retired"] == [
+        k for k in kinds if k.startswith("key-")
+    ]
 
 
 def test_retired_key_error_is_clear(cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 _MAX_BATCH = 512
 _MAX_EVENTS_PER_REQUEST = 1000
-_MAX_EXPORT = 100_000
+_MAX_EXPORT = 20_000  # entries per export reply; the client pages
 _MAX_NAME = 200
 _IDLE_SECONDS = 300.0
 _HANDSHAKE_SECONDS = 10.0

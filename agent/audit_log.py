@@ -498,6 +498,14 @@ class AuditLog:
                 seq, t, node, actor, k, json.loads(data), bytes(prev).hex(), bytes(h).hex()
             )
 
+    def latest(self, kind: str, limit: int = 50) -> list[AuditEntry]:
+        """The newest `limit` entries of exactly `kind`, newest first."""
+        sql = "SELECT * FROM entries WHERE kind = ? ORDER BY seq DESC LIMIT ?"
+        return [
+            AuditEntry(seq, t, node, actor, k, json.loads(data), bytes(p).hex(), bytes(h).hex())
+            for seq, t, node, actor, k, data, p, h in self._rows(sql, (kind, int(limit)))
+        ]
+
     def raw_rows(self, first_seq: int = 1, last_seq: int | None = None) -> Iterator[Row]:
         sql = "SELECT * FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq"
         yield from self._rows(sql, (first_seq, last_seq if last_seq is not None else 2**62))

@@ -167,7 +167,21 @@ class AgentClient:
         return list(self.call("incidents", limit=limit))
 
     def export(self, first_seq: int = 1, last_seq: int | None = None) -> dict[str, Any]:
-        return dict(self.call("export", first_seq=first_seq, last_seq=last_seq))
+        """A log segment (entries first_seq..last_seq, or to the end) and its latest checkpoint;
+        fetched in pages, since the agent caps one reply."""
+        segment = dict(self.call("export", first_seq=first_seq, last_seq=last_seq))
+        entries = list(segment.get("entries", []))
+        while entries:
+            nxt = int(entries[-1]["seq"]) + 1
+            if last_seq is not None and nxt > last_seq:
+                break
+            page = dict(self.call("export", first_seq=nxt, last_seq=last_seq))
+            if not page.get("entries"):
+                break
+            entries.extend(page["entries"])
+            segment["checkpoint"] = page.get("checkpoint") or segment.get("checkpoint")
+        segment["entries"] = entries
+        return segment
 
 
 def _parse_url(url: str) -> tuple[str, int]:

@@ -132,6 +132,8 @@ class Agent:
         self._last_checks = float("-inf")
         self.server: AgentServer | None = None
         self.listeners: dict[str, str] = {}
+        self.last_checks: list[dict[str, Any]] = []
+        self.verify_key_hex = _verify_key_hex(home)
 
     @property
     def agent_config(self) -> AgentConfig:
@@ -177,6 +179,7 @@ class Agent:
             log.exception("posture checks failed")
             report.errors.append(f"checks: {type(exc).__name__}: {exc}")
             return
+        self.last_checks = [r.to_dict() for r in results if hasattr(r, "to_dict")]
         for r in results:
             status = getattr(r.status, "value", str(r.status))
             report.checks[status] = report.checks.get(status, 0) + 1
@@ -231,6 +234,8 @@ class Agent:
             "listeners": dict(self.listeners),
             "scoring": self.scorer is not None,
             "nvml_error": getattr(self.telemetry, "nvml_error", None),
+            "verify_key": self.verify_key_hex,  # raw Ed25519 public key (hex): pin it
+            "checks": self.last_checks,
         }
 
     def reload(self) -> bool:
@@ -345,6 +350,15 @@ class Agent:
     def close(self) -> None:
         self.engine.close()
         self.audit.close()
+
+
+def _verify_key_hex(home: Home) -> str | None:
+    from trainguard.crypto.signing import VerifyKey
+
+    try:
+        return VerifyKey.load(home.node_verify_key).to_bytes().hex()
+    except TrainguardError:
+        return None
 
 
 async def _first(*events: asyncio.Event) -> None:

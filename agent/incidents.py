@@ -271,8 +271,7 @@ class IncidentEngine:
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest recorded incidents, newest first."""
-        found = [e.data for e in self.audit.entries(kind="incident")]
-        return [dict(d) for d in reversed(found[-limit:])]
+        return [dict(e.data) for e in self.audit.latest("incident", limit)]
 
     def close(self) -> None:
         self.queue.close()

@@ -91,6 +91,19 @@ def test_socket_is_0600_and_ops_work(served: Served) -> None:
     assert verify_segment(seg, served.signer.public_key()).entries == len(seg["entries"])
 
 
+def test_export_is_paged_and_complete(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainguard.agent.api as api
+
+    monkeypatch.setattr(api, "_MAX_EXPORT", 7)
+    served.log.append_many([("x", "a", {"i": i}) for i in range(30)])
+    with AgentClient(served.home) as c:
+        seg = c.export(1)
+        part = c.export(5, 12)
+    assert [e["seq"] for e in seg["entries"]] == list(range(1, 31))
+    assert [e["seq"] for e in part["entries"]] == list(range(5, 13))
+    assert verify_segment(seg, served.signer.public_key()).entries == 30
+
+
 def test_malformed_oversized_and_unknown_requests_get_errors(served: Served) -> None:
     path = served.home.agent_socket
     assert _raw(path, b"not json\n")["code"] == "bad-request"

@@ -16,7 +16,7 @@ __all__ = ["AnomalyConfig", "StreamConfig"]
 class StreamConfig:
     """Parameters of one causal univariate detector (`trainguard.anomaly.StreamDetector`)."""
 
-    warmup: int = 150  # samples before any score above 0
+    warmup: int = 300  # samples before any score above 0
     level_alpha: float = 0.03  # EW weight of the robust level
     spread_alpha: float = 0.01  # EW weight of the mean absolute deviation
     season_alpha: float = 0.1  # EW weight of a seasonal bucket when it is visited
@@ -25,15 +25,15 @@ class StreamConfig:
     season_gain: float = 0.7  # seasonal model used once its error is < gain * flat error
     clip: float = 4.0  # residuals clipped at clip * spread before they update the baseline
     drift_alpha: float = 0.05  # EW weight of the short-term mean of z (slow changes)
-    drift_weight: float = 0.0
+    drift_weight: float = 1.0  # weight of the drift channel in the score (0: off)
     shift_z: float = 3.0  # |z| above this, on one side ...
     shift_run: int = 12  # ... this many samples in a row: a level shift, re-baseline
-    tail_quantile: float = 0.99  # EW quantile of |z| that normalises z (heavy tails)
+    tail_quantile: float = 0.99  # with tail_decay = 0: an EW quantile of |z| normalises z
     tail_rate: float = 0.05
     log_z: bool = False
     tail_floor: float = 2.0
-    tail_decay: float = 0.998  # > 0: normalise by a decaying max of |z| instead
-    score_scale: float = 1.0  # score = z^2 / (z^2 + scale^2)
+    tail_decay: float = 0.998  # normalise z by its decaying max (per sample; 0: use quantile)
+    score_scale: float = 1.0  # score = q^2 / (q^2 + scale^2), q = z / recent max of z
     threshold: float = 0.8  # alert when score >= threshold (calibrated, see module doc)
     refractory: int = 200  # samples after an alert in which the score is damped
     refractory_damp: float = 0.5

@@ -12,10 +12,11 @@ Model of a stream: ``x(t) = level + daily[bucket(t)] + weekly[bucket(t)] + noise
   ``season_gain`` times that of the flat one, so non-seasonal streams are not hurt.
 * **Level shifts**: ``shift_run`` samples in a row beyond ``shift_z`` on one side re-baseline
   the level to their mean: a shift raises one alert, not one per sample afterwards.
-* **Score**: ``z = max(|residual| / sigma, drift)`` where *drift* is the EW mean of z scaled to
-  unit variance (catches slow changes that no single point shows), mapped to
-  ``z^2 / (z^2 + score_scale^2)`` in [0, 1]. After an alert the score is damped for
-  ``refractory`` samples so one event gives one alert.
+* **Score**: two channels, each divided by a decaying maximum of its own recent values (so a
+  stream whose normal life is spiky needs a bigger spike, ``tail_decay`` per sample): the point
+  ``|residual| / sigma``, and *drift*, the EW mean of z (slow changes no single point shows).
+  The larger ratio ``q`` maps to ``q^2 / (q^2 + score_scale^2)`` in [0, 1]. After an alert the
+  score is damped for ``refractory`` samples so one event gives one alert.
 * **Causality**: a sample's score is computed from the state *before* the sample updates it.
 
 `StreamDetector` is the per-stream object (one call per sample). `StreamBank` runs the same
@@ -58,7 +59,7 @@ class StreamDetector:
 
     __slots__ = (
         "cfg", "n", "level", "mad0", "mad1", "mad2", "daily", "weekly", "drift",
-        "run", "run_sum", "since_alert", "tail", "absx", "_dw", "_ww", "_drift_norm", "_k",
+        "run", "run_sum", "since_alert", "tail", "tail2", "absx", "_dw", "_ww", "_k",
     )
 
     def __init__(self, config: StreamConfig | None = None) -> None:
@@ -74,12 +75,12 @@ class StreamDetector:
         self.run_sum = 0.0
         self.since_alert = 1 << 30
         self.tail = c.tail_floor
+        self.tail2 = c.tail_floor
         self.absx = 0.0
         self._dw = _DAY / c.daily_buckets
         self._ww = _WEEK / c.weekly_buckets if c.weekly_buckets else 0.0
-        self._drift_norm = math.sqrt((2.0 - c.drift_alpha) / c.drift_alpha)
         self._k = (
-            c.season_gain, c.min_spread, c.drift_alpha, c.drift_weight * self._drift_norm,
+            c.season_gain, c.min_spread, c.drift_alpha, c.drift_weight,
             c.warmup, c.log_z, c.score_scale * c.score_scale, c.tail_decay, c.tail_rate,
             1.0 - c.tail_quantile, c.tail_floor, c.refractory, c.refractory_damp, c.threshold,
             c.clip, c.spread_alpha, c.level_alpha, c.season_alpha, c.shift_z, c.shift_run,
@@ -87,7 +88,7 @@ class StreamDetector:
 
     def state_size(self) -> int:
         """Number of values held: constant for the life of the stream."""
-        return 14 + len(self.daily) + len(self.weekly)
+        return 15 + len(self.daily) + len(self.weekly)
 
     def update(self, t: float, x: float) -> StreamScore:  # noqa: C901 - the hot path, flat
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
@@ -128,13 +129,21 @@ class StreamDetector:
         zc = 10.0 if z > 10.0 else -10.0 if z < -10.0 else z
         drift = self.drift + drift_alpha * (zc - self.drift)
         za = abs(z)
-        dz = drift_w * abs(drift)
-        if dz > za:
-            za = dz
         score = 0.0
         if n >= warmup:
             tail = self.tail
             zn = math.log1p(za) / math.log1p(tail) if log_z else za / tail
+            if drift_w:
+                # a second channel: the short-term mean of z against its own recent extremes
+                dz = abs(drift)
+                t2 = self.tail2
+                zd = drift_w * dz / t2
+                if zd > zn:
+                    zn = zd
+                t2 *= tail_decay or 0.998
+                if dz > t2:
+                    t2 = dz
+                self.tail2 = t2 if t2 > 0.5 else 0.5
             score = zn * zn / (zn * zn + scale2)
             # normalise by the stream's own recent extremes: heavy tails need bigger outliers
             if tail_decay:
@@ -216,6 +225,7 @@ class StreamBank:
         f = lambda: np.zeros(m)  # noqa: E731
         self.level, self.absx, self.drift, self.run_sum = f(), f(), f(), f()
         self.tail = np.full(m, c.tail_floor)
+        self.tail2 = np.full(m, c.tail_floor)
         self.mad = np.zeros((3, m))
         self.run = np.zeros(m, dtype=np.int64)
         self.since_alert = np.full(m, 1 << 30, dtype=np.int64)
@@ -225,7 +235,6 @@ class StreamBank:
         self.wseen = np.zeros((m, max(c.weekly_buckets, 1)), dtype=bool)
         self._dw = _DAY / c.daily_buckets
         self._ww = _WEEK / c.weekly_buckets if c.weekly_buckets else 0.0
-        self._drift_norm = math.sqrt((2.0 - c.drift_alpha) / c.drift_alpha)
 
     def update(self, t: float, xs: Any) -> tuple[Any, Any, Any]:
         """Score one value per stream at time `t`, then learn from them."""
@@ -251,10 +260,14 @@ class StreamBank:
                                       c.min_spread * self.absx), 1e-12)
         z = (x - expected) / sigma
         self.drift += c.drift_alpha * (np.clip(z, -10.0, 10.0) - self.drift)
-        za = np.maximum(np.abs(z), c.drift_weight * np.abs(self.drift) * self._drift_norm)
+        za = np.abs(z)
         score = np.zeros(self.m)
         if self.n >= c.warmup:
             zn = np.log1p(za) / np.log1p(self.tail) if c.log_z else za / self.tail
+            if c.drift_weight:
+                dz = np.abs(self.drift)
+                zn = np.maximum(zn, c.drift_weight * dz / self.tail2)
+                self.tail2 = np.maximum(np.maximum(self.tail2 * (c.tail_decay or 0.998), dz), 0.5)
             score = zn * zn / (zn * zn + c.score_scale * c.score_scale)
             if c.tail_decay:
                 self.tail = np.maximum(np.maximum(self.tail * c.tail_decay, np.minimum(za, 1e6)),

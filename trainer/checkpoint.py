@@ -218,7 +218,9 @@ class CheckpointStore:
         except CheckpointTampered:
             raise
         except (TrainguardError, RuntimeError, OSError, ValueError) as exc:
-            raise CheckpointTampered(f"checkpoint {path.name}: cannot be unsealed or read") from exc
+            raise CheckpointTampered(
+                f"checkpoint {path.name}: cannot be unsealed or read ({type(exc).__name__})"
+            ) from exc
         if not isinstance(state, dict) or int(state.get("step", -1)) != info.step:
             raise CheckpointTampered(f"checkpoint {path.name}: content is not this step's state")
         return state, info

@@ -355,7 +355,8 @@ def _grad_norm(model: torch.nn.Module) -> float:
 def _broadcast_optimizer_state(optimizer: torch.optim.Optimizer, is_src: bool) -> None:
     """Give every rank rank 0's optimizer state, tensor by tensor (no pickled objects).
 
-    Non-zero ranks first create the state's structure with one zero-gradient step."""
+    Non-zero ranks create the state's structure with one zero-gradient step (parameters are
+    restored), rank 0 sends how many state tensors each parameter has, and then the tensors."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if not is_src:
         saved = [p.detach().clone() for p in params]
@@ -366,11 +367,22 @@ def _broadcast_optimizer_state(optimizer: torch.optim.Optimizer, is_src: bool) -
             for p, s in zip(params, saved, strict=True):
                 p.copy_(s)
                 p.grad = None
-    for p in params:
-        for key in sorted(optimizer.state[p]):
-            value = optimizer.state[p][key]
-            if isinstance(value, torch.Tensor):
-                dist.broadcast(value, src=0)
+
+    def tensors(p: torch.Tensor) -> list[torch.Tensor]:
+        st = optimizer.state[p]
+        return [st[k] for k in sorted(st) if isinstance(st[k], torch.Tensor)]
+
+    counts = torch.tensor([len(tensors(p)) for p in params], dtype=torch.int64)
+    dist.broadcast(counts, src=0)
+    for p, n in zip(params, counts.tolist(), strict=True):
+        if n == 0:
+            optimizer.state.pop(p, None)  # rank 0 has no state for p (e.g. momentum 0)
+            continue
+        mine = tensors(p)
+        if len(mine) != n:
+            raise TrainguardError("optimizer state in the checkpoint does not match the config")
+        for value in mine:
+            dist.broadcast(value, src=0)
 
 
 def _require_adversarial() -> None:

@@ -27,8 +27,13 @@ from pathlib import Path
 from trainguard.agent.audit_log import AuditLog
 from trainguard.crypto.signing import SigningKey
 
-EVENT = {"user": "alice", "action": "checkpoint:write", "resource": "/ckpt/run-1/step-100.pt",
-         "domain": "proj-a", "decision": "allow"}
+EVENT = {
+    "user": "alice",
+    "action": "checkpoint:write",
+    "resource": "/ckpt/run-1/step-100.pt",
+    "domain": "proj-a",
+    "decision": "allow",
+}
 
 
 def _raw_db(path: Path) -> sqlite3.Connection:
@@ -79,8 +84,11 @@ def bench_append(tmp: Path, single: int, batched: int) -> dict[str, dict[str, fl
     return {
         "audit_append_single_per_s": _row(single_rate, 2000, raw_single),
         "audit_append_batched_per_s": _row(batched_rate, 20000, raw_batched),
-        "audit_verify_per_s": {**_row(verify_rate, 100000, raw_read), "entries": report.entries,
-                               "checkpoints": report.checkpoints},
+        "audit_verify_per_s": {
+            **_row(verify_rate, 100000, raw_read),
+            "entries": report.entries,
+            "checkpoints": report.checkpoints,
+        },
     }
 
 
@@ -108,11 +116,26 @@ def bench_daemon(tmp: Path, seconds: float) -> dict[str, object]:
     home = tmp / "h"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
     env["HOME"] = str(tmp)
-    subprocess.run([sys.executable, "-m", "trainguard.agent.cli.main", "init", "--home", str(home),
-                    "--admin", "bench"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainguard.agent.cli.main",
+            "init",
+            "--home",
+            str(home),
+            "--admin",
+            "bench",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainguard.agent.cli.main", "agent", "run", "--home", str(home)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         from trainguard.agent.client import AgentClient
@@ -139,10 +162,16 @@ def bench_daemon(tmp: Path, seconds: float) -> dict[str, object]:
     rss_mb = rss_max / 2**20
     return {
         "seconds": seconds,
-        "agent_rss_mb": {"value": round(rss_mb, 1), "target": 150,
-                         "ratio_vs_target": round(150 / rss_mb, 2)},
-        "agent_cpu_pct_one_core": {"value": round(cpu_pct, 3), "target": 2.0,
-                                   "ratio_vs_target": round(2.0 / max(cpu_pct, 1e-3), 1)},
+        "agent_rss_mb": {
+            "value": round(rss_mb, 1),
+            "target": 150,
+            "ratio_vs_target": round(150 / rss_mb, 2),
+        },
+        "agent_cpu_pct_one_core": {
+            "value": round(cpu_pct, 3),
+            "target": 2.0,
+            "ratio_vs_target": round(2.0 / max(cpu_pct, 1e-3), 1),
+        },
         "torch_mapped_in_agent": "libtorch" in maps or "/torch/" in maps,
         "scoring_loaded": status.get("scoring"),
         "exit_code_after_sigterm": code,

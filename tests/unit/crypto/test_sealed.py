@@ -50,9 +50,15 @@ def shared_ring(factory: pytest.TempPathFactory) -> Keyring:
 
 
 @pytest.mark.parametrize("n", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 7])
-def test_roundtrip_boundary_lengths(keyring: Keyring, n: int) -> None:
+def test_roundtrip_boundary_lengths(keyring: Keyring, tmp_path: Path, n: int) -> None:
     data = os.urandom(n)
     blob = seal_bytes(data, keyring)
+    # the path API (memory-mapped input) gives the same layout
+    (tmp_path / "p").write_bytes(data)
+    seal_file(tmp_path / "p", tmp_path / "s", keyring, segment_size=SEG)
+    assert len((tmp_path / "s").read_bytes()) == len(blob)
+    assert unseal_file(tmp_path / "s", tmp_path / "back", keyring) == n
+    assert (tmp_path / "back").read_bytes() == data
     assert len(blob) == HEADER_SIZE + n + TAG_SIZE * (n // SEG + 1)
     assert unseal_bytes(blob, keyring) == data
     assert SealedReader(io.BytesIO(blob), keyring).read() == data

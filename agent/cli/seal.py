@@ -79,7 +79,13 @@ def run_seal(args: argparse.Namespace, ctx: Context) -> int:
             "refusing to write a sealed stream to a terminal", tip="redirect stdout: > FILE"
         )
     ring = open_keyring(ctx)
-    seg = args.segment_size or ctx.config.section("crypto").segment_size
+    seg = (
+        ctx.config.section("crypto").segment_size
+        if args.segment_size is None
+        else args.segment_size
+    )
+    if not 16 <= seg <= 1 << 28:
+        raise UsageError(f"--segment-size {seg} is out of range", tip="use 16 bytes to 256 MiB")
     n = seal_file(src, dst, ring, segment_size=seg)
     data = {
         "input": args.input,

@@ -82,6 +82,11 @@ def test_usage_errors_exit_2(cli, home: Path, tmp_path: Path) -> None:  # type: 
     assert cli("seal", tmp_path / "missing", tmp_path / "o", "--home", home).code == 2
     assert cli("seal", "x", "y", "--home", tmp_path / "no-home").code == 2
     assert cli("key", "retire", "--below", "5", "--home", home).code == 2
+    (tmp_path / "p").write_bytes(b"x")
+    assert (
+        cli("seal", tmp_path / "p", tmp_path / "o", "--segment-size", "0", "--home", home).code == 2
+    )
+    assert cli("key", "bogus", "--home", home).code == 2
 
 
 def test_key_rotation_workflow(cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StepStats:
-    """Per-rank update statistics of one step (index = rank)."""
+    """Per-rank update statistics of one step (index = rank): norm / median norm, and
+    the cosine to the aggregate that was applied."""
 
     norm_ratio: list[float]
     cosine: list[float]
@@ -90,7 +91,8 @@ class HookState:
             norm2, dot = packed[0], packed[1]
         agg = max(self._agg2, 1e-30) ** 0.5
         norms = torch.sqrt(norm2)
-        ratio = (norms / agg).tolist()
+        median = float(norms.quantile(0.5))
+        ratio = (norms / median if median > 0 else torch.ones_like(norms)).tolist()
         cosine = (dot / torch.clamp(norms * agg, min=1e-30)).tolist()
         return StepStats(norm_ratio=ratio, cosine=cosine, agg_norm=agg)
 

@@ -10,8 +10,8 @@ Writing: torch.save goes straight into a `SealedWriter` over a temporary file (n
 disk, no in-memory copy of the whole checkpoint); the sealed file is then hashed, the manifest
 signed, and both renamed into place (the signature last, so a half-written pair is ignored).
 Loading: signature, then hash, then the sealed stream authenticates every segment while it is
-read; the pickle inside the zip is scanned (only tensor-rebuild globals are allowed) straight
-from the decrypted stream, and only then `torch.load(weights_only=True)` reads it.
+read; the pickle inside the zip is scanned straight from the decrypted stream by the supply-chain scanner and by a strict allowlist of tensor-rebuild
+globals, and only then `torch.load(weights_only=True)` reads it.
 """
 
 from __future__ import annotations
@@ -108,6 +108,19 @@ def scan_torch_zip(stream: Any) -> None:
         elif op.name in ("REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
             continue  # only reachable through an allowed global
     stream.seek(0)
+
+
+def scan_sealed(stream: Any, name: str) -> None:
+    """The supply-chain scanner over the decrypted stream (nothing is written to disk)."""
+    from trainguard.agent.scanner.formats import scan_stream
+    from trainguard.agent.scanner.report import FileVerdict, Verdict
+
+    fmt, findings = scan_stream(stream, stream.size)
+    verdict = FileVerdict.from_findings(name, fmt, findings)
+    stream.seek(0)
+    if verdict.verdict is not Verdict.SAFE:
+        detail = "; ".join(str(f) for f in findings[:3])
+        raise CheckpointTampered(f"checkpoint {name}: the scanner refused it ({detail})")
 
 
 def _check_global(module: str, name: str) -> None:
@@ -213,6 +226,7 @@ class CheckpointStore:
         info = self.verify(path)
         try:
             with path.open("rb") as raw, SealedReader(raw, self._keyring) as sealed:
+                scan_sealed(sealed, path.name)
                 scan_torch_zip(sealed)
                 state = torch.load(sealed, map_location="cpu", weights_only=True)
         except CheckpointTampered:

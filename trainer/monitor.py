@@ -23,14 +23,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """Flag cosine < min_cosine or norm ratio > max_ratio (used without the anomaly area)."""
+    """Flag cosine < min_cosine or a norm ratio (to the median norm) beyond max_ratio either
+    way; the same rule as the anomaly area's default, used when that area is not installed."""
 
     min_cosine: float = 0.0
-    max_ratio: float = 10.0
+    max_ratio: float = 3.0
     name: str = "threshold"
 
     def flags(self, norm_ratio: np.ndarray, cosine: np.ndarray) -> list[int]:
-        bad = (cosine < self.min_cosine) | (norm_ratio > self.max_ratio)
+        bad = (
+            (cosine < self.min_cosine)
+            | (norm_ratio > self.max_ratio)
+            | (norm_ratio < 1.0 / self.max_ratio)
+        )
         return [int(i) for i in np.flatnonzero(bad)]
 
 
@@ -43,6 +48,7 @@ class _AnomalyAdapter:
 
     def flags(self, norm_ratio: np.ndarray, cosine: np.ndarray) -> list[int]:
         out = self._monitor.observe(norm_ratio=norm_ratio, cosine=cosine)
+        # `.flagged` is this step's outliers; RankMonitor counts the streaks itself.
         ranks = getattr(out, "flagged", out)
         return sorted(int(r) for r in ranks)
 

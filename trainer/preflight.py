@@ -1,0 +1,133 @@
+"""Launch preflight: who may launch (fresh MFA), clean dependencies, where evidence goes, GPUs.
+
+Each step returns a `PreflightStep` or raises. A step may only be skipped where the caller says
+so explicitly, and a skip is recorded in the audit log and in the JSON result: never silent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from trainguard.core.audit import AuditSink
+from trainguard.core.config import Config
+from trainguard.core.home import Home
+from trainguard.trainer.errors import PreflightError
+
+__all__ = ["PreflightReport", "PreflightStep", "StepStatus", "run_preflight"]
+
+log = logging.getLogger(__name__)
+ACTION = "train:launch"
+
+
+class StepStatus(enum.StrEnum):
+    PASSED = "passed"
+    SKIPPED = "skipped"
+    NOT_APPLICABLE = "not-applicable"
+
+
+@dataclass(frozen=True)
+class PreflightStep:
+    name: str
+    status: StepStatus
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    principal: str
+    mfa_age_s: float | None
+    steps: list[PreflightStep]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "mfa_age_s": self.mfa_age_s,
+            "steps": [asdict(s) | {"status": s.status.value} for s in self.steps],
+        }
+
+
+def check_authorization(
+    home: Home, config: Config, audit: AuditSink, resource: str, project: str,
+    *, otp: str | None, user: str | None,
+) -> tuple[PreflightStep, Any]:
+    from trainguard.policy import authorize_cli
+
+    decision = authorize_cli(home, config, ACTION, resource, project, audit, otp=otp)
+    if user is not None and decision.principal != user:
+        raise PreflightError(
+            f"logged in as {decision.principal!r}, not {user!r}",
+            tip=f"run `trainguard login --user {user}` first",
+        )
+    return PreflightStep("authorize", StepStatus.PASSED,
+                         f"{decision.principal} may {ACTION} {resource} in {project}",
+                         {"reason": decision.reason, "mfa_age_s": decision.mfa_age_s}), decision
+
+
+def check_dependencies(home: Home, config: Config, audit: AuditSink, *, skip: bool) -> PreflightStep:
+    if skip:
+        audit.record("train.preflight.skipped", "trainer", {"step": "deps-verify",
+                                                            "why": "--skip-deps-verify"})
+        log.warning("dependency verification SKIPPED on request; recorded in the audit log")
+        return PreflightStep("deps-verify", StepStatus.SKIPPED, "skipped by --skip-deps-verify")
+    try:
+        from trainguard.agent import deps
+    except ImportError as exc:
+        raise PreflightError(
+            "dependency verification is not built into this install",
+            tip="install the supply-chain area, or pass --skip-deps-verify (audited)",
+        ) from exc
+    report = deps.verify_environment(home, config)
+    if not report.clean:
+        raise PreflightError(
+            f"dependency verification failed: {report.summary()}",
+            tip="run `trainguard deps verify` for the list; relock only after review",
+        )
+    return PreflightStep("deps-verify", StepStatus.PASSED, report.summary())
+
+
+def check_sink(home: Home) -> PreflightStep:
+    if home.agent_socket.exists():
+        from trainguard.agent.client import AgentClient
+
+        with AgentClient(home, timeout=5.0) as client:
+            if client.ping():
+                return PreflightStep("evidence", StepStatus.PASSED, "node agent reachable")
+    return PreflightStep("evidence", StepStatus.PASSED,
+                         "no agent running: evidence goes to the embedded audit log")
+
+
+def check_gpus(home: Home, config: Config) -> PreflightStep:
+    from trainguard.agent.checks import Status, run_checks
+
+    results = run_checks(home, config, ids=["gpu-foreign-processes"])
+    if not results:
+        return PreflightStep("gpu-foreign-processes", StepStatus.NOT_APPLICABLE, "check not built")
+    r = results[0]
+    if r.status is Status.FAIL:
+        raise PreflightError(f"GPUs are not free: {r.summary}", tip=r.remediation or None)
+    status = StepStatus.NOT_APPLICABLE if r.status is Status.NOT_APPLICABLE else StepStatus.PASSED
+    return PreflightStep("gpu-foreign-processes", status, r.summary)
+
+
+def run_preflight(
+    home: Home,
+    config: Config,
+    audit: AuditSink,
+    *,
+    resource: str,
+    project: str,
+    otp: str | None = None,
+    user: str | None = None,
+    skip_deps_verify: bool = False,
+    gpu_check: Callable[[Home, Config], PreflightStep] = check_gpus,
+) -> PreflightReport:
+    """Run every preflight step in order; raises on the first that fails."""
+    auth, decision = check_authorization(home, config, audit, resource, project, otp=otp, user=user)
+    steps = [auth, check_dependencies(home, config, audit, skip=skip_deps_verify),
+             check_sink(home), gpu_check(home, config)]
+    return PreflightReport(decision.principal, decision.mfa_age_s, steps)

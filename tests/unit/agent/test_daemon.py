@@ -216,3 +216,37 @@ def test_serve_notify_reload_and_stop(short_home: Home) -> None:
         assert kinds[0] == "agent.start" and "agent.reload" in kinds
         assert kinds[-2:] == ["agent.stop", "audit.checkpoint"]
     assert not short_home.agent_socket.exists()
+
+
+def test_metrics_endpoint_serves_prometheus_text(short_home: Home) -> None:
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with (short_home.config_path).open("a") as f:
+        f.write(f'[agent]\nmetrics_listen = "127.0.0.1:{port}"\n')
+    agent = _agent(short_home)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop=stop))
+        for _ in range(200):
+            if "metrics" in agent.listeners:
+                break
+            await asyncio.sleep(0.05)
+        url = agent.listeners["metrics"]
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+        assert body == b"# fake\n"
+        with pytest.raises(urllib.error.HTTPError):
+            await asyncio.to_thread(
+                lambda: urllib.request.urlopen(url.replace("/metrics", "/x"), timeout=10)
+            )
+        stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        agent.close()

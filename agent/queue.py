@@ -1,9 +1,11 @@
 """The durable webhook queue: every incident POST is stored before it is sent, and retried with
 exponential backoff until the endpoint accepts it, so an outage of any length loses nothing.
 
-Each delivery has an idempotency key (the incident id plus the URL); enqueueing the same key twice
-is a no-op, and the receiver sees the key in the ``Idempotency-Key`` header, so a retry after a
-lost reply is recognisable. The body is signed: ``X-Trainguard-Signature: sha256=<hex>`` is
+Each delivery has an idempotency key (the incident id); enqueueing the same key twice is a no-op,
+and the receiver sees the key in the ``Idempotency-Key`` header, so a retry after a lost reply is
+recognisable: delivery is at least once, and exactly once for a receiver that keeps the keys it
+has accepted. Backoff: ``retry_base_seconds * 2**attempts``, capped at ``retry_max_seconds``;
+nothing is ever dropped (the queue keeps pending deliveries across restarts). The body is signed: ``X-Trainguard-Signature: sha256=<hex>`` is
 HMAC-SHA256 over the exact body bytes with the configured secret.
 """
 

@@ -122,6 +122,7 @@ def make_attack(kind: AttackKind, model: nn.Module, eps: float, cfg: EvalConfig)
     if kind is AttackKind.FGSM:
         return FGSM(model, eps, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
     if kind is AttackKind.PGD:
+        # early_stop leaves robust accuracy unchanged and skips work on fooled samples
         return PGD(
             model,
             eps,
@@ -131,6 +132,7 @@ def make_attack(kind: AttackKind, model: nn.Module, eps: float, cfg: EvalConfig)
             norm=cfg.norm,
             clip=cfg.clip,
             seed=cfg.seed,
+            early_stop=True,
         )
     return APGD(model, eps, cfg.steps, cfg.restarts, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
 

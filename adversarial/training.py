@@ -1,11 +1,11 @@
 """Adversarial training: FGSM-RS, PGD-AT and TRADES, alone or as a trainer step component.
 
-Use inside any training loop (this is what `trainguard.trainer` does)::
+Use inside any training loop (this is the component a trainer calls once per batch)::
 
     step = AdversarialStep("fgsm-rs", eps=0.1)
     for x, y in loader:
         optimizer.zero_grad()
-        step.loss(model, x, y).backward()
+        step.loss(model, x, y).backward()   # under DDP: step.loss(ddp, x, y, attack_model=ddp.module)
         optimizer.step()
 
 ``loss`` crafts the perturbation with the model in eval mode (its modes are restored) and
@@ -103,9 +103,16 @@ class AdversarialStep:
                 return self._pgd(model, x, y, gen)
             return self._trades_attack(model, x, gen)
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Scalar training loss with a graph to the parameters of ``model``."""
-        x_adv = self.perturb(model, x, y).detach()
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, attack_model: nn.Module | None = None
+    ) -> Tensor:
+        """Scalar training loss with a graph to the parameters of ``model``.
+
+        ``attack_model`` crafts the perturbation instead of ``model``; under
+        DistributedDataParallel pass ``ddp.module`` so the extra forward passes of the attack
+        do not go through DDP's gradient-synchronisation hooks.
+        """
+        x_adv = self.perturb(attack_model or model, x, y).detach()
         if self.method is Method.TRADES:
             logits = model(x)
             kl = F.kl_div(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -51,14 +52,20 @@ def naive_pgd(
     return x_adv.detach()
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, dict[str, float]]:
+    """Run the contenders in turn, round after round, so that load changes on a shared
+    machine hit all of them alike; report the median and the best round of each."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {n: {"median": statistics.median(t), "min": min(t)} for n, t in times.items()}
 
 
 def _speed_case(
@@ -66,26 +73,26 @@ def _speed_case(
 ) -> dict[str, Any]:
     model.eval()
     eps, alpha = 0.3, 0.01
-    ours = _time(lambda: PGD(model, eps, alpha, steps, restarts=1)(x, y), repeats)
-    row: dict[str, Any] = {
-        "case": name,
-        "batch": int(x.shape[0]),
-        "steps": steps,
-        "trainguard_s_per_batch": round(ours, 4),
+    fns: dict[str, Callable[[], Any]] = {
+        "trainguard": lambda: PGD(model, eps, alpha, steps, restarts=1)(x, y),
+        "naive_loop": lambda: naive_pgd(model, x, y, eps, alpha, steps),
     }
-    naive = _time(lambda: naive_pgd(model, x, y, eps, alpha, steps), repeats)
-    row["naive_loop_s_per_batch"] = round(naive, 4)
-    row["ratio_vs_naive_loop"] = round(ours / naive, 3)
+    row: dict[str, Any] = {"case": name, "batch": int(x.shape[0]), "steps": steps}
     try:
         import torchattacks
     except ImportError:
         row["torchattacks"] = "not installed: compared with the naive loop only"
     else:
         ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-        t = _time(lambda: ta(x, y), repeats)
+        fns["torchattacks"] = lambda: ta(x, y)
         row["torchattacks_version"] = torchattacks.__version__
-        row["torchattacks_s_per_batch"] = round(t, 4)
-        row["ratio_vs_torchattacks"] = round(ours / t, 3)
+    t = _time_interleaved(fns, repeats)
+    for n, v in t.items():
+        row[f"{n}_s_per_batch_median"] = round(v["median"], 4)
+    ours = t.pop("trainguard")
+    for n, v in t.items():
+        row[f"ratio_vs_{n}_median"] = round(ours["median"] / v["median"], 3)
+        row[f"ratio_vs_{n}_best"] = round(ours["min"] / v["min"], 3)
     return row
 
 
@@ -136,7 +143,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-strength", action="store_true", help="speed only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -162,14 +170,16 @@ def main() -> int:
             args.repeats,
         ),
     ]
-    result = {
+    result: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": args.threads,
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "speed": speed,
-        "strength": _strength(
-            epochs=5 if args.quick else 30, steps=steps, restarts=2 if args.quick else 10
-        ),
     }
+    if not args.no_strength:
+        result["strength"] = _strength(
+            epochs=5 if args.quick else 30, steps=steps, restarts=2 if args.quick else 10
+        )
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

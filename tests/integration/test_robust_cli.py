@@ -140,6 +140,52 @@ def test_malicious_weights_are_refused_before_loading(cli, tmp_path):
     assert not marker.exists()
 
 
+def test_eval_on_an_mnist_idx_folder(cli, tmp_path):
+    import gzip
+    import struct
+
+    import numpy as np
+    import torch
+    from trainguard.adversarial.models import mnist_cnn
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=(12,), dtype=np.uint8)
+    for name, arr in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+        (tmp_path / (name + ".gz")).write_bytes(gzip.compress(header + arr.tobytes()))
+    weights = tmp_path / "mnist.pt"
+    torch.manual_seed(0)
+    torch.save(mnist_cnn().state_dict(), weights)
+    r = cli(
+        "robust",
+        "eval",
+        "--model",
+        "trainguard.adversarial.models:mnist_cnn",
+        "--weights",
+        weights,
+        "--dataset",
+        f"mnist:{tmp_path}",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "2",
+        "--home",
+        tmp_path / "home",
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code in (0, 1), r.stderr
+    doc = r.json()
+    assert doc["samples"] == 12 and doc["dataset"] == "mnist-test"
+    assert [p["attack"] for p in doc["robust"]] == ["pgd"]
+    skipped = {c["name"]: c for c in doc["checks"]}["iterative-beats-single-step"]
+    assert skipped["passed"] is None and "not run" in skipped["detail"]
+
+
 def test_usage_errors_are_clear(cli, tmp_path):
     r = cli(
         "robust",

@@ -165,3 +165,15 @@ def test_cuda_device_follows_inputs():
     b = PGD(model, 0.1, steps=3, seed=1)(x.cuda(), y.cuda())
     assert a.is_cuda and torch.equal(a, b)
     assert (a.cpu() - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_early_stop_changes_work_not_robust_accuracy(digits_test, trained_mlp):
+    x, y = digits_test.x[:128], digits_test.y[:128]
+
+    def correct(early_stop):
+        x_adv = PGD(trained_mlp, 0.08, steps=10, restarts=2, early_stop=early_stop)(x, y)
+        assert (x_adv - x).abs().max() <= 0.08 + 1e-6
+        with torch.no_grad():
+            return trained_mlp(x_adv).argmax(1) == y
+
+    assert torch.equal(correct(True), correct(False))

@@ -102,3 +102,23 @@ def test_fgsm_rs_on_digits_meets_clean_and_robust_targets(digits_test):
     weak = evaluate_robustness(plain, digits_test.x, digits_test.y, cfg)
     assert weak.clean_accuracy >= 0.96
     assert weak.worst_case_at(0.3) <= 0.02
+
+
+def test_attack_model_crafts_while_model_trains(digits_test):
+    torch.manual_seed(0)
+    inner = digits_mlp()
+    calls = {"outer": 0}
+
+    class Wrapper(nn.Module):  # stands in for DistributedDataParallel
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls["outer"] += 1
+            return self.module(x)
+
+    wrapped = Wrapper(inner)
+    x, y = digits_test.x[:8], digits_test.y[:8]
+    AdversarialStep("pgd", eps=0.1, steps=3).loss(wrapped, x, y, attack_model=wrapped.module)
+    assert calls["outer"] == 1  # only the training forward went through the wrapper

@@ -94,6 +94,10 @@ class HookState:
         median = float(norms.quantile(0.5))
         ratio = (norms / median if median > 0 else torch.ones_like(norms)).tolist()
         cosine = (dot / torch.clamp(norms * agg, min=1e-30)).tolist()
+        if _uses_all_reduce(self):
+            # The mean can be dragged by the attacker, so a cosine to it says nothing about who
+            # is honest: report it as unknown and let the norm test alone flag ranks.
+            cosine = [float("nan")] * self.world_size
         return StepStats(norm_ratio=ratio, cosine=cosine, agg_norm=agg)
 
 
@@ -185,6 +189,8 @@ def robust_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Futu
     if state.cfg.method is Aggregation.CENTERED_CLIP:
         state._centers[key] = agg.clone()
     state._record_rows(rows, agg)
+    if agg.storage_offset() or not agg.is_contiguous():
+        agg = agg.clone()  # DDP reads the result from the start of its storage
     out: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     out.set_result(agg)
     return out

@@ -118,7 +118,7 @@ class TrainSection:
 class AggregationSection:
     method: Aggregation = Aggregation.MEAN
     trim: int = 1  # trimmed-mean: rows dropped at each end
-    clip_tau: float = 1.0  # centered-clip: clipping radius
+    clip_tau: float = 0.2  # centered-clip: clipping radius
     clip_iters: int = 1
     momentum: float = 0.9  # centered-clip: worker momentum (Karimireddy et al. 2021)
     krum_f: int = 1  # krum: assumed number of Byzantine ranks

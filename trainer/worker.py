@@ -260,7 +260,9 @@ class Recipe:
             return
         for r in self.monitor.observe(stats):
             self.flagged[r] = self.step
-            evidence = {"rank": r, "step": self.step, "cosine": round(stats.cosine[r], 4),
+            cos = stats.cosine[r]
+            evidence = {"rank": r, "step": self.step,
+                        "cosine": None if cos != cos else round(cos, 4),
                         "norm_ratio": round(stats.norm_ratio[r], 4),
                         "rule": getattr(self.monitor.rule, "name", "?"),
                         "excluded": self.cfg.aggregation.exclude_flagged}

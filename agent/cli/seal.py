@@ -60,6 +60,8 @@ def _endpoints(args: argparse.Namespace) -> tuple[Path | BinaryIO, Path | Binary
         )
     if isinstance(dst, Path) and dst.is_dir():
         raise UsageError(f"output {dst} is a directory", tip="pass a file path or - for stdout")
+    if isinstance(dst, Path) and not dst.absolute().parent.is_dir():
+        raise UsageError(f"output folder {dst.parent} does not exist", tip="create it first")
     return src, dst
 
 

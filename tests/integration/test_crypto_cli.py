@@ -87,6 +87,7 @@ def test_usage_errors_exit_2(cli, home: Path, tmp_path: Path) -> None:  # type: 
         cli("seal", tmp_path / "p", tmp_path / "o", "--segment-size", "0", "--home", home).code == 2
     )
     assert cli("key", "bogus", "--home", home).code == 2
+    assert cli("seal", tmp_path / "p", tmp_path / "no" / "o", "--home", home).code == 2
 
 
 def test_key_rotation_workflow(cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

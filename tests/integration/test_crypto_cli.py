@@ -157,3 +157,16 @@ def test_sign_verify_names_changed_files(cli, home: Path, tmp_path: Path) -> Non
     SigningKey.generate().save(other)
     r = cli("verify", model, "--key", str(other) + ".pub", "--home", home)
     assert r.code == 1 and "signature verification failed" in r.stderr
+
+
+def test_key_list_says_when_rotation_is_due(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    h = Home(tmp_path / "old-home")
+    h.create_dirs()
+    h.config_path.write_text("[crypto]\nkek_rotation_days = 30\n")
+    Keyring.create(h.keys_dir, clock=lambda: 1_000_000.0)  # a KEK from 1970
+    r = cli("key", "list", "--home", h.root, "--format", "json")
+    assert r.code == 0 and r.json()["rotation_due"] is True and r.json()["rotation_days"] == 30
+    r = cli("key", "list", "--home", h.root)
+    assert "rotation due" in r.stdout and "trainguard key rotate" in r.stdout
+    assert cli("key", "rotate", "--home", h.root).code == 0
+    assert cli("key", "list", "--home", h.root, "--format", "json").json()["rotation_due"] is False

@@ -34,13 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_sign(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.crypto.manifest import build_manifest, sign_path
+    from trainguard.crypto.manifest import load_signed, sign_path
     from trainguard.crypto.signing import SigningKey
 
     key = SigningKey.load(ctx.home.require().node_signing_key)
     workers = ctx.config.section("crypto").hash_workers
     out = sign_path(args.path, key, args.out, workers=workers)
-    m = build_manifest(args.path, workers=workers, exclude=(out,))
+    m = load_signed(out, key.public_key())  # counts for the summary, without re-hashing
     data = {
         "path": args.path,
         "manifest": out,

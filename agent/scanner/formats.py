@@ -14,6 +14,7 @@ import io
 import json
 import lzma
 import math
+import re
 import struct
 import zlib
 from typing import IO, Any
@@ -116,7 +117,7 @@ def _scan_pickles(stream: Any, location: str, out: list[Finding], *, strict: boo
         try:
             out.extend(walk_pickle(stream, f"{location}#pickle{count}").findings)
         except PickleParseError as exc:
-            out.extend(exc.findings)
+            out.extend(_plausible(exc.findings))
             break
     return fmt
 
@@ -249,7 +250,7 @@ def _decompressor(head: bytes) -> tuple[str, Any] | None:
         return "gzip", zlib.decompressobj(16 + zlib.MAX_WBITS)
     if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
         return "zlib", zlib.decompressobj()
-    if head[:3] == b"BZh":
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
         return "bz2", bz2.BZ2Decompressor()
     if head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"\x5d\x00\x00":
         return "xz", lzma.LZMADecompressor()
@@ -326,8 +327,27 @@ def _scan_member(stream: Any, member: zipscan.ZipMember, where: str, out: list[F
         if member.name.endswith(".pkl"):
             out.append(_err(FindingKind.PARSE_ERROR, "pickle member is not a pickle", where))
         return "data"
-    fmt = _scan_pickles(stream, where, out, strict=member.name.endswith(".pkl"))
+    strict = member.name.endswith(".pkl")
+    found: list[Finding] = []
+    fmt = _scan_pickles(stream, where, found, strict=strict)
+    if fmt is None and not strict:
+        # Tensor bytes often start like an opcode or two. A member that does not parse counts
+        # only if it opens with PROTO and names a real-looking module before failing.
+        found = _plausible(found) if _looks_like_proto(head) else []
+    out.extend(found)
     return "data" if fmt is None else "pickle"
+
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _plausible(findings: list[Finding]) -> list[Finding]:
+    """Findings of a partial walk over what may be random data: keep real-looking globals."""
+    return [
+        f
+        for f in findings
+        if f.kind is FindingKind.DISALLOWED_GLOBAL and _DOTTED.fullmatch(f.global_name or "")
+    ]
 
 
 # -- entry -----------------------------------------------------------------------------------
@@ -341,8 +361,21 @@ def _is_text(f: IO[bytes]) -> bool:
     try:
         sample.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return exc.start > len(sample) - 4  # a multibyte character cut at the sample's end
+        # a multibyte character cut at the end of a full sample
+        return len(sample) == 1 << 16 and exc.start > len(sample) - 4
     return True
+
+
+def _harmless_text(f: IO[bytes]) -> bool:
+    """Text that fails as a pickle on its content (not by running out of bytes, which is what a
+    truncated pickle does) and names no importable-looking global: a config file or a README."""
+    f.seek(0)
+    try:
+        walk_pickle(f)
+    except PickleParseError as exc:
+        truncated = f.read(1) == b""
+        return not truncated and not _plausible(exc.findings)
+    return False
 
 
 def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[Finding]]:
@@ -361,19 +394,26 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
     fmt = _scan_head(f, head, size, location, out)
     if zipscan.find_eocd(f, size) is not None:  # a pickle/zip polyglot: judge the zip side too
         f.seek(0)
-        _scan_zip(f, location, out, size)
+        side: list[Finding] = []
+        _scan_zip(f, location, side, size)
+        out.extend(x for x in side if not x.kind.is_error)
     return fmt, out
 
 
 def _scan_head(f: IO[bytes], head: bytes, size: int, location: str, out: list[Finding]) -> str:
     comp = _decompressor(head)
-    if comp is not None and head[:1] not in _VALID_FIRST:
+    data: bytes | None = None
+    if comp is not None:
         name, decomp = comp
         try:
             data = _inflate(f, decomp)
         except (ValueError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-            out.append(_err(FindingKind.PARSE_ERROR, f"{name} stream: {exc}", location))
-            return name
+            if head[:1] not in _VALID_FIRST:
+                out.append(_err(FindingKind.PARSE_ERROR, f"{name} stream: {exc}", location))
+                return name
+            data = None  # looked compressed but is not: judge it as a pickle below
+            f.seek(0)
+    if data is not None:
         inner_fmt, inner = scan_stream(io.BytesIO(data), len(data), f"{location}[{name}]")
         out.extend(inner)
         return f"{name}+{inner_fmt}"
@@ -389,8 +429,8 @@ def _scan_head(f: IO[bytes], head: bytes, size: int, location: str, out: list[Fi
     if head[:1] in _VALID_FIRST:
         found: list[Finding] = []
         fmt = _scan_pickles(f, location, found, strict=True)
-        if fmt is None and all(x.kind is FindingKind.PARSE_ERROR for x in found) and _is_text(f):
-            return "text"  # not a pickle, and nothing in it could have been imported
+        if fmt is None and _is_text(f) and _harmless_text(f):
+            return "text"
         out.extend(found)
         return fmt or "pickle"
     if _is_text(f):

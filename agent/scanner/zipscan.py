@@ -182,7 +182,8 @@ def _walk_local(
     while pos is not None and pos < size and len(members) < _MAX_MEMBERS:
         local = _local_header(f, pos)
         if local is None:
-            pos = _skip_records(f, pos, size)
+            nxt = _skip_records(f, pos, size)
+            pos = nxt if nxt is not None and nxt > pos else None
             continue
         data_offset, method, flags, csize, usize, name = local
         known = central.get(pos)

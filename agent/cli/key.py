@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rw.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     rw.set_defaults(func=run_rewrap)
     rt = s.add_parser("retire", help="stop decrypting under KEK versions below V and delete them")
-    rt.add_argument("--below", type=int, required=True, metavar="V")
+    rt.add_argument(
+        "--below", type=int, required=True, metavar="V", help="the oldest version that stays usable"
+    )
     rt.add_argument(
         "paths",
         nargs="*",

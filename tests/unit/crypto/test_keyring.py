@@ -144,3 +144,31 @@ def test_loose_key_file_mode_refused(tmp_path: Path) -> None:
     (tmp_path / "kek-v1.key").chmod(0o644)
     with pytest.raises(KeyringError, match="readable by others"):
         Keyring.open(tmp_path).derive_key("x")
+
+
+def test_known_answers(tmp_path: Path) -> None:
+    """Wrapped DEKs, small blobs and derived keys are byte-exact for fixed randomness."""
+    import json
+
+    vec = json.loads((Path(__file__).parent / "vectors" / "keyring_v1.json").read_text())
+    stream = bytes.fromhex(vec["random"])
+    pos = [0]
+
+    def rng(n: int) -> bytes:
+        out = stream[pos[0] : pos[0] + n]
+        pos[0] += n
+        return out
+
+    ring = Keyring.create(tmp_path, rng=rng, clock=lambda: 0)
+    assert ring.kek_id == stream[:8].hex()
+    assert ring.wrap_dek(bytes.fromhex(vec["dek"])).blob.hex() == vec["wrapped_dek"]
+    blob = ring.encrypt_small(
+        bytes.fromhex(vec["small_plaintext"]), bytes.fromhex(vec["small_aad"])
+    )
+    assert blob.hex() == vec["small_blob"]
+    assert blob[:4] == b"TGK1" and blob[4:12] == stream[:8] and blob[12:16] == b"\0\0\0\1"
+    assert ring.derive_key(vec["derive_purpose"]).hex() == vec["derived_key"]
+    fresh = Keyring.open(tmp_path)
+    assert fresh.decrypt_small(blob, bytes.fromhex(vec["small_aad"])) == bytes.fromhex(
+        vec["small_plaintext"]
+    )

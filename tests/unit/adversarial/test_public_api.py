@@ -1,0 +1,16 @@
+"""The public names of trainguard.adversarial are pinned: removing one breaks users."""
+
+import trainguard.adversarial as adv
+
+EXPECTED = {
+    "APGD", "FGSM", "PGD", "AdversarialError", "AdversarialStep", "Attack", "AttackKind",
+    "CheckResult", "Dataset", "DatasetError", "EpochReport", "EvalConfig", "Method",
+    "ModelSpecError", "Norm", "OverfitGuard", "RobustPoint", "RobustnessReport", "TrainResult",
+    "build_model", "eval_mode", "evaluate_robustness", "load_dataset", "load_digits",
+    "load_factory", "load_mnist", "read_idx", "render_svg", "train_adversarial",
+}
+
+
+def test_public_names_are_pinned_and_importable():
+    assert set(adv.__all__) == EXPECTED
+    assert all(getattr(adv, name) is not None for name in adv.__all__)

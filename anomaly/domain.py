@@ -72,7 +72,7 @@ class _Ew:
 
 
 class _GpuState:
-    __slots__ = ("util", "power", "churn", "dutil", "dpower", "prev", "prev_mem", "n",
+    __slots__ = ("util", "power", "churn", "dutil", "dpower", "prev", "prev_mem", "total", "n",
                  "flagged", "since_dip")
 
     def __init__(self, alpha: float) -> None:
@@ -81,6 +81,7 @@ class _GpuState:
         self.dutil, self.dpower = _Ew(alpha), _Ew(alpha)
         self.prev: tuple[float, float | None] | None = None
         self.prev_mem: int | None = None
+        self.total = 0
         self.n = 0
         self.since_dip = 0
         self.flagged = False
@@ -107,9 +108,12 @@ class GpuMisuseDetector:
         cv = st.dpower.mean / st.power.mean if st.power.mean > 0 else 1.0
         power_steady = math.exp(-cv / c.miner_power_cv) if st.dpower.n else 0.5
         mem_steady = math.exp(-st.churn.mean / c.miner_mem_churn)
+        # miners hold a small fixed working set; training fills the caching allocator
+        frac = st.prev_mem / st.total if st.prev_mem is not None and st.total else 0.0
+        small = math.exp(-max(0.0, frac - c.miner_mem_frac) / c.miner_mem_frac)
         # training pauses (input pipeline, eval, checkpoints); a miner never does
         no_pause = min(1.0, st.since_dip / c.miner_pause_window)
-        steady = (util_steady * power_steady * mem_steady * no_pause) ** 0.25
+        steady = (util_steady * power_steady * mem_steady * no_pause * small) ** 0.2
         return busy * steady
 
     def observe(self, gpu: GpuReading, registered_pids: Iterable[int] = ()) -> list[DomainFinding]:
@@ -128,7 +132,7 @@ class GpuMisuseDetector:
         st.prev = (gpu.util_pct, gpu.power_w)
         if st.prev_mem is not None and gpu.mem_total_bytes:
             st.churn.add(abs(gpu.mem_used_bytes - st.prev_mem) / gpu.mem_total_bytes)
-        st.prev_mem = gpu.mem_used_bytes
+        st.prev_mem, st.total = gpu.mem_used_bytes, gpu.mem_total_bytes
         out: list[DomainFinding] = []
         foreign = [(pid, name) for pid, name in gpu.processes if not self._allowed_name(name)]
         if foreign:

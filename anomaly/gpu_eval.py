@@ -5,7 +5,8 @@ samples of one GPU (util %, memory, power), 10 s apart.
 
 Normal training jobs (label 0):
   * ``dl-training``: util 70-97 % with noise, input-pipeline / eval dips every 8-40 samples,
-    power following util, memory that moves a little (allocator, eval phases).
+    power following util, memory that moves a little (allocator, eval phases). A quarter of
+    all training jobs are small models holding 3-16 GiB, as little as a miner.
   * ``dense-training``: hard negatives: util 93-99 % with small noise and dips only every
     40-100 samples, steady memory (large-batch compute-bound jobs look most like miners).
   * ``steady-training``: the hardest negatives: pauses only every 150-400 samples, util noise
@@ -54,7 +55,8 @@ def _training(rng: np.random.Generator, n: int, dense: bool, steady: bool = Fals
     for start in range(phase, n, period):
         width = int(rng.integers(1, 4))
         util[start:start + width] = rng.uniform(5, 45)
-    mem = np.full(n, rng.uniform(20, 75) * _GIB)
+    # a quarter of the jobs are small models that hold little memory, like a miner does
+    mem = np.full(n, (rng.uniform(3, 16) if rng.random() < 0.25 else rng.uniform(20, 75)) * _GIB)
     if not dense:
         steps = rng.random(n) < 0.08
         mem = mem + np.cumsum(steps * rng.normal(0, 2 * _GIB, n))

@@ -157,6 +157,28 @@ def _row(value: float, target: float, baseline: float | None = None) -> dict[str
     return out
 
 
+def _api_appends(home: Path, clients: int = 16, each: int = 250) -> float:
+    """Durable (acknowledged after fsync) appends per second through the running agent's unix
+    API from concurrent clients: the agent group-commits them."""
+    import threading
+
+    from trainguard.agent.client import AgentClient
+    from trainguard.core.home import Home
+
+    def run() -> None:
+        with AgentClient(Home(home)) as c:
+            for i in range(each):
+                c.append("bench.event", "bench", {**EVENT, "i": i})
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return clients * each / (time.perf_counter() - t)
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -212,6 +234,7 @@ def bench_daemon(tmp: Path, seconds: float) -> dict[str, object]:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
         cpu_pct = 100 * (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        api_rate = _api_appends(home)
         modules = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -231,6 +254,7 @@ def bench_daemon(tmp: Path, seconds: float) -> dict[str, object]:
             "target": 2.0,
             "ratio_vs_target": round(2.0 / max(cpu_pct, 1e-3), 1),
         },
+        "acknowledged_appends_per_s_via_api_16_clients": _row(api_rate, 2000, None),
         "torch_mapped_in_agent": "libtorch" in maps or "/torch/" in maps,
         "scoring_loaded": status.get("scoring"),
         "exit_code_after_sigterm": code,

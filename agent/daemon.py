@@ -70,6 +70,12 @@ class CycleReport:
 def preflight(home: Home) -> None:
     """Refuse a missing home or loose modes, naming each file and the mode to set."""
     home.require()
+    if not home.node_signing_key.exists():
+        raise AgentRefused(
+            f"refusing to start: no node signing key at {home.node_signing_key}; audit "
+            "checkpoints could not be signed",
+            tip="run `trainguard init` (or restore the key from backup)",
+        )
     problems = home.check_modes()
     if problems:
         raise AgentRefused(

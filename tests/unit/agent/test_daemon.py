@@ -250,3 +250,9 @@ def test_metrics_endpoint_serves_prometheus_text(short_home: Home) -> None:
         asyncio.run(scenario())
     finally:
         agent.close()
+
+
+def test_preflight_refuses_a_home_without_node_key(short_home: Home) -> None:
+    short_home.node_signing_key.unlink()
+    with pytest.raises(AgentRefused, match="no node signing key"):
+        preflight(short_home)

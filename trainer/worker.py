@@ -54,6 +54,9 @@ class WorkerEnv:
     job_id: str
     home: Home
     stop_file: Path
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    agent_store: bool = True
 
     @classmethod
     def from_environ(cls, run_dir: Path, environ: dict[str, str]) -> WorkerEnv:
@@ -69,6 +72,9 @@ class WorkerEnv:
             job_id=str(job["job_id"]),
             home=home,
             stop_file=home.state_dir / "stop-training.json",
+            master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(environ.get("MASTER_PORT", "29500")),
+            agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE", "False") == "True",
         )
 
 
@@ -105,7 +111,7 @@ class Recipe:
         backend = cfg.train.backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=120))
+        self._init_process_group(backend)
         self._prove_membership()
         torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
         self.model = resolve(cfg.model.factory)(**cfg.model.params)
@@ -123,6 +129,17 @@ class Recipe:
         self.monitor = RankMonitor(self.env.world_size, cfg.aggregation.flag_after)
         shard = torch.arange(len(self.data.y_train))[self.env.rank :: self.env.world_size]
         self.shard = shard
+
+    def _init_process_group(self, backend: str) -> None:
+        """init_process_group on torchrun's store under a per-attempt prefix: after a restart
+        the killed attempt's gloo addresses are still in the store and must not be reused."""
+        env = self.env
+        timeout = datetime.timedelta(seconds=120)
+        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
+                              is_master=not env.agent_store and env.rank == 0, timeout=timeout)
+        prefixed = dist.PrefixStore(f"trainguard/attempt-{env.restart_count}", store)
+        dist.init_process_group(backend=backend, store=prefixed, rank=env.rank,
+                                world_size=env.world_size, timeout=timeout)
 
     def _prove_membership(self) -> None:
         try:

@@ -1,0 +1,47 @@
+"""Checkpoints under real torchrun: a killed worker resumes from the last checkpoint, and a
+tampered newest checkpoint is refused in favour of the previous good one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from trainer_support import make_home, run_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_killed_worker_is_restarted_and_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    result, sink = run_job(home, [
+        "train.steps=160", "checkpoint.every=50", f'checkpoint.dir="{tmp_path / "ck"}"',
+        "simulate.kill_rank=1", "simulate.kill_at_step=120",
+    ], nproc=2)
+    assert result["status"] == "completed"
+    assert result["attempts"] == 2  # torchrun restarted the workers once
+    assert result["resumed_from_step"] == 100
+    assert result["steps"] == 160
+    assert result["final_accuracy"] >= 0.85
+    assert [c["step"] for c in result["checkpoints"]] == [50, 100, 150, 160]
+    kinds = [k for k, _, _ in sink.events]
+    assert "train.resume" in kinds and "train.checkpoint" in kinds
+
+
+def test_flipped_byte_in_newest_checkpoint_is_refused(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    ck = tmp_path / "ck"
+    first, _ = run_job(home, ["train.steps=100", "checkpoint.every=50", f'checkpoint.dir="{ck}"'],
+                       nproc=2)
+    newest = Path(first["checkpoints"][-1]["path"])
+    assert newest.name == "step-00000100.ckpt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    newest.write_bytes(bytes(data))
+
+    second, _ = run_job(home, ["train.steps=120", "checkpoint.every=50", f'checkpoint.dir="{ck}"'],
+                        nproc=2, resume=True)
+    assert second["status"] == "completed"
+    assert second["resumed_from_step"] == 50
+    tampered = [i for i in second["incidents"] if i["kind"] == "checkpoint-tampered"]
+    assert len(tampered) == 1 and tampered[0]["evidence"]["checkpoint"] == str(newest)
+    assert ("checkpoint-tampered", "high") in second["reported"]

@@ -74,20 +74,34 @@ def check_dependencies(home: Home, config: Config, audit: AuditSink, *, skip: bo
                                                             "why": "--skip-deps-verify"})
         log.warning("dependency verification SKIPPED on request; recorded in the audit log")
         return PreflightStep("deps-verify", StepStatus.SKIPPED, "skipped by --skip-deps-verify")
-    try:
-        from trainguard.agent import deps
-    except ImportError as exc:
+    from trainguard.agent import deps
+    from trainguard.crypto.signing import VerifyKey
+
+    lock_path = deps.default_lock_path(home.state_dir)
+    if not lock_path.exists():
         raise PreflightError(
-            "dependency verification is not built into this install",
-            tip="install the supply-chain area, or pass --skip-deps-verify (audited)",
-        ) from exc
-    report = deps.verify_environment(home, config)
-    if not report.clean:
+            f"no dependency lock at {lock_path}",
+            tip="run `trainguard deps lock` once the environment is reviewed",
+        )
+    lock = deps.read_lock(lock_path, VerifyKey.load(home.node_verify_key))
+    cache = _hash_cache(home)
+    result = deps.verify_lock(lock, cache=cache)
+    cache.save()
+    if result.drift:
+        drifted = result.drifted_files()
         raise PreflightError(
-            f"dependency verification failed: {report.summary()}",
+            f"dependency verification failed: {len(drifted)} file(s) drifted, e.g. {drifted[:3]}",
             tip="run `trainguard deps verify` for the list; relock only after review",
         )
-    return PreflightStep("deps-verify", StepStatus.PASSED, report.summary())
+    return PreflightStep("deps-verify", StepStatus.PASSED,
+                         f"{result.files_checked} files match the signed lock",
+                         {"lock": str(lock_path), "files_hashed": result.files_hashed})
+
+
+def _hash_cache(home: Home) -> Any:
+    from trainguard.agent.deps_cache import HashCache
+
+    return HashCache(home.state_dir / "deps.cache.json")
 
 
 def check_sink(home: Home) -> PreflightStep:

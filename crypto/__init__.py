@@ -24,6 +24,17 @@ from trainguard.crypto.manifest import (
     sign_path,
     verify_path,
 )
+from trainguard.crypto.pki import (
+    ClusterCA,
+    Identity,
+    IdentityKind,
+    IssuedCert,
+    PkiError,
+    client_context,
+    needs_renewal,
+    peer_identity,
+    server_context,
+)
 from trainguard.crypto.sealed import (
     SealedReader,
     SealedWriter,
@@ -63,6 +74,13 @@ __all__ = [
     "sign_path",
     "unseal_file",
     "verify_path",
-    # --- pki (lead): add ClusterCA, server_context, client_context, peer_identity, Identity
-    # here, with their import above.
+    "ClusterCA",
+    "Identity",
+    "IdentityKind",
+    "IssuedCert",
+    "PkiError",
+    "client_context",
+    "needs_renewal",
+    "peer_identity",
+    "server_context",
 ]

@@ -59,8 +59,13 @@ def bench_scalar(n: int) -> dict[str, float]:
     det, base = StreamDetector(StreamConfig()), _ZScore()
     ours = _per_sample_us(det.update, ts, xs)
     baseline = _per_sample_us(base.update, ts, xs)
-    return {"samples": n, "us_per_sample": round(ours, 3), "zscore_us_per_sample": round(baseline, 3),
-            "ratio_vs_zscore": round(ours / baseline, 2), "ratio_vs_target": round(ours / TARGET_US, 3)}
+    return {
+        "samples": n,
+        "us_per_sample": round(ours, 3),
+        "zscore_us_per_sample": round(baseline, 3),
+        "ratio_vs_zscore": round(ours / baseline, 2),
+        "ratio_vs_target": round(ours / TARGET_US, 3),
+    }
 
 
 def bench_bank(m: int, steps: int) -> dict[str, float]:
@@ -80,9 +85,14 @@ def bench_bank(m: int, steps: int) -> dict[str, float]:
         mean += 0.01 * d
         var = 0.99 * (var + 0.01 * d * d)
     baseline = (time.perf_counter() - start) / (steps * m) * 1e6
-    return {"streams": m, "steps": steps, "us_per_sample_per_stream": round(ours, 4),
-            "zscore_us_per_sample_per_stream": round(baseline, 4),
-            "ratio_vs_zscore": round(ours / baseline, 2), "ratio_vs_target": round(ours / TARGET_US, 4)}
+    return {
+        "streams": m,
+        "steps": steps,
+        "us_per_sample_per_stream": round(ours, 4),
+        "zscore_us_per_sample_per_stream": round(baseline, 4),
+        "ratio_vs_zscore": round(ours / baseline, 2),
+        "ratio_vs_target": round(ours / TARGET_US, 4),
+    }
 
 
 def bench_fit(rows: int, cols: int) -> dict[str, float]:
@@ -104,11 +114,15 @@ def bench_fit(rows: int, cols: int) -> dict[str, float]:
     start = time.perf_counter()
     fit_detector(x[:, :10], [f"c{i}" for i in range(10)], window=12)  # 40 features + calibration
     full_s = time.perf_counter() - start
-    return {"rows": rows, "cols": cols, "fit_s": round(fit_s, 3),
-            "ratio_vs_target": round(fit_s / FIT_TARGET_S, 3),
-            "ratio_vs_mean_std_baseline": round(fit_s / base_s, 1),
-            "fit_detector_40_features_with_calibration_s": round(full_s, 3),
-            "window_features_s": round(_time(lambda: window_features(x[:, :10], 12)), 3)}
+    return {
+        "rows": rows,
+        "cols": cols,
+        "fit_s": round(fit_s, 3),
+        "ratio_vs_target": round(fit_s / FIT_TARGET_S, 3),
+        "ratio_vs_mean_std_baseline": round(fit_s / base_s, 1),
+        "fit_detector_40_features_with_calibration_s": round(full_s, 3),
+        "window_features_s": round(_time(lambda: window_features(x[:, :10], 12)), 3),
+    }
 
 
 def _time(fn) -> float:
@@ -142,13 +156,17 @@ print(rss())
 def bench_rss() -> dict[str, float]:
     out = {}
     for mode in ("without", "with"):
-        res = subprocess.run([sys.executable, "-c", _RSS_CHILD, mode], capture_output=True,
-                             text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, mode], capture_output=True, text=True, check=True
+        )
         out[mode] = float(res.stdout.strip())
     added = out["with"] - out["without"]
-    return {"rss_without_scorer_mb": round(out["without"], 1),
-            "rss_with_scorer_mb": round(out["with"], 1), "added_mb": round(added, 1),
-            "ratio_vs_target": round(added / RSS_TARGET_MB, 3)}
+    return {
+        "rss_without_scorer_mb": round(out["without"], 1),
+        "rss_with_scorer_mb": round(out["with"], 1),
+        "added_mb": round(added, 1),
+        "ratio_vs_target": round(added / RSS_TARGET_MB, 3),
+    }
 
 
 def main() -> None:

@@ -62,7 +62,10 @@ class Demo(DemoRunner):
     def login(self) -> tuple[str, dict[str, Any]]:
         import pyotp
 
-        code = pyotp.parse_uri(self.otpauth_uri).now()
+        otp = pyotp.parse_uri(self.otpauth_uri)
+        if not isinstance(otp, pyotp.TOTP):
+            raise DemoError("the admin's enrolment is not a TOTP URI")
+        code = otp.now()
         data = self.cli("login", "--user", "admin", "--otp", code).json()
         return f"admin logged in with TOTP code {code[:2]}**** (step-up MFA fresh for 5 minutes)", {"login": data}
 

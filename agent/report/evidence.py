@@ -118,7 +118,7 @@ def incidents_from(entries: Sequence[Entry]) -> list[dict[str, Any]]:
         d = _data(e)
         out.append({
             "id": d.get("id"), "kind": d.get("kind"), "severity": d.get("severity"),
-            "node": d.get("node", e.get("node")), "time": iso(float(d.get("time", e["time"]))),
+            "node": d.get("node", e.get("node")), "time": iso(float(d.get("time") or e["time"])),
             "evidence": d.get("evidence", {}), "hooks": handled.get(str(d.get("id")), []),
         })
     return out

@@ -25,6 +25,7 @@ from trainguard.policy.actions import ACTIONS, GLOBAL_DOMAIN
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.decision import Decision, Principal, authorize
 from trainguard.policy.errors import (
+    AuthenticationFailed,
     Denied,
     PolicyFormatError,
     SessionInvalid,
@@ -169,10 +170,9 @@ class AccessControl:
             uid = self.users.uid(name)
         except UnknownName:
             self.audit.record("login-failed", name, {"reason": "unknown user"})
-            raise Denied(
-                "login failed",
-                reason="unknown user",
-                tip="check the user name and the code, then try again",
+            # The same words as a wrong code, so a caller cannot tell which users exist.
+            raise AuthenticationFailed(
+                "second-factor verification failed", reason="unknown user"
             ) from None
         try:
             at = self.mfa.verify(name, code, purpose="login")

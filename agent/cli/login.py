@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from trainguard.agent.cli.context import Context
+from trainguard.core.errors import UsageError
 
 
 def register(sub: Any) -> None:
@@ -21,7 +22,7 @@ def _login(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.policy.access import AccessControl
 
     ac = AccessControl.open(ctx.home, ctx.config, ctx.audit, environ=ctx.environ)
-    code = args.otp or getpass.getpass(f"TOTP code for {args.user}: ")
+    code = args.otp if args.otp is not None else _prompt(args.user)
     session = ac.login(args.user, code)
     data = {
         "user": session.user,
@@ -33,3 +34,13 @@ def _login(args: argparse.Namespace, ctx: Context) -> int:
     }
     ctx.emit(data, lambda d: f"logged in as {d['user']} on {d['node']} until {d['expires_at']}")
     return 0
+
+
+def _prompt(user: str) -> str:
+    """Ask for the code; no terminal and nothing on stdin is a usage error, not a crash."""
+    try:
+        return getpass.getpass(f"TOTP code for {user}: ")
+    except EOFError:
+        raise UsageError(
+            "no code given", tip="pass --otp CODE, or run the command in a terminal"
+        ) from None

@@ -17,6 +17,7 @@ with O_NOFOLLOW so a planted symlink cannot redirect a read or a write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -30,6 +31,10 @@ ENV_HOME = "TRAINGUARD_HOME"
 SYSTEM_HOME = Path("/var/lib/trainguard")
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+RESTORE_KEY_TIP = (
+    "restore the key file from a backup of this home; without it, data sealed or signed "
+    "under it cannot be used (`trainguard init` only creates new homes)"
+)
 
 
 class HomeError(UsageError):
@@ -196,9 +201,17 @@ def read_private(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise HomeError(f"missing key file {path}", tip="run `trainguard init`") from exc
+        # `trainguard init` would refuse an existing home (and --force starts a new one whose
+        # keys cannot open what the old ones sealed), so the fix is the backup.
+        raise HomeError(f"missing key file {path}", tip=RESTORE_KEY_TIP) from exc
     except OSError as exc:
-        raise HomeError(f"cannot open key file {path} safely: {exc.strerror}") from exc
+        tip = (
+            "replace the symlink with the key file itself (mode 600): key files are never "
+            "followed through links"
+            if exc.errno == errno.ELOOP
+            else RESTORE_KEY_TIP
+        )
+        raise HomeError(f"cannot open key file {path} safely: {exc.strerror}", tip=tip) from exc
     with os.fdopen(fd, "rb") as f:
         mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
         if mode & 0o077:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from trainguard.core.errors import TrainguardError
-from trainguard.core.home import read_private, write_private
+from trainguard.core.home import RESTORE_KEY_TIP, read_private, write_private
 from trainguard.crypto.errors import DecryptionError, KeyringError, RetiredKeyError
 
 __all__ = ["KEK_BYTES", "KekInfo", "Keyring", "WrappedDek"]
@@ -155,9 +155,11 @@ class Keyring:
                 tip=exc.tip or "run `trainguard init` to create a home with a keyring",
             ) from exc
         except (ValueError, UnicodeDecodeError) as exc:
-            raise KeyringError(f"{path} is not a keyring file") from exc
+            raise KeyringError(f"{path} is not a keyring file", tip=RESTORE_KEY_TIP) from exc
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT or not meta.get("versions"):
-            raise KeyringError(f"{path} is not a keyring file of format {_FORMAT}")
+            raise KeyringError(
+                f"{path} is not a keyring file of format {_FORMAT}", tip=RESTORE_KEY_TIP
+            )
         return cls(keys_dir, meta, clock=clock, rng=rng, credentials_dir=credentials_dir)
 
     # -- metadata -------------------------------------------------------------------------
@@ -309,7 +311,7 @@ class Keyring:
                 tip=exc.tip or "restore the key file from a backup",
             ) from exc
         if len(key) != KEK_BYTES:
-            raise KeyringError(f"{path} is not a {KEK_BYTES}-byte KEK")
+            raise KeyringError(f"{path} is not a {KEK_BYTES}-byte KEK", tip=RESTORE_KEY_TIP)
         self._keys[version] = key
         return key
 

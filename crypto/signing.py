@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from trainguard.core.home import read_private, write_private
+from trainguard.core.home import RESTORE_KEY_TIP, read_private, write_private
 from trainguard.crypto.errors import BadSignature, KeyFileError
 
 __all__ = ["SigningKey", "VerifyKey", "canonical_json"]
@@ -104,7 +104,7 @@ class SigningKey:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{path} is not a PEM private key") from exc
+            raise KeyFileError(f"{path} is not a PEM private key", tip=RESTORE_KEY_TIP) from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{path} is not an Ed25519 private key")
         return cls(key)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.agent.cli.context import Context
+from trainguard.core.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,11 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.set_defaults(func=run_verify)
 
 
+def _check_sign_args(path: Path, out: Path | None) -> None:
+    """Refuse what would otherwise fail only after hashing everything (or crash on rename)."""
+    if not path.exists():
+        raise UsageError(f"{path} does not exist", tip="pass the file or folder to sign")
+    if out is None:
+        return
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory", tip="pass a file path for the manifest")
+    if not out.absolute().parent.is_dir():
+        raise UsageError(f"folder {out.parent} for --out does not exist", tip="create it first")
+
+
 def run_sign(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.crypto.manifest import load_signed, sign_path
     from trainguard.crypto.signing import SigningKey
 
     key = SigningKey.load(ctx.home.require().node_signing_key)
+    _check_sign_args(args.path, args.out)
     workers = ctx.config.section("crypto").hash_workers
     out = sign_path(args.path, key, args.out, workers=workers)
     m = load_signed(out, key.public_key())  # counts for the summary, without re-hashing

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ]
         ctx.emit({"checks": rows}, _list_text)
         return 0
+    # Without a home every home-based check would "fail" and exit 1 like real findings; a
+    # mistyped --home is a usage error.
+    ctx.home.require()
     check_ctx = CheckContext(home=ctx.home, config=ctx.config, environ=dict(ctx.environ))
     results = run_checks(ctx.home, ctx.config, args.ids, context=check_ctx)
     counts = Counter(r.status.value for r in results)

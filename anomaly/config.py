@@ -25,7 +25,7 @@ class StreamConfig:
     daily_buckets: int = 48  # time-of-day profile (30 min buckets)
     weekly_buckets: int = 168  # day-of-week x hour profile on top of the daily one
     season_gain: float = 0.7  # seasonal model used once its error is < gain * flat error
-    clip: float = 4.0  # residuals clipped at clip * spread before they update the baseline
+    clip: float = 3.0  # residuals clipped at clip * spread before they update the baseline
     drift_alpha: float = 0.05  # EW weight of the short-term mean of z (slow changes)
     drift_weight: float = 1.0  # weight of the drift channel in the score (0: off)
     shift_z: float = 3.0  # |z| above this, on one side ...

@@ -140,6 +140,37 @@ def _inventory(paths: Sequence[str] | None) -> dict[str, _Dist]:
     return dists
 
 
+@dataclass(frozen=True)
+class _Installed:
+    name: str
+    version: str
+    dist: metadata.Distribution
+
+
+def _headers(dist: metadata.Distribution) -> tuple[str, str]:
+    """Name and Version from the metadata headers, without the email parser (verify is hot)."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = ""
+    for line in text.splitlines():
+        if not line:
+            break
+        if line.startswith("Name:") and not name:
+            name = line[5:].strip()
+        elif line.startswith("Version:") and not version:
+            version = line[8:].strip()
+    return name, version
+
+
+def _installed(paths: Sequence[str]) -> dict[str, _Installed]:
+    found: dict[str, _Installed] = {}
+    for dist in metadata.distributions(path=list(paths)):
+        name, version = _headers(dist)
+        key = _normalize(name)
+        if key and key not in found:
+            found[key] = _Installed(name, version, dist)
+    return found
+
+
 def _dist_files(dist: metadata.Distribution) -> dict[str, str | None]:
     """path -> RECORD sha256; RECORD parsed directly (importlib's PackagePath objects cost
     more than hashing a cached environment)."""
@@ -375,19 +406,35 @@ class VerifyResult:
         }
 
 
+def _stat_chunk(paths: Sequence[str]) -> list[StatKey | None]:
+    out: list[StatKey | None] = []
+    for p in paths:
+        try:
+            out.append(_stat_key(os.stat(p)))
+        except OSError:
+            out.append(None)
+    return out
+
+
+def _stat_all(paths: Sequence[str], workers: int = 4) -> list[StatKey | None]:
+    """stat() every path on a few threads (the syscall releases the GIL)."""
+    size = max(1, -(-len(paths) // workers))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [k for part in pool.map(_stat_chunk, chunks) for k in part]
+
+
 def _current_hashes(paths: list[str], cache: HashCache | None) -> tuple[dict[str, str | None], int]:
     """sha256 of each path (None if missing), from the cache where the stat key still matches."""
     result: dict[str, str | None] = {}
     todo: list[str] = []
     keys: dict[str, StatKey] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError:
+    for p, key in zip(paths, _stat_all(paths), strict=True):
+        if key is None:
             result[p] = None
             continue
-        keys[p] = _stat_key(st)
-        cached = cache.get(p, keys[p]) if cache is not None else None
+        keys[p] = key
+        cached = cache.get(p, key) if cache is not None else None
         if cached is None:
             todo.append(p)
         else:
@@ -425,15 +472,17 @@ def verify_lock(
     """Compare the environment with `lock`; `cache=None` re-hashes every file."""
     search = list(paths) if paths is not None else list(lock.get("paths") or sys.path)
     locked: dict[str, Any] = lock["distributions"]
-    current = _inventory(search)
+    current = _installed(search)
     startup_now = _startup_files(search)
     wanted = sorted(
         {p for d in locked.values() for p in d["files"]} | set(startup_now) | set(lock["startup"])
     )
     hashes, hashed = _current_hashes(wanted, cache)
-    owned = {p for d in current.values() for p in d.files} | {
-        p for d in locked.values() for p in d["files"]
-    }
+    # RECORD files are themselves locked, so the locked lists stand for unchanged distributions;
+    # only a new distribution's RECORD needs reading.
+    owned = {p for d in locked.values() for p in d["files"]}
+    for key in set(current) - set(locked):
+        owned.update(_dist_files(current[key].dist))
     locked_dirs = {x for d in locked.values() for x in d["dirs"]}
     drifts = []
     for key, entry in sorted(locked.items()):

@@ -126,9 +126,9 @@ def _record_hash(value: str | None) -> str | None:
         return None
 
 
-def _inventory(paths: Sequence[str] | None) -> dict[str, _Dist]:
+def _inventory(paths: Sequence[str]) -> dict[str, _Dist]:
     dists: dict[str, _Dist] = {}
-    for dist in metadata.distributions(path=list(paths) if paths is not None else None):
+    for dist in metadata.distributions(path=list(paths)):
         name = dist.metadata["Name"] or ""
         key = _normalize(name)
         if not key or key in dists:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from trainguard.core.errors import UsageError
-from trainguard.core.home import read_private, write_private
+from trainguard.core.home import RESTORE_KEY_TIP, read_private, write_private
 from trainguard.crypto.errors import CryptoError
 
 __all__ = [
@@ -202,9 +202,21 @@ class ClusterCA:
             raise PkiError(
                 f"no cluster CA in {pki_dir}", tip="run `trainguard init` first"
             ) from exc
-        key = serialization.load_pem_private_key(read_private(pki_dir / "ca.key"), password=None)
+        except ValueError as exc:  # garbled PEM: refuse with a tip instead of crashing (exit 3)
+            raise PkiError(
+                f"{pki_dir / 'ca.crt'} is not a PEM certificate",
+                tip="restore pki/ca.crt from a backup of this home",
+            ) from exc
+        try:
+            key = serialization.load_pem_private_key(
+                read_private(pki_dir / "ca.key"), password=None
+            )
+        except ValueError as exc:
+            raise PkiError(
+                f"{pki_dir / 'ca.key'} is not a PEM private key", tip=RESTORE_KEY_TIP
+            ) from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise PkiError(f"{pki_dir / 'ca.key'} is not an EC private key")
+            raise PkiError(f"{pki_dir / 'ca.key'} is not an EC private key", tip=RESTORE_KEY_TIP)
         return cls(pki_dir, cert, key, clock=clock)
 
     # -- index: every certificate ever issued, newest last ----------------------------------
@@ -219,7 +231,10 @@ class ClusterCA:
         except FileNotFoundError:
             return []
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise PkiError(f"{self._index_path()} is corrupt: {exc}") from exc
+            raise PkiError(
+                f"{self._index_path()} is corrupt: {exc}",
+                tip="restore pki/index.json from a backup of this home",
+            ) from exc
 
     def _write_index(self, index: list[IssuedCert]) -> None:
         body = {"version": 1, "certificates": [asdict(c) for c in index]}

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainguard.core.errors import PolicyError
 from trainguard.policy.errors import UnknownName
 from trainguard.policy.rules import PolicyRules, check_name
 
@@ -95,9 +96,16 @@ class UserStore:
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 os.close(fd)
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+            except sqlite3.DatabaseError as exc:  # a garbled file: exit 2 with a tip, not 3
+                db.close()
+                raise PolicyError(
+                    f"{self.path} is not a usable user database ({exc})",
+                    tip="restore state/users.db from a backup of this home",
+                ) from exc
             self._db = db
         return self._db
 

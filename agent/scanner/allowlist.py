@@ -267,6 +267,10 @@ def classify(module: str, name: str) -> Allowance:
             return Allowance.CALL
         if name[:1].islower() or name.startswith("_"):
             return Allowance.REFERENCE
+    # Full-model pickles keep activation functions as attributes (TransformerEncoderLayer).
+    if module in ("torch.nn.functional", "torch._C._nn") and name.isidentifier():
+        if name[:1].islower() and not _gadget_name(name):
+            return Allowance.REFERENCE
     # Full-model pickles (torch.save(model)) hold the built-in layer classes.
     if module.startswith("torch.nn.modules.") and "." not in name and _is_class_name(name):
         return Allowance.CALL

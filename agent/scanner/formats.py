@@ -16,6 +16,7 @@ import lzma
 import math
 import re
 import struct
+import tarfile
 import zlib
 from typing import IO, Any
 
@@ -318,11 +319,22 @@ def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str
     return "npz" if kinds == {"npy"} else "zip"
 
 
+_MAX_NESTING = 4
+
+
+def _depth(location: str) -> int:
+    return location.count(":") + location.count("[")
+
+
 def _scan_member(stream: Any, member: zipscan.ZipMember, where: str, out: list[Finding]) -> str:
     head = stream.read(8)
     stream.seek(0)
     if head.startswith(_NPY_MAGIC):
         return _scan_npy(stream, where, out, member.uncompressed_size)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) and _depth(where) < _MAX_NESTING:
+        fmt, inner = scan_stream(stream, member.uncompressed_size or member.compressed_size, where)
+        out.extend(inner)
+        return "pickle" if fmt == "torch-zip" else fmt
     if head[:1] not in _VALID_FIRST:
         if member.name.endswith(".pkl"):
             out.append(_err(FindingKind.PARSE_ERROR, "pickle member is not a pickle", where))
@@ -348,6 +360,37 @@ def _plausible(findings: list[Finding]) -> list[Finding]:
         for f in findings
         if f.kind is FindingKind.DISALLOWED_GLOBAL and _DOTTED.fullmatch(f.global_name or "")
     ]
+
+
+# -- tar -------------------------------------------------------------------------------------
+
+
+def _is_tar(f: IO[bytes]) -> bool:
+    f.seek(257)
+    magic = f.read(5)
+    f.seek(0)
+    return magic == b"ustar"
+
+
+def _scan_tar(f: IO[bytes], location: str, out: list[Finding]) -> str:
+    """Every regular member judged by content (read through tarfile, never extracted)."""
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tar:  # type: ignore[arg-type]
+            for member in tar:
+                if not member.isfile():
+                    continue
+                where = f"{location}:{member.name}" if location else member.name
+                data = tar.extractfile(member)
+                if data is None or _depth(where) > _MAX_NESTING:
+                    continue
+                fmt, inner = scan_stream(data, member.size, where)  # type: ignore[arg-type]
+                if fmt not in ("text", "unknown"):
+                    out.extend(inner)
+                elif fmt == "unknown" and member.name.endswith((".pkl", ".pt", ".pth", ".bin")):
+                    out.extend(inner)
+    except (tarfile.TarError, EOFError) as exc:
+        out.append(_err(FindingKind.PARSE_ERROR, f"tar archive unreadable: {exc}", location))
+    return "tar"
 
 
 # -- entry -----------------------------------------------------------------------------------
@@ -391,6 +434,18 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
         return _scan_npy(f, location, out, size), out
     if _is_safetensors(head, size):
         return _scan_safetensors(f, location, out, size), out
+    if head.startswith(b"TGSEAL"):
+        out.append(
+            _err(
+                FindingKind.UNSUPPORTED,
+                "sealed stream: unseal it to scan it (the "
+                "trainer scans checkpoints after decryption, before loading)",
+                location,
+            )
+        )
+        return "sealed", out
+    if size > 262 and _is_tar(f):
+        return _scan_tar(f, location, out), out
     fmt = _scan_head(f, head, size, location, out)
     if zipscan.find_eocd(f, size) is not None:  # a pickle/zip polyglot: judge the zip side too
         f.seek(0)

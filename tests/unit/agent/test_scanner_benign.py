@@ -151,3 +151,11 @@ def test_every_sklearn_estimator_pickle_is_safe() -> None:
             if verdict.verdict is not Verdict.SAFE:
                 flagged.append((name, [str(f) for f in verdict.findings][:2]))
     assert flagged == []
+
+
+def test_full_module_pickles_with_function_attributes() -> None:
+    for module in (torch.nn.TransformerEncoderLayer(8, 2, 16), torch.nn.LSTM(4, 4)):
+        buf = io.BytesIO()
+        torch.save(module, buf)
+        verdict = scan_bytes(buf.getvalue())
+        assert verdict.verdict is Verdict.SAFE, verdict

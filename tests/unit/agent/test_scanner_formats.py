@@ -130,3 +130,9 @@ def test_malicious_payload_is_never_safe_whatever_its_truncation(
     payload = corpus.PAYLOADS[name]
     cut = data.draw(st.integers(1, len(payload)))
     assert scan_bytes(payload[:cut]).verdict is not Verdict.SAFE
+
+
+def test_sealed_stream_cannot_be_judged_without_unsealing() -> None:
+    verdict = scan_bytes(b"TGSEAL\x01" + b"\x00" * 200)
+    assert (verdict.format, verdict.verdict) == ("sealed", Verdict.ERROR)
+    assert "unseal" in verdict.findings[0].message

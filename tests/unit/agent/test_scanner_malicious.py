@@ -166,3 +166,26 @@ def test_folder_scan_finds_the_one_bad_file(tmp_path: Path) -> None:
     report = scan_path(tmp_path)
     verdicts = {Path(f.path).name: f.verdict for f in report.files}
     assert verdicts == {"a.pkl": Verdict.SAFE, "weights.safetensors": Verdict.UNSAFE}
+
+
+def test_zip_nested_in_a_zip_member_is_scanned() -> None:
+    inner = corpus.zip_archive([("archive/data.pkl", corpus.obj_p1())])
+    outer = corpus.zip_archive([("bundle/model.pt", inner), ("README", b"hello\n")], deflate=True)
+    verdict = scan_bytes(outer)
+    assert verdict.verdict is Verdict.UNSAFE
+    assert "bundle/model.pt" in verdict.findings[0].location
+
+
+def test_tar_gz_release_with_a_malicious_member(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in [("model/config.json", b"{}"), ("model/weights.pt", corpus.inst_p0())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    verdict = scan_bytes(buf.getvalue())
+    assert verdict.verdict is Verdict.UNSAFE
+    assert verdict.format == "gzip+tar"

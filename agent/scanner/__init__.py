@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def scan_file(path: Path) -> FileVerdict:
             return FileVerdict.from_findings(str(path), "special", [finding])
         try:
             fmt, findings = scan_stream(f, info.st_size)
-        except (OSError, ValueError, EOFError, IndexError, KeyError) as exc:
+        except (OSError, ValueError, EOFError, IndexError, KeyError, struct.error) as exc:
             # struct/short-read failures on truncated headers: never "safe"
             log.debug("scan of %s failed", path, exc_info=True)
             fmt, findings = (
@@ -89,7 +90,6 @@ def scan_file(path: Path) -> FileVerdict:
 def scan_bytes(data: bytes, name: str = "<bytes>") -> FileVerdict:
     """Scan an in-memory blob (for tests and streamed uploads)."""
     import io
-    import struct
 
     try:
         fmt, findings = scan_stream(io.BytesIO(data), len(data))

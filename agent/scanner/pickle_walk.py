@@ -242,10 +242,21 @@ def _h_obj(w: _Walker, arg: Any) -> None:
     w.stack.append(_Obj(items[0], tuple(items[1:])))
 
 
+# Allowed functions that call one of their arguments while loading: (name -> argument index).
+# That argument must itself be a global allowed to be called.
+_INDIRECT_CALLERS = {"torch._tensor._rebuild_from_type_v2": 0}
+
+
 def _h_reduce(w: _Walker, arg: Any) -> None:
     args = w._pop()
     func = w._pop()
     w._check_call(func, "REDUCE")
+    if isinstance(func, _Global) and func.full in _INDIRECT_CALLERS:
+        index = _INDIRECT_CALLERS[func.full]
+        if not isinstance(args, tuple) or len(args) <= index:
+            w._find(FindingKind.NON_GLOBAL_CALL, f"{func.full} with unreadable arguments")
+        else:
+            w._check_call(args[index], f"{func.full} argument")
     w.stack.append(_Obj(func, args))
 
 

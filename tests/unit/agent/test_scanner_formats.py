@@ -136,3 +136,21 @@ def test_sealed_stream_cannot_be_judged_without_unsealing() -> None:
     verdict = scan_bytes(b"TGSEAL\x01" + b"\x00" * 200)
     assert (verdict.format, verdict.verdict) == ("sealed", Verdict.ERROR)
     assert "unseal" in verdict.findings[0].message
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_mutated_real_checkpoints_never_crash_and_hidden_payloads_stay_unsafe(
+    data: st.DataObject,
+) -> None:
+    import io as _io
+
+    torch = pytest.importorskip("torch")
+    buf = _io.BytesIO()
+    torch.save({"w": torch.ones(4), "b": [1, 2]}, buf)
+    blob = bytearray(buf.getvalue())
+    for _ in range(data.draw(st.integers(1, 8))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    assert scan_bytes(bytes(blob)).verdict in set(Verdict)
+    evil = corpus.zip_archive([("archive/data.pkl", bytes(blob[:200])), ("x/y", corpus.inst_p0())])
+    assert scan_bytes(evil).verdict is not Verdict.SAFE

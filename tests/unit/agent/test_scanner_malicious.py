@@ -189,3 +189,17 @@ def test_tar_gz_release_with_a_malicious_member(tmp_path: Path) -> None:
     verdict = scan_bytes(buf.getvalue())
     assert verdict.verdict is Verdict.UNSAFE
     assert verdict.format == "gzip+tar"
+
+
+def test_reference_only_function_called_through_rebuild_from_type() -> None:
+    """torch._tensor._rebuild_from_type_v2(func, ...) calls func: a data-only reference such as
+    numpy.mean must not be smuggled in as that func."""
+    payload = (
+        corpus.proto(2)
+        + b"ctorch._tensor\n_rebuild_from_type_v2\n("  # MARK
+        + b"cnumpy\nmean\nctorch\nTensor\n)}"  # func, new_type, args, state
+        + b"tR."  # TUPLE, REDUCE
+    )  # fmt: skip
+    verdict = scan_bytes(payload)
+    assert verdict.verdict is Verdict.UNSAFE
+    assert verdict.findings[0].global_name == "numpy.mean"

@@ -56,9 +56,11 @@ def bench_scalar(n: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     ts = [1.4e9 + 300.0 * i for i in range(n)]
     xs = [float(v) for v in 50 + 10 * np.sin(np.arange(n) / 45.8) + rng.normal(0, 2, n)]
-    det, base = StreamDetector(StreamConfig()), _ZScore()
-    ours = _per_sample_us(det.update, ts, xs)
-    baseline = _per_sample_us(base.update, ts, xs)
+    # best of 3 interleaved runs: the machine is shared, the minimum is the least disturbed
+    ours = baseline = float("inf")
+    for _ in range(3):
+        ours = min(ours, _per_sample_us(StreamDetector(StreamConfig()).update, ts, xs))
+        baseline = min(baseline, _per_sample_us(_ZScore().update, ts, xs))
     return {
         "samples": n,
         "us_per_sample": round(ours, 3),
@@ -99,18 +101,15 @@ def bench_fit(rows: int, cols: int) -> dict[str, float]:
     from trainguard.anomaly.learned import fit_detector, window_features
 
     rng = np.random.default_rng(2)
-    # 38 feature columns: window_features makes 4 per input column, so fit the forest on the
-    # raw 50,000 x 38 matrix the issue names, through the same code path
+    # the forest on the 50,000 x 38 matrix the issue names (best of 3 under shared load), plus
+    # the whole fit_detector path (window features of 10 columns -> 40, then calibration)
     x = rng.normal(size=(rows, cols))
     from sklearn.ensemble import IsolationForest
 
     IsolationForest(n_estimators=5).fit(x[:1000])  # import and first-call costs out of the way
-    start = time.perf_counter()
-    IsolationForest(n_estimators=100, max_samples=256, random_state=0, n_jobs=1).fit(x)
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x.mean(axis=0), x.std(axis=0)
-    base_s = time.perf_counter() - start
+    fit_s = min(_time(lambda: IsolationForest(
+        n_estimators=100, max_samples=256, random_state=0, n_jobs=1).fit(x)) for _ in range(3))
+    base_s = min(_time(lambda: (x.mean(axis=0), x.std(axis=0))) for _ in range(3))
     start = time.perf_counter()
     fit_detector(x[:, :10], [f"c{i}" for i in range(10)], window=12)  # 40 features + calibration
     full_s = time.perf_counter() - start

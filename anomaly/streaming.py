@@ -97,6 +97,8 @@ class StreamDetector:
          season_alpha, shift_z, shift_run) = self._k
         n = self.n
         level = self.level
+        if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
+            return StreamScore(0.0, False, 0.0, level)
         if n == 0:
             self.level, self.n, self.absx = x, 1, abs(x)
             return StreamScore(0.0, False, 0.0, x)
@@ -211,7 +213,8 @@ class StreamDetector:
 class StreamBank:
     """`StreamDetector` arithmetic for ``m`` streams at once: one numpy call per time step.
 
-    Every stream gets one value per step (same timestamp). ``update(t, xs)`` returns
+    Every stream gets one finite value per step (same timestamp); unlike `StreamDetector`,
+    which skips NaN, the bank expects the caller to fill or drop missing values. ``update(t, xs)`` returns
     ``(scores, alerts, z)`` as arrays of length ``m``. State is a fixed set of arrays of size
     ``m`` (``m x buckets`` for the profiles): O(1) per stream.
     """

@@ -128,3 +128,13 @@ def test_bank_matches_the_per_stream_detector():
             r = dets[j].update(T0 + i * STEP, float(x[i, j]))
             assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
             assert r.alert == bool(alerts[j])
+
+
+def test_missing_values_are_skipped_without_poisoning_the_state():
+    rng = np.random.default_rng(7)
+    values = list(rng.normal(0, 1, 600))
+    gappy = values[:300] + [float("nan"), float("inf")] + values[300:]
+    a = _run(values, StreamConfig(weekly_buckets=0))
+    b = _run(gappy, StreamConfig(weekly_buckets=0))
+    assert b[300].score == 0.0 and b[301].score == 0.0
+    assert [r.score for r in b[302:]] == [r.score for r in a[300:]]

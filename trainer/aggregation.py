@@ -52,8 +52,8 @@ class HookState:
     _norm2: torch.Tensor | None = None
     _dot: torch.Tensor | None = None
     _agg2: float = 0.0
-    _momenta: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    _centers: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    _momenta: dict[int, torch.Tensor] = field(default_factory=dict)  # id(param) -> slice
+    _centers: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def begin_step(self, step: int, observe: bool) -> None:
         self.step = step
@@ -109,9 +109,20 @@ def _uses_all_reduce(state: HookState) -> bool:
     )
 
 
-def _key(bucket: dist.GradBucket) -> tuple[int, int]:
-    # DDP may rebuild its buckets after the first step; the size tells a rebuilt bucket apart.
-    return (bucket.index(), bucket.buffer().numel())
+def _load(store: dict[int, torch.Tensor], bucket: dist.GradBucket) -> torch.Tensor | None:
+    """Per-parameter state laid out in this bucket's order. DDP rebuilds (reorders) its
+    buckets after the first step, so state is kept per parameter, never per bucket."""
+    parts = [store.get(id(p)) for p in bucket.parameters()]
+    if any(x is None for x in parts):
+        return None
+    return torch.cat(parts)  # type: ignore[arg-type]
+
+
+def _save(store: dict[int, torch.Tensor], bucket: dist.GradBucket, flat: torch.Tensor) -> None:
+    offset = 0
+    for p in bucket.parameters():
+        store[id(p)] = flat[offset : offset + p.numel()].clone()
+        offset += p.numel()
 
 
 def _gather(buf: torch.Tensor, state: HookState) -> torch.Tensor:
@@ -149,11 +160,10 @@ def _prepare(state: HookState, bucket: dist.GradBucket) -> torch.Tensor:
     """The update this rank sends: worker momentum (centered clipping), then any simulated attack."""
     buf = bucket.buffer()
     if state.cfg.method is Aggregation.CENTERED_CLIP and state.cfg.momentum > 0:
-        key = _key(bucket)
-        m = state._momenta.get(key)
+        m = _load(state._momenta, bucket)
         beta = state.cfg.momentum
         m = buf.clone() if m is None else m.mul_(beta).add_(buf, alpha=1 - beta)
-        state._momenta[key] = m
+        _save(state._momenta, bucket, m)
         buf.copy_(m)
     plan = state.attack
     if plan is not None and plan.step_active(state):
@@ -184,10 +194,9 @@ def robust_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Futu
     rows = _gather(buf, state)
     keep = [i for i in range(state.world_size) if i not in state.excluded]
     kept = rows[keep] if len(keep) < state.world_size else rows
-    key = _key(bucket)
-    agg = aggregate_rows(kept, state.cfg, state._centers.get(key))
+    agg = aggregate_rows(kept, state.cfg, _load(state._centers, bucket))
     if state.cfg.method is Aggregation.CENTERED_CLIP:
-        state._centers[key] = agg.clone()
+        _save(state._centers, bucket, agg)
     state._record_rows(rows, agg)
     if agg.storage_offset() or not agg.is_contiguous():
         agg = agg.clone()  # DDP reads the result from the start of its storage

@@ -280,6 +280,10 @@ def cross_check(cfg: TrainConfig, world_size: int) -> list[str]:
         out.append(f"krum with krum_f={agg.krum_f} needs at least {2 * agg.krum_f + 3} ranks")
     if agg.method is Aggregation.KRUM and agg.krum_m > world_size - agg.krum_f:
         out.append("krum_m must be <= world size - krum_f")
+    if cfg.adversarial.method is AdversarialMethod.TRADES:
+        # TRADES runs the DDP model twice per step (clean and perturbed), which DDP's reducer
+        # does not allow without static_graph; refused rather than half-supported.
+        out.append("adversarial.method = trades is not supported under DDP; use fgsm-rs or pgd")
     bad = [r for r in cfg.simulate.byzantine_ranks if not 0 <= r < world_size]
     if bad:
         out.append(f"simulate.byzantine_ranks {bad} outside 0..{world_size - 1}")

@@ -213,6 +213,7 @@ def collect_result(
         "timings": {
             "wall_s": round(wall, 3),
             "mean_step_s": round(sum(steps_timed) / len(steps_timed), 6) if steps_timed else None,
+            **{k: round(v, 4) for k, v in (result.get("timing") or {}).items()},
         },
         "torchrun_exit": returncode,
         "run_dir": str(plan.run.root),

@@ -90,8 +90,7 @@ class Recipe:
     """One rank of a hardened training job."""
 
     def __init__(self, cfg: TrainConfig, env: WorkerEnv) -> None:
-        if cfg.adversarial.method is not AdversarialMethod.NONE:
-            _require_adversarial()
+        self.adversarial = _adversarial_step(cfg, env.rank)
         self.cfg = cfg
         self.env = env
         self.is_rank0 = env.rank == 0
@@ -102,6 +101,7 @@ class Recipe:
         self.incidents: list[dict[str, Any]] = []
         self.flagged: dict[int, int] = {}
         self._store: Any = None
+        self.timing: dict[str, float] = {}
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -237,10 +237,10 @@ class Recipe:
         return self.data.x_train[idx], self.data.y_train[idx]
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        method = self.cfg.adversarial.method
-        if method is AdversarialMethod.NONE:
+        if self.adversarial is None:
             return torch.nn.functional.cross_entropy(self.ddp(x), y)
-        return _adversarial_loss(self.ddp, x, y, self.cfg)
+        # The attack's extra forward passes go to the bare module, not through DDP's hooks.
+        return self.adversarial.loss(self.ddp, x, y, attack_model=self.model)  # type: ignore[no-any-return]
 
     def train(self) -> None:
         cfg = self.cfg
@@ -353,6 +353,7 @@ class Recipe:
             "excluded_ranks": sorted(getattr(getattr(self, "hook", None), "excluded", set())),
             "attempt": self.env.restart_count, "world_size": self.env.world_size,
             "aggregation": self.cfg.aggregation.method.value,
+            "timing": self.timing,
         })
 
     def cleanup(self) -> None:
@@ -404,30 +405,29 @@ def _broadcast_optimizer_state(optimizer: torch.optim.Optimizer, is_src: bool) -
             dist.broadcast(value, src=0)
 
 
-def _require_adversarial() -> None:
+def _adversarial_step(cfg: TrainConfig, rank: int) -> Any:
+    """trainguard.adversarial's step component, or None for plain training."""
+    adv = cfg.adversarial
+    if adv.method is AdversarialMethod.NONE:
+        return None
     try:
-        import trainguard.adversarial.training  # noqa: F401
+        from trainguard.adversarial.training import AdversarialStep
     except ImportError as exc:
         raise TrainguardError(
             "adversarial training is not built into this install",
-            tip="set adversarial.method = \"none\"",
+            tip='set adversarial.method = "none"',
         ) from exc
-
-
-def _adversarial_loss(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    from trainguard.adversarial import training
-
-    return training.adversarial_loss(  # type: ignore[no-any-return]
-        model, x, y, method=cfg.adversarial.method.value, eps=cfg.adversarial.eps,
-        steps=cfg.adversarial.steps,
-    )
+    return AdversarialStep(adv.method.value, adv.eps, steps=adv.steps, seed=cfg.train.seed + rank)
 
 
 def run(cfg: TrainConfig, env: WorkerEnv) -> int:
     recipe = Recipe(cfg, env)
     try:
         recipe.setup()
+        t0 = time.perf_counter()
+        start = recipe.step
         recipe.train()
+        recipe.timing = {"train_seconds": time.perf_counter() - t0, "steps_this_attempt": recipe.step - start}
         accuracy = recipe.evaluate()
         recipe.write_result("completed", accuracy=accuracy)
         return 0

@@ -28,7 +28,7 @@ def _check(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.policy.access import AccessControl
     from trainguard.policy.errors import Denied
 
-    ac = AccessControl.open(ctx.home, ctx.config, ctx.audit, environ=ctx.environ)
+    ac = AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
     domain = args.domain or ac.config.default_domain
     data: dict[str, Any] = {
         "user": args.user,

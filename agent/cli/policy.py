@@ -15,7 +15,7 @@ from trainguard.agent.cli.context import Context
 def _ac(ctx: Context) -> Any:
     from trainguard.policy.access import AccessControl
 
-    return AccessControl.open(ctx.home, ctx.config, ctx.audit, environ=ctx.environ)
+    return AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
 
 
 def register(sub: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ def register(sub: Any) -> None:
 def _login(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.policy.access import AccessControl
 
-    ac = AccessControl.open(ctx.home, ctx.config, ctx.audit, environ=ctx.environ)
+    ac = AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
     code = args.otp if args.otp is not None else _prompt(args.user)
     session = ac.login(args.user, code)
     data = {
@@ -37,10 +38,18 @@ def _login(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _prompt(user: str) -> str:
-    """Ask for the code; no terminal and nothing on stdin is a usage error, not a crash."""
-    try:
-        return getpass.getpass(f"TOTP code for {user}: ")
-    except EOFError:
+    """Ask on a terminal; otherwise read one line from stdin (`... | trainguard login`), which
+    keeps the code out of the process list. Nothing to read is a usage error, not a crash."""
+    if sys.stdin is None or not sys.stdin.isatty():
+        code = sys.stdin.readline().strip() if sys.stdin is not None else ""
+    else:
+        try:
+            code = getpass.getpass(f"TOTP code for {user}: ")
+        except EOFError:
+            code = ""
+            print(file=sys.stderr)  # the prompt left the cursor mid-line
+    if not code:
         raise UsageError(
-            "no code given", tip="pass --otp CODE, or run the command in a terminal"
-        ) from None
+            "no code given", tip="pass --otp CODE, pipe the code on stdin, or run in a terminal"
+        )
+    return code

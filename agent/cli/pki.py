@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _ca(ctx: Context):  # type: ignore[no-untyped-def]
     from trainguard.crypto.pki import ClusterCA
 
-    return ClusterCA.open(ctx.home.require().pki_dir)
+    pki_dir = ctx.home.require().pki_dir
+    ctx.config  # noqa: B018 - a broken trainguard.toml is refused even where no setting is read
+    return ClusterCA.open(pki_dir)
 
 
 def _prepare_out(out: Path) -> None:

@@ -48,7 +48,9 @@ def open_keyring(ctx: Context) -> Any:
     from trainguard.crypto.keyring import Keyring
 
     creds = ctx.environ.get("CREDENTIALS_DIRECTORY")
-    return Keyring.open(ctx.home.require().keys_dir, credentials_dir=Path(creds) if creds else None)
+    keys_dir = ctx.home.require().keys_dir
+    ctx.config  # noqa: B018 - a broken trainguard.toml is refused even where no setting is read
+    return Keyring.open(keys_dir, credentials_dir=Path(creds) if creds else None)
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[Path | BinaryIO, Path | BinaryIO]:

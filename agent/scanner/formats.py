@@ -353,12 +353,15 @@ def _scan_member(stream: Any, member: zipscan.ZipMember, where: str, out: list[F
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
-def _plausible(findings: list[Finding]) -> list[Finding]:
-    """Findings of a partial walk over what may be random data: keep real-looking globals."""
+def _plausible(findings: list[Finding], *, ext: bool = False) -> list[Finding]:
+    """Findings of a partial walk over what may be random data or text: keep those naming a
+    real-looking global (imported or called), and with `ext` the extension-code lookups."""
+    named = (FindingKind.DISALLOWED_GLOBAL, FindingKind.CALLED_REFERENCE)
     return [
         f
         for f in findings
-        if f.kind is FindingKind.DISALLOWED_GLOBAL and _DOTTED.fullmatch(f.global_name or "")
+        if (f.kind in named and _DOTTED.fullmatch(f.global_name or ""))
+        or (ext and f.kind is FindingKind.EXTENSION_CODE)
     ]
 
 
@@ -417,7 +420,7 @@ def _harmless_text(f: IO[bytes]) -> bool:
         walk_pickle(f)
     except PickleParseError as exc:
         truncated = f.read(1) == b""
-        return not truncated and not _plausible(exc.findings)
+        return not truncated and not _plausible(exc.findings, ext=True)
     return False
 
 

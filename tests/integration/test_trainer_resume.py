@@ -45,3 +45,20 @@ def test_flipped_byte_in_newest_checkpoint_is_refused(tmp_path: Path) -> None:
     tampered = [i for i in second["incidents"] if i["kind"] == "checkpoint-tampered"]
     assert len(tampered) == 1 and tampered[0]["evidence"]["checkpoint"] == str(newest)
     assert ("checkpoint-tampered", "high") in second["reported"]
+
+
+def test_stop_training_request_checkpoints_and_stops(tmp_path: Path) -> None:
+    import json
+    import time
+
+    home = make_home(tmp_path / "home")
+    # What the agent's stop-training action writes (agent/actions.py), for any job.
+    request = {"v": 1, "incident": "i-1", "kind": "gpu-misuse", "severity": "high",
+               "time": time.time() + 3600, "job": None, "reason": "trainguard incident gpu-misuse"}
+    (home.state_dir / "stop-training.json").write_text(json.dumps(request))
+    result, _ = run_job(home, ["train.steps=300", "telemetry.every=10", "checkpoint.every=0",
+                               f'checkpoint.dir="{tmp_path / "ck"}"'], nproc=2)
+    assert result["status"] == "aborted"
+    assert result["reason"] == "stop-training requested"
+    assert result["steps"] == 10
+    assert [c["step"] for c in result["checkpoints"]] == [10]

@@ -121,3 +121,29 @@ def test_membership_round_passes_only_when_every_rank_knows_the_key(tmp_path: Pa
     else:
         honest = [o for r, o in enumerate(outcomes) if r != rogue]
         assert all(f"[{rogue}]" in o for o in honest), outcomes
+
+
+def _consistency_worker(rank: int, store_path: str, out_dir: str, odd_rank: int) -> None:
+    from trainguard.trainer.consistency import check_replicas
+    from trainguard.trainer.errors import ReplicaDivergence
+
+    _init(rank, store_path)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        if rank == odd_rank:
+            with torch.no_grad():
+                model.bias[0] += 1e-7  # one ulp-scale difference is enough
+        try:
+            outcome = "agreed:" + check_replicas(model)[:8]
+        except ReplicaDivergence as exc:
+            outcome = "diverged:" + exc.message
+        Path(out_dir, f"c{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replica_divergence_is_seen_by_every_rank(tmp_path: Path) -> None:
+    _spawn(_consistency_worker, tmp_path, 1)
+    outcomes = [Path(tmp_path, f"c{r}.txt").read_text() for r in range(WORLD)]
+    assert all(o.startswith("diverged:") and "[1]" in o for o in outcomes), outcomes

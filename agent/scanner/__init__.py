@@ -13,6 +13,7 @@ import stat
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 from trainguard.agent.scanner.allowlist import Allowance, classify
 from trainguard.agent.scanner.formats import scan_stream
@@ -36,7 +37,9 @@ __all__ = [
     "classify",
     "iter_files",
     "require_safe",
+    "require_safe_fileobj",
     "scan_bytes",
+    "scan_fileobj",
     "scan_file",
     "scan_path",
 ]
@@ -87,18 +90,34 @@ def scan_file(path: Path) -> FileVerdict:
     return FileVerdict.from_findings(str(path), fmt, findings)
 
 
-def scan_bytes(data: bytes, name: str = "<bytes>") -> FileVerdict:
-    """Scan an in-memory blob (for tests and streamed uploads)."""
-    import io
-
+def scan_fileobj(f: IO[bytes], size: int, name: str = "<stream>") -> FileVerdict:
+    """Scan a readable, seekable binary file object of `size` bytes (a decrypting reader, an
+    upload) from its start; the position afterwards is unspecified."""
     try:
-        fmt, findings = scan_stream(io.BytesIO(data), len(data))
-    except (ValueError, EOFError, IndexError, KeyError, struct.error) as exc:
+        f.seek(0)
+        fmt, findings = scan_stream(f, size)
+    except (OSError, ValueError, EOFError, IndexError, KeyError, struct.error) as exc:
         fmt, findings = (
             "unknown",
             [Finding(FindingKind.PARSE_ERROR, f"unreadable: {type(exc).__name__}: {exc}")],
         )
     return FileVerdict.from_findings(name, fmt, findings)
+
+
+def scan_bytes(data: bytes, name: str = "<bytes>") -> FileVerdict:
+    """Scan an in-memory blob."""
+    import io
+
+    return scan_fileobj(io.BytesIO(data), len(data), name)
+
+
+def require_safe_fileobj(f: IO[bytes], size: int, name: str = "<stream>") -> FileVerdict:
+    """`scan_fileobj`, raising `UnsafeArtifact` unless the verdict is safe; rewinds `f`."""
+    verdict = scan_fileobj(f, size, name)
+    f.seek(0)
+    if verdict.verdict is not Verdict.SAFE:
+        raise UnsafeArtifact(Path(name), ScanReport((verdict,)))
+    return verdict
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:

@@ -154,3 +154,23 @@ def test_mutated_real_checkpoints_never_crash_and_hidden_payloads_stay_unsafe(
     assert scan_bytes(bytes(blob)).verdict in set(Verdict)
     evil = corpus.zip_archive([("archive/data.pkl", bytes(blob[:200])), ("x/y", corpus.inst_p0())])
     assert scan_bytes(evil).verdict is not Verdict.SAFE
+
+
+def test_public_names_are_pinned() -> None:
+    import trainguard.agent.scanner as scanner
+
+    assert set(scanner.__all__) >= {"scan_path", "require_safe", "UnsafeArtifact", "scan_fileobj"}
+    assert all(hasattr(scanner, name) for name in scanner.__all__)
+
+
+def test_require_safe_fileobj_rewinds_and_refuses() -> None:
+    import io as _io
+
+    from trainguard.agent.scanner import UnsafeArtifact, require_safe_fileobj
+
+    good = _io.BytesIO(pickle.dumps({"a": 1}))
+    assert require_safe_fileobj(good, len(good.getvalue())).verdict is Verdict.SAFE
+    assert good.tell() == 0
+    bad = _io.BytesIO(corpus.inst_p0())
+    with pytest.raises(UnsafeArtifact):
+        require_safe_fileobj(bad, len(bad.getvalue()), "ckpt")

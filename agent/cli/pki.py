@@ -63,6 +63,7 @@ def _prepare_out(out: Path) -> None:
 
 def run_issue(args: argparse.Namespace, ctx: Context) -> int:
     ca = _ca(ctx)
+    audit = ctx.audit  # opened first: no certificate is issued that the audit log cannot record
     out: Path = args.out
     _prepare_out(out)
     cert, key = ca.issue(
@@ -73,7 +74,7 @@ def run_issue(args: argparse.Namespace, ctx: Context) -> int:
     write_private(out / "ca.crt", ca.ca_path.read_bytes(), mode=0o644)
     entry = ca.certificates()
     issued = next(c for c in entry if c.name == args.name and c.kind == args.kind)
-    ctx.audit.record(
+    audit.record(
         "cert-issued", "cli", {"name": args.name, "kind": args.kind, "serial": str(issued.serial)}
     )
     data: dict[str, Any] = {
@@ -94,8 +95,9 @@ def run_issue(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_revoke(args: argparse.Namespace, ctx: Context) -> int:
     ca = _ca(ctx)
+    audit = ctx.audit
     revoked = ca.revoke(args.name, args.kind)
-    ctx.audit.record(
+    audit.record(
         "cert-revoked", "cli", {"name": args.name, "serials": [str(c.serial) for c in revoked]}
     )
     data = {"revoked": [asdict(c) | {"serial": str(c.serial)} for c in revoked], "crl": ca.crl_path}

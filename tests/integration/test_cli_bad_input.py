@@ -268,7 +268,7 @@ CONFIG_COMMANDS = [
 def test_every_config_problem_is_listed_at_once(cli, site: Site, work: Path, argv) -> None:  # noqa: ANN001
     with site.home.joinpath("trainguard.toml").open("a") as f:
         f.write(
-            "\n[crypto]\nsegment_sise = 4096\nsegment_size = \"big\"\n"
+            '\n[crypto]\nsegment_sise = 4096\nsegment_size = "big"\n'
             "[bogus]\nx = 1\n[policy]\nsession_hours = -3\n"
         )
     r = cli(*[a.format(work=work) for a in argv], "--home", site.home)
@@ -316,7 +316,10 @@ def _generic(line: str, path: Path | str) -> str:
 
 
 def test_unseal_of_anything_but_our_sealed_file_is_one_generic_failure(
-    cli, site: Site, other: Site, work: Path  # noqa: ANN001
+    cli,
+    site: Site,
+    other: Site,
+    work: Path,  # noqa: ANN001
 ) -> None:
     h = ("--home", site.home)
     assert cli("seal", work / "plain.bin", work / "theirs.tgs", "--home", other.home).code == 0
@@ -340,7 +343,10 @@ def test_unseal_of_anything_but_our_sealed_file_is_one_generic_failure(
 
 
 def test_failed_unseal_keeps_an_existing_output_and_a_good_one_replaces_it(
-    cli, site: Site, other: Site, work: Path  # noqa: ANN001
+    cli,
+    site: Site,
+    other: Site,
+    work: Path,  # noqa: ANN001
 ) -> None:
     h = ("--home", site.home)
     existing = work / "existing.bin"
@@ -389,7 +395,10 @@ def test_verify_without_a_manifest(cli, site: Site, work: Path) -> None:  # noqa
 
 
 def test_verify_refuses_foreign_and_garbled_manifests(
-    cli, site: Site, other: Site, work: Path  # noqa: ANN001
+    cli,
+    site: Site,
+    other: Site,
+    work: Path,  # noqa: ANN001
 ) -> None:
     art = work / "artifact"
     assert cli("sign", art, "--home", other.home).code == 0  # another home's node key
@@ -471,7 +480,11 @@ GENERIC_LOGIN = "error: second-factor verification failed"
     ],
 )
 def test_login_failures_are_generic_and_audited(
-    cli, cli_env: dict[str, str], site: Site, user: str, code: str  # noqa: ANN001
+    cli,
+    cli_env: dict[str, str],
+    site: Site,
+    user: str,
+    code: str,  # noqa: ANN001
 ) -> None:
     if code == "wrong":
         good = {site.code(k) for k in (-1, 0, 1)}
@@ -568,3 +581,48 @@ def test_garbled_user_database(cli, site: Site) -> None:  # noqa: ANN001
     r = cli("login", "--user", "root", "--otp", site.code(), "--home", site.home)
     assert "users.db" in assert_fails(r, 2, site)
     assert "backup" in r.stderr
+
+
+def test_pki_issue_with_a_broken_audit_log_issues_nothing(cli, site: Site, work: Path) -> None:  # noqa: ANN001
+    before = _issued(cli, site)
+    audit_db = site.home / "state" / "audit.db"
+    good = audit_db.read_bytes()
+    audit_db.write_bytes(b"this is not sqlite" * 10)
+    out = work / "certs"
+    r = cli("pki", "issue", "n2", "--kind", "node", "--out", out, "--home", site.home)
+    assert r.code != 0 and "Traceback" not in r.stderr
+    assert not out.exists()  # no key handed out that the audit log never saw
+    audit_db.write_bytes(good)
+    assert _issued(cli, site) == before
+
+
+# -- killed processes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["seal", "unseal"])
+def test_killed_mid_stream_leaves_no_output(
+    cli_env: dict[str, str], site: Site, work: Path, verb: str
+) -> None:
+    """SIGKILL runs no cleanup: only an output that never had a name is safe."""
+    env = dict(cli_env, TRAINGUARD_HOME=str(site.home))
+    base = [sys.executable, "-m", "trainguard.agent.cli.main"]
+    payload = os.urandom(3 << 20)
+    if verb == "unseal":
+        (work / "big.bin").write_bytes(payload)
+        r = subprocess.run([*base, "seal", str(work / "big.bin"), str(work / "big.tgs")], env=env)
+        assert r.returncode == 0
+        payload = (work / "big.tgs").read_bytes()
+        (work / "big.bin").unlink()
+    out = work / "killed.out"
+    proc = subprocess.Popen(
+        [*base, verb, "-", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(payload[: 2 << 20])  # more than a segment: output has been written
+    proc.stdin.flush()
+    proc.kill()
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    assert not out.exists()
+    names = sorted(p.name for p in work.iterdir())
+    assert names == sorted(["artifact", "plain.bin"] + (["big.tgs"] if verb == "unseal" else []))

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
 from trainguard.trainer.config import Aggregation, AggregationSection
 from trainguard.trainer.robust import centered_clip, coordinate_median, krum, trimmed_mean
 from trainguard.trainer.simulate import AttackPlan

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from trainguard.core.errors import TrainguardError
 from trainguard.core.home import atomic_output
 from trainguard.trainer.errors import CheckpointTampered

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
 from trainguard.trainer.errors import ReplicaDivergence
 
 __all__ = ["check_replicas", "parameter_digest"]

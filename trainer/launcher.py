@@ -26,7 +26,7 @@ from trainguard.trainer.errors import JobFailed, TrainConfigError
 from trainguard.trainer.membership import write_job_key
 from trainguard.trainer.rundir import RunDir
 
-__all__ = ["JobPlan", "LaunchOptions", "follow_job", "launch", "prepare_job", "torchrun_command"]
+__all__ = ["JobPlan", "LaunchOptions", "JobFollower", "launch", "prepare_job", "torchrun_command"]
 
 log = logging.getLogger(__name__)
 

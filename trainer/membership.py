@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
 from trainguard.core.home import read_private, write_private
 from trainguard.trainer.errors import MembershipError
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from trainguard.trainer.aggregation import StepStats
 
 __all__ = ["RankMonitor", "ThresholdRule"]

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from trainguard.trainer.config import Attack, SimulateSection
 
 __all__ = ["AttackPlan", "DEFAULT_STRENGTH", "alie_z"]

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-
 from trainguard.core.audit import IncidentKind, Severity
 from trainguard.core.errors import TrainguardError
 from trainguard.core.home import Home

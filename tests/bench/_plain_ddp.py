@@ -12,7 +12,6 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-
 from trainguard.trainer.models import mlp, synthetic
 
 

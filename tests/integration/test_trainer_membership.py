@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from trainer_support import free_port, make_home, prepare
-
 from trainguard.core.audit import NullSink
 from trainguard.trainer.membership import write_job_key
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainguard.core.home import Home
 from trainguard.trainer.checkpoint import CheckpointStore, scan_torch_zip
 from trainguard.trainer.errors import CheckpointTampered

@@ -23,7 +23,6 @@ def _init(rank: int, store_path: str) -> None:
 
 def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: bool) -> None:
     from torch.nn.parallel import DistributedDataParallel
-
     from trainguard.trainer.aggregation import HookState, robust_hook
     from trainguard.trainer.config import Aggregation, AggregationSection, Attack, SimulateSection
     from trainguard.trainer.simulate import AttackPlan

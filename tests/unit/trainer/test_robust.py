@@ -9,9 +9,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from trainguard.trainer.config import Aggregation, AggregationSection
 from trainguard.trainer.aggregation import aggregate_rows
+from trainguard.trainer.config import Aggregation, AggregationSection
 from trainguard.trainer.robust import (
     centered_clip,
     coordinate_median,

@@ -54,7 +54,10 @@ def register(sub: Any) -> None:
 
 
 def _add(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.policy.rules import check_name
+
     ac = _ac(ctx)
+    check_name("user", args.name)  # else it surfaces as "invalid resource '/users/...'"
     domain = args.domain or ac.config.default_domain
     decision = ac.require(
         "user:manage", f"/users/{args.name}", domain, otp=args.otp, new_domain=True

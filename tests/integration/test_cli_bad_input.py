@@ -626,3 +626,9 @@ def test_killed_mid_stream_leaves_no_output(
     assert not out.exists()
     names = sorted(p.name for p in work.iterdir())
     assert names == sorted(["artifact", "plain.bin"] + (["big.tgs"] if verb == "unseal" else []))
+
+
+def test_user_add_bad_name_says_user_name(cli, logged_in: Site) -> None:  # noqa: ANN001
+    r = cli("user", "add", "Bad Name!", "--role", "researcher", "--home", logged_in.home)
+    line = assert_fails(r, 2, logged_in)
+    assert "invalid user name" in line and "resource" not in line

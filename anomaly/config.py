@@ -71,11 +71,12 @@ class AnomalyConfig:
     allowed_processes: tuple[str, ...] = ("python", "python3", "torchrun", "pt_main_thread")
     miner_util_pct: float = 90.0
     miner_power_cv: float = 0.05  # coefficient of variation of power below this: steady
-    miner_threshold: float = 0.87  # calibrated to 1% FPR on synthetic traces (gpu_eval)
+    miner_threshold: float = 0.88  # calibrated to 1% FPR on synthetic traces (gpu_eval)
     miner_mem_frac: float = 0.2  # memory held above this fraction of the GPU counts against
     miner_mem_churn: float = 0.02  # relative memory change per sample below this: no churn
     miner_window: int = 60  # samples of EW statistics (10 min at 10 s)
     miner_pause_window: int = 120  # samples without a utilisation pause (20 min at 10 s)
+    miner_pause_weight: float = 0.15  # how much pause-free time adds to the signature
     # exfiltration
     exfil_z: float = 8.0
     exfil_min_bytes_per_s: float = 50e6

@@ -1,9 +1,9 @@
 """Domain detectors: GPU misuse, exfiltration and unusual access. All causal, O(1) per key.
 
 * `GpuMisuseDetector` (per GPU): (a) a process whose name is not in the allow-list is misuse at
-  once; (b) the cryptominer usage signature: sustained high utilisation with little variation,
-  steady power (low coefficient of variation), almost no memory churn, and no registered
-  training job on the device. Each component is an EW statistic over ~``window`` samples;
+  once; (b) the cryptominer usage signature: sustained high utilisation, util and power that
+  barely move between pauses (successive differences), almost no memory churn, a small working
+  set, little pause-free time as a weak extra, and no registered training job on the device. Each component is an EW statistic over ~``window`` samples;
   `signature_score` combines them into [0, 1] and the threshold is calibrated on normal
   training traces (`trainguard.anomaly.gpu_eval`).
 * `ExfiltrationDetector` (per channel: host network TX, PCIe TX per GPU): a robust streaming
@@ -111,8 +111,10 @@ class GpuMisuseDetector:
         # miners hold a small fixed working set; training fills the caching allocator
         frac = st.prev_mem / st.total if st.prev_mem is not None and st.total else 0.0
         small = math.exp(-max(0.0, frac - c.miner_mem_frac) / c.miner_mem_frac)
-        # training pauses (input pipeline, eval, checkpoints); a miner never does
-        no_pause = min(1.0, st.since_dip / c.miner_pause_window)
+        # training pauses (input pipeline, eval, checkpoints); a miner rarely does. A weak term:
+        # a miner can idle on purpose, so steadiness *between* pauses carries the signature
+        w = c.miner_pause_weight
+        no_pause = 1.0 - w + w * min(1.0, st.since_dip / c.miner_pause_window)
         steady = (util_steady * power_steady * mem_steady * no_pause * small) ** 0.2
         return busy * steady
 
@@ -125,7 +127,8 @@ class GpuMisuseDetector:
         st.util.add(gpu.util_pct)
         if gpu.power_w is not None:
             st.power.add(gpu.power_w)
-        if st.prev is not None:
+        # steadiness between pauses: the edges of a pause are not jitter
+        if st.prev is not None and not paused and st.since_dip > 1:
             st.dutil.add(abs(gpu.util_pct - st.prev[0]))
             if gpu.power_w is not None and st.prev[1] is not None:
                 st.dpower.add(abs(gpu.power_w - st.prev[1]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,20 +60,66 @@ def init_home(
     audit_factory: Callable[[Home], AuditSink] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> InitResult:
-    """Create every piece of a fresh home. Raises UsageError if one exists and not `force`."""
-    from trainguard.crypto.keyring import Keyring
-    from trainguard.crypto.pki import ClusterCA
-    from trainguard.crypto.signing import SigningKey
+    """Create every piece of a fresh home. Raises UsageError if one exists and not `force`.
 
+    All or nothing: on any failure (a bad name, an unwritable folder) what was created is
+    removed again and a home moved aside by `force` is put back.
+    """
+    if home.root.exists() and not home.root.is_dir():
+        raise UsageError(f"{home.root} exists and is not a folder", tip="pick another --home")
+    existed = home.root.exists()
     moved: Path | None = None
-    if home.root.exists() and any(home.root.iterdir()):
+    if existed and any(home.root.iterdir()):
         if not force:
             raise UsageError(
                 f"a trainguard home already exists at {home.root}",
                 tip="use it as it is, or pass --force to move it aside and create a new one",
             )
         moved = move_aside(home, clock)
+        existed = False
         log.warning("moved the existing home aside to %s", moved)
+    try:
+        return _build(home, cluster, node, admin, moved, audit_factory, clock)
+    except BaseException as exc:
+        # A half-made home would block the next `init` ("already exists") and lack its
+        # policy or keys, so nothing of it stays; a home moved aside comes back.
+        _discard(home, keep_root=existed)
+        if moved is not None:
+            os.rename(moved, home.root)
+        if isinstance(exc, OSError):
+            raise UsageError(
+                f"cannot create a home at {home.root}: {exc.strerror or exc}",
+                tip="pick a --home in a writable folder",
+            ) from exc
+        raise
+
+
+def _discard(home: Home, *, keep_root: bool) -> None:
+    if not home.root.is_dir():
+        return
+    if not keep_root:
+        shutil.rmtree(home.root, ignore_errors=True)
+        return
+    for child in home.root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _build(
+    home: Home,
+    cluster: str,
+    node: str,
+    admin: str | None,
+    moved: Path | None,
+    audit_factory: Callable[[Home], AuditSink] | None,
+    clock: Callable[[], float],
+) -> InitResult:
+    from trainguard.crypto.keyring import Keyring
+    from trainguard.crypto.pki import ClusterCA
+    from trainguard.crypto.signing import SigningKey
+
     home.create_dirs()
     write_private(
         home.config_path,

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from trainguard.agent.cli.context import Context
+from trainguard.core.errors import UsageError
 
 
 def _default_node() -> str:
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.agent.bootstrap import init_home
     from trainguard.agent.sink import open_sink
 
+    for flag in ("cluster", "node", "admin"):
+        if getattr(args, flag) == "":  # '' would silently mean "the default" (or no admin)
+            raise UsageError(f"--{flag} needs a name", tip=f"pass --{flag} NAME or leave it out")
     result = init_home(
         ctx.home,
         cluster=args.cluster,

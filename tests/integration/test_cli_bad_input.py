@@ -632,3 +632,37 @@ def test_user_add_bad_name_says_user_name(cli, logged_in: Site) -> None:  # noqa
     r = cli("user", "add", "Bad Name!", "--role", "researcher", "--home", logged_in.home)
     line = assert_fails(r, 2, logged_in)
     assert "invalid user name" in line and "resource" not in line
+
+
+# -- init ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (("--cluster", "bad name"), "invalid name"),
+        (("--node", "../x"), "invalid name"),
+        (("--admin", "Root!"), "invalid user name"),
+        (("--admin", ""), "--admin needs a name"),
+    ],
+)
+def test_init_with_a_bad_name_leaves_no_half_made_home(cli, tmp_path: Path, flags, expect) -> None:  # noqa: ANN001
+    home = tmp_path / "new-home"
+    r = cli("init", "--home", home, *flags)
+    assert expect in assert_fails(r, 2)
+    assert not home.exists()  # else the next `init` says "already exists" over a broken home
+
+
+def test_init_force_with_a_bad_name_puts_the_old_home_back(cli, site: Site) -> None:  # noqa: ANN001
+    kek = (site.home / "keys" / "kek-v1.key").read_bytes()
+    r = cli("init", "--home", site.home, "--force", "--admin", "Bad!")
+    assert "invalid user name" in assert_fails(r, 2, site)
+    assert (site.home / "keys" / "kek-v1.key").read_bytes() == kek
+    assert sorted(p.name for p in site.home.parent.iterdir() if ".bak-" in p.name) == []
+
+
+def test_init_where_no_home_can_be(cli, work: Path) -> None:  # noqa: ANN001
+    r = cli("init", "--home", work / "plain.bin", "--admin", "root")
+    assert "not a folder" in assert_fails(r, 2)
+    r = cli("init", "--home", "/proc/no-home-here", "--admin", "root")
+    assert "cannot create a home" in assert_fails(r, 2)

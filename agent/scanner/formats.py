@@ -11,32 +11,25 @@ from __future__ import annotations
 import ast
 import bz2
 import io
-import json
 import lzma
 import math
 import re
 import struct
-import tarfile
 import zlib
 from typing import IO, Any
 
 from trainguard.agent.scanner import zipscan
+from trainguard.agent.scanner.archives import decompressor, inflate, is_tar, scan_tar
 from trainguard.agent.scanner.pickle_walk import PickleParseError, dtype_layout, walk_pickle
 from trainguard.agent.scanner.report import Finding, FindingKind
+from trainguard.agent.scanner.safetensors import is_safetensors, scan_safetensors
 
 __all__ = ["scan_stream"]
 
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _NPY_MAGIC = b"\x93NUMPY"
-_MAX_INFLATE = 1 << 30  # decompressed bytes scanned per member or file
 _IN_MEMORY = 16 << 20
 _VALID_FIRST = {op.code.encode("latin-1") for op in __import__("pickletools").opcodes}
-_ST_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16,
-    "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64,
-    "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-}  # fmt: skip
-_MAX_ST_HEADER = 100 << 20
 
 
 class _Slice:
@@ -172,109 +165,6 @@ def _scan_npy(stream: Any, location: str, out: list[Finding], remaining: int) ->
     return "npy"
 
 
-# -- safetensors -----------------------------------------------------------------------------
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate key in header")
-    return dict(pairs)
-
-
-def _safetensors_problems(header: Any, data_len: int) -> list[str]:
-    if not isinstance(header, dict):
-        return ["header is not a JSON object"]
-    problems: list[str] = []
-    spans: list[tuple[int, int, str]] = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            if not isinstance(info, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in info.items()
-            ):
-                problems.append("__metadata__ must map strings to strings")
-            continue
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            problems.append(f"tensor {name!r}: needs exactly dtype, shape, data_offsets")
-            continue
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        bits = _ST_BITS.get(dtype) if isinstance(dtype, str) else None
-        ok_shape = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
-        ok_off = (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(type(o) is int and o >= 0 for o in offsets)
-        )
-        if bits is None or not ok_shape or not ok_off:
-            problems.append(f"tensor {name!r}: unknown dtype or malformed shape/offsets")
-            continue
-        begin, end = offsets
-        nbits = math.prod(shape) * bits
-        if nbits % 8 or end - begin != nbits // 8:
-            problems.append(f"tensor {name!r}: byte range does not match shape x dtype size")
-        spans.append((begin, end, name))
-    spans.sort()
-    cursor = 0
-    for begin, end, name in spans:
-        if begin != cursor or end < begin:
-            problems.append(f"tensor {name!r}: offsets overlap or leave a gap")
-        cursor = max(cursor, end)
-    if cursor != data_len:
-        problems.append(f"tensors cover {cursor} bytes but the data section has {data_len}")
-    return problems
-
-
-def _scan_safetensors(stream: Any, location: str, out: list[Finding], size: int) -> str:
-    (hlen,) = struct.unpack("<Q", stream.read(8))
-    try:
-        header = json.loads(stream.read(hlen).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        out.append(_err(FindingKind.BAD_HEADER, f"safetensors header unreadable: {exc}", location))
-        return "safetensors"
-    for problem in _safetensors_problems(header, size - 8 - hlen)[:20]:
-        out.append(_err(FindingKind.BAD_HEADER, problem, location))
-    return "safetensors"
-
-
-def _is_safetensors(head: bytes, size: int) -> bool:
-    if len(head) < 9:
-        return False
-    (hlen,) = struct.unpack_from("<Q", head)
-    return 2 <= hlen <= min(size - 8, _MAX_ST_HEADER) and head[8:9] == b"{"
-
-
-# -- compression -----------------------------------------------------------------------------
-
-
-def _decompressor(head: bytes) -> tuple[str, Any] | None:
-    if head[:2] == b"\x1f\x8b":
-        return "gzip", zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
-        return "zlib", zlib.decompressobj()
-    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
-        return "bz2", bz2.BZ2Decompressor()
-    if head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"\x5d\x00\x00":
-        return "xz", lzma.LZMADecompressor()
-    return None
-
-
-def _inflate(stream: Any, decomp: Any, skip: int = 0) -> bytes:
-    stream.read(skip)
-    chunks, total = [], 0
-    while True:
-        block = stream.read(1 << 20)
-        if not block:
-            break
-        data = decomp.decompress(block, _MAX_INFLATE + 1 - total)
-        chunks.append(data)
-        total += len(data)
-        if total > _MAX_INFLATE:
-            raise ValueError("decompresses to more than 1 GiB")
-        if getattr(decomp, "eof", False):
-            break
-    return b"".join(chunks)
-
-
 # -- zip -------------------------------------------------------------------------------------
 
 
@@ -292,7 +182,7 @@ def _member_stream(f: IO[bytes], member: zipscan.ZipMember) -> Any:
         decomp = bz2.BZ2Decompressor()
     else:  # lzma-in-zip carries its own header; neither torch nor numpy writes it
         raise ValueError(f"compression method {member.method} not supported")
-    return io.BytesIO(_inflate(window, decomp))
+    return io.BytesIO(inflate(window, decomp))
 
 
 def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str:
@@ -319,10 +209,10 @@ def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str
     return "npz" if kinds == {"npy"} else "zip"
 
 
-_MAX_NESTING = 4
+MAX_NESTING = 4
 
 
-def _depth(location: str) -> int:
+def nesting(location: str) -> int:
     return location.count(":") + location.count("[")
 
 
@@ -331,7 +221,7 @@ def _scan_member(stream: Any, member: zipscan.ZipMember, where: str, out: list[F
     stream.seek(0)
     if head.startswith(_NPY_MAGIC):
         return _scan_npy(stream, where, out, member.uncompressed_size)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) and _depth(where) < _MAX_NESTING:
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) and nesting(where) < MAX_NESTING:
         fmt, inner = scan_stream(stream, member.uncompressed_size or member.compressed_size, where)
         out.extend(inner)
         return "pickle" if fmt == "torch-zip" else fmt
@@ -363,37 +253,6 @@ def _plausible(findings: list[Finding], *, ext: bool = False) -> list[Finding]:
         if (f.kind in named and _DOTTED.fullmatch(f.global_name or ""))
         or (ext and f.kind is FindingKind.EXTENSION_CODE)
     ]
-
-
-# -- tar -------------------------------------------------------------------------------------
-
-
-def _is_tar(f: IO[bytes]) -> bool:
-    f.seek(257)
-    magic = f.read(5)
-    f.seek(0)
-    return magic == b"ustar"
-
-
-def _scan_tar(f: IO[bytes], location: str, out: list[Finding]) -> str:
-    """Every regular member judged by content (read through tarfile, never extracted)."""
-    try:
-        with tarfile.open(fileobj=f, mode="r:") as tar:  # type: ignore[arg-type]
-            for member in tar:
-                if not member.isfile():
-                    continue
-                where = f"{location}:{member.name}" if location else member.name
-                data = tar.extractfile(member)
-                if data is None or _depth(where) > _MAX_NESTING:
-                    continue
-                fmt, inner = scan_stream(data, member.size, where)  # type: ignore[arg-type]
-                if fmt not in ("text", "unknown"):
-                    out.extend(inner)
-                elif fmt == "unknown" and member.name.endswith((".pkl", ".pt", ".pth", ".bin")):
-                    out.extend(inner)
-    except (tarfile.TarError, EOFError) as exc:
-        out.append(_err(FindingKind.PARSE_ERROR, f"tar archive unreadable: {exc}", location))
-    return "tar"
 
 
 # -- entry -----------------------------------------------------------------------------------
@@ -435,8 +294,8 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
         return _scan_zip(f, location, out, size), out
     if head.startswith(_NPY_MAGIC):
         return _scan_npy(f, location, out, size), out
-    if _is_safetensors(head, size):
-        return _scan_safetensors(f, location, out, size), out
+    if is_safetensors(head, size):
+        return scan_safetensors(f, location, out, size), out
     if head.startswith(b"TGSEAL"):
         out.append(
             _err(
@@ -447,8 +306,8 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
             )
         )
         return "sealed", out
-    if size > 262 and _is_tar(f):
-        return _scan_tar(f, location, out), out
+    if size > 262 and is_tar(f):
+        return scan_tar(f, location, out), out
     fmt = _scan_head(f, head, size, location, out)
     if zipscan.find_eocd(f, size) is not None:  # a pickle/zip polyglot: judge the zip side too
         f.seek(0)
@@ -459,12 +318,12 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
 
 
 def _scan_head(f: IO[bytes], head: bytes, size: int, location: str, out: list[Finding]) -> str:
-    comp = _decompressor(head)
+    comp = decompressor(head)
     data: bytes | None = None
     if comp is not None:
         name, decomp = comp
         try:
-            data = _inflate(f, decomp)
+            data = inflate(f, decomp)
         except (ValueError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
             if head[:1] not in _VALID_FIRST:
                 out.append(_err(FindingKind.PARSE_ERROR, f"{name} stream: {exc}", location))
@@ -477,7 +336,7 @@ def _scan_head(f: IO[bytes], head: bytes, size: int, location: str, out: list[Fi
         return f"{name}+{inner_fmt}"
     if head.startswith(b"ZF0x"):  # joblib < 0.10 zlib format: "ZF" + hex length + zlib
         try:
-            data = _inflate(f, zlib.decompressobj(), skip=21)  # "ZF" + hex length padded to 19
+            data = inflate(f, zlib.decompressobj(), skip=21)  # "ZF" + hex length padded to 19
         except (ValueError, zlib.error) as exc:
             out.append(_err(FindingKind.PARSE_ERROR, f"joblib zlib stream: {exc}", location))
             return "joblib-zlib"

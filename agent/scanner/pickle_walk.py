@@ -16,10 +16,19 @@ from __future__ import annotations
 
 import io
 import pickletools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 from trainguard.agent.scanner.allowlist import Allowance, classify, normalize
+from trainguard.agent.scanner.dtypes import dtype_layout
+from trainguard.agent.scanner.pickle_values import (
+    MARK,
+    UNKNOWN,
+    PDict,
+    Persistent,
+    PGlobal,
+    PObj,
+)
 from trainguard.agent.scanner.report import Finding, FindingKind
 
 __all__ = ["PickleParseError", "PickleResult", "dtype_layout", "walk_pickle"]
@@ -35,50 +44,6 @@ class PickleParseError(Exception):
         super().__init__(message)
         self.findings = findings
         self.position = position
-
-
-class _Mark:
-    __slots__ = ()
-
-
-class _Unknown:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<value>"
-
-
-_MARK = _Mark()
-_UNKNOWN = _Unknown()
-
-
-@dataclass(eq=False)
-class _Global:
-    full: str
-    allowance: Allowance
-
-
-@dataclass(eq=False)
-class _Obj:
-    func: Any
-    args: Any
-    state: Any = None
-
-
-@dataclass(eq=False)
-class _Dict:
-    pairs: list[tuple[Any, Any]] = field(default_factory=list)
-
-    def get(self, key: str) -> Any:
-        for k, v in self.pairs:
-            if k == key:
-                return v
-        return None
-
-
-@dataclass(eq=False)
-class _Persistent:
-    pid: Any
 
 
 @dataclass
@@ -118,12 +83,12 @@ class _Walker:
 
     # -- stack ----------------------------------------------------------------------------
     def _pop(self) -> Any:
-        if not self.stack or self.stack[-1] is _MARK:
+        if not self.stack or self.stack[-1] is MARK:
             raise self._fail("stack underflow")
         return self.stack.pop()
 
     def _top(self) -> Any:
-        if not self.stack or self.stack[-1] is _MARK:
+        if not self.stack or self.stack[-1] is MARK:
             raise self._fail("stack underflow")
         return self.stack[-1]
 
@@ -131,24 +96,24 @@ class _Walker:
         items: list[Any] = []
         while self.stack:
             item = self.stack.pop()
-            if item is _MARK:
+            if item is MARK:
                 items.reverse()
                 return items
             items.append(item)
         raise self._fail("MARK expected but not found")
 
     # -- globals and calls ----------------------------------------------------------------
-    def _global(self, module: str, name: str) -> _Global:
+    def _global(self, module: str, name: str) -> PGlobal:
         module, name = normalize(module, name, self.protocol)
         full = f"{module}.{name}"
         allowance = classify(module, name)
         self.globals.add(full)
         if allowance is Allowance.DENY:
             self._find(FindingKind.DISALLOWED_GLOBAL, f"imports {full}", full)
-        return _Global(full, allowance)
+        return PGlobal(full, allowance)
 
     def _check_call(self, func: Any, how: str) -> None:
-        if isinstance(func, _Global):
+        if isinstance(func, PGlobal):
             if func.allowance is Allowance.REFERENCE:
                 self._find(
                     FindingKind.CALLED_REFERENCE,
@@ -197,7 +162,7 @@ class _Walker:
         else:
             for _ in before:
                 self._pop()
-        self.stack.extend(_UNKNOWN for _ in op.stack_after)
+        self.stack.extend(UNKNOWN for _ in op.stack_after)
 
 
 def _as_str(value: Any) -> str | None:
@@ -221,7 +186,7 @@ def _h_stack_global(w: _Walker, arg: Any) -> None:
     name, module = _as_str(w._pop()), _as_str(w._pop())
     if name is None or module is None:
         w._find(FindingKind.UNRESOLVED_GLOBAL, "STACK_GLOBAL with operands that are not strings")
-        w.stack.append(_UNKNOWN)
+        w.stack.append(UNKNOWN)
         return
     w.stack.append(w._global(module, name))
 
@@ -231,7 +196,7 @@ def _h_inst(w: _Walker, arg: Any) -> None:
     module, _, name = str(arg).partition(" ")
     cls = w._global(module, name)
     w._check_call(cls, "INST")
-    w.stack.append(_Obj(cls, tuple(args)))
+    w.stack.append(PObj(cls, tuple(args)))
 
 
 def _h_obj(w: _Walker, arg: Any) -> None:
@@ -239,7 +204,7 @@ def _h_obj(w: _Walker, arg: Any) -> None:
     if not items:
         raise w._fail("OBJ without a class")
     w._check_call(items[0], "OBJ")
-    w.stack.append(_Obj(items[0], tuple(items[1:])))
+    w.stack.append(PObj(items[0], tuple(items[1:])))
 
 
 # Allowed functions that call one of their arguments while loading: (name -> argument index).
@@ -251,20 +216,20 @@ def _h_reduce(w: _Walker, arg: Any) -> None:
     args = w._pop()
     func = w._pop()
     w._check_call(func, "REDUCE")
-    if isinstance(func, _Global) and func.full in _INDIRECT_CALLERS:
+    if isinstance(func, PGlobal) and func.full in _INDIRECT_CALLERS:
         index = _INDIRECT_CALLERS[func.full]
         if not isinstance(args, tuple) or len(args) <= index:
             w._find(FindingKind.NON_GLOBAL_CALL, f"{func.full} with unreadable arguments")
         else:
             w._check_call(args[index], f"{func.full} argument")
-    w.stack.append(_Obj(func, args))
+    w.stack.append(PObj(func, args))
 
 
 def _h_newobj(w: _Walker, arg: Any) -> None:
     args = w._pop()
     cls = w._pop()
     w._check_call(cls, "NEWOBJ")
-    w.stack.append(_Obj(cls, args))
+    w.stack.append(PObj(cls, args))
 
 
 def _h_newobj_ex(w: _Walker, arg: Any) -> None:
@@ -272,41 +237,41 @@ def _h_newobj_ex(w: _Walker, arg: Any) -> None:
     args = w._pop()
     cls = w._pop()
     w._check_call(cls, "NEWOBJ_EX")
-    w.stack.append(_Obj(cls, args))
+    w.stack.append(PObj(cls, args))
 
 
 def _h_build(w: _Walker, arg: Any) -> None:
     state = w._pop()
     inst = w._top()
-    if isinstance(inst, _Global):
+    if isinstance(inst, PGlobal):
         # BUILD on a class or function would set attributes on it for the whole process.
         w._find(FindingKind.NON_GLOBAL_CALL, f"BUILD sets state on {inst.full} itself", inst.full)
         return
-    if isinstance(inst, _Obj):
+    if isinstance(inst, PObj):
         inst.state = state
-        if isinstance(inst.func, _Global) and inst.func.full == _JOBLIB_WRAPPER:
+        if isinstance(inst.func, PGlobal) and inst.func.full == _JOBLIB_WRAPPER:
             _joblib_array(w, inst)
 
 
 def _h_ext(w: _Walker, arg: Any) -> None:
     w._find(FindingKind.EXTENSION_CODE, f"EXT opcode (copyreg extension code {arg})")
-    w.stack.append(_UNKNOWN)
+    w.stack.append(UNKNOWN)
 
 
 def _h_persid(w: _Walker, arg: Any) -> None:
-    w.stack.append(_Persistent(arg))
+    w.stack.append(Persistent(arg))
 
 
 def _h_binpersid(w: _Walker, arg: Any) -> None:
-    w.stack.append(_Persistent(w._pop()))
+    w.stack.append(Persistent(w._pop()))
 
 
 def _h_mark(w: _Walker, arg: Any) -> None:
-    w.stack.append(_MARK)
+    w.stack.append(MARK)
 
 
 def _h_pop(w: _Walker, arg: Any) -> None:
-    if w.stack and w.stack[-1] is _MARK:
+    if w.stack and w.stack[-1] is MARK:
         w._pop_mark()  # the unpickler's POP on an empty frame discards the mark
     else:
         w._pop()
@@ -347,7 +312,7 @@ def _h_empty_tuple(w: _Walker, arg: Any) -> None:
 
 
 def _h_empty_dict(w: _Walker, arg: Any) -> None:
-    w.stack.append(_Dict())
+    w.stack.append(PDict())
 
 
 def _h_append(w: _Walker, arg: Any) -> None:
@@ -382,20 +347,20 @@ def _tuple_n(n: int) -> Any:
 
 def _h_dict(w: _Walker, arg: Any) -> None:
     items = w._pop_mark()
-    w.stack.append(_Dict(list(zip(items[::2], items[1::2], strict=False))))
+    w.stack.append(PDict(list(zip(items[::2], items[1::2], strict=False))))
 
 
 def _h_setitem(w: _Walker, arg: Any) -> None:
     value, key = w._pop(), w._pop()
     target = w._top()
-    if isinstance(target, _Dict):
+    if isinstance(target, PDict):
         target.pairs.append((key, value))
 
 
 def _h_setitems(w: _Walker, arg: Any) -> None:
     items = w._pop_mark()
     target = w._top()
-    if isinstance(target, _Dict):
+    if isinstance(target, PDict):
         target.pairs.extend(zip(items[::2], items[1::2], strict=False))
 
 
@@ -446,42 +411,13 @@ _HANDLERS: dict[str, Any] = {
 }
 
 
-# -- numpy dtypes (joblib arrays, .npy headers) --------------------------------------------
-
-_KIND_SIZES = {"b": 1, "?": 1, "M": 8, "m": 8}
-
-
-def dtype_layout(descr: str, elsize: int = -1) -> tuple[int, bool]:
-    """(itemsize, has_object) for a simple numpy dtype string like ``<f8``, ``|u1``, ``O``.
-
-    Raises:
-        ValueError: the string is not a simple dtype this scanner understands.
-    """
-    text = descr.lstrip("<>|=")
-    if not text:
-        raise ValueError(f"empty dtype {descr!r}")
-    kind, digits = text[0], text[1:]
-    if kind == "O":
-        return 8, True
-    if elsize > 0:
-        return elsize, False
-    if kind in _KIND_SIZES and (not digits or kind in "Mm"):
-        return _KIND_SIZES[kind], False
-    count = int(digits.split("[", 1)[0]) if digits else 0
-    if kind in "biufcSV" and count > 0:
-        return count, False
-    if kind == "U" and count > 0:
-        return 4 * count, False
-    raise ValueError(f"unsupported dtype {descr!r}")
-
-
-def _joblib_array(w: _Walker, wrapper: _Obj) -> None:
+def _joblib_array(w: _Walker, wrapper: PObj) -> None:
     """Skip (or, for object arrays, walk) the array data joblib wrote after this wrapper."""
     state = wrapper.state
-    if not isinstance(state, _Dict):
+    if not isinstance(state, PDict):
         raise w._fail("joblib NumpyArrayWrapper without a state dict")
     dtype, shape = state.get("dtype"), state.get("shape")
-    if not isinstance(dtype, _Obj) or not isinstance(dtype.args, tuple) or not dtype.args:
+    if not isinstance(dtype, PObj) or not isinstance(dtype.args, tuple) or not dtype.args:
         raise w._fail("joblib array with an unreadable dtype")
     descr = _as_str(dtype.args[0]) or ""
     elsize = -1

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from trainguard.agent.scanner import zipscan
 from trainguard.agent.scanner.archives import decompressor, inflate, is_tar, scan_tar
+from trainguard.agent.scanner.keras import HDF5_MAGIC, scan_hdf5, scan_json_config
 from trainguard.agent.scanner.pickle_walk import PickleParseError, dtype_layout, walk_pickle
 from trainguard.agent.scanner.report import Finding, FindingKind
 from trainguard.agent.scanner.safetensors import is_safetensors, scan_safetensors
@@ -193,6 +194,8 @@ def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str
     for problem in problems:
         out.append(_err(FindingKind.BAD_HEADER, f"zip: {problem}", location))
     kinds: set[str] = set()
+    names = {m.name for m in members}
+    keras = "config.json" in names and bool(names & {"metadata.json", "model.weights.h5"})
     for member in members:
         where = f"{location}:{member.name}" if location else member.name
         if member.encrypted:
@@ -203,7 +206,13 @@ def _scan_zip(f: IO[bytes], location: str, out: list[Finding], size: int) -> str
         except (ValueError, zlib.error, OSError, EOFError) as exc:
             out.append(_err(FindingKind.UNSUPPORTED, f"member unreadable: {exc}", where))
             continue
+        if keras and member.name == "config.json":
+            out.extend(scan_json_config(stream.read(64 << 20), where))
+            kinds.add("keras")
+            continue
         kinds.add(_scan_member(stream, member, where, out))
+    if "keras" in kinds:
+        return "keras"
     if "pickle" in kinds:
         return "torch-zip"
     return "npz" if kinds == {"npy"} else "zip"
@@ -296,6 +305,8 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
         return _scan_npy(f, location, out, size), out
     if is_safetensors(head, size):
         return scan_safetensors(f, location, out, size), out
+    if head.startswith(HDF5_MAGIC):
+        return scan_hdf5(f, size, location, out), out
     if head.startswith(b"TGSEAL"):
         out.append(
             _err(

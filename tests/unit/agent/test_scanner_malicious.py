@@ -203,3 +203,43 @@ def test_reference_only_function_called_through_rebuild_from_type() -> None:
     verdict = scan_bytes(payload)
     assert verdict.verdict is Verdict.UNSAFE
     assert verdict.findings[0].global_name == "numpy.mean"
+
+
+def _keras_zip(config: dict) -> bytes:
+    import json
+
+    return corpus.zip_archive(
+        [
+            ("metadata.json", b'{"keras_version": "3.5.0"}'),
+            ("config.json", json.dumps(config).encode()),
+            ("model.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\x00" * 32),
+        ]
+    )
+
+
+def test_keras_archive_with_a_lambda_layer_or_foreign_module() -> None:
+    lam = {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Dense", "module": "keras.layers", "config": {}},
+        {"class_name": "Lambda", "module": "keras.layers", "config": {"function": "4wEAAA=="}},
+    ]}}  # fmt: skip
+    verdict = scan_bytes(_keras_zip(lam))
+    assert (verdict.format, verdict.verdict) == ("keras", Verdict.UNSAFE)
+    foreign = {"class_name": "Functional", "config": {"layers": [
+        {"class_name": "system", "module": "os", "config": {}},
+    ]}}  # fmt: skip
+    assert scan_bytes(_keras_zip(foreign)).findings[0].global_name == "os.system"
+    benign = {"class_name": "Sequential", "module": "keras", "config": {"layers": []}}
+    assert scan_bytes(_keras_zip(benign)).verdict is Verdict.SAFE
+
+
+def test_legacy_hdf5_keras_lambda_is_unsafe_and_plain_hdf5_is_not_safe(tmp_path: Path) -> None:
+    lam = (
+        b"\x89HDF\r\n\x1a\n"
+        + b"\x00" * 100
+        + b'{"class_name": "Lambda", "config": {}}'
+        + b"\x00" * 50
+    )
+    (tmp_path / "m.h5").write_bytes(lam)
+    (tmp_path / "w.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 200)
+    verdicts = {Path(f.path).name: f.verdict for f in scan_path(tmp_path).files}
+    assert verdicts == {"m.h5": Verdict.UNSAFE, "w.h5": Verdict.ERROR}

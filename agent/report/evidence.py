@@ -161,13 +161,14 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
     rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
     if rob:
         d = _data(rob[-1])
-        checks = d.get("checks", [])
-        failed = [c.get("name") for c in checks if not c.get("passed", True)]
+        failed = list(d.get("failed_checks", []))
+        worst = ", ".join(f"eps {p.get('eps')}: {float(p.get('accuracy', 0)):.1%}" for p in d.get("worst_case", []))
         items.append(_item("robustness", node, EvidenceStatus.FAIL if failed else EvidenceStatus.PASS,
-                           "robustness evaluation",
-                           f"clean accuracy {d.get('clean_accuracy')}; masking checks failed: {failed or 'none'}",
-                           remediation="a failed gradient-masking check means the robust accuracy is not trustworthy; "
-                                       "evaluate with stronger attacks (apgd, more restarts)", now=now))
+                           f"robustness evaluation of {d.get('model', 'a model')}",
+                           f"clean accuracy {float(d.get('clean_accuracy') or 0):.1%}; worst case {worst}; "
+                           f"gradient-masking checks failed: {', '.join(failed) or 'none'}",
+                           remediation="a failed gradient-masking check means the robust accuracy is not "
+                                       "trustworthy; evaluate with stronger attacks (apgd, more restarts)", now=now))
     return items
 
 
@@ -187,15 +188,17 @@ def training_items(node: str, entries: Sequence[Entry], incidents: list[dict[str
 
 
 def robustness_points(entries: Sequence[Entry]) -> list[dict[str, Any]]:
-    points: list[dict[str, Any]] = []
+    """Accuracy against epsilon of the newest evaluation: the worst case across its attacks."""
     rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
-    if rob:
-        d = _data(rob[-1])
-        if d.get("clean_accuracy") is not None:
-            for attack in sorted({str(r.get("attack")) for r in d.get("robust", [])}):
-                points.append({"eps": 0.0, "attack": attack, "accuracy": float(d["clean_accuracy"])})
-        points += [{"eps": r.get("eps"), "attack": r.get("attack"), "accuracy": r.get("accuracy")}
-                   for r in d.get("robust", [])]
+    if not rob:
+        return []
+    d = _data(rob[-1])
+    label = f"worst case ({d.get('model', 'model')})"
+    points: list[dict[str, Any]] = []
+    if d.get("clean_accuracy") is not None:
+        points.append({"eps": 0.0, "attack": label, "accuracy": float(d["clean_accuracy"])})
+    points += [{"eps": float(p["eps"]), "attack": label, "accuracy": float(p["accuracy"])}
+               for p in d.get("worst_case", []) if "eps" in p and "accuracy" in p]
     return points
 
 

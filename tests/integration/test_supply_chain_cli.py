@@ -43,7 +43,12 @@ def test_scan_cli_json_and_exit_codes(cli, tmp_path: Path) -> None:
     assert cli("scan").code == 2
 
 
-def test_deps_lock_verify_drift_and_tampered_lock(cli, home: Path, tmp_path: Path) -> None:
+def test_deps_lock_verify_drift_and_tampered_lock(
+    cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `python -m` puts the working directory on sys.path; run from an empty one so the lock
+    # does not cover this checkout's sources, which other work may be editing meanwhile.
+    monkeypatch.chdir(tmp_path)
     site = tmp_path / "site"
     make_dist(site, "plantme", "1.0", {"plantme/__init__.py": b"X = 1\n"})
     env = {"PYTHONPATH": str(site)}  # the fake distribution joins the real environment

@@ -64,20 +64,17 @@ class HookState:
     def _record_rows(self, rows: torch.Tensor, agg: torch.Tensor) -> None:
         if not self.observe or self._norm2 is None or self._dot is None:
             return
-        r = rows.to(torch.float64)
-        a = agg.to(torch.float64)
-        self._norm2 += (r * r).sum(dim=1)
-        self._dot += r @ a
-        self._agg2 += float((a * a).sum())
+        # float32 products: the flags need a few digits, not a float64 copy of every row
+        self._norm2 += torch.linalg.vector_norm(rows, dim=1).to(torch.float64) ** 2
+        self._dot += (rows @ agg).to(torch.float64)
+        self._agg2 += float(agg @ agg)
 
     def _record_own(self, own: torch.Tensor, agg: torch.Tensor) -> None:
         if not self.observe or self._norm2 is None or self._dot is None:
             return
-        o = own.to(torch.float64)
-        a = agg.to(torch.float64)
-        self._norm2[self.rank] += float((o * o).sum())
-        self._dot[self.rank] += float((o * a).sum())
-        self._agg2 += float((a * a).sum())
+        self._norm2[self.rank] += float(own @ own)
+        self._dot[self.rank] += float(own @ agg)
+        self._agg2 += float(agg @ agg)
 
     def finish_step(self) -> StepStats | None:
         """Collect the step's statistics (one small all-reduce for `mean`); None if unobserved."""
@@ -125,10 +122,10 @@ def _save(store: dict[int, torch.Tensor], bucket: dist.GradBucket, flat: torch.T
 
 
 def _gather(buf: torch.Tensor, state: HookState) -> torch.Tensor:
-    rows = [torch.empty_like(buf) for _ in range(state.world_size)]
-    dist.all_gather(rows, buf, group=state.group)
-    stacked = torch.stack(rows)
-    return torch.nan_to_num(stacked, nan=0.0)
+    """All rows in rank order, gathered straight into one (n, d) tensor; NaN becomes 0."""
+    stacked = torch.empty((state.world_size, buf.numel()), dtype=buf.dtype)
+    dist.all_gather(list(stacked.unbind(0)), buf, group=state.group)
+    return stacked.nan_to_num_(nan=0.0)
 
 
 def aggregate_rows(

@@ -2,8 +2,8 @@
 
 Layout in ``checkpoint.dir``::
 
-    step-00000100.ckpt        sealed stream (trainguard.crypto.sealed) holding a torch.save zip
-    step-00000100.ckpt.sig    JSON {"manifest": {...}, "signature": hex}: Ed25519 by the node key
+    step-00000100.tgseal      sealed stream (trainguard.crypto.sealed) holding a torch.save zip
+    step-00000100.tgseal.sig  JSON {"manifest": {...}, "signature": hex}: Ed25519 by the node key
                               over canonical JSON of {format, file, size, sha256, step, job_id, key_id}
 
 Writing: torch.save goes straight into a `SealedWriter` over a temporary file (no plaintext on
@@ -39,7 +39,7 @@ __all__ = ["CheckpointInfo", "CheckpointStore", "LoadOutcome"]
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-_NAME = re.compile(r"^step-(\d{8})\.ckpt$")
+_NAME = re.compile(r"^step-(\d{8})\.tgseal$")
 # Globals a weights-only checkpoint of a model + optimizer may reference.
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
@@ -150,7 +150,7 @@ class CheckpointStore:
         self._clock = clock
 
     def path_for(self, step: int) -> Path:
-        return self.directory / f"step-{step:08d}.ckpt"
+        return self.directory / f"step-{step:08d}.tgseal"
 
     def list(self) -> list[tuple[int, Path]]:
         """Checkpoints that have a signature file, newest first."""

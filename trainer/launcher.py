@@ -230,3 +230,27 @@ def _simulate_summary(cfg: TrainConfig) -> dict[str, Any] | None:
 
 def result_json(result: Mapping[str, Any]) -> str:
     return json.dumps(result, indent=2, default=str)
+
+
+def export_weights(plan: JobPlan, home: Home, out: Path) -> dict[str, Any]:
+    """Write the model weights of the newest verified checkpoint as a plain state dict (0600).
+
+    This is plaintext on disk: the CLI only calls it after authorizing `checkpoint:export`.
+    """
+    import torch
+    from trainguard.crypto.keyring import Keyring
+    from trainguard.crypto.signing import SigningKey, VerifyKey
+    from trainguard.trainer.checkpoint import CheckpointStore
+
+    store = CheckpointStore(plan.config.checkpoint.dir, Keyring.open(home.keys_dir),
+                            SigningKey.load(home.node_signing_key),
+                            VerifyKey.load(home.node_verify_key), job_id=plan.job_id)
+    outcome = store.load_newest()
+    if outcome.state is None or outcome.info is None:
+        raise JobFailed("no verified checkpoint to export", tip="run the job first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from trainguard.core.home import atomic_output
+
+    with atomic_output(out, mode=0o600) as tmp:
+        torch.save(outcome.state["model"], tmp)
+    return {"path": str(out), "step": outcome.info.step, "from": str(outcome.info.path)}

@@ -47,8 +47,13 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
 def sort_rows(rows: torch.Tensor) -> torch.Tensor:
     """Sort each column of `rows` (n, d) ascending with the sorting network.
 
-    NaN is treated as +inf would be by a total order: callers sanitise NaN first.
+    NaN is not ordered by min/max: callers sanitise NaN first.
     """
+    return torch.stack(_sorted(rows))
+
+
+def _sorted(rows: torch.Tensor) -> list[torch.Tensor]:
+    """The sorted rows as a list (no stacking copy: the rules read only some of them)."""
     n = rows.shape[0]
     size = 1 << max(0, (n - 1).bit_length())
     cols: list[torch.Tensor] = list(rows.unbind(0))
@@ -59,7 +64,7 @@ def sort_rows(rows: torch.Tensor) -> torch.Tensor:
         lo = torch.minimum(cols[a], cols[b])
         hi = torch.maximum(cols[a], cols[b])
         cols[a], cols[b] = lo, hi
-    return torch.stack(cols[:n])
+    return cols[:n]
 
 
 def mean(rows: torch.Tensor) -> torch.Tensor:
@@ -69,7 +74,9 @@ def mean(rows: torch.Tensor) -> torch.Tensor:
 def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median; for an even count, the mean of the two middle values."""
     n = rows.shape[0]
-    s = sort_rows(rows)
+    if n == 1:
+        return rows[0].clone()
+    s = _sorted(rows)
     if n % 2:
         return s[n // 2]
     return (s[n // 2 - 1] + s[n // 2]) / 2
@@ -79,7 +86,8 @@ def trimmed_mean(rows: torch.Tensor, trim: int) -> torch.Tensor:
     """Drop the `trim` smallest and largest values of each coordinate, average the rest."""
     n = rows.shape[0]
     trim = min(trim, (n - 1) // 2)
-    return sort_rows(rows)[trim : n - trim].mean(dim=0)
+    kept = _sorted(rows)[trim : n - trim]
+    return torch.stack(kept).mean(dim=0) if len(kept) > 1 else kept[0].clone()
 
 
 def centered_clip(

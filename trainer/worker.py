@@ -248,7 +248,7 @@ class Recipe:
             self._maybe_kill()
             t0 = time.perf_counter()
             tele_step = self.step % tele_every == 0
-            observe = tele_step or not _mean_fast_path(self)
+            observe = tele_step  # update statistics on telemetry steps (all ranks agree)
             self.hook.begin_step(self.step, observe)
             x, y = self._batch(self.step)
             loss = self._loss(x, y)
@@ -358,12 +358,6 @@ class Recipe:
     def cleanup(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _mean_fast_path(recipe: Recipe) -> bool:
-    from trainguard.trainer.aggregation import _uses_all_reduce
-
-    return _uses_all_reduce(recipe.hook)
 
 
 def _grad_norm(model: torch.nn.Module) -> float:

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--skip-deps-verify", action="store_true",
                    help="TESTS ONLY: skip `deps verify` (recorded in the audit log and the result)")
     p.add_argument("--timeout", type=float, default=None, help="stop the job after N seconds")
+    p.add_argument("--export-weights", type=Path, default=None, metavar="PATH",
+                   help="after the job, write the final weights unsealed to PATH "
+                        "(needs checkpoint:export; audited)")
     p.set_defaults(func=handle)
 
 
@@ -71,6 +74,9 @@ def handle(args: argparse.Namespace, ctx: Context) -> int:
 
     result = launch(plan, audit, report, timeout=args.timeout)
     result["preflight"] = preflight.to_json()
+    result["model_factory"] = plan.config.model.factory
+    if args.export_weights is not None and result["status"] == "completed":
+        result["model_weights"] = _export(args, ctx, plan, config_path)["path"]
     audit.record("train.finish", preflight.principal, {
         "job": plan.job_id, "status": result["status"], "steps": result["steps"],
         "final_accuracy": result["final_accuracy"],
@@ -78,6 +84,18 @@ def handle(args: argparse.Namespace, ctx: Context) -> int:
     })
     ctx.emit(result, _render)
     return EXIT_OK if result["status"] == "completed" and not result["incidents"] else EXIT_FINDINGS
+
+
+def _export(args: argparse.Namespace, ctx: Context, plan: Any, config_path: Path) -> dict[str, Any]:
+    from trainguard.policy import authorize_cli
+    from trainguard.trainer.launcher import export_weights
+
+    out = args.export_weights.expanduser().absolute()
+    decision = authorize_cli(ctx.home, ctx.config, "checkpoint:export", f"/train/{config_path.stem}",
+                             args.project, ctx.audit, otp=args.otp)
+    exported = export_weights(plan, ctx.home, out)
+    ctx.audit.record("train.export", decision.principal, {"job": plan.job_id, **exported})
+    return exported
 
 
 def _render(r: dict[str, Any]) -> str:

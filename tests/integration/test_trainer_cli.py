@@ -40,7 +40,7 @@ def test_digits_converges_with_three_workers_and_leaves_an_audit_trail(cli, home
     _login(cli, home)
     out = cli("train", DIGITS, "--home", home, "--nproc", "3", "--user", "alice",
               "--set", f'checkpoint.dir="{tmp_path / "ck"}"', "--skip-deps-verify",
-              "--format", "json")
+              "--export-weights", tmp_path / "final.pt", "--format", "json")
     assert out.code == 0, out.stderr
     result = out.json()
     assert result["status"] == "completed"
@@ -52,12 +52,19 @@ def test_digits_converges_with_three_workers_and_leaves_an_audit_trail(cli, home
     assert steps["authorize"] == "passed" and steps["deps-verify"] == "skipped"
     assert result["preflight"]["principal"] == "alice"
 
+    weights = Path(result["model_weights"])
+    assert oct(weights.stat().st_mode & 0o777) == "0o600"
+    import torch
+
+    state = torch.load(weights, weights_only=True)
+    assert state["0.weight"].shape == (64, 64)  # digits_mlp: 64 inputs, 64 hidden
+
     log = cli("audit", "log", "--home", home, "--format", "json").json()
     kinds = [e["kind"] for e in log]
     launch = next(e for e in log if e["kind"] == "train.launch")
     assert launch["actor"] == "alice" and launch["data"]["mfa_age_s"] is not None
     assert "train.preflight.skipped" in kinds  # a skipped check is never silent
     assert kinds.count("train.checkpoint") == 3
-    assert "train.telemetry" in kinds and "train.finish" in kinds
+    assert "train.telemetry" in kinds and "train.finish" in kinds and "train.export" in kinds
     verify = cli("audit", "verify", "--home", home, "--format", "json")
     assert verify.code == 0, verify.stderr

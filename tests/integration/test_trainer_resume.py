@@ -33,7 +33,7 @@ def test_flipped_byte_in_newest_checkpoint_is_refused(tmp_path: Path) -> None:
     first, _ = run_job(home, ["train.steps=100", "checkpoint.every=50", f'checkpoint.dir="{ck}"'],
                        nproc=2)
     newest = Path(first["checkpoints"][-1]["path"])
-    assert newest.name == "step-00000100.ckpt"
+    assert newest.name == "step-00000100.tgseal"
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0x01
     newest.write_bytes(bytes(data))

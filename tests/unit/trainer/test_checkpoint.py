@@ -63,15 +63,15 @@ def test_flipped_byte_in_newest_falls_back_to_previous(home: Home, tmp_path: Pat
     _flip(store.path_for(30))
     outcome = store.load_newest()
     assert outcome.info is not None and outcome.info.step == 20
-    assert [p.name for p, _ in outcome.refused] == ["step-00000030.ckpt"]
+    assert [p.name for p, _ in outcome.refused] == ["step-00000030.tgseal"]
 
 
 def test_forged_signature_and_swapped_manifest_are_refused(home: Home, tmp_path: Path) -> None:
     store = _store(home, tmp_path / "ck")
     store.save(_state(10), 10)
     store.save(_state(20), 20)
-    sig20 = store.path_for(20).with_name("step-00000020.ckpt.sig")
-    sig10 = store.path_for(10).with_name("step-00000010.ckpt.sig")
+    sig20 = store.path_for(20).with_name("step-00000020.tgseal.sig")
+    sig10 = store.path_for(10).with_name("step-00000010.tgseal.sig")
     sig20.write_bytes(sig10.read_bytes())  # a valid signature, but for another file
     with pytest.raises(CheckpointTampered):
         store.load(store.path_for(20))

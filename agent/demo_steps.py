@@ -28,6 +28,8 @@ class Demo(DemoRunner):
                 "\n[checks]\n"
                 f'checkpoint_dirs = ["{self.workdir / "checkpoints"}"]\n'
                 f'model_dirs = ["{self.workdir / "models"}"]\n'
+                "\n[hooks.actions]\n"
+                'unsafe-artifact = ["quarantine"]\n'
             )
         return (f"home {self.home}: KEK v{data['kek_version']}, node key {data['node_key_id']}, "
                 f"CA and node certificate, signed policy, admin enrolled"), {"init": data}
@@ -138,7 +140,7 @@ class Demo(DemoRunner):
         scan = self.cli("scan", self.workdir / "models", ok=(1,)).json()
         unsafe = [f for f in scan["files"] if f["verdict"] == "unsafe"]
         found = ", ".join(sorted({g for f in unsafe for g in _globals(f)})) or "unsafe globals"
-        check = self.cli("check", "--id", "artifact-scan", ok=(0, 1)).json()
+        check = self.cli("check", "--id", "model-artifacts", ok=(0, 1)).json()
         quarantined = not planted.exists() and any((self.home / "quarantine").iterdir())
         if not quarantined:
             raise DemoError("the unsafe artifact was not quarantined")

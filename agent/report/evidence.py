@@ -39,8 +39,8 @@ INCIDENT_KIND = "incident"
 HOOK_KINDS = ("hook.run", "hook.skipped")
 ACTION_PREFIX = "action."
 ACCESS_KINDS = ("access-allowed", "access-denied")
-DEPS_KINDS = ("deps-verify", "deps.verify")
-SCAN_KINDS = ("artifact-scan", "scan")
+DEPS_KINDS = ("deps-verified",)
+SCAN_KINDS = ("scan",)
 TRAIN_PREFIXES = ("train.", "train-")
 ROBUSTNESS_KINDS = ("robustness-eval",)
 PRIVILEGED_ROLES = ("admin", "ml-engineer")
@@ -148,15 +148,7 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
                            "dependency verification", f"{'no drift' if clean else 'drift'} at {iso(deps['time'])}: "
                            + json.dumps({k: v for k, v in d.items() if k in ('changed', 'missing', 'extra', 'distributions', 'files')})[:300],
                            remediation="review the drift named by `trainguard deps verify`, reinstall, re-lock", now=now))
-    scans = [e for e in entries if e["kind"] in SCAN_KINDS]
-    if scans:
-        unsafe = [e for e in scans if _data(e).get("unsafe") or _data(e).get("verdict") == "unsafe"]
-        quarantined = [e for e in entries if e["kind"] == f"{ACTION_PREFIX}quarantine"]
-        ok = not unsafe or len(quarantined) >= 1
-        items.append(_item("artifacts", node, EvidenceStatus.PASS if ok else EvidenceStatus.FAIL,
-                           f"{len(scans)} artifact scan(s)",
-                           f"{len(unsafe)} found unsafe artifacts; {len(quarantined)} quarantine action(s)",
-                           remediation="quarantine or delete the unsafe files named by `trainguard scan`", now=now))
+    items.extend(artifact_items(node, entries, incidents, now))
     items.extend(training_items(node, entries, incidents, now))
     rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
     if rob:
@@ -170,6 +162,24 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
                            remediation="a failed gradient-masking check means the robust accuracy is not "
                                        "trustworthy; evaluate with stronger attacks (apgd, more restarts)", now=now))
     return items
+
+
+def artifact_items(node: str, entries: Sequence[Entry], incidents: list[dict[str, Any]],
+                   now: float) -> list[EvidenceItem]:
+    """Scans and unsafe-artifact incidents: satisfied only when every unsafe file was moved aside."""
+    scans = [e for e in entries if e["kind"] in SCAN_KINDS]
+    unsafe_incidents = [i for i in incidents if i["kind"] == "unsafe-artifact"]
+    if not scans and not unsafe_incidents:
+        return []
+    scanned_unsafe = sum(len(_data(e).get("unsafe", [])) for e in scans)
+    contained = [i for i in unsafe_incidents if any(h.startswith("quarantine") and "failed" not in h for h in i["hooks"])]
+    loose = len(unsafe_incidents) - len(contained)
+    status = EvidenceStatus.FAIL if loose else EvidenceStatus.PASS
+    return [_item("artifacts", node, status, "artifact scans",
+                  f"{len(scans)} scan(s) recorded, {scanned_unsafe} unsafe file(s) found by them; "
+                  f"{len(unsafe_incidents)} unsafe-artifact incident(s), {len(contained)} quarantined",
+                  remediation="quarantine or delete the unsafe files named by `trainguard scan`; "
+                              "map unsafe-artifact to the quarantine action in [hooks.actions]", now=now)]
 
 
 def training_items(node: str, entries: Sequence[Entry], incidents: list[dict[str, Any]], now: float) -> list[EvidenceItem]:
@@ -203,11 +213,22 @@ def robustness_points(entries: Sequence[Entry]) -> list[dict[str, Any]]:
 
 
 def training_runs(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """One row per finished job, joined with its launch event (who launched it, aggregation)."""
+    launches = {_data(e).get("job"): (e, _data(e)) for e in entries if e["kind"] == "train.launch"}
     out = []
     for e in entries:
-        if e["kind"] in ("train.completed", "train-completed", "train.finished"):
-            d = _data(e)
-            d.setdefault("summary", ", ".join(f"{k}={d[k]}" for k in
-                         ("aggregation", "steps", "final_accuracy", "flagged_ranks", "resumed_from_step") if k in d))
-            out.append(d)
+        if e["kind"] != "train.finish":
+            continue
+        d = _data(e)
+        launch_entry, launch = launches.get(d.get("job"), (None, {}))
+        row = {**d, "aggregation": launch.get("aggregation"), "principal": launch.get("principal"),
+               "simulate": bool(launch.get("simulate_test_facility")), "time": iso(float(e["time"]))}
+        acc = d.get("final_accuracy")
+        row["summary"] = (
+            f"job {d.get('job')} launched by {launch.get('principal', '?')}: {d.get('status')}, "
+            f"{d.get('steps')} steps, aggregation {launch.get('aggregation', '?')}, "
+            f"final accuracy {float(acc):.1%}" if acc is not None else f"job {d.get('job')}: {d.get('status')}"
+        ) + (f"; incidents: {', '.join(sorted(set(d.get('incidents', []))))}" if d.get("incidents") else "") + (
+            " (fault injection enabled: test facility)" if row["simulate"] else "")
+        out.append(row)
     return out

@@ -261,18 +261,24 @@ def verify_segment(
 ) -> VerifyReport:
     """Verify an exported segment (`AuditLog.export_segment`); entries keep data as JSON text."""
     rows: list[Row] = []
-    for e in segment.get("entries", []):
-        rows.append(
-            (
-                int(e["seq"]),
-                float(e["time"]),
-                str(e["node"]),
-                str(e["actor"]),
-                str(e["kind"]),
-                str(e["data"]),
-                bytes.fromhex(e["prev_hash"]),
-                bytes.fromhex(e["hash"]),
+    try:
+        entries = segment.get("entries", [])
+        for e in entries:
+            rows.append(
+                (
+                    int(e["seq"]),
+                    float(e["time"]),
+                    str(e["node"]),
+                    str(e["actor"]),
+                    str(e["kind"]),
+                    str(e["data"]),
+                    bytes.fromhex(e["prev_hash"]),
+                    bytes.fromhex(e["hash"]),
+                )
             )
-        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # The segment is the evidence under test: one that does not parse fails verification.
+        seq = rows[-1][0] + 1 if rows else 1
+        raise AuditTampered(seq, "malformed entry in the exported segment") from exc
     anchor = GENESIS if rows and rows[0][0] == 1 else None
     return verify_entries(rows, verify_key, trusted_checkpoint=trusted_checkpoint, anchor=anchor)

@@ -42,6 +42,7 @@ from trainguard.agent.audit_chain import (
     verify_entries,
     verify_segment,
 )
+from trainguard.core.errors import IntegrityError, UsageError
 from trainguard.crypto.errors import BadSignature
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 
@@ -49,6 +50,9 @@ __all__ = [
     "CHECKPOINT_KIND",
     "AuditEntry",
     "AuditLog",
+    "AuditLogInvalid",
+    "AuditLogUnavailable",
+    "AuditLogUnreadable",
     "AuditTampered",
     "Checkpoint",
     "VerifyReport",
@@ -76,6 +80,50 @@ CREATE INDEX IF NOT EXISTS entries_kind ON entries(kind, seq);
 CREATE INDEX IF NOT EXISTS entries_time ON entries(time);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+_RESTORE_TIP = (
+    "keep the damaged file as evidence, then restore state/audit.db from a backup of this home "
+    "(or rebuild it from an evidence export); `trainguard audit verify` reports the damage"
+)
+
+
+class AuditLogUnreadable(UsageError):
+    """The audit log file is not an SQLite database (garbled, truncated, overwritten): commands
+    that only need to write or read evidence stop with exit 2 and point at the backup."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        super().__init__(f"{path} is not a valid audit log ({exc})", tip=_RESTORE_TIP)
+        self.path = path
+        self.reason = str(exc)
+
+    def as_tampered(self) -> AuditLogInvalid:
+        """The same failure seen by `audit verify`: evidence that cannot be read is tampering."""
+        return AuditLogInvalid(
+            f"{self.path} is not a valid audit log ({self.reason})",
+            tip="treat this node's audit trail as tampered: keep the file as evidence, compare "
+            "it with the last exported segment, then restore state/audit.db from a backup",
+        )
+
+
+class AuditLogInvalid(IntegrityError):
+    """`audit verify` of a log file that is not a readable audit log (exit 1)."""
+
+
+class AuditLogUnavailable(UsageError):
+    """The audit log exists but SQLite cannot use it now (locked, no permission, I/O error)."""
+
+
+def _db_error(path: Path, exc: sqlite3.DatabaseError) -> UsageError:
+    """SQLite's own failure as a trainguard error: damage (exit 1 under verify, else 2) or an
+    environment problem such as a lock held past the busy timeout or a permission (exit 2)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return AuditLogUnavailable(
+            f"cannot use the audit log {path}: {exc}",
+            tip="check that this user may read and write the file and its folder, and that no "
+            "other process holds a long write lock on it",
+        )
+    return AuditLogUnreadable(path, exc)
 
 
 class AuditLog:
@@ -122,13 +170,18 @@ class AuditLog:
             check_same_thread=False,
             timeout=_BUSY_TIMEOUT_MS / 1000,
         )
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (str(FORMAT_VERSION),)
-        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)",
+                (str(FORMAT_VERSION),),
+            )
+        except sqlite3.DatabaseError as exc:  # garbled file: exit 2 with a tip, never 3
+            conn.close()
+            raise _db_error(db_path, exc) from exc
         return cls(
             conn,
             db_path,
@@ -165,28 +218,34 @@ class AuditLog:
             return []
         prepared = [(str(k), str(a), canonical_json(dict(d)).decode()) for k, a, d in events]
         with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                seq, prev = self._tail()
-                cp_seq, cp_time = self._last_checkpoint_info()
-                seqs: list[int] = []
-                rows: list[Row] = []
-                for kind, actor, data in prepared:
-                    seq += 1
-                    t = float(self._clock())
-                    digest = entry_hash(prev, seq, t, self.node, actor, kind, data)
-                    rows.append((seq, t, self.node, actor, kind, data, prev, digest))
-                    seqs.append(seq)
-                    prev = digest
-                    if self._checkpoint_due(seq, t, cp_seq, cp_time):
-                        seq, prev = self._checkpoint_row(seq, prev, rows)
-                        cp_seq, cp_time = seq, t
-                conn.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                return self._append_locked(prepared)
+            except sqlite3.DatabaseError as exc:  # damaged or unusable file: never exit 3
+                raise _db_error(self.path, exc) from exc
+
+    def _append_locked(self, prepared: list[tuple[str, str, str]]) -> list[int]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq, prev = self._tail()
+            cp_seq, cp_time = self._last_checkpoint_info()
+            seqs: list[int] = []
+            rows: list[Row] = []
+            for kind, actor, data in prepared:
+                seq += 1
+                t = float(self._clock())
+                digest = entry_hash(prev, seq, t, self.node, actor, kind, data)
+                rows.append((seq, t, self.node, actor, kind, data, prev, digest))
+                seqs.append(seq)
+                prev = digest
+                if self._checkpoint_due(seq, t, cp_seq, cp_time):
+                    seq, prev = self._checkpoint_row(seq, prev, rows)
+                    cp_seq, cp_time = seq, t
+            conn.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return seqs
 
     def checkpoint(self, *, force: bool = False) -> Checkpoint | None:
@@ -266,6 +325,8 @@ class AuditLog:
             conn.execute("BEGIN")  # one consistent snapshot for the whole read
             yield from conn.execute(sql, params)
             conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:  # pages damaged after the header was read
+            raise _db_error(self.path, exc) from exc
         finally:
             conn.close()
 

@@ -1,0 +1,174 @@
+"""Bad input through the real CLI for the agent-side commands: audit, hooks, agent, anomaly.
+
+The contract (DESIGN "CLI contract"): exit 0 clean, 1 findings or failed verification, 2 usage
+or config, 3 never (a bug); an `error:` line with a `Tip:`; no traceback without -v; stdout
+empty (or valid JSON) on errors; and nothing created or half-written on disk.
+
+One home is made with `trainguard init` per module and copied for each test (see
+test_cli_bad_input.py, whose conventions this file follows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("agent-bad-input")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
+    env["HOME"] = str(base)
+    env["XDG_CONFIG_HOME"] = str(base / ".config")
+    home = base / "home"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainguard.agent.cli.main", "init", "--home", str(home)]
+        + ["--admin", "root", "--node", "n1", "--format", "json"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return home
+
+
+@pytest.fixture
+def home(template: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "home"
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def assert_fails(r, code: int, *, tip: bool = True) -> str:  # noqa: ANN001
+    """The common contract of a failing command; returns the first error line."""
+    assert r.code == code, (r.code, r.stdout, r.stderr)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors, r.stderr
+    if tip:
+        assert any(ln.startswith("Tip: ") for ln in r.stderr.splitlines()), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "internal error" not in r.stderr
+    assert "Errno" not in r.stderr
+    return errors[0]
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# Every audit, hooks and agent sub-command that reads a home (install-unit does not).
+HOME_COMMANDS = [
+    ("audit", "verify"),
+    ("audit", "log"),
+    ("audit", "report", "--out", "{work}/report"),
+    ("hooks", "list"),
+    ("hooks", "test", "gpu-misuse"),
+    ("agent", "run", "--once"),
+    ("agent", "status"),
+]
+
+
+def _argv(argv: tuple[str, ...], work: Path) -> list[str]:
+    return [a.format(work=work) for a in argv]
+
+
+# -- bug 2: a garbled audit log: verify fails (1), everything else stops with a tip (2) -----------
+
+
+def _garble(db: Path) -> bytes:
+    db.write_bytes(b"x\n")
+    return db.read_bytes()
+
+
+def _damage_pages(db: Path) -> bytes:
+    """Keep SQLite's header (so the file opens) but overwrite every page after the first."""
+    raw = bytearray(db.read_bytes())
+    raw[4096:] = b"\xff" * (len(raw) - 4096)
+    db.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+def test_audit_log_library_names_a_garbled_file(tmp_path: Path) -> None:
+    from trainguard.agent.audit_log import AuditLog, AuditLogUnreadable
+
+    db = tmp_path / "audit.db"
+    before = _garble(db)
+    with pytest.raises(AuditLogUnreadable, match="not a valid audit log") as info:
+        AuditLog.open(db, "n1", None)
+    assert info.value.exit_code == 2 and "backup" in (info.value.tip or "")
+    assert info.value.as_tampered().exit_code == 1
+    assert db.read_bytes() == before  # the evidence is left exactly as found
+
+
+def test_malformed_exported_segment_fails_verification() -> None:
+    from trainguard.agent.audit_log import AuditTampered, verify_segment
+
+    for segment in ({"entries": [{"seq": 1}]}, {"entries": 5}, {"entries": [[1, 2]]}):
+        with pytest.raises(AuditTampered, match="malformed entry"):
+            verify_segment(segment, None)
+
+
+GARBLED_LOG_COMMANDS = [
+    ("audit", "log"),
+    ("audit", "report", "--out", "{work}/report"),
+    ("login", "--user", "root", "--otp", "123456"),
+    ("hooks", "test", "gpu-misuse"),
+    ("agent", "run", "--once"),
+]
+
+
+@pytest.mark.parametrize("argv", GARBLED_LOG_COMMANDS, ids=lambda a: "-".join(a[:2]))
+def test_other_commands_on_a_garbled_log_stop_with_a_tip(cli, home: Path, work: Path, argv) -> None:  # noqa: ANN001
+    db = home / "state" / "audit.db"
+    before = _garble(db)
+    r = cli(*_argv(argv, work), "--home", home, "--format", "json")
+    line = assert_fails(r, 2)
+    assert str(db) in line and "not a valid audit log" in line
+    assert "backup" in r.stderr
+    assert r.stdout == ""
+    assert db.read_bytes() == before
+    assert tree(work) == []  # no report folder
+
+
+def test_audit_log_with_damaged_pages_is_a_usage_error(cli, home: Path) -> None:  # noqa: ANN001
+    _damage_pages(home / "state" / "audit.db")
+    r = cli("audit", "log", "--home", home)
+    assert "not a valid audit log" in assert_fails(r, 2)
+
+
+# -- bugs 4 and 5: audit verify's own inputs, and the home before any key ----------------------
+
+
+# -- bug 6: agent status reads the home (and its config) before asking for the agent ---------
+
+
+# -- bug 1: a missing home gets nothing created in it ---------------------------------------------
+
+
+# -- bug 3: audit report --out -----------------------------------------------------------------
+
+
+# -- malformed trainguard.toml and a damaged webhook queue --------------------------------------
+
+
+# -- bug 7: anomaly detect writes nothing for input that is not a NAB CSV ----------------------
+
+GOOD_ROWS = "".join(f"2026-01-01 00:{m:02d}:00,{m % 3}\n" for m in range(5))
+
+

@@ -94,32 +94,124 @@ def _open_log(ctx: Context) -> Any:
 
     home = ctx.home.require()
     if not home.audit_db.exists():
-        raise UsageError(f"no audit log at {home.audit_db}", tip="run `trainguard init` first")
+        raise UsageError(
+            f"no audit log at {home.audit_db}",
+            tip="restore state/audit.db from a backup of this home; a home made by "
+            "`trainguard init` always has one",
+        )
     return open_embedded_log(home, ctx.config)
 
 
 def _verify(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.agent.audit_log import Checkpoint, verify_segment
-    from trainguard.core.home import write_private
-    from trainguard.crypto.signing import VerifyKey
+    from trainguard.agent.audit_log import AuditLogUnreadable, verify_segment
 
-    key = VerifyKey.load(args.pubkey or ctx.home.node_verify_key)
-    trusted = None
-    if args.checkpoint:
-        trusted = Checkpoint.from_dict(_read_json(args.checkpoint))
+    # An exported segment checked against a given key needs no home (an auditor's laptop);
+    # everything else reads this home, so a missing home is named before any key file.
+    if args.segment is None or args.pubkey is None:
+        ctx.home.require()
+    if args.save_checkpoint is not None and args.save_checkpoint.is_dir():
+        raise UsageError(
+            f"--save-checkpoint {args.save_checkpoint} is a directory", tip="give a file name"
+        )
+    key = _load_key(args.pubkey, ctx)
+    trusted = _read_checkpoint(args.checkpoint) if args.checkpoint else None
     if args.segment:
-        report = verify_segment(_read_json(args.segment), key, trusted_checkpoint=trusted)
+        segment = _read_json(args.segment, "segment", _SEGMENT_TIP, garbled=_bad_segment)
+        report = verify_segment(segment, key, trusted_checkpoint=trusted)
     else:
-        with _open_log(ctx) as log:
-            report = log.verify(key, trusted_checkpoint=trusted)
+        try:
+            with _open_log(ctx) as log:
+                report = log.verify(key, trusted_checkpoint=trusted)
+        except AuditLogUnreadable as exc:  # a log that cannot be read is a failed verification
+            raise exc.as_tampered() from exc
     data = {"ok": True, "key_id": key.key_id, **report.to_dict()}
     if args.save_checkpoint and report.last_checkpoint is not None:
-        write_private(
-            args.save_checkpoint, json.dumps(report.last_checkpoint.to_dict(), indent=2).encode()
-        )
+        _save_checkpoint(args.save_checkpoint, report.last_checkpoint.to_dict())
         data["saved_checkpoint"] = str(args.save_checkpoint)
+    elif args.save_checkpoint:
+        ctx.info(f"nothing saved to {args.save_checkpoint}: the log has no signed checkpoint yet")
     ctx.emit(data, _verify_text)
     return 0
+
+
+_CHECKPOINT_TIP = "pass a file saved earlier with `trainguard audit verify --save-checkpoint FILE`"
+_SEGMENT_TIP = "pass a segment exported from a node's audit log (JSON)"
+
+
+def _load_key(path: Path | None, ctx: Context) -> Any:
+    from trainguard.core.errors import TrainguardError
+    from trainguard.crypto.signing import VerifyKey
+
+    try:
+        return VerifyKey.load(path or ctx.home.node_verify_key)
+    except TrainguardError as exc:
+        # `trainguard init` refuses an existing home, so its tip would send users in circles.
+        tip = (
+            "pass the node's public key (keys/node.ed25519.pub in that node's home)"
+            if path
+            else "restore keys/node.ed25519.pub from a backup of this home, or pass --pubkey"
+        )
+        raise type(exc)(exc.message, tip=tip) from exc
+
+
+def _read_checkpoint(path: Path) -> Any:
+    from trainguard.agent.audit_log import Checkpoint
+    from trainguard.core.errors import IntegrityError
+
+    # A saved checkpoint is a trust anchor: one that cannot be read fails verification (exit 1)
+    # rather than being skipped; a path that does not exist is a usage error (exit 2).
+    raw = _read_json(path, "checkpoint", _CHECKPOINT_TIP, garbled=_bad_cp)
+    try:
+        return Checkpoint.from_dict(raw)
+    except IntegrityError as exc:
+        raise _bad_cp(path) from exc
+
+
+def _bad_cp(path: Path) -> Exception:
+    from trainguard.core.errors import IntegrityError
+
+    return IntegrityError(f"{path} is not a trainguard audit checkpoint", tip=_CHECKPOINT_TIP)
+
+
+def _bad_segment(path: Path) -> Exception:
+    from trainguard.core.errors import IntegrityError
+
+    return IntegrityError(f"{path} is not a trainguard audit segment", tip=_SEGMENT_TIP)
+
+
+def _save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    from trainguard.core.home import write_private
+
+    try:
+        write_private(path, json.dumps(checkpoint, indent=2).encode())
+    except OSError as exc:
+        raise UsageError(
+            f"cannot save the checkpoint to {path}: {exc.strerror or exc}",
+            tip="choose a writable location, ideally off this node",
+        ) from exc
+
+
+def _read_json(path: Path, what: str, tip: str, garbled: Any = None) -> Any:
+    """The JSON in `path`; exit 2 naming the file when it cannot be read, `garbled(path)` (or
+    exit 2) when it is not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UsageError(f"no such {what} file: {path}", tip=tip) from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{what} {path} is a directory, not a file", tip=tip) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}", tip=tip) from exc
+    except UnicodeDecodeError as exc:
+        if garbled is not None:
+            raise garbled(path) from exc
+        raise UsageError(f"{what} {path} is not a text file", tip=tip) from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if garbled is not None:
+            raise garbled(path) from exc
+        raise UsageError(f"{what} {path} is not valid JSON ({exc})", tip=tip) from exc
 
 
 def _verify_text(d: dict[str, Any]) -> str:
@@ -134,13 +226,6 @@ def _verify_text(d: dict[str, Any]) -> str:
             f"{d['unsigned_tail']} entries after the last checkpoint are protected by the chain only"
         )
     return "\n".join(lines)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path} as JSON: {exc}") from exc
 
 
 def _log(args: argparse.Namespace, ctx: Context) -> int:

@@ -124,6 +124,19 @@ def test_malformed_exported_segment_fails_verification() -> None:
             verify_segment(segment, None)
 
 
+@pytest.mark.parametrize("damage", [_garble, _damage_pages], ids=["garbled", "damaged-pages"])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_audit_verify_of_a_garbled_log_is_tampering(cli, home: Path, damage, fmt) -> None:  # noqa: ANN001
+    db = home / "state" / "audit.db"
+    before = damage(db)
+    r = cli("audit", "verify", "--home", home, "--format", fmt)
+    line = assert_fails(r, 1)
+    assert str(db) in line and "not a valid audit log" in line
+    assert "tampered" in r.stderr
+    assert r.stdout == ""
+    assert db.read_bytes() == before
+
+
 GARBLED_LOG_COMMANDS = [
     ("audit", "log"),
     ("audit", "report", "--out", "{work}/report"),
@@ -153,6 +166,85 @@ def test_audit_log_with_damaged_pages_is_a_usage_error(cli, home: Path) -> None:
 
 
 # -- bugs 4 and 5: audit verify's own inputs, and the home before any key ----------------------
+
+
+def test_missing_checkpoint_file_is_named_with_a_tip(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    r = cli("audit", "verify", "--home", home, "--checkpoint", work / "saved.json")
+    line = assert_fails(r, 2)
+    assert "no such checkpoint file" in line and str(work / "saved.json") in line
+    assert "--save-checkpoint" in r.stderr
+    assert r.stdout == ""
+
+
+def test_checkpoint_that_is_a_folder_is_a_usage_error(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    r = cli("audit", "verify", "--home", home, "--checkpoint", work)
+    assert "is a directory" in assert_fails(r, 2)
+
+
+@pytest.mark.parametrize("content", ["{ not json", "[1, 2]", '{"seq": 3}', "\udcff"])
+def test_garbled_checkpoint_fails_verification(cli, home: Path, work: Path, content: str) -> None:  # noqa: ANN001
+    saved = work / "saved.json"
+    saved.write_bytes(content.encode("utf-8", "surrogateescape"))
+    r = cli("audit", "verify", "--home", home, "--checkpoint", saved, "--format", "json")
+    line = assert_fails(r, 1)
+    assert str(saved) in line and "not a trainguard audit checkpoint" in line
+    assert r.stdout == ""
+
+
+def test_save_checkpoint_into_a_folder_is_refused(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    r = cli("audit", "verify", "--home", home, "--save-checkpoint", work, "--format", "json")
+    assert "is a directory" in assert_fails(r, 2)
+    assert r.stdout == ""
+
+
+def test_saved_checkpoint_round_trip(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    every = {"TRAINGUARD_AGENT_CHECKPOINT_EVERY": "1"}
+    assert cli("audit", "log", "--home", home, env=every).code == 0
+    r = cli("hooks", "test", "posture-failure", "--home", home, env=every)  # signs a checkpoint
+    assert r.code in (0, 1), r.stderr
+    saved = work / "saved.json"
+    r = cli("audit", "verify", "--home", home, "--save-checkpoint", saved, env=every)
+    assert r.code == 0, r.stderr
+    assert json.loads(saved.read_text())["signature"]
+    r = cli("audit", "verify", "--home", home, "--checkpoint", saved, "--format", "json")
+    assert r.code == 0, r.stderr
+    assert r.json()["ok"] is True
+
+
+def test_missing_segment_and_garbled_segment(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    r = cli("audit", "verify", "--home", home, "--segment", work / "seg.json")
+    assert "no such segment file" in assert_fails(r, 2)
+    (work / "seg.json").write_text("{ nope")
+    r = cli("audit", "verify", "--home", home, "--segment", work / "seg.json")
+    assert "not a trainguard audit segment" in assert_fails(r, 1)
+    (work / "seg.json").write_text('{"entries": [{"seq": 1}]}')
+    r = cli("audit", "verify", "--home", home, "--segment", work / "seg.json")
+    assert "malformed entry" in assert_fails(r, 1)
+
+
+def test_missing_pubkey_tip_does_not_send_users_to_init(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    r = cli("audit", "verify", "--home", home, "--pubkey", work / "node.pub")
+    line = assert_fails(r, 2)
+    assert str(work / "node.pub") in line
+    assert "trainguard init" not in r.stderr
+    (home / "keys" / "node.ed25519.pub").unlink()
+    r = cli("audit", "verify", "--home", home)
+    assert_fails(r, 2)
+    assert "backup" in r.stderr and "trainguard init" not in r.stderr
+
+
+def test_exported_segment_verifies_without_a_home(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    from trainguard.agent.audit_log import AuditLog
+
+    with AuditLog.open(home / "state" / "audit.db", "n1", None) as log:
+        (work / "seg.json").write_text(json.dumps(log.export_segment()))
+    pub = home / "keys" / "node.ed25519.pub"
+    missing = work / "nope"
+    r = cli("audit", "verify", "--segment", work / "seg.json", "--pubkey", pub, "--home", missing)
+    assert r.code == 0, r.stderr
+    assert not missing.exists()
+    r = cli("audit", "verify", "--segment", work / "seg.json", "--home", missing)
+    assert "no trainguard home" in assert_fails(r, 2)
 
 
 # -- bug 6: agent status reads the home (and its config) before asking for the agent ---------

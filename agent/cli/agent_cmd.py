@@ -122,6 +122,8 @@ def _once_text(d: dict[str, Any]) -> str:
 def _status(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.agent.client import AgentClient, AgentUnavailable
 
+    ctx.home.require()  # "not running" would send the user looking for a daemon, not a home
+    ctx.config  # noqa: B018 - a broken trainguard.toml stops the next (re)start: say so now
     try:
         with AgentClient(ctx.home, timeout=10) as client:
             status = client.status()

@@ -250,6 +250,22 @@ def test_exported_segment_verifies_without_a_home(cli, home: Path, work: Path) -
 # -- bug 6: agent status reads the home (and its config) before asking for the agent ---------
 
 
+def test_agent_status_with_a_broken_config_lists_the_problems(cli, home: Path) -> None:  # noqa: ANN001
+    with (home / "trainguard.toml").open("a") as f:
+        f.write('\n[agent]\ncheckpoint_evry = 3\ncheckpoint_every = "x"\n')
+    r = cli("agent", "status", "--home", home, "--format", "json")
+    line = assert_fails(r, 2)
+    assert "invalid configuration" in line
+    assert "checkpoint_evry" in r.stderr and "expected int" in r.stderr
+    assert r.stdout == ""
+
+
+def test_agent_status_of_a_home_without_agent_is_json(cli, home: Path) -> None:  # noqa: ANN001
+    r = cli("agent", "status", "--home", home, "--format", "json")
+    assert r.code == 1
+    assert r.json()["running"] is False
+
+
 # -- bug 1: a missing home gets nothing created in it ---------------------------------------------
 
 
@@ -257,6 +273,19 @@ def test_exported_segment_verifies_without_a_home(cli, home: Path, work: Path) -
 
 
 # -- malformed trainguard.toml and a damaged webhook queue --------------------------------------
+
+
+@pytest.mark.parametrize("argv", HOME_COMMANDS, ids=lambda a: "-".join(a[:2]))
+def test_every_config_problem_is_listed(cli, home: Path, work: Path, argv) -> None:  # noqa: ANN001
+    with (home / "trainguard.toml").open("a") as f:
+        f.write("\n[agent]\ncheckpoint_evry = 3\n[hooks]\ntimeout_seconds = -1\n[bogus]\nx = 1\n")
+    r = cli(*_argv(argv, work), "--home", home, "--format", "json")
+    line = assert_fails(r, 2)
+    assert "invalid configuration" in line and "trainguard.toml" in line
+    for problem in ("checkpoint_evry", "timeout_seconds", "[bogus]"):
+        assert problem in r.stderr, problem
+    assert r.stdout == ""
+    assert tree(work) == []
 
 
 # -- bug 7: anomaly detect writes nothing for input that is not a NAB CSV ----------------------

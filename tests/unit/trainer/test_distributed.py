@@ -21,7 +21,8 @@ def _init(rank: int, store_path: str) -> None:
                             timeout=timedelta(seconds=60))
 
 
-def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: bool) -> None:
+def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: bool,
+                 exclude: bool = False) -> None:
     from torch.nn.parallel import DistributedDataParallel
     from trainguard.trainer.aggregation import HookState, robust_hook
     from trainguard.trainer.config import Aggregation, AggregationSection, Attack, SimulateSection
@@ -35,6 +36,8 @@ def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: boo
         attack = AttackPlan.from_config(SimulateSection(byzantine_ranks=[2], attack=Attack.SIGN_FLIP)) if byz else None
         state = HookState(AggregationSection(method=Aggregation(method), momentum=0.0),
                           rank=rank, world_size=WORLD, attack=attack)
+        if exclude:
+            state.excluded.add(2)
         ddp.register_comm_hook(state, robust_hook)
         x, y = _data(rank)
         for step in range(2):  # step 2 runs on DDP's rebuilt buckets
@@ -146,3 +149,11 @@ def test_replica_divergence_is_seen_by_every_rank(tmp_path: Path) -> None:
     _spawn(_consistency_worker, tmp_path, 1)
     outcomes = [Path(tmp_path, f"c{r}.txt").read_text() for r in range(WORLD)]
     assert all(o.startswith("diverged:") and "[1]" in o for o in outcomes), outcomes
+
+
+def test_excluded_rank_no_longer_moves_the_mean(tmp_path: Path) -> None:
+    _spawn(_hook_worker, tmp_path, "mean", True, True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    flat = torch.cat([g.flatten() for g in results[0]["grads"]])
+    honest = torch.stack([_local_grads(0), _local_grads(1)]).mean(dim=0)
+    assert torch.allclose(flat, honest, atol=1e-6)  # the sign-flipping rank 2 is ignored

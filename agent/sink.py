@@ -32,10 +32,17 @@ def _agent_config(config: Config) -> AgentConfig:
 
 def open_embedded_log(home: Home, config: Config) -> AuditLog:
     """The home's audit log opened in this process, signing checkpoints with the node key
-    when this user can read it."""
+    when this user can read it.
+
+    Raises:
+        HomeError: `home` was never made by `trainguard init` (nothing is created then).
+        AuditLogUnreadable: state/audit.db is not an audit log (exit 2, restore from backup).
+    """
     from trainguard.core.errors import TrainguardError
     from trainguard.crypto.signing import SigningKey
 
+    # AuditLog.open creates state/ and audit.db: never do that in a folder that is no home.
+    home.require()
     signer = None
     if home.node_signing_key.exists():
         try:
@@ -82,7 +89,9 @@ class AgentSink:
 
 
 def open_sink(home: Home, config: Config) -> AuditSink:
-    """The running agent over its unix socket when it answers, else the embedded audit log."""
+    """The running agent over its unix socket when it answers, else the embedded audit log.
+    Raises `HomeError` (exit 2, nothing created) when `home` does not exist."""
+    home.require()
     if home.agent_socket.exists():
         client = AgentClient(home, timeout=30.0)
         if client.ping():

@@ -269,6 +269,50 @@ def test_agent_status_of_a_home_without_agent_is_json(cli, home: Path) -> None: 
 # -- bug 1: a missing home gets nothing created in it ---------------------------------------------
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("argv", HOME_COMMANDS, ids=lambda a: "-".join(a[:2]))
+def test_missing_home_is_named_and_nothing_is_created(cli, work: Path, argv, fmt) -> None:  # noqa: ANN001
+    missing = work / "nope"
+    r = cli(*_argv(argv, work), "--home", missing, "--format", fmt)
+    line = assert_fails(r, 2)
+    assert "no trainguard home" in line and str(missing) in line
+    assert "public key" not in r.stderr and "not running" not in r.stderr + r.stdout
+    assert r.stdout == ""
+    assert not missing.exists()
+    assert tree(work) == []
+
+
+@pytest.mark.parametrize("argv", HOME_COMMANDS, ids=lambda a: "-".join(a[:2]))
+def test_empty_folder_is_no_home_and_stays_empty(cli, work: Path, argv) -> None:  # noqa: ANN001
+    empty = work / "empty"
+    empty.mkdir()
+    r = cli(*_argv(argv, work), "--home", empty)
+    assert "no trainguard home" in assert_fails(r, 2)
+    assert tree(work) == ["empty"]
+
+
+def test_audit_sink_of_a_missing_home_creates_nothing(tmp_path: Path) -> None:
+    from trainguard.agent.sink import open_embedded_log, open_sink
+    from trainguard.core.config import load_config
+    from trainguard.core.home import Home, HomeError
+
+    home = Home(tmp_path / "nope")
+    config = load_config(home.config_path, {})
+    for opener in (open_sink, open_embedded_log):
+        with pytest.raises(HomeError, match="no trainguard home"):
+            opener(home, config)
+    assert not home.root.exists()
+
+
+def test_scan_audit_with_a_missing_home_leaves_no_audit_log(cli, work: Path) -> None:  # noqa: ANN001
+    # `scan` is not ours, but it records through the shared sink: the sink refuses the home.
+    (work / "f.txt").write_text("hello")
+    missing = work / "nope"
+    r = cli("scan", "--audit", work / "f.txt", "--home", missing)
+    assert r.code == 2 and "no trainguard home" in r.stderr
+    assert not missing.exists()
+
+
 # -- bug 3: audit report --out -----------------------------------------------------------------
 
 

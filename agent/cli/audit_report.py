@@ -47,16 +47,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                    args.ca or home.pki_dir / "ca.crt")
         for url in args.node
     ]
-    report = build_report(home, ctx.config, remotes, include_local=not args.no_local, progress=ctx.info)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    for fmt in formats:
-        formatter = fmt.formatter()
-        path = out / f"trainguard-report.{formatter.suffix}"
-        with atomic_output(path, mode=0o640) as tmp:
-            tmp.write_text(formatter.render(report), encoding="utf-8")
-        paths[fmt.value] = str(path)
+    _check_out(out)  # before gathering: a wrong --out should not cost a whole evidence pull
+    report = build_report(home, ctx.config, remotes, include_local=not args.no_local, progress=ctx.info)
+    rendered = {fmt: fmt.formatter() for fmt in formats}
+    paths = _write_all(out, {f: (fm.suffix, fm.render(report)) for f, fm in rendered.items()})
     counts = report.counts()
     ctx.audit.record("audit-report", "cli", {"score": report.score, "counts": counts, "paths": paths,
                                              "nodes": [n.name for n in report.nodes]})
@@ -74,3 +69,36 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     ctx.emit(data, text)
     return 1 if counts["not-satisfied"] or failed_nodes else 0
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"--out {out} exists and is not a folder",
+            tip="--out names a folder for the report files; pass a new or existing folder",
+        )
+
+
+def _write_all(out: Path, texts: dict[Any, tuple[str, str]]) -> dict[str, str]:
+    """Write every format or none: on a failure, files written by this run are removed (and
+    the folder, if this run made it), so a half report never passes for a whole one."""
+    made = not out.exists()
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for suffix, text in texts.values():
+            path = out / f"trainguard-report.{suffix}"
+            with atomic_output(path, mode=0o640) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+            written.append(path)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        where = exc.filename or out
+        raise UsageError(
+            f"cannot write the report to {out}: {where}: {exc.strerror or exc}",
+            tip="choose a writable --out folder; the files of this run were removed",
+        ) from exc
+    return {fmt.value: str(out / f"trainguard-report.{suffix}") for fmt, (suffix, _) in texts.items()}

@@ -316,6 +316,31 @@ def test_scan_audit_with_a_missing_home_leaves_no_audit_log(cli, work: Path) -> 
 # -- bug 3: audit report --out -----------------------------------------------------------------
 
 
+def test_report_out_that_is_a_file_is_a_usage_error(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    target = work / "report.txt"
+    target.write_text("keep me")
+    r = cli("audit", "report", "--home", home, "--out", target, "--format", "json")
+    line = assert_fails(r, 2)
+    assert str(target) in line and "not a folder" in line
+    assert r.stdout == ""
+    assert target.read_text() == "keep me"
+    assert tree(work) == ["report.txt"]
+
+
+def test_report_out_under_a_file_writes_nothing(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    (work / "plain").write_text("x")
+    r = cli("audit", "report", "--home", home, "--out", work / "plain" / "sub")
+    assert "cannot write the report" in assert_fails(r, 2)
+    assert r.stdout == ""
+    assert tree(work) == ["plain"]
+
+
+def test_report_into_a_new_folder_still_works(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    r = cli("audit", "report", "--home", home, "--out", work / "r", "--formats", "md,json")
+    assert r.code in (0, 1), r.stderr  # 1: some controls are not satisfied on a fresh home
+    assert tree(work / "r") == ["trainguard-report.json", "trainguard-report.md"]
+
+
 # -- malformed trainguard.toml and a damaged webhook queue --------------------------------------
 
 

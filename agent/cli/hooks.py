@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from trainguard.agent.cli.context import Context
 from trainguard.core.audit import IncidentKind
+from trainguard.core.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,11 +46,12 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
     cfg = ctx.config.section("hooks")
     cfg = cfg if isinstance(cfg, HooksConfig) else HooksConfig()
     run, skipped = discover_hooks(home.hooks_dir)
-    queue = DeliveryQueue(home.queue_db)
-    try:
-        counts = queue.counts()
-    finally:
-        queue.close()
+    with _queue_errors(home.queue_db):
+        queue = DeliveryQueue(home.queue_db)
+        try:
+            counts = queue.counts()
+        finally:
+            queue.close()
     data = {
         "hooks_dir": str(home.hooks_dir),
         "hooks": [p.name for p in run],
@@ -58,6 +64,19 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
     }
     ctx.emit(data, _list_text)
     return 0
+
+
+@contextlib.contextmanager
+def _queue_errors(path: Path) -> Iterator[None]:
+    """A garbled state/queue.db is a damaged home (exit 2 with a tip), not a bug (exit 3)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(
+            f"{path} is not a usable webhook queue ({exc})",
+            tip="restore state/queue.db from a backup of this home, or move it aside to start "
+            "an empty queue (webhooks still waiting in it are then not retried)",
+        ) from exc
 
 
 def _list_text(d: dict[str, Any]) -> str:
@@ -87,7 +106,8 @@ def _test(args: argparse.Namespace, ctx: Context) -> int:
         "note": "fired by `trainguard hooks test`",
     }
     with open_embedded_log(home, ctx.config) as log:
-        engine = IncidentEngine.from_config(home, ctx.config, log)
+        with _queue_errors(home.queue_db):  # the engine opens the webhook queue
+            engine = IncidentEngine.from_config(home, ctx.config, log)
         try:
             incident = engine.report(
                 args.kind, args.severity, evidence, actor="hooks-test", respond=False

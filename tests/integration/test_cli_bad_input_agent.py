@@ -357,6 +357,17 @@ def test_every_config_problem_is_listed(cli, home: Path, work: Path, argv) -> No
     assert tree(work) == []
 
 
+@pytest.mark.parametrize("argv", [("hooks", "list"), ("hooks", "test", "gpu-misuse")])
+def test_garbled_webhook_queue(cli, home: Path, argv) -> None:  # noqa: ANN001
+    queue = home / "state" / "queue.db"
+    queue.write_bytes(b"not sqlite")
+    r = cli(*argv, "--home", home, "--format", "json")
+    line = assert_fails(r, 2)
+    assert str(queue) in line and "backup" in r.stderr
+    assert r.stdout == ""
+    assert queue.read_bytes() == b"not sqlite"
+
+
 # -- bug 7: anomaly detect writes nothing for input that is not a NAB CSV ----------------------
 
 GOOD_ROWS = "".join(f"2026-01-01 00:{m:02d}:00,{m % 3}\n" for m in range(5))

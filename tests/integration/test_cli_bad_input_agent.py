@@ -373,3 +373,83 @@ def test_garbled_webhook_queue(cli, home: Path, argv) -> None:  # noqa: ANN001
 GOOD_ROWS = "".join(f"2026-01-01 00:{m:02d}:00,{m % 3}\n" for m in range(5))
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(
+    ("stdin", "expect"),
+    [
+        ("", "header"),
+        ("time,val\n2026-01-01 00:00:00,1\n", "header"),
+        ("timestamp,value\n2026-01-01 00:00:00,abc\n", "row 2"),
+        ("timestamp,value\n2026-01-01 00:00:00,nan\n", "not finite"),
+        ("timestamp,value\nyesterday,1\n", "timestamp"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "CSV"),  # undecodable or no header: locale
+    ],
+    ids=["empty", "wrong-header", "not-a-number", "nan", "bad-time", "binary"],
+)
+def test_detect_bad_input_leaves_stdout_empty(cli, home: Path, stdin, expect, fmt) -> None:  # noqa: ANN001
+    r = cli("anomaly", "detect", "-", "--home", home, "--format", fmt, input=stdin)
+    assert expect in assert_fails(r, 2)
+    assert r.stdout == ""
+
+
+def test_detect_bad_row_later_stops_and_says_what_was_written(cli, home: Path) -> None:  # noqa: ANN001
+    stdin = "timestamp,value\n" + GOOD_ROWS + "2026-01-01 01:00:00,oops\n" + GOOD_ROWS
+    r = cli("anomaly", "detect", "-", "--home", home, input=stdin)
+    line = assert_fails(r, 2)
+    assert "row 7" in line and "5 rows before it" in line
+    lines = r.stdout.splitlines()
+    assert lines[0] == "timestamp,value,score,alert" and len(lines) == 6
+    r = cli("anomaly", "detect", "-", "--home", home, "--format", "json", input=stdin)
+    assert_fails(r, 2)
+    assert r.stdout == ""  # JSON is all or nothing
+
+
+def test_detect_header_only_is_an_empty_result(cli, home: Path) -> None:  # noqa: ANN001
+    r = cli("anomaly", "detect", "-", "--home", home, input="timestamp,value\n")
+    assert r.code == 0, r.stderr
+    assert r.stdout == "timestamp,value,score,alert\n"
+    r = cli("anomaly", "detect", "-", "--home", home, "--format", "json", input="timestamp,value\n")
+    assert r.code == 0 and r.json()["rows"] == 0
+
+
+def test_detect_good_input_streams_csv(cli, home: Path) -> None:  # noqa: ANN001
+    r = cli("anomaly", "detect", "-", "--home", home, input="timestamp,value\n" + GOOD_ROWS)
+    assert r.code in (0, 1), r.stderr
+    assert len(r.stdout.splitlines()) == 6
+
+
+def test_detect_needs_no_home_and_creates_none(cli, work: Path) -> None:  # noqa: ANN001
+    missing = work / "nope"
+    r = cli("anomaly", "detect", "-", "--home", missing, input="timestamp,value\n" + GOOD_ROWS)
+    assert r.code in (0, 1), r.stderr
+    assert not missing.exists()
+
+
+def test_detect_threshold_out_of_range(cli, home: Path) -> None:  # noqa: ANN001
+    r = cli("anomaly", "detect", "-", "--home", home, "--threshold", "3", input="")
+    assert "--threshold" in assert_fails(r, 2)
+
+
+@pytest.mark.parametrize("out", ["{work}", "{work}/no-such-dir/m.skops"])
+def test_fit_out_mistakes_are_caught_before_fitting(cli, home: Path, work: Path, out: str) -> None:  # noqa: ANN001
+    csv = work / "base.csv"
+    csv.write_text("timestamp,a\n" + "".join(f"{i},{i % 7}\n" for i in range(40)))
+    r = cli("anomaly", "fit", csv, "--out", out.format(work=work), "--home", home)
+    assert "--out" in assert_fails(r, 2)
+    assert tree(work) == ["base.csv"]
+
+
+def test_fit_with_too_few_rows_has_a_tip(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    csv = work / "base.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    r = cli("anomaly", "fit", csv, "--out", work / "m.skops", "--home", home)
+    assert_fails(r, 2)
+    assert tree(work) == ["base.csv"]
+
+
+def test_detect_binary_file_is_not_a_csv(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    blob = work / "model.bin"
+    blob.write_bytes(b"timestamp,value\n\xff\xfe\x00\x81 binary")
+    r = cli("anomaly", "detect", blob, "--home", home, env={"PYTHONIOENCODING": "utf-8"})
+    assert "not a text CSV" in assert_fails(r, 2)
+    assert r.stdout == ""

@@ -257,7 +257,11 @@ def score(args: argparse.Namespace, ctx: Context) -> int:
 
     if not args.csv.is_file():  # the input first: a typo there is the cheaper mistake to name
         raise UsageError(f"no such file: {args.csv}", tip="give a numeric CSV to score")
-    det = load_detector(args.model)
+    try:
+        det = load_detector(args.model)
+    except UsageError as exc:
+        raise UsageError(exc.message, tip=exc.tip or "pass a model written by `trainguard "
+                         "anomaly fit` (a .skops file)") from exc
     try:
         _, data = read_table(args.csv, det.columns)
     except UsageError as exc:

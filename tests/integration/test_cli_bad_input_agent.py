@@ -453,3 +453,11 @@ def test_detect_binary_file_is_not_a_csv(cli, home: Path, work: Path) -> None:  
     r = cli("anomaly", "detect", blob, "--home", home, env={"PYTHONIOENCODING": "utf-8"})
     assert "not a text CSV" in assert_fails(r, 2)
     assert r.stdout == ""
+
+
+def test_score_with_a_file_that_is_no_model(cli, home: Path, work: Path) -> None:  # noqa: ANN001
+    (work / "in.csv").write_text("timestamp,a\n1,2\n")
+    (work / "junk.skops").write_text("not a zip")
+    r = cli("anomaly", "score", work / "in.csv", "--model", work / "junk.skops", "--home", home)
+    assert "junk.skops" in assert_fails(r, 2)
+    assert "anomaly fit" in r.stderr and r.stdout == ""

@@ -153,6 +153,18 @@ def _install_unit(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.agent.unit import DEFAULT_UNIT_PATH, UnitOptions, render_unit
     from trainguard.core.home import write_private
 
+    if args.watchdog < 1:
+        raise UsageError(
+            f"--watchdog must be at least 1 second, not {args.watchdog}",
+            tip="the agent pings systemd every cycle; 60 is a good value",
+        )
+    try:
+        exec_start = tuple(shlex.split(args.exec_start)) if args.exec_start else ()
+    except ValueError as exc:
+        raise UsageError(
+            f"cannot split --exec {args.exec_start!r}: {exc}",
+            tip="quote it as one shell word list, e.g. --exec '/opt/tg/bin/trainguard'",
+        ) from exc
     creds = []
     for item in args.credential:
         name, sep, path = item.partition("=")
@@ -160,7 +172,7 @@ def _install_unit(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(f"bad --credential {item!r}", tip="use NAME=PATH")
         creds.append((name, path))
     opts = UnitOptions(
-        exec_start=tuple(shlex.split(args.exec_start)) if args.exec_start else (),
+        exec_start=exec_start,
         home=args.unit_home,
         user=args.user,
         watchdog_seconds=args.watchdog,
@@ -172,11 +184,17 @@ def _install_unit(args: argparse.Namespace, ctx: Context) -> int:
         ctx.stdout.write(text)
         return 0
     path = args.path or DEFAULT_UNIT_PATH
+    if path.is_dir():
+        raise UsageError(f"--path {path} is a directory", tip="give the unit file's full path")
     try:
         write_private(path, text.encode(), mode=0o644)
     except PermissionError as exc:
         raise UsageError(
             f"cannot write {path}: permission denied", tip="run as root, or use --print / --path"
+        ) from exc
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {path}: {exc.strerror or exc}", tip="use --print, or another --path"
         ) from exc
     ctx.emit({"path": str(path)}, f"wrote {path}")
     ctx.info("next: systemctl daemon-reload && systemctl enable --now trainguard-agent")

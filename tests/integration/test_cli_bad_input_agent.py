@@ -461,3 +461,30 @@ def test_score_with_a_file_that_is_no_model(cli, home: Path, work: Path) -> None
     r = cli("anomaly", "score", work / "in.csv", "--model", work / "junk.skops", "--home", home)
     assert "junk.skops" in assert_fails(r, 2)
     assert "anomaly fit" in r.stderr and r.stdout == ""
+
+
+# -- agent install-unit and audit log flags --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (("--path", "{work}"), "is a directory"),
+        (("--exec", "'/opt/tg/bin/trainguard", "--print"), "cannot split --exec"),
+        (("--watchdog", "-5", "--print"), "--watchdog"),
+    ],
+    ids=["path-dir", "exec-quote", "watchdog"],
+)
+def test_install_unit_mistakes(cli, work: Path, flags, expect: str) -> None:  # noqa: ANN001
+    r = cli("agent", "install-unit", *[f.format(work=work) for f in flags])
+    assert expect in assert_fails(r, 2)
+    assert r.stdout == ""
+    assert tree(work) == []
+
+
+def test_install_unit_writes_where_asked(cli, work: Path) -> None:  # noqa: ANN001
+    r = cli("agent", "install-unit", "--path", work / "tg.service", "--format", "json")
+    assert r.code == 0, r.stderr
+    assert "WatchdogSec=60s" in (work / "tg.service").read_text()
+
+

@@ -229,11 +229,15 @@ def _verify_text(d: dict[str, Any]) -> str:
 
 
 def _log(args: argparse.Namespace, ctx: Context) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(
+            f"--limit must be at least 1, not {args.limit}", tip="leave it out for all"
+        )
     since = parse_since(args.since, time.time()) if args.since else None
     with _open_log(ctx) as log:
         entries = [e.to_dict() for e in log.entries(since=since, kind=args.kind)]
     if args.limit is not None:
-        entries = entries[-args.limit :] if args.limit > 0 else []
+        entries = entries[-args.limit :]
     ctx.emit(entries, _log_text)
     return 0
 

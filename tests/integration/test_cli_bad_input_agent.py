@@ -488,3 +488,8 @@ def test_install_unit_writes_where_asked(cli, work: Path) -> None:  # noqa: ANN0
     assert "WatchdogSec=60s" in (work / "tg.service").read_text()
 
 
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_audit_log_limit_must_be_positive(cli, home: Path, limit: str) -> None:  # noqa: ANN001
+    r = cli("audit", "log", "--home", home, "--limit", limit, "--format", "json")
+    assert "--limit" in assert_fails(r, 2)
+    assert r.stdout == ""

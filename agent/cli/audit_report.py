@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                    args.ca or home.pki_dir / "ca.crt")
         for url in args.node
     ]
+    _check_remotes(remotes)
     out: Path = args.out
     _check_out(out)  # before gathering: a wrong --out should not cost a whole evidence pull
     report = build_report(home, ctx.config, remotes, include_local=not args.no_local, progress=ctx.info)
@@ -69,6 +70,24 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     ctx.emit(data, text)
     return 1 if counts["not-satisfied"] or failed_nodes else 0
+
+
+def _check_remotes(remotes: list[Any]) -> None:
+    """Local mistakes in --node/--cert/--key/--ca are usage errors (exit 2); left to the gather
+    step they would show up as every node being "unreachable", a finding (exit 1)."""
+    for r in remotes:
+        rest = r.url.split("://", 1)[1] if "://" in r.url else r.url
+        scheme = r.url.split("://", 1)[0] if "://" in r.url else "tls"
+        host, sep, port = rest.rstrip("/").rpartition(":")
+        if scheme != "tls" or not sep or not host or not port.isdigit():
+            raise UsageError(f"bad --node address {r.url!r}", tip="use tls://HOST:PORT")
+        for flag, path in (("--cert", r.cert), ("--key", r.key), ("--ca", r.ca)):
+            if not Path(path).is_file():
+                raise UsageError(
+                    f"{flag} {path} is not a file",
+                    tip="--node needs a client certificate, its key and the cluster CA "
+                    "(default: this home's pki/node.crt, pki/node.key, pki/ca.crt)",
+                )
 
 
 def _check_out(out: Path) -> None:

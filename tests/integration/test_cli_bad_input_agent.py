@@ -493,3 +493,20 @@ def test_audit_log_limit_must_be_positive(cli, home: Path, limit: str) -> None: 
     r = cli("audit", "log", "--home", home, "--limit", limit, "--format", "json")
     assert "--limit" in assert_fails(r, 2)
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (("--node", "garbage", "--no-local"), "bad --node address"),
+        (("--node", "http://10.0.0.1:7443"), "bad --node address"),
+        (("--node", "tls://10.0.0.1:7443", "--cert", "{work}/no.crt"), "--cert"),
+    ],
+    ids=["no-port", "wrong-scheme", "missing-cert"],
+)
+def test_report_node_mistakes_are_usage_errors(cli, home: Path, work: Path, flags, expect) -> None:  # noqa: ANN001
+    # Left to the gather step, each would be a "node unreachable" finding (exit 1).
+    out = work / "report"
+    r = cli("audit", "report", "--home", home, "--out", out, *[f.format(work=work) for f in flags])
+    assert expect in assert_fails(r, 2)
+    assert r.stdout == "" and not out.exists()

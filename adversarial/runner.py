@@ -116,6 +116,7 @@ def run_eval(
     model = load_weights(build_model(model_spec), weights, scan).to(device)
     data = load_dataset(dataset_spec, "test").take(limit)
     x, y = data.x.to(device), data.y.to(device)
+    _probe(model, x[:2], model_spec, data.name)
     report = evaluate_robustness(model, x, y, cfg, progress=progress)
     meta = {
         "model": model_spec,
@@ -124,6 +125,29 @@ def run_eval(
         "dataset": data.name,
     }
     return report, meta
+
+
+def _probe(model: nn.Module, x: torch.Tensor, model_spec: str, dataset: str) -> None:
+    """One forward pass on two samples, so a model that does not fit the data says so plainly
+    instead of failing deep inside an attack."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as exc:
+        raise ModelSpecError(
+            f"the model {model_spec} cannot take {dataset} inputs of shape {tuple(x.shape[1:])}: "
+            f"{str(exc).splitlines()[0]}",
+            tip="pick a model factory built for this dataset (see `trainguard robust eval --help`)",
+        ) from exc
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[0] != x.shape[0]:
+        raise ModelSpecError(
+            f"the model {model_spec} returned shape {tuple(out.shape)}; expected (batch, classes)",
+            tip="the factory must return a classifier that outputs one logit per class",
+        )
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,9 @@ class DemoRunner:
         cmd = [sys.executable, "-m", "trainguard.agent.cli.main", *map(str, args), "--home", str(self.home)]
         if json_out:
             cmd += ["--format", "json"]
-        proc = subprocess.run(cmd, capture_output=True, env=self.env, timeout=timeout,
+        # cwd: `python -m` puts the working folder on sys.path; an empty one keeps a source
+        # checkout out of the dependency lock.
+        proc = subprocess.run(cmd, capture_output=True, env=self.env, timeout=timeout, cwd=self.workdir,
                               input=input.encode() if input is not None else None)
         res = CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
         if res.code not in ok:
@@ -92,7 +94,7 @@ class DemoRunner:
     def start_agent(self) -> dict[str, Any]:
         log = (self.workdir / "agent.log").open("wb")
         cmd = [sys.executable, "-m", "trainguard.agent.cli.main", "agent", "run", "--home", str(self.home)]
-        self.agent = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.agent = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.agent.poll() is not None:

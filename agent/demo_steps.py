@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,32 @@ class Demo(DemoRunner):
     """State shared by the steps: the admin's TOTP URI, the training run's outputs."""
 
     otpauth_uri: str = ""
+    _last_step: int = -1
+    _login_at: float = 0.0
+
+    def fresh_code(self) -> str:
+        """A TOTP code from the enrolled secret, as the admin's phone would show it. A code is
+        accepted once only, so wait for the next 30-second step when this one was used."""
+        import pyotp
+
+        otp = pyotp.parse_uri(self.otpauth_uri)
+        if not isinstance(otp, pyotp.TOTP):
+            raise DemoError("the admin's enrolment is not a TOTP URI")
+        step = int(time.time()) // otp.interval
+        if step <= self._last_step:
+            wait = (self._last_step + 1) * otp.interval - time.time() + 0.5
+            self.progress(f"    waiting {wait:.0f} s for the next TOTP code")
+            time.sleep(max(wait, 0))
+            step = int(time.time()) // otp.interval
+        self._last_step = step
+        return otp.now()
+
+    def relogin(self) -> None:
+        """Step-up MFA is fresh for 5 minutes; log in again before a privileged step when less
+        than two minutes of it are left."""
+        if time.time() - self._login_at > 180:
+            self.cli("login", "--user", "admin", "--otp", self.fresh_code())
+            self._login_at = time.time()
     train_result: dict[str, Any]
     report_paths: dict[str, str]
 
@@ -62,13 +89,9 @@ class Demo(DemoRunner):
 
     # 5 ---------------------------------------------------------------------------------------
     def login(self) -> tuple[str, dict[str, Any]]:
-        import pyotp
-
-        otp = pyotp.parse_uri(self.otpauth_uri)
-        if not isinstance(otp, pyotp.TOTP):
-            raise DemoError("the admin's enrolment is not a TOTP URI")
-        code = otp.now()
+        code = self.fresh_code()
         data = self.cli("login", "--user", "admin", "--otp", code).json()
+        self._login_at = time.time()
         return f"admin logged in with TOTP code {code[:2]}**** (step-up MFA fresh for 5 minutes)", {"login": data}
 
     # 6 ---------------------------------------------------------------------------------------
@@ -94,44 +117,50 @@ class Demo(DemoRunner):
                 f"(exit {refused.code}) with no output left; model folder signed and verified"), {}
 
     # 7 ---------------------------------------------------------------------------------------
-    def train(self) -> tuple[str, dict[str, Any]]:
+    def _train(self, *extra: str) -> dict[str, Any]:
         from importlib import resources
 
         cfg = Path(str(resources.files("trainguard.trainer.examples").joinpath(DIGITS_CONFIG)))
+        self.relogin()
         res = self.cli("train", cfg, "--nproc", "3",
                        "--set", f'checkpoint.dir="{self.workdir / "checkpoints"}"',
                        "--set", 'aggregation.method="trimmed-mean"',
-                       "--set", "simulate.byzantine_ranks=[2]",
-                       "--set", 'simulate.attack="sign-flip"',
-                       ok=(0, 1), timeout=900)
-        self.train_result = res.json()
-        r = self.train_result
+                       "--set", "aggregation.exclude_flagged=true",
+                       "--set", 'adversarial.method="fgsm-rs"',
+                       "--set", "adversarial.eps=0.1",
+                       *extra, ok=(0, 1), timeout=1200)
+        data = dict(res.json())
+        if data.get("status") not in ("completed",):
+            raise DemoError(f"training did not complete: {data.get('status')}: {data.get('reason', '')}")
+        return data
+
+    def train(self) -> tuple[str, dict[str, Any]]:
+        r = self._train("--set", "simulate.byzantine_ranks=[2]", "--set", 'simulate.attack="sign-flip"',
+                        "--set", "simulate.start_step=150", "--export-weights", str(self.workdir / "model.pt"))
+        self.train_result = r
         kinds = sorted({i["kind"] for i in r.get("incidents", [])})
-        return (f"{r['steps']} steps on 3 workers, final accuracy {r['final_accuracy']:.1%}; "
-                f"incidents: {', '.join(kinds) or 'none'}; {len(r.get('checkpoints', []))} sealed, signed checkpoints"), {"train": r}
+        if "byzantine-worker" not in kinds:
+            raise DemoError("the Byzantine worker was not flagged")
+        return (f"{r['steps']} steps on 3 workers with FGSM-RS adversarial training and trimmed-mean; "
+                f"rank 2 turned Byzantine at step 150 and was flagged (ranks {r.get('flagged_ranks')}) and excluded; "
+                f"final accuracy {r['final_accuracy']:.1%}; {len(r.get('checkpoints', []))} sealed, signed checkpoints"), {"train": r}
 
     # 8 ---------------------------------------------------------------------------------------
     def tampered_resume(self) -> tuple[str, dict[str, Any]]:
-        ckpts = sorted((self.workdir / "checkpoints").rglob("*.tgseal"), key=lambda p: p.stat().st_mtime)
+        ckpts = sorted((self.workdir / "checkpoints").rglob("*.tgseal"))
         if not ckpts:
             raise DemoError("the training run left no sealed checkpoints to tamper with")
         newest = ckpts[-1]
         blob = bytearray(newest.read_bytes())
-        blob[-100] ^= 0x40
+        blob[len(blob) // 2] ^= 0x40
         newest.write_bytes(bytes(blob))
-        from importlib import resources
-
-        cfg = Path(str(resources.files("trainguard.trainer.examples").joinpath(DIGITS_CONFIG)))
-        res = self.cli("train", cfg, "--nproc", "3", "--resume",
-                       "--set", f'checkpoint.dir="{self.workdir / "checkpoints"}"',
-                       "--set", 'aggregation.method="trimmed-mean"',
-                       ok=(0, 1), timeout=900)
-        r = res.json()
+        r = self._train("--resume", "--set", "train.steps=400")
         kinds = [i["kind"] for i in r.get("incidents", [])]
         if "checkpoint-tampered" not in kinds:
             raise DemoError("the tampered checkpoint was not reported as checkpoint-tampered")
-        return (f"flipped one bit in {newest.name}: refused (checkpoint-tampered); resumed from step "
-                f"{r.get('resumed_from_step')} instead"), {"resume": r}
+        return (f"flipped one bit in {newest.name}: refused (checkpoint-tampered); resumed from the previous "
+                f"verified checkpoint at step {r.get('resumed_from_step')} and trained to step {r['steps']}, "
+                f"accuracy {r['final_accuracy']:.1%}"), {"resume": r}
 
     # 9 ---------------------------------------------------------------------------------------
     def malicious_pickle(self) -> tuple[str, dict[str, Any]]:
@@ -154,9 +183,11 @@ class Demo(DemoRunner):
                 "--dataset", "digits", "--eps", "0.05,0.1,0.2,0.3", "--attack", "all", "--limit", "300",
                 "--out", out]
         data = self.cli(*args, ok=(0, 1), timeout=900).json()
-        worst = data.get("worst_case", {})
-        return (f"clean accuracy {data['clean_accuracy']:.1%}; worst-case robust accuracy "
-                + ", ".join(f"eps {k}: {v:.1%}" for k, v in sorted(worst.items()) if isinstance(v, float))), {"robustness": data}
+        worst = data.get("worst_case", {}).get("per_eps", [])
+        failed = [c["name"] for c in data.get("checks", []) if c.get("passed") is False]
+        return (f"clean accuracy {data['clean_accuracy']:.1%}; worst case over FGSM, PGD and APGD: "
+                + ", ".join(f"eps {p['eps']:g} {p['accuracy']:.1%}" for p in worst)
+                + f"; gradient-masking checks {'FAILED: ' + ', '.join(failed) if failed else 'passed'}"), {"robustness": data}
 
     # 11 --------------------------------------------------------------------------------------
     def report(self) -> tuple[str, dict[str, Any]]:

@@ -14,8 +14,9 @@ __all__ = ["Dataset", "digits_mlp", "load_dataset", "mlp", "resolve"]
 
 
 def mlp(in_features: int = 64, hidden: int = 64, out_features: int = 10, depth: int = 1) -> nn.Module:
-    """A plain ReLU MLP with `depth` hidden layers of width `hidden`."""
-    layers: list[nn.Module] = []
+    """A plain ReLU MLP with `depth` hidden layers of width `hidden`. It flattens its input, so
+    8x8 images (as `trainguard robust eval --dataset digits` feeds them) and flat rows both work."""
+    layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for _ in range(depth):
         layers += [nn.Linear(width, hidden), nn.ReLU()]

@@ -1,7 +1,8 @@
 """Turn evidence into a status per control and a summary score.
 
-A control is *not satisfied* when any of its evidence failed (or errored), *satisfied* when
-evidence exists and none failed, *not applicable* when all its evidence is not-applicable, and
+A control is *not satisfied* when any of its evidence failed, errored or warned (a warning
+means the control could not be confirmed; OSCAL has no state between satisfied and not),
+*satisfied* when evidence exists and all of it passed (or is not applicable), *not applicable* when all its evidence is not-applicable, and
 *manual* when no source of it produced evidence (an auditor must look). A node whose log failed
 verification makes every log-derived item of that node count as failed, never merged silently.
 
@@ -32,7 +33,7 @@ def assess_control(control: Control, evidence: Iterable[EvidenceItem]) -> Contro
     items = tuple(e for e in evidence if any(_matches(s, e) for s in control.sources))
     if not items:
         status = ControlStatus.MANUAL
-    elif any(e.status in (EvidenceStatus.FAIL, EvidenceStatus.ERROR) for e in items):
+    elif any(e.status in (EvidenceStatus.FAIL, EvidenceStatus.ERROR, EvidenceStatus.WARN) for e in items):
         status = ControlStatus.NOT_SATISFIED
     elif all(e.status is EvidenceStatus.NOT_APPLICABLE for e in items):
         status = ControlStatus.NOT_APPLICABLE

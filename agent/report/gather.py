@@ -86,6 +86,9 @@ def gather_local(home: Home, config: Config, state: ReportState, *, now: float,
     name = config.node.name
     auditlog = open_embedded_log(home, config)
     try:
+        # Sign the tail first, so everything the report relies on is covered by a signature
+        # (a no-op when the newest entry is already a checkpoint).
+        auditlog.checkpoint(force=True)
         segment = auditlog.export_segment()
     finally:
         auditlog.close()

@@ -70,7 +70,8 @@ class ControlAssessment:
     def remediation(self) -> str | None:
         if self.status is not ControlStatus.NOT_SATISFIED:
             return None
-        specific = [e.remediation for e in self.evidence if e.status is EvidenceStatus.FAIL and e.remediation]
+        bad = (EvidenceStatus.FAIL, EvidenceStatus.ERROR, EvidenceStatus.WARN)
+        specific = [e.remediation for e in self.evidence if e.status in bad and e.remediation]
         return "; ".join(dict.fromkeys([*specific, self.control.remediation]))
 
 

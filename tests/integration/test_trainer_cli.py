@@ -57,7 +57,7 @@ def test_digits_converges_with_three_workers_and_leaves_an_audit_trail(cli, home
     import torch
 
     state = torch.load(weights, weights_only=True)
-    assert state["0.weight"].shape == (64, 64)  # digits_mlp: 64 inputs, 64 hidden
+    assert state["1.weight"].shape == (64, 64)  # digits_mlp: Flatten, then 64 inputs -> 64 hidden
 
     log = cli("audit", "log", "--home", home, "--format", "json").json()
     kinds = [e["kind"] for e in log]

@@ -60,3 +60,17 @@ def test_cli_module_does_not_import_torch():
         "assert 'trainguard.adversarial' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_that_does_not_fit_the_dataset_is_a_usage_error(tmp_path) -> None:
+    import pytest
+    import torch
+    from torch import nn
+    from trainguard.adversarial.errors import ModelSpecError
+    from trainguard.adversarial.runner import _probe
+
+    flat_only = nn.Sequential(nn.Linear(64, 10))
+    with pytest.raises(ModelSpecError, match="cannot take digits inputs of shape"):
+        _probe(flat_only, torch.zeros(2, 1, 8, 8), "m:f", "digits")
+    assert flat_only.training  # mode restored
+    _probe(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), torch.zeros(2, 1, 8, 8), "m:f", "digits")

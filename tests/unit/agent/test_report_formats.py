@@ -41,7 +41,9 @@ def test_control_status_rules() -> None:
     assert assess_control(c, [_item("a", EvidenceStatus.PASS), _item("b", EvidenceStatus.FAIL)]).status is ControlStatus.NOT_SATISFIED
     assert assess_control(c, [_item("b", EvidenceStatus.ERROR)]).status is ControlStatus.NOT_SATISFIED
     assert assess_control(c, [_item("a", EvidenceStatus.NOT_APPLICABLE)]).status is ControlStatus.NOT_APPLICABLE
-    assert assess_control(c, [_item("a", EvidenceStatus.WARN)]).status is ControlStatus.SATISFIED
+    # a warning means the control could not be confirmed
+    assert assess_control(c, [_item("a", EvidenceStatus.WARN)]).status is ControlStatus.NOT_SATISFIED
+    assert assess_control(c, [_item("a", EvidenceStatus.PASS), _item("b", EvidenceStatus.NOT_APPLICABLE)]).status is ControlStatus.SATISFIED
     assert assess_control(c, [_item("zzz", EvidenceStatus.FAIL)]).status is ControlStatus.MANUAL
 
 

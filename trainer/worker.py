@@ -357,6 +357,13 @@ class Recipe:
 
     def cleanup(self) -> None:
         if dist.is_initialized():
+            # Leave together: a rank that tears gloo down while rank 0 still writes its final
+            # checkpoint makes rank 0 abort in C++ ("terminate called without an active
+            # exception"), and torchrun then restarts a job that had finished.
+            try:
+                dist.barrier()
+            except RuntimeError as exc:  # a peer already died: nothing left to wait for
+                log.warning("barrier before shutdown failed: %s", exc)
             dist.destroy_process_group()
 
 
@@ -444,4 +451,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and the process group destroyed. Skip interpreter teardown: torch's
+    # C++ side can abort there now and then ("terminate called without an active exception"),
+    # and torchrun would read that as a crash and restart a job that had finished.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

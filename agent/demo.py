@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.errors import TrainguardError
+from trainguard.core.errors import TrainguardError, UsageError
 
 
 class DemoError(TrainguardError):
@@ -123,7 +123,7 @@ def prepare_workdir(path: Path | None) -> Path:
         return Path(tempfile.mkdtemp(prefix="trainguard-demo-"))
     path = path.expanduser().absolute()
     if path.exists() and any(path.iterdir()):
-        raise DemoError(f"{path} is not empty", tip="pass an empty or new folder to --dir")
+        raise UsageError(f"{path} is not empty", tip="pass an empty or new folder to --dir")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

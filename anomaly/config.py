@@ -2,9 +2,10 @@
 
 Defaults live here and nowhere else. The streaming defaults are generic (no per-series values):
 they were picked from small grids over the NAB development subset in /work/shared/data/nab, with
-the last choices (``tail_decay``, ``score_scale``, ``level_alpha``, ``drift_weight``) made on
-``realAWSCloudwatch`` alone and checked on the artificial categories; see anomaly/README.md for
-the protocol and the numbers. Acceptance is on NAB categories that are not in that folder.
+the last choices (``tail_decay``, ``score_scale``, ``level_alpha``, ``drift_weight``, then
+``tail_start`` and ``threshold``) made on ``realAWSCloudwatch`` alone and checked on the
+artificial categories; see anomaly/README.md for the protocol and the numbers. Acceptance is
+on NAB categories that are not in that folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class StreamConfig:
     """Parameters of one causal univariate detector (`trainguard.anomaly.StreamDetector`)."""
 
     warmup: int = 300  # samples before any score above 0
+    tail_start: int = 30  # samples before the score normalisers learn (-1: at warmup)
     level_alpha: float = 0.03  # EW weight of the robust level
     spread_alpha: float = 0.01  # EW weight of the mean absolute deviation
     season_alpha: float = 0.1  # EW weight of a seasonal bucket when it is visited
@@ -36,7 +38,7 @@ class StreamConfig:
     tail_floor: float = 2.0
     tail_decay: float = 0.999  # normalise z by its decaying max (per sample; 0: use quantile)
     score_scale: float = 1.0  # score = q^2 / (q^2 + scale^2), q = z / recent max of z
-    threshold: float = 0.75  # alert when score >= threshold (calibrated, see module doc)
+    threshold: float = 0.72  # alert when score >= threshold (calibrated, see module doc)
     refractory: int = 200  # samples after an alert in which the score is damped
     refractory_damp: float = 0.5
     min_spread: float = 0.001  # relative floor of the spread (flat lines)
@@ -48,6 +50,8 @@ class StreamConfig:
                 problems.append(f"anomaly.stream.{name} must be in (0, 1]")
         if not 0.0 < self.threshold < 1.0:
             problems.append("anomaly.stream.threshold must be in (0, 1)")
+        if self.tail_start < -1:
+            problems.append("anomaly.stream.tail_start must be >= 0 (or -1: at warmup)")
         if self.daily_buckets < 1 or self.weekly_buckets < 0:
             problems.append("anomaly.stream.daily_buckets must be >= 1, weekly_buckets >= 0")
         return problems

@@ -17,6 +17,10 @@ Model of a stream: ``x(t) = level + daily[bucket(t)] + weekly[bucket(t)] + noise
   ``|residual| / sigma``, and *drift*, the EW mean of z (slow changes no single point shows).
   The larger ratio ``q`` maps to ``q^2 / (q^2 + score_scale^2)`` in [0, 1]. After an alert the
   score is damped for ``refractory`` samples so one event gives one alert.
+* **Warm-up**: the score stays 0 for ``warmup`` samples, but the normalisers (the decaying
+  maxima of z and drift) learn from sample ``tail_start`` on, so the first scored samples are
+  judged against the stream's own extremes, not against ``tail_floor`` (NAB's probation: learn,
+  do not alert).
 * **Causality**: a sample's score is computed from the state *before* the sample updates it.
 
 `StreamDetector` is the per-stream object (one call per sample). `StreamBank` runs the same
@@ -48,6 +52,11 @@ class StreamScore(NamedTuple):
 
 
 _NAN = float("nan")
+
+
+def _tail_start(c: StreamConfig) -> int:
+    """First sample at which the score normalisers learn: never later than the warmup."""
+    return int(min(c.warmup, c.tail_start) if c.tail_start >= 0 else c.warmup)
 
 
 class StreamDetector:
@@ -84,6 +93,7 @@ class StreamDetector:
             c.warmup, c.log_z, c.score_scale * c.score_scale, c.tail_decay, c.tail_rate,
             1.0 - c.tail_quantile, c.tail_floor, c.refractory, c.refractory_damp, c.threshold,
             c.clip, c.spread_alpha, c.level_alpha, c.season_alpha, c.shift_z, c.shift_run,
+            _tail_start(c),
         )
 
     def state_size(self) -> int:
@@ -94,7 +104,7 @@ class StreamDetector:
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
         (gain, min_spread, drift_alpha, drift_w, warmup, log_z, scale2, tail_decay, tail_rate,
          tail_p, tail_floor, refractory, damp, threshold, clip, spread_alpha, level_alpha,
-         season_alpha, shift_z, shift_run) = self._k
+         season_alpha, shift_z, shift_run, tail_start) = self._k
         n = self.n
         level = self.level
         if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
@@ -132,7 +142,7 @@ class StreamDetector:
         drift = self.drift + drift_alpha * (zc - self.drift)
         za = abs(z)
         score = 0.0
-        if n >= warmup:
+        if n >= tail_start:
             tail = self.tail
             zn = math.log1p(za) / math.log1p(tail) if log_z else za / tail
             if drift_w:
@@ -146,7 +156,8 @@ class StreamDetector:
                 if dz > t2:
                     t2 = dz
                 self.tail2 = t2 if t2 > 0.5 else 0.5
-            score = zn * zn / (zn * zn + scale2)
+            if n >= warmup:
+                score = zn * zn / (zn * zn + scale2)
             # normalise by the stream's own recent extremes: heavy tails need bigger outliers
             if tail_decay:
                 tail *= tail_decay
@@ -238,6 +249,7 @@ class StreamBank:
         self.wseen = np.zeros((m, max(c.weekly_buckets, 1)), dtype=bool)
         self._dw = _DAY / c.daily_buckets
         self._ww = _WEEK / c.weekly_buckets if c.weekly_buckets else 0.0
+        self._tail_start = _tail_start(c)
 
     def update(self, t: float, xs: Any) -> tuple[Any, Any, Any]:
         """Score one value per stream at time `t`, then learn from them."""
@@ -265,13 +277,14 @@ class StreamBank:
         self.drift += c.drift_alpha * (np.clip(z, -10.0, 10.0) - self.drift)
         za = np.abs(z)
         score = np.zeros(self.m)
-        if self.n >= c.warmup:
+        if self.n >= self._tail_start:
             zn = np.log1p(za) / np.log1p(self.tail) if c.log_z else za / self.tail
             if c.drift_weight:
                 dz = np.abs(self.drift)
                 zn = np.maximum(zn, c.drift_weight * dz / self.tail2)
                 self.tail2 = np.maximum(np.maximum(self.tail2 * (c.tail_decay or 0.998), dz), 0.5)
-            score = zn * zn / (zn * zn + c.score_scale * c.score_scale)
+            if self.n >= c.warmup:
+                score = zn * zn / (zn * zn + c.score_scale * c.score_scale)
             if c.tail_decay:
                 self.tail = np.maximum(np.maximum(self.tail * c.tail_decay, np.minimum(za, 1e6)),
                                        c.tail_floor)

@@ -138,3 +138,46 @@ def test_missing_values_are_skipped_without_poisoning_the_state():
     b = _run(gappy, StreamConfig(weekly_buckets=0))
     assert b[300].score == 0.0 and b[301].score == 0.0
     assert [r.score for r in b[302:]] == [r.score for r in a[300:]]
+
+
+def _spiky(n, rng, every=50, size=6.0):
+    values = list(rng.normal(0, 1, n))
+    for i in range(every // 2, n, every):
+        values[i] += size
+    return values
+
+
+def test_spikes_seen_during_the_warmup_are_normal_after_it():
+    # the normalisers learn during the warm-up (NAB's probation): a stream that spikes by the
+    # same amount all along does not alert on its first scored spikes
+    values = _spiky(900, np.random.default_rng(8))
+    cfg = StreamConfig(weekly_buckets=0)
+    res = _run(values, cfg)
+    assert not any(r.alert for r in res)
+    assert all(r.score == 0.0 for r in res[:cfg.warmup])
+    # without that learning (tail_start=-1: normalisers start at the warm-up) they would
+    late = _run(values, StreamConfig(weekly_buckets=0, tail_start=-1))
+    assert any(r.alert for r in late[cfg.warmup:cfg.warmup + 100])
+
+
+def test_a_spike_far_beyond_the_usual_ones_still_alerts_after_the_warmup():
+    values = _spiky(900, np.random.default_rng(9))
+    values[700] = 40.0
+    res = _run(values, StreamConfig(weekly_buckets=0))
+    assert res[700].alert
+
+
+def test_bank_matches_the_per_stream_detector_when_normalisers_learn_in_the_warmup():
+    rng = np.random.default_rng(10)
+    m, n = 3, 700
+    x = rng.standard_t(3, size=(n, m)) * 3 + 20
+    x[450, 0] += 60
+    cfg = StreamConfig(warmup=300, tail_start=30, weekly_buckets=0)
+    dets = [StreamDetector(cfg) for _ in range(m)]
+    bank = StreamBank(m, cfg)
+    for i in range(n):
+        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
+        for j in range(m):
+            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
+            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
+            assert r.alert == bool(alerts[j])

@@ -195,9 +195,10 @@ def _parse_url(url: str) -> tuple[str, int]:
 
 def _client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     try:
-        from trainguard.crypto import pki
+        from trainguard.crypto import pki as pki_module
     except ImportError:
-        pki = None
+        pki_module = None  # type: ignore[assignment]
+    pki = pki_module
     factory = getattr(pki, "client_context", None) if pki is not None else None
     if factory is not None:
         return factory(cert=cert, key=key, ca=ca)  # type: ignore[no-any-return]

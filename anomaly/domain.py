@@ -116,7 +116,7 @@ class GpuMisuseDetector:
         w = c.miner_pause_weight
         no_pause = 1.0 - w + w * min(1.0, st.since_dip / c.miner_pause_window)
         steady = (util_steady * power_steady * mem_steady * no_pause * small) ** 0.2
-        return busy * steady
+        return float(busy * steady)
 
     def observe(self, gpu: GpuReading, registered_pids: Iterable[int] = ()) -> list[DomainFinding]:
         """Update GPU `gpu.index`; returns findings (a foreign process, or the miner signature)."""

@@ -111,7 +111,7 @@ def evaluate_nab(root: Path, config: StreamConfig | None = None) -> dict[str, An
 def _group(swept: dict[str, Any], cfg: StreamConfig) -> dict[str, Any]:
     best = score_corpus(swept)
     fixed = score_corpus(swept, threshold=cfg.threshold)
-    out = fixed.as_dict()
+    out: dict[str, Any] = dict(fixed.as_dict())
     out["nab_score"] = round(best.score, 2) if best.windows else None
     out["nab_threshold"] = best.threshold if best.windows else None
     out["nab_score_at_default"] = round(fixed.score, 2) if fixed.windows else None

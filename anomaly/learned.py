@@ -75,7 +75,8 @@ class LearnedDetector:
 
     def scores(self, data: np.ndarray) -> np.ndarray:
         """Anomaly score per row (higher is more anomalous; > threshold alerts)."""
-        return -self.model.score_samples(window_features(data, self.window))
+        scores: np.ndarray = -self.model.score_samples(window_features(data, self.window))
+        return scores
 
     def alerts(self, data: np.ndarray) -> np.ndarray:
         return self.scores(data) > self.threshold

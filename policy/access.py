@@ -383,8 +383,8 @@ class AccessControl:
 
         body = self.policy_file.unsigned_body()
         new = parse_policy(body, source=str(self.policy_file.path))
-        old_lines = {x.line() for x in (*self.rules.grants, *self.rules.links)}
-        new_lines = {x.line() for x in (*new.grants, *new.links)}
+        old_lines = {g.line() for g in self.rules.grants} | {lk.line() for lk in self.rules.links}
+        new_lines = {g.line() for g in new.grants} | {lk.line() for lk in new.links}
         self.policy_file.save_text(body, self.signing_key)
         self.users.sync_roles(new)
         added, removed = sorted(new_lines - old_lines), sorted(old_lines - new_lines)

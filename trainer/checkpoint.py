@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from trainguard.core.errors import TrainguardError
@@ -170,7 +170,7 @@ class CheckpointStore:
         path = self.path_for(step)
         with atomic_output(path, mode=0o600) as tmp:
             with tmp.open("wb") as raw, SealedWriter(raw, self._keyring) as sealed:
-                torch.save(state, sealed)
+                torch.save(state, cast(IO[bytes], sealed))  # a file object: torch writes into it
             digest = _sha256_file(tmp)
             size = tmp.stat().st_size
         manifest = {
@@ -227,7 +227,7 @@ class CheckpointStore:
             with path.open("rb") as raw, SealedReader(raw, self._keyring) as sealed:
                 scan_sealed(sealed, path.name)
                 scan_torch_zip(sealed)
-                state = torch.load(sealed, map_location="cpu", weights_only=True)
+                state = torch.load(cast(IO[bytes], sealed), map_location="cpu", weights_only=True)
         except CheckpointTampered:
             raise
         except (TrainguardError, RuntimeError, OSError, ValueError) as exc:

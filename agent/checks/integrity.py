@@ -54,9 +54,9 @@ def deps_lock(ctx: CheckContext) -> Outcome:
     try:
         lock = read_lock(path, VerifyKey.load(ctx.home.node_verify_key))
     except DepsLockError as exc:
-        evidence = {"lock": str(path), "error": exc.message}
-        _incident(ctx, IncidentKind.DEPENDENCY_DRIFT, Severity.HIGH, evidence)
-        return Outcome.fail(exc.message, evidence=evidence, remediation=exc.tip or "")
+        failure: dict[str, Any] = {"lock": str(path), "error": exc.message}
+        _incident(ctx, IncidentKind.DEPENDENCY_DRIFT, Severity.HIGH, failure)
+        return Outcome.fail(exc.message, evidence=failure, remediation=exc.tip or "")
     result = verify_lock(lock, cache=HashCache(ctx.home.state_dir / "deps.cache.json"))
     if not result.drift:
         return Outcome.passed(
@@ -64,7 +64,7 @@ def deps_lock(ctx: CheckContext) -> Outcome:
             evidence={"lock": str(path), "files_hashed": result.files_hashed},
         )
     files = result.drifted_files()
-    evidence = {
+    evidence: dict[str, Any] = {
         "lock": str(path),
         "files": files[:_MAX_LISTED],
         "file_count": len(files),

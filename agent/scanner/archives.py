@@ -57,7 +57,7 @@ def scan_tar(f: IO[bytes], location: str, out: list[Finding]) -> str:
     from trainguard.agent.scanner.formats import MAX_NESTING, nesting, scan_stream
 
     try:
-        with tarfile.open(fileobj=f, mode="r:") as tar:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -65,7 +65,7 @@ def scan_tar(f: IO[bytes], location: str, out: list[Finding]) -> str:
                 data = tar.extractfile(member)
                 if data is None or nesting(where) > MAX_NESTING:
                     continue
-                fmt, inner = scan_stream(data, member.size, where)  # type: ignore[arg-type]
+                fmt, inner = scan_stream(data, member.size, where)
                 if fmt not in ("text", "unknown"):
                     out.extend(inner)
                 elif fmt == "unknown" and member.name.endswith((".pkl", ".pt", ".pth", ".bin")):

@@ -240,13 +240,13 @@ def _scan_member(stream: Any, member: zipscan.ZipMember, where: str, out: list[F
         return "data"
     strict = member.name.endswith(".pkl")
     found: list[Finding] = []
-    fmt = _scan_pickles(stream, where, found, strict=strict)
-    if fmt is None and not strict:
+    pickled = _scan_pickles(stream, where, found, strict=strict)
+    if pickled is None and not strict:
         # Tensor bytes often start like an opcode or two. A member that does not parse counts
         # only if it opens with PROTO and names a real-looking module before failing.
         found = _plausible(found) if _looks_like_proto(head) else []
     out.extend(found)
-    return "data" if fmt is None else "pickle"
+    return "data" if pickled is None else "pickle"
 
 
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")

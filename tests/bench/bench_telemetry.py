@@ -59,7 +59,9 @@ def main() -> int:
     args = ap.parse_args()
     fake = FakeNvml(8)
     for i in range(8):
-        fake.set(i, util_pct=90.0, processes=[(1000 + i * 4 + j, 4 << 30, "python3") for j in range(4)])
+        fake.set(
+            i, util_pct=90.0, processes=[(1000 + i * 4 + j, 4 << 30, "python3") for j in range(4)]
+        )
     collector = TelemetryCollector(nvml=fake)
     metrics = AgentMetrics("bench")
     sample = collector.sample()
@@ -83,8 +85,10 @@ def main() -> int:
         results = run_checks(home, config)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         checks_wall = time.perf_counter() - w0
-        checks_cpu = time.process_time() - t0 + (
-            children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
+        checks_cpu = (
+            time.process_time()
+            - t0
+            + (children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime)
         )
     cycle = samp + rend
     report = {

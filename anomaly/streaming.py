@@ -236,8 +236,7 @@ class StreamBank:
         self._np = np
         self.cfg = c = config or StreamConfig()
         self.m, self.n = m, 0
-        f = lambda: np.zeros(m)  # noqa: E731
-        self.level, self.absx, self.drift, self.run_sum = f(), f(), f(), f()
+        self.level, self.absx, self.drift, self.run_sum = (np.zeros(m) for _ in range(4))
         self.tail = np.full(m, c.tail_floor)
         self.tail2 = np.full(m, c.tail_floor)
         self.mad = np.zeros((3, m))

@@ -3,7 +3,8 @@
 Defaults live here and nowhere else. The streaming defaults are generic (no per-series values):
 they were picked from small grids over the NAB development subset in /work/shared/data/nab, with
 the last choices (``tail_decay``, ``score_scale``, ``level_alpha``, ``drift_weight``, then
-``tail_start`` and ``threshold``) made on ``realAWSCloudwatch`` alone and checked on the
+``tail_start`` and ``threshold``, last the noise floor ``z_gate`` with a slower ``tail_decay``
+and a smaller ``score_scale``) made on ``realAWSCloudwatch`` alone and checked on the
 artificial categories; see anomaly/README.md for the protocol and the numbers. Acceptance is
 on NAB categories that are not in that folder.
 """
@@ -36,8 +37,9 @@ class StreamConfig:
     tail_rate: float = 0.05
     log_z: bool = False
     tail_floor: float = 2.0
-    tail_decay: float = 0.999  # normalise z by its decaying max (per sample; 0: use quantile)
-    score_scale: float = 1.0  # score = q^2 / (q^2 + scale^2), q = z / recent max of z
+    tail_decay: float = 0.9995  # normalise z by its decaying max (per sample; 0: use quantile)
+    score_scale: float = 0.75  # score = q^2 / (q^2 + scale^2), q = z / recent max of z
+    z_gate: float = 5.0  # noise floor: q of a point is scaled by min(1, |z| / z_gate) (0: off)
     threshold: float = 0.72  # alert when score >= threshold (calibrated, see module doc)
     refractory: int = 200  # samples after an alert in which the score is damped
     refractory_damp: float = 0.5
@@ -50,6 +52,8 @@ class StreamConfig:
                 problems.append(f"anomaly.stream.{name} must be in (0, 1]")
         if not 0.0 < self.threshold < 1.0:
             problems.append("anomaly.stream.threshold must be in (0, 1)")
+        if self.z_gate < 0.0:
+            problems.append("anomaly.stream.z_gate must be >= 0 (0: off)")
         if self.tail_start < -1:
             problems.append("anomaly.stream.tail_start must be >= 0 (or -1: at warmup)")
         if self.daily_buckets < 1 or self.weekly_buckets < 0:

@@ -15,6 +15,8 @@ Model of a stream: ``x(t) = level + daily[bucket(t)] + weekly[bucket(t)] + noise
 * **Score**: two channels, each divided by a decaying maximum of its own recent values (so a
   stream whose normal life is spiky needs a bigger spike, ``tail_decay`` per sample): the point
   ``|residual| / sigma``, and *drift*, the EW mean of z (slow changes no single point shows).
+  The point ratio is scaled by ``min(1, |z| / z_gate)`` (a noise floor: on Gaussian noise
+  |z| rarely passes 4.5, so however quiet the recent past, noise cannot look like an outlier).
   The larger ratio ``q`` maps to ``q^2 / (q^2 + score_scale^2)`` in [0, 1]. After an alert the
   score is damped for ``refractory`` samples so one event gives one alert.
 * **Warm-up**: the score stays 0 for ``warmup`` samples, but the normalisers (the decaying
@@ -93,7 +95,7 @@ class StreamDetector:
             c.warmup, c.log_z, c.score_scale * c.score_scale, c.tail_decay, c.tail_rate,
             1.0 - c.tail_quantile, c.tail_floor, c.refractory, c.refractory_damp, c.threshold,
             c.clip, c.spread_alpha, c.level_alpha, c.season_alpha, c.shift_z, c.shift_run,
-            _tail_start(c),
+            _tail_start(c), c.z_gate,
         )
 
     def state_size(self) -> int:
@@ -104,7 +106,7 @@ class StreamDetector:
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
         (gain, min_spread, drift_alpha, drift_w, warmup, log_z, scale2, tail_decay, tail_rate,
          tail_p, tail_floor, refractory, damp, threshold, clip, spread_alpha, level_alpha,
-         season_alpha, shift_z, shift_run, tail_start) = self._k
+         season_alpha, shift_z, shift_run, tail_start, z_gate) = self._k
         n = self.n
         level = self.level
         if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
@@ -145,6 +147,8 @@ class StreamDetector:
         if n >= tail_start:
             tail = self.tail
             zn = math.log1p(za) / math.log1p(tail) if log_z else za / tail
+            if za < z_gate:  # noise floor: a point this small is not a full outlier
+                zn *= za / z_gate
             if drift_w:
                 # a second channel: the short-term mean of z against its own recent extremes
                 dz = abs(drift)
@@ -278,6 +282,8 @@ class StreamBank:
         score = np.zeros(self.m)
         if self.n >= self._tail_start:
             zn = np.log1p(za) / np.log1p(self.tail) if c.log_z else za / self.tail
+            if c.z_gate > 0:
+                zn = np.where(za < c.z_gate, zn * (za / c.z_gate), zn)
             if c.drift_weight:
                 dz = np.abs(self.drift)
                 zn = np.maximum(zn, c.drift_weight * dz / self.tail2)

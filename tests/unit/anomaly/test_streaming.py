@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from hypothesis import given, settings
@@ -181,3 +182,50 @@ def test_bank_matches_the_per_stream_detector_when_normalisers_learn_in_the_warm
             r = dets[j].update(T0 + i * STEP, float(x[i, j]))
             assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
             assert r.alert == bool(alerts[j])
+
+
+def _noise_alerts(cfg, seeds=range(8), n=3000):
+    total = 0
+    for seed in seeds:
+        values = np.random.default_rng(seed).normal(10, 1, n)
+        total += sum(r.alert for r in _run(list(values), cfg))
+    return total
+
+
+def test_the_noise_floor_keeps_pure_gaussian_noise_silent():
+    # a slowly decaying normaliser lets quiet stretches of noise look extreme: without the
+    # noise floor (z_gate=0) the same settings alert on pure noise, with it they do not
+    cfg = StreamConfig(weekly_buckets=0)
+    assert cfg.z_gate > 0
+    assert _noise_alerts(cfg) == 0
+    assert _noise_alerts(replace(cfg, z_gate=0.0)) > 0
+
+
+def test_the_noise_floor_still_lets_a_moderate_spike_alert():
+    values = list(np.random.default_rng(11).normal(0, 1, 2000))
+    values[1500] = 8.0
+    res = _run(values, StreamConfig(weekly_buckets=0))
+    assert res[1500].alert
+    assert not any(r.alert for r in res[300:1500])
+
+
+def test_bank_matches_the_per_stream_detector_around_the_noise_floor():
+    rng = np.random.default_rng(12)
+    m, n = 3, 1200
+    x = rng.normal(0, 1, size=(n, m))
+    x[800, 0] += 4.5  # below z_gate: scaled down
+    x[900, 1] += 9.0  # above it: unchanged
+    cfg = StreamConfig(weekly_buckets=0, z_gate=5.0)
+    dets = [StreamDetector(cfg) for _ in range(m)]
+    bank = StreamBank(m, cfg)
+    for i in range(n):
+        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
+        for j in range(m):
+            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
+            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
+            assert r.alert == bool(alerts[j])
+
+
+def test_a_negative_noise_floor_is_a_config_error():
+    assert any("z_gate" in p for p in StreamConfig(z_gate=-1.0).validate())
+    assert StreamConfig().validate() == []

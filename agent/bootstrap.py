@@ -148,8 +148,9 @@ def _build(
     if admin:
         from trainguard.policy.bootstrap import bootstrap_policy
 
-        sink = audit if audit is not None else _require_sink()
-        admin_info = bootstrap_policy(home, keyring, signer, admin, sink, clock=clock)
+        if audit is None:
+            raise UsageError("creating the admin user needs an audit sink (audit_factory)")
+        admin_info = bootstrap_policy(home, keyring, signer, admin, audit, clock=clock)
         created.append(str(home.policy_dir))
         created.append(str(home.users_db))
     from cryptography import x509
@@ -182,6 +183,3 @@ def _build(
         )
     return result
 
-
-def _require_sink() -> AuditSink:
-    raise UsageError("init needs an audit sink to create the admin user")

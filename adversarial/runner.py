@@ -48,11 +48,8 @@ def default_model_spec(dataset_spec: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_weights(model: nn.Module, path: Path, scan: Scanner) -> nn.Module:

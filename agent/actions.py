@@ -112,11 +112,8 @@ def _kill(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _quarantine(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -52,9 +51,11 @@ def _digits(test_fraction: float) -> Dataset:
 
 
 def resolve(spec: str) -> Callable[..., Any]:
-    """Import "MODULE:ATTR"."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    """Import "MODULE:ATTR" with the adversarial area's checks: a bad spec is a ModelSpecError
+    (exit 2) naming what is missing, not a traceback."""
+    from trainguard.adversarial.models import load_factory
+
+    return cast(Callable[..., Any], load_factory(spec))
 
 
 def load_dataset(spec: str, test_fraction: float) -> Dataset:

@@ -3,7 +3,8 @@
 Importing this package imports torch; the agent imports it only inside CLI handlers.
 """
 
-from trainguard.adversarial.attacks import APGD, FGSM, PGD, Attack, Norm, eval_mode
+from trainguard.adversarial.apgd import APGD, APGDT
+from trainguard.adversarial.attacks import FGSM, PGD, Attack, Norm, eval_mode
 from trainguard.adversarial.data import Dataset, load_dataset, load_digits, load_mnist, read_idx
 from trainguard.adversarial.errors import AdversarialError, DatasetError, ModelSpecError
 from trainguard.adversarial.evaluate import (
@@ -14,8 +15,11 @@ from trainguard.adversarial.evaluate import (
     RobustPoint,
     evaluate_robustness,
 )
+from trainguard.adversarial.fab import FABT
+from trainguard.adversarial.losses import Loss
 from trainguard.adversarial.models import build_model, load_factory
 from trainguard.adversarial.plot import render_svg
+from trainguard.adversarial.square import Square
 from trainguard.adversarial.training import (
     AdversarialStep,
     EpochReport,
@@ -27,6 +31,8 @@ from trainguard.adversarial.training import (
 
 __all__ = [
     "APGD",
+    "APGDT",
+    "FABT",
     "FGSM",
     "PGD",
     "AdversarialError",
@@ -38,12 +44,14 @@ __all__ = [
     "DatasetError",
     "EpochReport",
     "EvalConfig",
+    "Loss",
     "Method",
     "ModelSpecError",
     "Norm",
     "OverfitGuard",
     "RobustPoint",
     "RobustnessReport",
+    "Square",
     "TrainResult",
     "build_model",
     "eval_mode",

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from trainguard.adversarial.attacks import APGD, FGSM, PGD, Attack, Norm, eval_mode
+from trainguard.adversarial.apgd import APGD
+from trainguard.adversarial.attacks import FGSM, PGD, Attack, Norm, eval_mode
 from trainguard.adversarial.errors import AdversarialError
 
 __all__ = [

@@ -4,6 +4,8 @@ import trainguard.adversarial as adv
 
 EXPECTED = {
     "APGD",
+    "APGDT",
+    "FABT",
     "FGSM",
     "PGD",
     "AdversarialError",
@@ -15,12 +17,14 @@ EXPECTED = {
     "DatasetError",
     "EpochReport",
     "EvalConfig",
+    "Loss",
     "Method",
     "ModelSpecError",
     "Norm",
     "OverfitGuard",
     "RobustPoint",
     "RobustnessReport",
+    "Square",
     "TrainResult",
     "build_model",
     "eval_mode",

@@ -5,6 +5,7 @@ Importing this package imports torch; the agent imports it only inside CLI handl
 
 from trainguard.adversarial.apgd import APGD, APGDT
 from trainguard.adversarial.attacks import FGSM, PGD, Attack, Norm, eval_mode
+from trainguard.adversarial.autoattack import AutoAttack, Budget
 from trainguard.adversarial.data import Dataset, load_dataset, load_digits, load_mnist, read_idx
 from trainguard.adversarial.errors import AdversarialError, DatasetError, ModelSpecError
 from trainguard.adversarial.evaluate import (
@@ -39,6 +40,8 @@ __all__ = [
     "AdversarialStep",
     "Attack",
     "AttackKind",
+    "AutoAttack",
+    "Budget",
     "CheckResult",
     "Dataset",
     "DatasetError",

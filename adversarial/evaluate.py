@@ -1,5 +1,5 @@
-"""Robustness evaluation: accuracy per epsilon and attack, per-sample worst case, and checks
-that flag likely gradient masking (Athalye, Carlini & Wagner 2018; Carlini et al. 2019).
+"""Robustness evaluation: accuracy per epsilon and attack, per-sample worst case, and the
+gradient-masking checks of ``checks.py`` (Athalye, Carlini & Wagner 2018; Carlini et al. 2019).
 
 Robust accuracy counts a sample as robust only if it is classified correctly both clean and
 under the attack, so the worst case over attacks is never above any single attack.
@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from trainguard.adversarial.apgd import APGD
+from trainguard.adversarial.apgd import APGD, APGDT
 from trainguard.adversarial.attacks import FGSM, PGD, Attack, Norm, eval_mode
+from trainguard.adversarial.autoattack import AUTO_COMPONENTS, BUDGETS, AutoAttack, Budget
 from trainguard.adversarial.errors import AdversarialError
+from trainguard.adversarial.fab import FABT
+from trainguard.adversarial.losses import Loss
+from trainguard.adversarial.square import Square
 
 __all__ = [
     "AttackKind",
@@ -36,15 +40,33 @@ log = logging.getLogger(__name__)
 class AttackKind(enum.StrEnum):
     FGSM = "fgsm"
     PGD = "pgd"
-    APGD = "apgd"
+    APGD = "apgd"  # APGD-CE
+    APGD_DLR = "apgd-dlr"
+    APGD_T = "apgd-t"
+    FAB_T = "fab-t"
+    SQUARE = "square"
+    AUTO = "auto"  # the AutoAttack standard sequence
 
 
-ITERATIVE = (AttackKind.PGD, AttackKind.APGD)
+# gradient-based iterative attacks: none of them may be weaker than FGSM
+ITERATIVE = (
+    AttackKind.PGD,
+    AttackKind.APGD,
+    AttackKind.APGD_DLR,
+    AttackKind.APGD_T,
+    AttackKind.FAB_T,
+    AttackKind.AUTO,
+)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What to run. ``step_size`` None means 2.5 * eps / steps for PGD."""
+    """What to run. ``step_size`` None means 2.5 * eps / steps for PGD.
+
+    ``steps`` is the iteration count of the single attacks (PGD, APGD, APGD-DLR, APGD-T,
+    FAB-T); ``budget`` sets the AutoAttack sequence and the Square queries and APGD-T / FAB-T
+    target classes of the single attacks.
+    """
 
     eps: tuple[float, ...] = (0.1, 0.2, 0.3)
     attacks: tuple[AttackKind, ...] = (AttackKind.FGSM, AttackKind.PGD, AttackKind.APGD)
@@ -58,6 +80,8 @@ class EvalConfig:
     large_eps: float | None = None  # default: half the input range (0.5 on [0, 1])
     large_eps_max_accuracy: float = 0.1
     zero_grad_max_share: float = 0.05
+    budget: Budget = Budget.STANDARD
+    square_gain_max_share: float = 0.02
 
     def validate(self) -> list[str]:
         errors = []
@@ -119,7 +143,25 @@ class RobustnessReport:
         return any(c.passed is False for c in self.checks)
 
 
-def make_attack(kind: AttackKind, model: nn.Module, eps: float, cfg: EvalConfig) -> Attack:
+def make_attack(
+    kind: AttackKind, model: nn.Module, eps: float, cfg: EvalConfig
+) -> Attack | AutoAttack:
+    spec = BUDGETS[cfg.budget]
+    common = {"norm": cfg.norm, "clip": cfg.clip, "seed": cfg.seed}
+    if kind is AttackKind.AUTO:
+        return AutoAttack(model, eps, budget=cfg.budget, **common)  # type: ignore[arg-type]
+    if kind is AttackKind.APGD_DLR:
+        return APGD(model, eps, cfg.steps, cfg.restarts, loss=Loss.DLR, **common)  # type: ignore[arg-type]
+    if kind is AttackKind.APGD_T:
+        return APGDT(
+            model, eps, cfg.steps, cfg.restarts, target_classes=spec.target_classes, **common
+        )  # type: ignore[arg-type]
+    if kind is AttackKind.FAB_T:
+        return FABT(
+            model, eps, cfg.steps, cfg.restarts, target_classes=spec.target_classes, **common
+        )  # type: ignore[arg-type]
+    if kind is AttackKind.SQUARE:
+        return Square(model, eps, spec.square_queries, cfg.restarts, **common)  # type: ignore[arg-type]
     if kind is AttackKind.FGSM:
         return FGSM(model, eps, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
     if kind is AttackKind.PGD:
@@ -194,24 +236,31 @@ def evaluate_robustness(
     n = x.shape[0]
     with eval_mode(model):
         clean = torch.cat([_correct(model, xb, yb) for xb, yb in _batches(x, y, cfg.batch_size)])
-        per: dict[tuple[float, AttackKind], Tensor] = {}
+        per: dict[tuple[float, str], Tensor] = {}
         for eps in eps_list:
             for kind in cfg.attacks:
-                per[(eps, kind)] = clean & robust_correct(model, x, y, kind, eps, cfg)
+                if kind is AttackKind.AUTO:
+                    per.update(_run_auto(model, x, y, eps, cfg, clean, progress))
+                    continue
+                per[(eps, kind.value)] = clean & robust_correct(model, x, y, kind, eps, cfg)
                 if progress:
-                    acc = per[(eps, kind)].float().mean().item()
+                    acc = per[(eps, kind.value)].float().mean().item()
                     progress(f"eps {eps:g} {kind.value}: robust accuracy {acc:.4f}")
-        checks = _checks(model, x, y, cfg, eps_list, clean, per)
+        # checks.py builds on this module (configs, robust_correct): imported here, not above
+        from trainguard.adversarial.checks import run_checks
+
+        checks = run_checks(model, x, y, cfg, eps_list, clean, per)
     robust = [
-        RobustPoint(eps, kind.value, _frac(per[(eps, kind)]))
+        RobustPoint(eps, name, _frac(per[(eps, name)]))
         for eps in eps_list
         for kind in cfg.attacks
+        for name in report_names(kind)
     ]
     worst = []
     for eps in eps_list:
         all_ok = clean.clone()
         for kind in cfg.attacks:
-            all_ok &= per[(eps, kind)]
+            all_ok &= per[(eps, kind.value)]
         worst.append(asdict(WorstCasePoint(eps, _frac(all_ok))))
     settings = {
         "steps": cfg.steps,
@@ -219,6 +268,8 @@ def evaluate_robustness(
         "restarts": cfg.restarts,
         "seed": cfg.seed,
         "clip": list(cfg.clip),
+        "budget": cfg.budget.value,
+        "budget_spec": asdict(BUDGETS[cfg.budget]),
     }
     return RobustnessReport(
         samples=n,
@@ -231,120 +282,45 @@ def evaluate_robustness(
     )
 
 
-def _frac(t: Tensor) -> float:
-    return round(float(t.float().mean()), 6)
+def report_names(kind: AttackKind) -> list[str]:
+    """The ``robust`` entries an attack kind adds: auto adds one per component, then itself."""
+    if kind is AttackKind.AUTO:
+        return [f"auto/{c}" for c in AUTO_COMPONENTS] + [kind.value]
+    return [kind.value]
 
 
-def _checks(
+def _run_auto(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
+    eps: float,
     cfg: EvalConfig,
-    eps_list: Sequence[float],
     clean: Tensor,
-    per: dict[tuple[float, AttackKind], Tensor],
-) -> list[CheckResult]:
-    n = x.shape[0]
-    tol = max(2 / n, 0.005)
-    acc = {key: _frac(v) for key, v in per.items()}
-    return [
-        _check_monotone(cfg, eps_list, _frac(clean), acc, tol),
-        _check_iterative_beats_single(cfg, eps_list, acc, tol),
-        _check_large_eps(model, x, y, cfg, clean),
-        _check_gradients(model, x, y, cfg),
-    ]
-
-
-def _check_monotone(
-    cfg: EvalConfig,
-    eps_list: Sequence[float],
-    clean_acc: float,
-    acc: dict[tuple[float, AttackKind], float],
-    tol: float,
-) -> CheckResult:
-    problems = []
-    for kind in cfg.attacks:
-        curve = [clean_acc] + [acc[(e, kind)] for e in eps_list]
-        grid = [0.0, *eps_list]
-        for i in range(1, len(curve)):
-            if curve[i] > curve[i - 1] + tol:
-                problems.append(
-                    f"{kind.value}: {curve[i - 1]:.3f} at eps {grid[i - 1]:g} rises to "
-                    f"{curve[i]:.3f} at eps {grid[i]:g}"
-                )
-        if clean_acc > 0 and curve[-1] >= clean_acc - tol:
-            problems.append(
-                f"{kind.value}: accuracy at eps {eps_list[-1]:g} ({curve[-1]:.3f}) is no lower "
-                f"than clean ({clean_acc:.3f})"
-            )
-    detail = "; ".join(problems) or "robust accuracy falls as eps grows for every attack"
-    return CheckResult("accuracy-falls-with-eps", not problems, detail)
-
-
-def _check_iterative_beats_single(
-    cfg: EvalConfig,
-    eps_list: Sequence[float],
-    acc: dict[tuple[float, AttackKind], float],
-    tol: float,
-) -> CheckResult:
-    iterative = [k for k in cfg.attacks if k in ITERATIVE]
-    if AttackKind.FGSM not in cfg.attacks or not iterative:
-        return CheckResult(
-            "iterative-beats-single-step",
-            None,
-            "not run: needs fgsm and an iterative attack (pgd or apgd); use --attack all",
+    progress: Callable[[str], None] | None,
+) -> dict[tuple[float, str], Tensor]:
+    """Robust masks of the AutoAttack sequence: after each component, and the final one."""
+    after = {c: clean.clone() for c in AUTO_COMPONENTS}
+    for start in range(0, x.shape[0], cfg.batch_size):
+        sl = slice(start, start + cfg.batch_size)
+        attack = AutoAttack(
+            model,
+            eps,
+            norm=cfg.norm,
+            clip=cfg.clip,
+            seed=cfg.seed,
+            budget=cfg.budget,
+            progress=progress if x.shape[0] <= cfg.batch_size else None,
         )
-    problems = []
-    for eps in eps_list:
-        single = acc[(eps, AttackKind.FGSM)]
-        for kind in iterative:
-            if acc[(eps, kind)] > single + tol:
-                problems.append(
-                    f"eps {eps:g}: fgsm {single:.3f} beats {kind.value} {acc[(eps, kind)]:.3f}"
-                )
-    detail = "; ".join(problems) or "iterative attacks are at least as strong as FGSM at every eps"
-    return CheckResult("iterative-beats-single-step", not problems, detail)
+        result = attack.run(x[sl], y[sl])
+        for c in AUTO_COMPONENTS:
+            after[c][sl] &= result.robust_after[c]
+    if progress and x.shape[0] > cfg.batch_size:
+        for c in AUTO_COMPONENTS:
+            progress(f"eps {eps:g} auto/{c}: robust accuracy {_frac(after[c]):.4f}")
+    out = {(eps, f"auto/{c}"): after[c] for c in AUTO_COMPONENTS}
+    out[(eps, AttackKind.AUTO.value)] = after[AUTO_COMPONENTS[-1]]
+    return out
 
 
-def _check_large_eps(
-    model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, clean: Tensor
-) -> CheckResult:
-    width = cfg.clip[1] - cfg.clip[0]
-    eps = cfg.large_eps if cfg.large_eps is not None else 0.5 * width
-    if cfg.norm is Norm.L2:
-        eps = cfg.large_eps if cfg.large_eps is not None else 0.5 * width * x[0].numel() ** 0.5
-    limit = min(x.shape[0], 512)
-    xs, ys = x[:limit], y[:limit]
-    probe = EvalConfig(
-        eps=(eps,),
-        attacks=(AttackKind.PGD,),
-        steps=cfg.steps,
-        restarts=1,
-        norm=cfg.norm,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        clip=cfg.clip,
-    )
-    ok = clean[:limit] & robust_correct(model, xs, ys, AttackKind.PGD, eps, probe)
-    acc = _frac(ok)
-    passed = acc <= cfg.large_eps_max_accuracy
-    verdict = (
-        "as expected" if passed else "an attack this large should win: gradients may be masked"
-    )
-    return CheckResult(
-        "large-eps-accuracy-near-zero",
-        passed,
-        f"PGD-{cfg.steps} at eps {eps:g}: accuracy {acc:.3f} on {limit} samples "
-        f"(threshold {cfg.large_eps_max_accuracy:g}); {verdict}",
-    )
-
-
-def _check_gradients(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig) -> CheckResult:
-    share = zero_gradient_share(model, x, y, cfg.batch_size)
-    passed = share <= cfg.zero_grad_max_share
-    return CheckResult(
-        "nonzero-input-gradients",
-        passed,
-        f"{share:.1%} of samples have an exactly zero input gradient "
-        f"(threshold {cfg.zero_grad_max_share:.0%})",
-    )
+def _frac(t: Tensor) -> float:
+    return round(float(t.float().mean()), 6)

@@ -66,7 +66,7 @@ def project_onto_hyperplane(x: Tensor, w: Tensor, c: Tensor, norm: Norm, clip: C
     mu = (target - before.gather(1, kk).squeeze(1)) / slope.clamp(min=1e-30)
     mu = torch.where(feasible & (slope > 0), mu, torch.full_like(mu, 1e30)).clamp(min=0)
     step = torch.minimum(mu.unsqueeze(1) * rate, room)
-    return torch.sign(w) * step * s
+    return torch.sign(w) * step  # w already carries the sign of c
 
 
 class FABT(Attack):

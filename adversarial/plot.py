@@ -8,7 +8,14 @@ from trainguard.adversarial.evaluate import RobustnessReport
 
 __all__ = ["render_svg"]
 
-_COLORS = {"fgsm": "#1f77b4", "pgd": "#d62728", "apgd": "#2ca02c", "worst case": "#000000"}
+_COLORS = {
+    "fgsm": "#1f77b4",
+    "pgd": "#d62728",
+    "apgd": "#2ca02c",
+    "square": "#ff7f0e",
+    "auto": "#9467bd",
+    "worst case": "#000000",
+}
 _W, _H = 560, 360
 _LEFT, _RIGHT, _TOP, _BOTTOM = 60, 150, 30, 50
 
@@ -16,6 +23,8 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 60, 150, 30, 50
 def _series(report: RobustnessReport) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
     for point in report.robust:
+        if point.attack.startswith("auto/"):
+            continue  # the sequence's intermediate figures: the table shows them, the plot not
         series.setdefault(point.attack, [(0.0, report.clean_accuracy)]).append(
             (point.eps, point.accuracy)
         )

@@ -12,6 +12,8 @@ EXPECTED = {
     "AdversarialStep",
     "Attack",
     "AttackKind",
+    "AutoAttack",
+    "Budget",
     "CheckResult",
     "Dataset",
     "DatasetError",

@@ -54,7 +54,7 @@ def test_factory_specs():
 
 def test_cli_module_does_not_import_torch():
     code = (
-        "import sys, trainguard.agent.cli.robust as r, argparse\n"
+        "import sys, trainguard.cli.commands.robust as r, argparse\n"
         "p = argparse.ArgumentParser(); r.register(p.add_subparsers())\n"
         "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules\n"
         "assert 'trainguard.adversarial' not in sys.modules\n"

@@ -6,6 +6,7 @@ Importing this package imports torch; the agent imports it only inside CLI handl
 from trainguard.adversarial.apgd import APGD, APGDT
 from trainguard.adversarial.attacks import FGSM, PGD, Attack, Norm, eval_mode
 from trainguard.adversarial.autoattack import AutoAttack, Budget
+from trainguard.adversarial.certify import CertifyConfig, CertifyReport, certify, certify_robustness
 from trainguard.adversarial.data import Dataset, load_dataset, load_digits, load_mnist, read_idx
 from trainguard.adversarial.errors import AdversarialError, DatasetError, ModelSpecError
 from trainguard.adversarial.evaluate import (
@@ -42,6 +43,8 @@ __all__ = [
     "AttackKind",
     "AutoAttack",
     "Budget",
+    "CertifyConfig",
+    "CertifyReport",
     "CheckResult",
     "Dataset",
     "DatasetError",
@@ -57,6 +60,8 @@ __all__ = [
     "Square",
     "TrainResult",
     "build_model",
+    "certify",
+    "certify_robustness",
     "eval_mode",
     "evaluate_robustness",
     "load_dataset",

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from trainguard.adversarial.attacks import Norm
+from trainguard.adversarial.certify import CertifyConfig, CertifyReport, certify_robustness
 from trainguard.adversarial.data import Dataset, load_dataset
 from trainguard.adversarial.errors import AdversarialError, ModelSpecError
 from trainguard.adversarial.evaluate import EvalConfig, RobustnessReport, evaluate_robustness
@@ -29,9 +31,11 @@ from trainguard.adversarial.training import (
 
 __all__ = [
     "TrainSettings",
+    "certify_summary",
     "default_model_spec",
     "eval_summary",
     "load_weights",
+    "run_certify",
     "run_eval",
     "run_train",
 ]
@@ -98,6 +102,57 @@ def eval_summary(report: RobustnessReport, **extra: Any) -> dict[str, Any]:
     return doc
 
 
+def _load(
+    model_spec: str, weights: Path, dataset_spec: str, scan: Scanner, limit: int | None, device: str
+) -> tuple[nn.Module, Dataset, dict[str, Any]]:
+    model = load_weights(build_model(model_spec), weights, scan).to(device)
+    data = load_dataset(dataset_spec, "test").take(limit)
+    _probe(model, data.x[:2].to(device), model_spec, data.name)
+    meta = {
+        "model": model_spec,
+        "weights": str(weights),
+        "weights_sha256": file_sha256(weights),
+        "dataset": data.name,
+    }
+    return model, data, meta
+
+
+def run_certify(
+    model_spec: str,
+    weights: Path,
+    dataset_spec: str,
+    cfg: CertifyConfig,
+    *,
+    scan: Scanner,
+    limit: int | None = None,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> tuple[CertifyReport, dict[str, Any]]:
+    """Build, scan, load and certify a model (randomized smoothing) on a test split."""
+    model, data, meta = _load(model_spec, weights, dataset_spec, scan, limit, device)
+    report = certify_robustness(model, data.x.to(device), data.y.to(device), cfg, progress=progress)
+    return report, meta
+
+
+def certify_summary(report: CertifyReport) -> dict[str, Any]:
+    """The ``certified`` block of `robust certify` / `robust eval --certify-sigma` output and
+    of the robustness-eval audit event (accuracies are fractions, radii in L2)."""
+    return {
+        "method": "randomized-smoothing",
+        "norm": "l2",
+        "sigma": report.sigma,
+        "n0": report.n0,
+        "n": report.n,
+        "alpha": report.alpha,
+        "samples": report.samples,
+        "base_clean_accuracy": report.clean_accuracy,
+        "smoothed_accuracy": report.smoothed_accuracy,
+        "abstain_rate": report.abstain_rate,
+        "mean_certified_radius": report.mean_certified_radius,
+        "per_radius": [{"radius": p.radius, "accuracy": p.accuracy} for p in report.per_radius],
+    }
+
+
 def run_eval(
     model_spec: str,
     weights: Path,
@@ -108,19 +163,18 @@ def run_eval(
     limit: int | None = None,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    certify: CertifyConfig | None = None,
 ) -> tuple[RobustnessReport, dict[str, Any]]:
     """Build, scan, load and attack a model on the test split of a dataset."""
-    model = load_weights(build_model(model_spec), weights, scan).to(device)
-    data = load_dataset(dataset_spec, "test").take(limit)
-    x, y = data.x.to(device), data.y.to(device)
-    _probe(model, x[:2], model_spec, data.name)
-    report = evaluate_robustness(model, x, y, cfg, progress=progress)
-    meta = {
-        "model": model_spec,
-        "weights": str(weights),
-        "weights_sha256": file_sha256(weights),
-        "dataset": data.name,
-    }
+    model, data, meta = _load(model_spec, weights, dataset_spec, scan, limit, device)
+    report = evaluate_robustness(
+        model, data.x.to(device), data.y.to(device), cfg, progress=progress
+    )
+    if certify is not None:
+        cert = certify_robustness(
+            model, data.x.to(device), data.y.to(device), certify, progress=progress
+        )
+        meta["certified"] = certify_summary(cert)
     return report, meta
 
 
@@ -161,6 +215,8 @@ class TrainSettings:
     beta: float = 6.0
     holdout_fraction: float = 0.1
     device: str = "cpu"
+    norm: Norm = Norm.LINF
+    sigma: float = 0.25
 
 
 def _split_holdout(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
@@ -179,8 +235,11 @@ def run_train(
     spec = s.model or default_model_spec(s.dataset)
     model = build_model(spec).to(s.device)
     train, holdout = _split_holdout(load_dataset(s.dataset, "train"), s.holdout_fraction)
-    step = AdversarialStep(s.method, s.eps, steps=s.steps, beta=s.beta, seed=s.seed)
-    guard = OverfitGuard(eps=s.eps) if s.eps > 0 else None
+    step = AdversarialStep(
+        s.method, s.eps, steps=s.steps, beta=s.beta, seed=s.seed, norm=s.norm, sigma=s.sigma
+    )
+    attacked = s.eps > 0 and s.method not in (Method.STANDARD, Method.GAUSSIAN)
+    guard = OverfitGuard(eps=s.eps, norm=s.norm) if attacked else None
 
     def on_epoch(r: Any) -> None:
         if progress:
@@ -215,6 +274,8 @@ def run_train(
         "dataset": s.dataset,
         "method": s.method.value,
         "eps": s.eps,
+        "norm": s.norm.value,
+        "sigma": s.sigma if s.method is Method.GAUSSIAN else None,
         "epochs_run": len(result.epochs),
         "stopped_early": result.stopped_early,
         "restored_epoch": result.restored_epoch,

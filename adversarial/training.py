@@ -1,4 +1,5 @@
-"""Adversarial training: FGSM-RS, PGD-AT and TRADES, alone or as a trainer step component.
+"""Adversarial training: FGSM-RS, PGD-AT and TRADES (Linf or L2), Gaussian noise augmentation
+for randomized smoothing, alone or as a trainer step component.
 
 Use inside any training loop (this is the component a trainer calls once per batch)::
 
@@ -25,7 +26,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from trainguard.adversarial.attacks import PGD, Norm, eval_mode, loss_and_grad, random_start
+from trainguard.adversarial.attacks import (
+    PGD,
+    Norm,
+    ascent_direction,
+    eval_mode,
+    loss_and_grad,
+    project,
+    random_start,
+)
 from trainguard.adversarial.data import Dataset
 from trainguard.adversarial.errors import AdversarialError
 
@@ -46,17 +55,21 @@ class Method(enum.StrEnum):
     PGD = "pgd"  # Madry et al. 2018
     TRADES = "trades"  # Zhang et al. 2019
     STANDARD = "standard"  # no defence: the baseline to compare against
+    GAUSSIAN = "gaussian"  # noise augmentation (Cohen et al. 2019): for certification
 
 
 class AdversarialStep:
     """The loss of one adversarial training step.
 
     Args:
-        method: fgsm-rs | pgd | trades | standard.
-        eps: Linf radius. alpha: step size (fgsm-rs default 1.25 * eps; pgd and trades
+        method: fgsm-rs | pgd | trades | standard | gaussian.
+        eps: radius in ``norm``. alpha: step size (fgsm-rs default 1.25 * eps; pgd and trades
         default 2.5 * eps / steps). steps: attack iterations for pgd and trades.
         beta: TRADES weight of the KL term. clip: input range. seed: seeds the generator
-        used for random starts (one generator per device, advanced batch after batch).
+        used for random starts and noise (one generator per device, advanced batch after
+        batch). norm: linf (default) or l2 for fgsm-rs and pgd. sigma: the standard
+        deviation of the Gaussian noise of ``gaussian`` (train with the sigma you certify
+        with); the noise is not clipped to the input range, as in Cohen et al.
     """
 
     def __init__(
@@ -69,8 +82,12 @@ class AdversarialStep:
         beta: float = 6.0,
         clip: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
+        norm: Norm | str = Norm.LINF,
+        sigma: float = 0.25,
     ) -> None:
         self.method = Method(method)
+        self.norm = Norm(norm)
+        self.sigma = float(sigma)
         self.eps = float(eps)
         self.steps = int(steps)
         self.beta = float(beta)
@@ -78,6 +95,12 @@ class AdversarialStep:
         self.seed = seed
         if self.eps < 0 or self.steps < 1:
             raise AdversarialError(f"need eps >= 0 and steps >= 1 (got {eps}, {steps})")
+        if self.method is Method.GAUSSIAN and not self.sigma > 0:
+            raise AdversarialError(f"gaussian training needs sigma > 0 (got {sigma})")
+        if self.norm is Norm.L2 and self.method is Method.TRADES:
+            raise AdversarialError(
+                "trades is implemented for linf only", tip="use --method pgd with --norm l2"
+            )
         default_alpha = (
             1.25 * self.eps if self.method is Method.FGSM_RS else 2.5 * self.eps / self.steps
         )
@@ -93,9 +116,15 @@ class AdversarialStep:
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The adversarial batch this method trains on (``x`` itself for standard)."""
+        if self.method is Method.GAUSSIAN:
+            noise = torch.randn(x.shape, generator=self._gen(x.device), device=x.device)
+            return x + self.sigma * noise.to(x.dtype)
         if self.method is Method.STANDARD or self.eps == 0:
             return x
         gen = self._gen(x.device)
+        if self.norm is Norm.L2:
+            with eval_mode(model):
+                return self._l2(model, x, y, gen)
         with eval_mode(model):
             if self.method is Method.FGSM_RS:
                 return self._fgsm_rs(model, x, y, gen)
@@ -138,6 +167,16 @@ class AdversarialStep:
             x_adv = (x + delta).clamp(*self.clip)
         return x_adv
 
+    def _l2(self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        """FGSM-RS (one step) or PGD in the L2 ball; linf keeps its own code paths above."""
+        steps = 1 if self.method is Method.FGSM_RS else self.steps
+        x_adv = (x + random_start(x, Norm.L2, self.eps, gen)).clamp(*self.clip)
+        for _ in range(steps):
+            _, _, grad = loss_and_grad(model, x_adv, y)
+            step = x_adv - x + self.alpha * ascent_direction(grad, Norm.L2)
+            x_adv = (x + project(step, Norm.L2, self.eps)).clamp(*self.clip)
+        return x_adv
+
     def _trades_attack(self, model: nn.Module, x: Tensor, gen: torch.Generator) -> Tensor:
         """Maximise KL(f(x) || f(x')) from a small Gaussian start (the official recipe)."""
         with torch.no_grad():
@@ -166,6 +205,7 @@ class OverfitGuard:
     steps: int = 10
     batch: int = 256
     max_drop: float = 0.2
+    norm: Norm = Norm.LINF
 
 
 @dataclass(frozen=True)
@@ -186,7 +226,7 @@ class TrainResult:
 
 def _holdout_accuracy(model: nn.Module, data: Dataset, guard: OverfitGuard) -> float:
     x, y = data.x[: guard.batch], data.y[: guard.batch]
-    attack = PGD(model, eps=guard.eps, steps=guard.steps, clip=data.clip, seed=1)
+    attack = PGD(model, eps=guard.eps, steps=guard.steps, clip=data.clip, seed=1, norm=guard.norm)
     x_adv = attack(x, y)
     with torch.no_grad(), eval_mode(model):
         return float((model(x_adv).argmax(1) == y).float().mean())

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 from trainguard.adversarial import (
+    AdversarialError,
     AdversarialStep,
     AttackKind,
     EvalConfig,
@@ -18,7 +19,7 @@ from trainguard.adversarial import (
 from trainguard.adversarial.models import digits_cnn, digits_mlp
 
 
-@pytest.mark.parametrize("method", list(Method))
+@pytest.mark.parametrize("method", [m for m in Method if m is not Method.GAUSSIAN])
 def test_step_loss_is_differentiable_and_perturbation_bounded(method, digits_test):
     torch.manual_seed(0)
     model = digits_mlp().train()
@@ -122,3 +123,25 @@ def test_attack_model_crafts_while_model_trains(digits_test):
     x, y = digits_test.x[:8], digits_test.y[:8]
     AdversarialStep("pgd", eps=0.1, steps=3).loss(wrapped, x, y, attack_model=wrapped.module)
     assert calls["outer"] == 1  # only the training forward went through the wrapper
+
+
+def test_l2_pgd_training_perturbs_inside_the_l2_ball_and_linf_is_unchanged(digits_test):
+    x, y = digits_test.x[:32], digits_test.y[:32]
+    torch.manual_seed(0)
+    model = digits_mlp()
+    x_l2 = AdversarialStep("pgd", 1.0, norm="l2", steps=5).perturb(model, x, y)
+    assert ((x_l2 - x).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
+    assert (x_l2 - x).abs().max() > 0.3  # an L2 step concentrates mass: not an Linf ball
+    a = AdversarialStep("pgd", 0.1, steps=3, seed=2).perturb(model, x, y)
+    b = AdversarialStep("pgd", 0.1, steps=3, seed=2, norm="linf").perturb(model, x, y)
+    assert torch.equal(a, b)
+    with pytest.raises(AdversarialError, match="linf only"):
+        AdversarialStep("trades", 0.5, norm="l2")
+
+
+def test_gaussian_step_adds_unclipped_noise_of_sigma():
+    x = torch.full((512, 1, 8, 8), 0.5)
+    step = AdversarialStep("gaussian", 0.0, sigma=0.3, seed=1)
+    noisy = step.perturb(nn.Identity(), x, torch.zeros(512, dtype=torch.long))
+    assert abs(float((noisy - x).std()) - 0.3) < 0.01
+    assert noisy.min() < 0 and noisy.max() > 1  # Cohen et al. do not clip the noise

@@ -20,11 +20,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/trainguard demo
 
+# Two workers, one test file per worker at a time (files share module fixtures such as a
+# trained model or a running agent); the 15 slowest tests are listed at the end.
+PYTEST_ARGS ?= -q -n 2 --dist loadfile --durations=15
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
 
 # mypy cannot follow setuptools' editable import hook, so it checks a symlink tree that mirrors
 # the installed `trainguard` namespace.
@@ -32,9 +36,10 @@ TYPECHECK := build/typecheck
 lint: install
 	$(BIN)/ruff check .
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/trainguard
-	for a in core crypto policy agent anomaly adversarial trainer; do ln -s ../../../$$a $(TYPECHECK)/trainguard/$$a; done
+	for a in core crypto policy evidence integrity agent report cli anomaly adversarial trainer; do ln -s ../../../$$a $(TYPECHECK)/trainguard/$$a; done
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy --explicit-package-bases \
-	  -p trainguard.core -p trainguard.crypto -p trainguard.policy -p trainguard.agent
+	  -p trainguard.core -p trainguard.crypto -p trainguard.policy -p trainguard.evidence \
+	  -p trainguard.integrity -p trainguard.agent
 
 bench: install
 	@for b in tests/bench/bench_*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done

@@ -21,16 +21,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainguard.agent.api import AgentServer
-from trainguard.agent.api_auth import ApiAuthorizer, policy_check_for_home
-from trainguard.agent.audit_log import AuditLog
+from trainguard.agent.api.auth import ApiAuthorizer, policy_check_for_home
+from trainguard.agent.api.server import AgentServer
 from trainguard.agent.config import AgentConfig
-from trainguard.agent.incidents import AGENT_ACTOR, IncidentEngine, IncidentStatus
-from trainguard.agent.sdnotify import Notifier
-from trainguard.agent.sink import open_embedded_log
+from trainguard.agent.systemd.sdnotify import Notifier
 from trainguard.core.config import Config, load_config
 from trainguard.core.errors import TrainguardError, UsageError
 from trainguard.core.home import Home
+from trainguard.evidence.audit_log import AuditLog
+from trainguard.evidence.embedded import open_embedded_log
+from trainguard.evidence.incidents import AGENT_ACTOR, IncidentStatus
+from trainguard.evidence.response.engine import IncidentEngine
 
 __all__ = ["Agent", "AgentRefused", "CycleReport"]
 
@@ -121,7 +122,7 @@ class Agent:
             checks = run_checks
         self._checks = checks
         if telemetry is None:
-            from trainguard.agent.telemetry import TelemetryCollector
+            from trainguard.agent.telemetry.collector import TelemetryCollector
 
             telemetry = TelemetryCollector(clock=clock)
         self.telemetry = telemetry

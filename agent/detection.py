@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainguard.agent.telemetry import Sample
+from trainguard.agent.telemetry.collector import Sample
 from trainguard.anomaly.config import AnomalyConfig
 from trainguard.anomaly.domain import (
     AccessDetector,
@@ -36,7 +36,7 @@ from trainguard.anomaly.domain import (
     GpuMisuseDetector,
     GpuReading,
 )
-from trainguard.core.audit import IncidentKind, Severity
+from trainguard.evidence.incidents import IncidentKind, Severity
 
 __all__ = ["LEARNED_COLUMNS", "Detection", "Scorer"]
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from trainguard.agent.telemetry import GpuSample, Sample
+from trainguard.agent.telemetry.collector import GpuSample, Sample
 
 __all__ = ["CONTENT_TYPE", "DCGM_METRICS", "AgentMetrics"]
 

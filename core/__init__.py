@@ -1,14 +1,15 @@
-"""Shared kernel of trainguard: the error hierarchy, the home layout, config loading and the
-audit-sink protocol. Every area may import it; it imports nothing of ours."""
+"""Shared kernel of trainguard: the error hierarchy and exit codes, the home layout, config
+loading, file helpers and the clock seam. Every area may import it; it imports nothing of ours."""
 
-from trainguard.core.audit import AuditSink, IncidentKind, NullSink, Severity
 from trainguard.core.config import Config, ConfigError, load_config, register_section
 from trainguard.core.errors import (
     AccessDenied,
     AgentError,
     CryptoError,
+    EvidenceError,
     IntegrityError,
     PolicyError,
+    ReportError,
     TrainguardError,
     UsageError,
 )
@@ -17,17 +18,15 @@ from trainguard.core.home import Home, HomeError
 __all__ = [
     "AccessDenied",
     "AgentError",
-    "AuditSink",
     "Config",
     "ConfigError",
     "CryptoError",
+    "EvidenceError",
     "Home",
     "HomeError",
-    "IncidentKind",
     "IntegrityError",
-    "NullSink",
     "PolicyError",
-    "Severity",
+    "ReportError",
     "TrainguardError",
     "UsageError",
     "load_config",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import os
 import tomllib
 import types
@@ -25,6 +26,8 @@ from trainguard.core.errors import UsageError
 T = TypeVar("T")
 
 ENV_PREFIX = "TRAINGUARD_"
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(UsageError):
@@ -55,9 +58,32 @@ _KNOWN_SECTIONS: dict[str, str] = {
     "policy": "trainguard.policy.config:PolicyConfig",
     "agent": "trainguard.agent.config:AgentConfig",
     "checks": "trainguard.agent.checks.config:ChecksConfig",
-    "hooks": "trainguard.agent.config:HooksConfig",
+    "hooks": "trainguard.evidence.response.config:HooksConfig",
+    "audit": "trainguard.evidence.config:AuditConfig",
+    "incidents": "trainguard.evidence.config:IncidentsConfig",
     "anomaly": "trainguard.anomaly.config:AnomalyConfig",
 }
+
+
+# Keys that moved to another section: still read where they used to be, with a warning.
+_MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("agent", "checkpoint_every"): "audit",
+    ("agent", "checkpoint_seconds"): "audit",
+    ("agent", "dedup_seconds"): "incidents",
+    ("agent", "rate_limit"): "incidents",
+    ("agent", "rate_window_seconds"): "incidents",
+}
+
+
+def _move_keys(data: dict[str, Any]) -> None:
+    for (old, key), new in _MOVED_KEYS.items():
+        table = data.get(old)
+        if isinstance(table, dict) and key in table:
+            value = table.pop(key)
+            target = data.setdefault(new, {})
+            if isinstance(target, dict):
+                target.setdefault(key, value)
+            log.warning("[%s] %s is deprecated: set it under [%s]", old, key, new)
 
 
 def register_section(name: str, cls: type[Any]) -> None:
@@ -206,7 +232,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
             raise ConfigError([f"not valid TOML: {exc}"], source=str(path)) from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(["not UTF-8 text"], source=str(path)) from exc
-    for section, values in _env_overrides(env).items():
+    _move_keys(data)
+    overrides = _env_overrides(env)
+    _move_keys(overrides)
+    for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     sections: dict[str, Any] = {}
     for name, raw in data.items():

@@ -64,6 +64,14 @@ class AccessDenied(PolicyError):
     default_tip = "ask an admin for the role you need, or log in again with `trainguard login`"
 
 
+class EvidenceError(TrainguardError):
+    """Base of the evidence area: the audit log, incidents, hooks and deliveries."""
+
+
+class ReportError(TrainguardError):
+    """Base of the report area: gathering, assessing and rendering evidence."""
+
+
 class AgentError(TrainguardError):
     """Base of the agent area (exit 3 unless a subclass says otherwise)."""
 

@@ -35,7 +35,7 @@ from trainguard.crypto.pki import (
     peer_identity,
     server_context,
 )
-from trainguard.crypto.sealed import (
+from trainguard.crypto.sealed.stream import (
     SealedReader,
     SealedWriter,
     is_sealed,

@@ -17,10 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.audit import AuditSink
 from trainguard.core.config import Config, NodeConfig
 from trainguard.core.home import Home
 from trainguard.crypto.signing import SigningKey, VerifyKey
+from trainguard.evidence.sink import AuditSink
 from trainguard.policy.actions import ACTIONS, GLOBAL_DOMAIN
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.decision import Decision, Principal, authorize

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.audit import AuditSink
 from trainguard.core.config import load_config
 from trainguard.core.home import Home
 from trainguard.crypto.signing import SigningKey
+from trainguard.evidence.sink import AuditSink
 from trainguard.policy.access import AccessControl
 from trainguard.policy.actions import GLOBAL_DOMAIN, default_policy_lines
 from trainguard.policy.errors import PolicyError

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainguard.core.audit import AuditSink
+from trainguard.evidence.sink import AuditSink
 from trainguard.policy.actions import ACTIONS
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import Denied, SessionInvalid, StepUpRequired

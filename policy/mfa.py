@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import pyotp
-from trainguard.core.audit import AuditSink
 from trainguard.core.errors import TrainguardError
+from trainguard.evidence.sink import AuditSink
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import AuthenticationFailed, LockedOut, UnknownName
 from trainguard.policy.users import UserStore

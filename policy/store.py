@@ -22,10 +22,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-from trainguard.core.audit import AuditSink, IncidentKind
 from trainguard.core.home import Home, write_private
 from trainguard.crypto.errors import BadSignature
 from trainguard.crypto.signing import SigningKey, VerifyKey
+from trainguard.evidence.incidents import IncidentKind
+from trainguard.evidence.sink import AuditSink
 from trainguard.policy.errors import PolicyError, PolicyTampered
 from trainguard.policy.rules import PolicyRules, parse_policy
 

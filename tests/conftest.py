@@ -55,7 +55,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def cli(cli_env: dict[str, str]) -> CLI:
-    """Run `python -m trainguard.agent.cli.main ARGS` and capture everything."""
+    """Run `python -m trainguard.cli.main ARGS` and capture everything."""
 
     def run(
         *args: str | Path,
@@ -66,7 +66,7 @@ def cli(cli_env: dict[str, str]) -> CLI:
         full_env = dict(cli_env)
         full_env.update(env or {})
         proc = subprocess.run(
-            [sys.executable, "-m", "trainguard.agent.cli.main", *map(str, args)],
+            [sys.executable, "-m", "trainguard.cli.main", *map(str, args)],
             input=input.encode() if isinstance(input, str) else input,
             capture_output=True,
             env=full_env,

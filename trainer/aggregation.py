@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from trainguard.trainer.config import Aggregation, AggregationSection
 from trainguard.trainer.robust import centered_clip, coordinate_median, krum, trimmed_mean
-from trainguard.trainer.simulate import AttackPlan
+from trainguard.trainer.testing.simulate import AttackPlan
 
 __all__ = ["HookState", "StepStats", "aggregate_rows", "robust_hook"]
 

@@ -2,7 +2,7 @@
 
 Layout in ``checkpoint.dir``::
 
-    step-00000100.tgseal      sealed stream (trainguard.crypto.sealed) holding a torch.save zip
+    step-00000100.tgseal      sealed stream (trainguard.crypto.sealed.stream) holding a torch.save zip
     step-00000100.tgseal.sig  JSON {"manifest": {...}, "signature": hex}: Ed25519 by the node key
                               over canonical JSON of {format, file, size, sha256, step, job_id, key_id}
 
@@ -108,8 +108,8 @@ def scan_torch_zip(stream: Any) -> None:
 
 def scan_sealed(stream: Any, name: str) -> None:
     """The supply-chain scanner over the decrypted stream (nothing is written to disk)."""
-    from trainguard.agent.scanner.formats import scan_stream
-    from trainguard.agent.scanner.report import FileVerdict, Verdict
+    from trainguard.integrity.scanner.formats import scan_stream
+    from trainguard.integrity.scanner.report import FileVerdict, Verdict
 
     fmt, findings = scan_stream(stream, stream.size)
     verdict = FileVerdict.from_findings(name, fmt, findings)
@@ -161,7 +161,7 @@ class CheckpointStore:
         return sorted(out, reverse=True)
 
     def save(self, state: dict[str, Any], step: int) -> CheckpointInfo:
-        from trainguard.crypto.sealed import SealedWriter
+        from trainguard.crypto.sealed.stream import SealedWriter
 
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path_for(step)
@@ -217,7 +217,7 @@ class CheckpointStore:
 
     def load(self, path: Path) -> tuple[dict[str, Any], CheckpointInfo]:
         """Verify, scan and load one checkpoint (weights only)."""
-        from trainguard.crypto.sealed import SealedReader
+        from trainguard.crypto.sealed.stream import SealedReader
 
         info = self.verify(path)
         try:

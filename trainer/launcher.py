@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.audit import AuditSink
 from trainguard.core.home import Home
+from trainguard.evidence.sink import AuditSink
 from trainguard.trainer.config import TrainConfig, cross_check, load_train_config
 from trainguard.trainer.errors import JobFailed, TrainConfigError
 from trainguard.trainer.membership import write_job_key

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trainguard.core.audit import AuditSink
 from trainguard.core.config import Config
 from trainguard.core.home import Home
+from trainguard.evidence.sink import AuditSink
 from trainguard.trainer.errors import PreflightError
 
 __all__ = ["PreflightReport", "PreflightStep", "StepStatus", "run_preflight"]
@@ -74,8 +74,8 @@ def check_dependencies(home: Home, config: Config, audit: AuditSink, *, skip: bo
                                                             "why": "--skip-deps-verify"})
         log.warning("dependency verification SKIPPED on request; recorded in the audit log")
         return PreflightStep("deps-verify", StepStatus.SKIPPED, "skipped by --skip-deps-verify")
-    from trainguard.agent import deps
     from trainguard.crypto.signing import VerifyKey
+    from trainguard.integrity.deps import lock as deps
 
     lock_path = deps.default_lock_path(home.state_dir)
     if not lock_path.exists():
@@ -99,33 +99,20 @@ def check_dependencies(home: Home, config: Config, audit: AuditSink, *, skip: bo
 
 
 def _hash_cache(home: Home) -> Any:
-    from trainguard.agent.deps_cache import HashCache
+    from trainguard.integrity.deps.cache import HashCache
 
     return HashCache(home.state_dir / "deps.cache.json")
 
 
 def check_sink(home: Home) -> PreflightStep:
     if home.agent_socket.exists():
-        from trainguard.agent.client import AgentClient
+        from trainguard.agent.api.client import AgentClient
 
         with AgentClient(home, timeout=5.0) as client:
             if client.ping():
                 return PreflightStep("evidence", StepStatus.PASSED, "node agent reachable")
     return PreflightStep("evidence", StepStatus.PASSED,
                          "no agent running: evidence goes to the embedded audit log")
-
-
-def check_gpus(home: Home, config: Config) -> PreflightStep:
-    from trainguard.agent.checks import Status, run_checks
-
-    results = run_checks(home, config, ids=["gpu-foreign-processes"])
-    if not results:
-        return PreflightStep("gpu-foreign-processes", StepStatus.NOT_APPLICABLE, "check not built")
-    r = results[0]
-    if r.status is Status.FAIL:
-        raise PreflightError(f"GPUs are not free: {r.summary}", tip=r.remediation or None)
-    status = StepStatus.NOT_APPLICABLE if r.status is Status.NOT_APPLICABLE else StepStatus.PASSED
-    return PreflightStep("gpu-foreign-processes", status, r.summary)
 
 
 def run_preflight(
@@ -138,9 +125,13 @@ def run_preflight(
     otp: str | None = None,
     user: str | None = None,
     skip_deps_verify: bool = False,
-    gpu_check: Callable[[Home, Config], PreflightStep] = check_gpus,
+    gpu_check: Callable[[Home, Config], PreflightStep],
 ) -> PreflightReport:
-    """Run every preflight step in order; raises on the first that fails."""
+    """Run every preflight step in order; raises on the first that fails.
+
+    `gpu_check` looks for foreign processes on this node's GPUs (the CLI passes the agent's
+    posture check; the trainer does not import the agent's checks itself).
+    """
     auth, decision = check_authorization(home, config, audit, resource, project, otp=otp, user=user)
     steps = [auth, check_dependencies(home, config, audit, skip=skip_deps_verify),
              check_sink(home), gpu_check(home, config)]

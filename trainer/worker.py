@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from trainguard.core.audit import IncidentKind, Severity
 from trainguard.core.errors import TrainguardError
 from trainguard.core.home import Home
+from trainguard.evidence.incidents import IncidentKind, Severity
 from trainguard.trainer.aggregation import HookState, robust_hook
 from trainguard.trainer.config import AdversarialMethod, TrainConfig, build_config
 from trainguard.trainer.consistency import check_replicas
@@ -34,7 +34,7 @@ from trainguard.trainer.membership import prove_membership, read_job_key
 from trainguard.trainer.models import load_dataset, resolve
 from trainguard.trainer.monitor import RankMonitor
 from trainguard.trainer.rundir import RunDir
-from trainguard.trainer.simulate import AttackPlan
+from trainguard.trainer.testing.simulate import AttackPlan
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainguard.core.audit import Severity
 from trainguard.core.config import Config
 from trainguard.core.errors import UsageError
 from trainguard.core.home import Home
+from trainguard.evidence.incidents import Severity
 
 __all__ = [
     "CHECK_MODULES",
@@ -140,7 +140,7 @@ class CheckContext:
 
     `root` is the filesystem root for /proc, /sys and /etc reads; `environ` is the training
     job's environment (MASTER_ADDR, NCCL_SOCKET_IFNAME, ...) when known, else empty; `nvml` is an
-    `trainguard.agent.nvml.NvmlBackend` or None for the real library; `if_addrs` (interface ->
+    `trainguard.agent.telemetry.nvml.NvmlBackend` or None for the real library; `if_addrs` (interface ->
     addresses), `resolve` (host name -> addresses) and `adjtimex` (kernel clock state) default to
     the real system calls when None.
     """

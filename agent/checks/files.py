@@ -48,9 +48,9 @@ def home_modes(ctx: CheckContext) -> Outcome:
 def is_sealed(path: Path) -> bool:
     """True when `path` starts with the sealed-stream magic (crypto's `is_sealed` when built)."""
     try:
-        from trainguard.crypto.sealed import is_sealed as crypto_is_sealed
+        from trainguard.crypto.sealed.stream import is_sealed as crypto_is_sealed
     except ModuleNotFoundError as exc:
-        if exc.name != "trainguard.crypto.sealed":
+        if exc.name != "trainguard.crypto.sealed.stream":
             raise
     else:
         return bool(crypto_is_sealed(path))

@@ -7,9 +7,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from trainguard.agent import procfs
 from trainguard.agent.checks import CheckContext, Outcome, Severity, register_check
-from trainguard.agent.nvml import NvmlBackend, NvmlUnavailable, PynvmlBackend
+from trainguard.agent.telemetry import procfs
+from trainguard.agent.telemetry.nvml import NvmlBackend, NvmlUnavailable, PynvmlBackend
 
 _DRIVER = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9]+(?:\.[0-9]+)+)")
 

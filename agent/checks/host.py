@@ -130,9 +130,9 @@ def _unit_text(ctx: CheckContext) -> tuple[str, str] | None:
         if p.is_file():
             return p.read_text(encoding="utf-8"), str(p)
     try:
-        unit = importlib.import_module("trainguard.agent.unit")
+        unit = importlib.import_module("trainguard.agent.systemd.unit")
     except ModuleNotFoundError as exc:
-        if exc.name != "trainguard.agent.unit":
+        if exc.name != "trainguard.agent.systemd.unit":
             raise
         return None
     text = unit.render_unit(unit.UnitOptions(home=ctx.home.root))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.agent.checks import CheckContext, Outcome, Severity, register_check
-from trainguard.core.audit import IncidentKind
+from trainguard.evidence.incidents import IncidentKind
 
 log = logging.getLogger(__name__)
 _MAX_LISTED = 20
@@ -24,7 +24,7 @@ _MAX_LISTED = 20
 def _incident(
     ctx: CheckContext, kind: IncidentKind, severity: Severity, evidence: dict[str, Any]
 ) -> None:
-    from trainguard.agent.incidents import report_incident
+    from trainguard.agent.api.client import report_incident
 
     try:
         report_incident(ctx.home, ctx.config, kind, severity, evidence)
@@ -40,9 +40,14 @@ def _incident(
     atlas=("AML.T0010",),
 )
 def deps_lock(ctx: CheckContext) -> Outcome:
-    from trainguard.agent.deps import DepsLockError, default_lock_path, read_lock, verify_lock
-    from trainguard.agent.deps_cache import HashCache
     from trainguard.crypto.signing import VerifyKey
+    from trainguard.integrity.deps.cache import HashCache
+    from trainguard.integrity.deps.lock import (
+        DepsLockError,
+        default_lock_path,
+        read_lock,
+        verify_lock,
+    )
 
     path = default_lock_path(ctx.home.state_dir)
     if not path.exists():
@@ -83,8 +88,8 @@ def deps_lock(ctx: CheckContext) -> Outcome:
 
 
 def _scan_targets(ctx: CheckContext) -> tuple[list[Path], list[str]]:
-    from trainguard.agent.scanner import iter_files
-    from trainguard.crypto.sealed import is_sealed
+    from trainguard.crypto.sealed.stream import is_sealed
+    from trainguard.integrity.scanner import iter_files
 
     cfg = ctx.checks
     roots = [Path(p) for p in (*cfg.model_dirs, *cfg.checkpoint_dirs)]
@@ -108,7 +113,7 @@ def _scan_targets(ctx: CheckContext) -> tuple[list[Path], list[str]]:
     atlas=("AML.T0010", "AML.T0011"),
 )
 def model_artifacts(ctx: CheckContext) -> Outcome:
-    from trainguard.agent.scanner import Verdict, scan_path
+    from trainguard.integrity.scanner import Verdict, scan_path
 
     cfg = ctx.checks
     if not (cfg.model_dirs or cfg.checkpoint_dirs):

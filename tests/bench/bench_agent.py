@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainguard.agent.audit_log import AuditLog
 from trainguard.crypto.signing import SigningKey
+from trainguard.evidence.audit_log import AuditLog
 
 EVENT = {
     "user": "alice",
@@ -130,7 +130,7 @@ def bench_checks_cycle(
         [
             sys.executable,
             "-m",
-            "trainguard.agent.cli.main",
+            "trainguard.cli.main",
             "agent",
             "run",
             "--once",
@@ -163,7 +163,7 @@ def _api_appends(home: Path, clients: int = 16, each: int = 250) -> float:
     API from concurrent clients: the agent group-commits them."""
     import threading
 
-    from trainguard.agent.client import AgentClient
+    from trainguard.agent.api.client import AgentClient
     from trainguard.core.home import Home
 
     def run() -> None:
@@ -200,7 +200,7 @@ def bench_daemon(tmp: Path, seconds: float) -> dict[str, object]:
         [
             sys.executable,
             "-m",
-            "trainguard.agent.cli.main",
+            "trainguard.cli.main",
             "init",
             "--home",
             str(home),
@@ -212,13 +212,13 @@ def bench_daemon(tmp: Path, seconds: float) -> dict[str, object]:
         capture_output=True,
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainguard.agent.cli.main", "agent", "run", "--home", str(home)],
+        [sys.executable, "-m", "trainguard.cli.main", "agent", "run", "--home", str(home)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        from trainguard.agent.client import AgentClient
+        from trainguard.agent.api.client import AgentClient
         from trainguard.core.home import Home
 
         for _ in range(300):

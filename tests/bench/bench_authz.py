@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pyotp
-from trainguard.core.audit import NullSink
+from trainguard.evidence.sink import NullSink
 from trainguard.policy.actions import ACTIONS, default_policy_lines
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.decision import Principal, authorize

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.crypto.keyring import Keyring
-from trainguard.crypto.sealed import (
+from trainguard.crypto.sealed.stream import (
     SealedReader,
     SealedWriter,
     rewrap_files,
@@ -255,7 +255,7 @@ def bench_rewrap(work: Path, ring: Keyring, count: int, cli_home: Path | None) -
             [
                 sys.executable,
                 "-m",
-                "trainguard.agent.cli.main",
+                "trainguard.cli.main",
                 "key",
                 "rewrap",
                 str(cli_folder),

@@ -30,8 +30,8 @@ def _best(fn, repeat: int) -> float:
 
 
 def bench_deps(repeat: int) -> dict[str, object]:
-    from trainguard.agent.deps import build_lock, verify_lock
-    from trainguard.agent.deps_cache import HashCache
+    from trainguard.integrity.deps.cache import HashCache
+    from trainguard.integrity.deps.lock import build_lock, verify_lock
 
     lock = build_lock()
     files = sorted(
@@ -87,7 +87,7 @@ def _make_checkpoint(path: Path, mb: int) -> None:
 
 
 def bench_scan(mb: int, repeat: int) -> dict[str, object]:
-    from trainguard.agent.scanner import Verdict, scan_path
+    from trainguard.integrity.scanner import Verdict, scan_path
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         ckpt = Path(tmp) / "big.pt"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from trainguard.agent.checks import run_checks
 from trainguard.agent.metrics import AgentMetrics
-from trainguard.agent.nvml import FakeNvml
-from trainguard.agent.telemetry import TelemetryCollector
+from trainguard.agent.telemetry.collector import TelemetryCollector
+from trainguard.agent.telemetry.nvml import FakeNvml
 from trainguard.core.config import load_config
 from trainguard.core.home import Home
 from trainguard.crypto.signing import SigningKey

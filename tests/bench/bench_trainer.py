@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "tests"))
 
 STEPS, BATCH = 300, 32
 MODEL = ('model.factory="trainguard.trainer.models:mlp"',
@@ -50,7 +50,7 @@ def _env() -> dict[str, str]:
 
 
 def hardened(home, tmp: Path, method: str) -> float:
-    from trainer_support import run_job
+    from support.trainer_jobs import run_job
 
     result, _ = run_job(home, [*MODEL, f'aggregation.method="{method}"', f"train.steps={STEPS}",
                                f"train.batch_size={BATCH}", "optimizer.lr=0.05",
@@ -63,7 +63,7 @@ def hardened(home, tmp: Path, method: str) -> float:
 
 
 def throughput(rounds: int) -> dict[str, object]:
-    from trainer_support import make_home
+    from support import make_home
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -91,7 +91,7 @@ def simulate(method: str, attack: str | None, *, n: int = 11, f: int = 4, steps:
     from trainguard.trainer.aggregation import aggregate_rows
     from trainguard.trainer.config import Aggregation, AggregationSection, Attack, SimulateSection
     from trainguard.trainer.models import digits_mlp, load_dataset
-    from trainguard.trainer.simulate import AttackPlan
+    from trainguard.trainer.testing.simulate import AttackPlan
 
     data = load_dataset("digits", 0.25)
     torch.manual_seed(seed)

@@ -11,16 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_home
-from trainguard.agent.api import AgentServer
-from trainguard.agent.api_auth import ApiAuthorizer
-from trainguard.agent.audit_log import AuditLog, verify_segment
-from trainguard.agent.client import AgentClient, AgentUnavailable
+from support import make_home
+from trainguard.agent.api.auth import ApiAuthorizer
+from trainguard.agent.api.client import AgentClient, AgentUnavailable
+from trainguard.agent.api.server import AgentServer
 from trainguard.agent.config import AgentConfig
-from trainguard.agent.incidents import IncidentEngine
 from trainguard.core.errors import AccessDenied
 from trainguard.core.home import Home
 from trainguard.crypto.signing import SigningKey
+from trainguard.evidence.audit_log import AuditLog, verify_segment
+from trainguard.evidence.response.engine import IncidentEngine
 
 
 class Served:
@@ -92,7 +92,7 @@ def test_socket_is_0600_and_ops_work(served: Served) -> None:
 
 
 def test_export_is_paged_and_complete(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainguard.agent.api as api
+    import trainguard.agent.api.server as api
 
     monkeypatch.setattr(api, "_MAX_EXPORT", 7)
     served.log.append_many([("x", "a", {"i": i}) for i in range(30)])

@@ -12,7 +12,7 @@ import pytest
 from trainguard.agent.checks import CheckContext, Status, run_checks, subprocess_runner
 from trainguard.agent.checks.config import ChecksConfig
 from trainguard.agent.checks.host import KernelClock, kernel_clock
-from trainguard.agent.nvml import FakeNvml
+from trainguard.agent.telemetry.nvml import FakeNvml
 from trainguard.core.config import Config
 from trainguard.core.home import Home
 
@@ -206,7 +206,7 @@ def test_no_gpu_is_not_applicable(home: Home, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_shipped_unit_is_scored_when_none_is_installed(home: Home, tmp_path: Path) -> None:
-    pytest.importorskip("trainguard.agent.unit")
+    pytest.importorskip("trainguard.agent.systemd.unit")
     r = run(ctx(home, tmp_path, runner=subprocess_runner), "agent-unit-hardening")
     assert "not installed" in r.evidence["unit"]
     assert r.status is Status.PASS, r.summary

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import make_home
 from trainguard.agent.checks import CheckContext, Status, run_checks
 from trainguard.agent.checks.config import ChecksConfig
 from trainguard.core.config import Config
@@ -19,6 +20,12 @@ from trainguard.core.home import Home
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    """A home without a keyring: the key checks below create (or miss) one themselves."""
+    return make_home(tmp_path / "home", keyring=False)
 
 
 def ctx(home: Home, *, clock: float = NOW, **checks: object) -> CheckContext:
@@ -84,7 +91,7 @@ def test_plaintext_checkpoint_fails_and_sealed_one_passes(home: Home, tmp_path: 
 
 
 def test_a_really_sealed_file_passes(home: Home, tmp_path: Path) -> None:
-    sealed = pytest.importorskip("trainguard.crypto.sealed")
+    sealed = pytest.importorskip("trainguard.crypto.sealed.stream")
     from trainguard.crypto.keyring import Keyring
 
     ring = Keyring.create(home.keys_dir)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_home
-from trainguard.agent.client import AgentClient
+from support import make_home
+from trainguard.agent.api.client import AgentClient
 from trainguard.agent.daemon import Agent, AgentRefused, preflight, run_once
-from trainguard.agent.sdnotify import Notifier
-from trainguard.core.audit import IncidentKind, Severity
+from trainguard.agent.systemd.sdnotify import Notifier
 from trainguard.core.config import load_config
 from trainguard.core.home import Home
+from trainguard.evidence.incidents import IncidentKind, Severity
 
 
 @dataclass
@@ -209,7 +209,7 @@ def test_serve_notify_reload_and_stop(short_home: Home) -> None:
         sink.close()
         agent.close()
     assert reloads
-    from trainguard.agent.sink import open_embedded_log
+    from trainguard.evidence.embedded import open_embedded_log
 
     with open_embedded_log(short_home, load_config(short_home.config_path, {})) as log:
         kinds = [e.kind for e in log.entries()]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from trainguard.agent.detection import LEARNED_COLUMNS, Scorer
-from trainguard.agent.telemetry import FakeNvml, HostSample, Sample
+from trainguard.agent.telemetry.collector import FakeNvml, HostSample, Sample
 from trainguard.anomaly.config import AnomalyConfig
 from trainguard.anomaly.domain import AccessEvent
-from trainguard.core.audit import IncidentKind, Severity
+from trainguard.evidence.incidents import IncidentKind, Severity
 
 GIB = 1 << 30
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from trainguard.agent.checks import CheckResult, Severity, Status
 from trainguard.agent.metrics import AgentMetrics
-from trainguard.agent.nvml import FakeNvml
-from trainguard.agent.telemetry import TelemetryCollector
+from trainguard.agent.telemetry.collector import TelemetryCollector
+from trainguard.agent.telemetry.nvml import FakeNvml
 
 MIB = 1024 * 1024
 

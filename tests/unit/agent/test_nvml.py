@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from trainguard.agent.nvml import FakeNvml, GpuProcess, NvmlUnavailable, PynvmlBackend
+from trainguard.agent.telemetry.nvml import FakeNvml, GpuProcess, NvmlUnavailable, PynvmlBackend
 
 HAS_GPU = Path("/dev/nvidia0").exists() and shutil.which("nvidia-smi") is not None
 

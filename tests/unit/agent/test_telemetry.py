@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from trainguard.agent import procfs
-from trainguard.agent.nvml import FakeNvml
-from trainguard.agent.telemetry import Sample, TelemetryCollector
+from trainguard.agent.telemetry import procfs
+from trainguard.agent.telemetry.collector import Sample, TelemetryCollector
+from trainguard.agent.telemetry.nvml import FakeNvml
 
 STAT = "cpu  {user} 0 {system} {idle} 0 0 0 0 0 0\ncpu0 1 0 1 1 0 0 0 0 0 0\nintr 1\n"
 MEMINFO = "MemTotal:       16384000 kB\nMemFree:         1000000 kB\nMemAvailable:    4096000 kB\n"
@@ -79,7 +79,7 @@ def test_gpu_samples_follow_the_fake(tmp_path: Path) -> None:
 def test_no_gpu_is_reported_once_and_sampling_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeNvml(init_error="NVML Shared Library Not Found")
     c = TelemetryCollector(nvml=fake, proc_root=write_proc(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="trainguard.agent.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="trainguard.agent.telemetry.collector"):
         samples = [c.sample() for _ in range(3)]
     assert all(s.gpus == [] for s in samples)
     assert fake.init_calls == 1
@@ -99,7 +99,7 @@ def test_lost_gpu_is_logged_once_and_comes_back(tmp_path: Path, caplog: pytest.L
     fake = FakeNvml(2)
     c = TelemetryCollector(nvml=fake, proc_root=write_proc(tmp_path))
     fake.failing.add(1)
-    with caplog.at_level(logging.WARNING, logger="trainguard.agent.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="trainguard.agent.telemetry.collector"):
         assert [g.index for g in c.sample().gpus] == [0]
         assert [g.index for g in c.sample().gpus] == [0]
     assert len([r for r in caplog.records if "GPU 1" in r.message]) == 1

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from trainguard.agent.unit import UnitOptions, render_unit, security_exposure
+from trainguard.agent.systemd.unit import UnitOptions, render_unit, security_exposure
 
 
 def _directives(text: str) -> dict[str, list[str]]:

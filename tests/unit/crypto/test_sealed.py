@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trainguard.crypto.errors import RetiredKeyError, SealedStreamError
 from trainguard.crypto.keyring import Keyring
-from trainguard.crypto.sealed import (
+from trainguard.crypto.sealed.stream import (
     AAD_SIZE,
     HEADER_SIZE,
     TAG_SIZE,
@@ -314,7 +314,7 @@ def _fixed(stream: bytes):  # type: ignore[no-untyped-def]
 
 
 def test_rewrap_files_batch_reports_each_file(keyring: Keyring, tmp_path: Path) -> None:
-    from trainguard.crypto.sealed import rewrap_files
+    from trainguard.crypto.sealed.stream import rewrap_files
 
     good = [tmp_path / f"g{i}.tgs" for i in range(5)]
     for p in good:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from trainguard.crypto.errors import SealedStreamError
 from trainguard.crypto.keyring import Keyring
-from trainguard.crypto.sealed import HEADER_SIZE, SealedReader, SealedWriter
+from trainguard.crypto.sealed.stream import HEADER_SIZE, SealedReader, SealedWriter
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)

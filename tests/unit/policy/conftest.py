@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from policy_support import Env, FakeClock
-from trainguard.core.audit import NullSink
+from support.policy_env import Env, FakeClock
 from trainguard.core.home import Home
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.signing import SigningKey
+from trainguard.evidence.sink import NullSink
 from trainguard.policy.access import AccessControl
 from trainguard.policy.bootstrap import bootstrap_policy
 

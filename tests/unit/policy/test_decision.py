@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from policy_support import Env
+from support.policy_env import Env
 from trainguard.policy import PRIVILEGED_ACTIONS
 from trainguard.policy.access import AccessControl
 from trainguard.policy.decision import Principal, PrincipalKind, authorize
@@ -46,14 +46,14 @@ def test_an_allowed_request_returns_a_decision_and_is_audited(
 
 def test_users_without_a_session_are_denied() -> None:
     engine = PolicyEngine(rules_from_lines(["p, bob, *, *, *, allow"]))
-    from trainguard.core.audit import NullSink
+    from trainguard.evidence.sink import NullSink
 
     with pytest.raises(SessionInvalid):
         authorize(Principal("bob"), "dataset:read", "/x", "p", engine=engine, audit=NullSink())
 
 
 def test_nodes_need_no_session_but_get_no_privileged_action() -> None:
-    from trainguard.core.audit import NullSink
+    from trainguard.evidence.sink import NullSink
 
     engine = PolicyEngine(rules_from_lines(["p, admin, *, *, *, allow", "g, n1, admin, *"]))
     node = Principal("n1", PrincipalKind.NODE)
@@ -64,7 +64,7 @@ def test_nodes_need_no_session_but_get_no_privileged_action() -> None:
 
 
 def test_an_empty_policy_denies(env: Env) -> None:
-    from trainguard.core.audit import NullSink
+    from trainguard.evidence.sink import NullSink
 
     engine = PolicyEngine(PolicyRules())
     with pytest.raises(Denied):

@@ -6,7 +6,7 @@ import sqlite3
 
 import pyotp
 import pytest
-from policy_support import Env, code_at, secret_of
+from support.policy_env import Env, code_at, secret_of
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import AuthenticationFailed, LockedOut
 from trainguard.policy.mfa import match_step

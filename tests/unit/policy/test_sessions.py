@@ -8,7 +8,7 @@ import os
 import stat
 
 import pytest
-from policy_support import Env
+from support.policy_env import Env
 from trainguard.core.config import NodeConfig
 from trainguard.policy.access import AccessControl
 from trainguard.policy.errors import Denied, SessionInvalid, StepUpRequired

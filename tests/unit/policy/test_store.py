@@ -4,7 +4,7 @@ admin with MFA re-signs it."""
 from __future__ import annotations
 
 import pytest
-from policy_support import Env
+from support.policy_env import Env
 from trainguard.policy.access import AccessControl
 from trainguard.policy.errors import Denied, PolicyFormatError, PolicyTampered
 from trainguard.policy.rules import parse_policy

@@ -26,7 +26,7 @@ def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: boo
     from torch.nn.parallel import DistributedDataParallel
     from trainguard.trainer.aggregation import HookState, robust_hook
     from trainguard.trainer.config import Aggregation, AggregationSection, Attack, SimulateSection
-    from trainguard.trainer.simulate import AttackPlan
+    from trainguard.trainer.testing.simulate import AttackPlan
 
     _init(rank, store_path)
     try:

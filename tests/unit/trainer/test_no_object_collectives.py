@@ -22,7 +22,7 @@ def test_trainer_source_has_no_object_collectives() -> None:
 
 def test_train_cli_module_does_not_import_torch() -> None:
     code = (
-        "import sys, trainguard.agent.cli.train; "
+        "import sys, trainguard.cli.commands.train; "
         "print('torch' in sys.modules, 'trainguard.trainer.worker' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

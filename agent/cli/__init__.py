@@ -1,1 +1,0 @@
-"""The `trainguard` command line: one module per command group, registered in `main`."""

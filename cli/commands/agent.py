@@ -1,0 +1,201 @@
+"""`trainguard agent run [--once] | agent status | agent install-unit [--print] [--path P]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from trainguard.cli.context import Context
+from trainguard.core.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("agent", help="run and manage the node agent")
+    agent_sub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", required=True)
+
+    run = agent_sub.add_parser(
+        "run",
+        help="run the agent in the foreground (systemd runs this)",
+        description=(
+            "Run the node agent: posture checks, telemetry, scoring, incidents and hooks, the API "
+            "on <home>/state/agent.sock (and mTLS TCP when [agent] listen is set). SIGHUP reloads "
+            "the config, SIGTERM stops cleanly. Refuses to start on loose file modes (exit 2)."
+        ),
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="one full cycle (checks, telemetry, scoring), then exit 0",
+    )
+    run.set_defaults(func=_run)
+
+    status = agent_sub.add_parser(
+        "status", help="ask the running agent for its status (exit 1 if not running)"
+    )
+    status.set_defaults(func=_status)
+
+    unit = agent_sub.add_parser(
+        "install-unit",
+        help="write (or --print) the hardened systemd unit",
+        description=(
+            "Write the hardened unit to --path (default /etc/systemd/system/trainguard-agent.service); "
+            "then `systemctl daemon-reload && systemctl enable --now trainguard-agent`."
+        ),
+    )
+    unit.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help="print the unit instead of writing it",
+    )
+    unit.add_argument("--path", type=Path, default=None, help="where to write the unit file")
+    unit.add_argument(
+        "--unit-home",
+        type=Path,
+        default=Path("/var/lib/trainguard"),
+        help="the agent's home under systemd (default /var/lib/trainguard)",
+    )
+    unit.add_argument("--user", default="trainguard", help="system user the agent runs as")
+    unit.add_argument(
+        "--exec",
+        dest="exec_start",
+        default=None,
+        help="command that runs the trainguard CLI (default: this Python -m ...)",
+    )
+    unit.add_argument(
+        "--allow-kill",
+        action="store_true",
+        help="grant CAP_KILL so the kill action can stop other users' processes",
+    )
+    unit.add_argument("--watchdog", type=int, default=60, metavar="SECONDS", help="WatchdogSec")
+    unit.add_argument(
+        "--credential",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="LoadCredentialEncrypted entry (e.g. the KEK sealed with systemd-creds)",
+    )
+    unit.set_defaults(func=_install_unit)
+
+
+def _run(args: argparse.Namespace, ctx: Context) -> int:
+    import asyncio
+
+    from trainguard.agent.daemon import Agent, preflight, run_once
+    from trainguard.agent.systemd.sdnotify import Notifier
+    from trainguard.core.config import load_config
+
+    preflight(ctx.home)
+    config = ctx.config
+    if args.once:
+        summary = run_once(ctx.home, config)
+        ctx.emit(summary, _once_text)
+        return 0
+    notifier = Notifier.from_environ(ctx.environ)
+    environ = dict(ctx.environ)
+    agent = Agent(
+        ctx.home,
+        config,
+        notifier=notifier,
+        config_loader=lambda: load_config(ctx.home.config_path, environ),
+    )
+    ctx.info(f"trainguard agent serving {ctx.home.agent_socket} (node {config.node.name})")
+    try:
+        return asyncio.run(agent.run())
+    finally:
+        agent.close()
+
+
+def _once_text(d: dict[str, Any]) -> str:
+    checks = ", ".join(f"{n} {s}" for s, n in d["checks"].items()) or "none"
+    lines = [
+        f"checks: {checks}",
+        f"failed: {', '.join(d['failed_checks']) or '-'}",
+        f"gpus sampled: {d['gpus']}; detections: {d['detections']}; new incidents: {len(d['incidents'])}",
+        f"audit log at entry {d['audit_last_seq']}",
+    ]
+    lines += [f"error: {e}" for e in d["errors"]]
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.agent.api.client import AgentClient, AgentUnavailable
+
+    ctx.home.require()  # "not running" would send the user looking for a daemon, not a home
+    ctx.config  # noqa: B018 - a broken trainguard.toml stops the next (re)start: say so now
+    try:
+        with AgentClient(ctx.home, timeout=10) as client:
+            status = client.status()
+    except AgentUnavailable as exc:
+        ctx.emit({"running": False, "reason": exc.message}, f"agent not running: {exc.message}")
+        return 1
+    ctx.emit({"running": True, **status}, _status_text)
+    return 0
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    last = d.get("last_cycle") or {}
+    return "\n".join(
+        [
+            f"running: node {d['node']} (cluster {d['cluster']}), pid {d['pid']}, up {d['uptime_seconds']} s",
+            f"cycles: {d['cycles']}; last: {last.get('checks', {})} gpus={last.get('gpus', '-')}",
+            f"audit: entry {d['audit']['last_seq']}, last checkpoint at {d['audit']['last_checkpoint']}",
+            f"webhook queue: {d['webhook_queue']}",
+            "listeners: " + ", ".join(f"{k}={v}" for k, v in d["listeners"].items()),
+        ]
+    )
+
+
+def _install_unit(args: argparse.Namespace, ctx: Context) -> int:
+    import shlex
+
+    from trainguard.agent.systemd.unit import DEFAULT_UNIT_PATH, UnitOptions, render_unit
+    from trainguard.core.home import write_private
+
+    if args.watchdog < 1:
+        raise UsageError(
+            f"--watchdog must be at least 1 second, not {args.watchdog}",
+            tip="the agent pings systemd every cycle; 60 is a good value",
+        )
+    try:
+        exec_start = tuple(shlex.split(args.exec_start)) if args.exec_start else ()
+    except ValueError as exc:
+        raise UsageError(
+            f"cannot split --exec {args.exec_start!r}: {exc}",
+            tip="quote it as one shell word list, e.g. --exec '/opt/tg/bin/trainguard'",
+        ) from exc
+    creds = []
+    for item in args.credential:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"bad --credential {item!r}", tip="use NAME=PATH")
+        creds.append((name, path))
+    opts = UnitOptions(
+        exec_start=exec_start,
+        home=args.unit_home,
+        user=args.user,
+        watchdog_seconds=args.watchdog,
+        allow_kill=args.allow_kill,
+        credentials=tuple(creds),
+    )
+    text = render_unit(options=opts)
+    if args.print_only:
+        ctx.stdout.write(text)
+        return 0
+    path = args.path or DEFAULT_UNIT_PATH
+    if path.is_dir():
+        raise UsageError(f"--path {path} is a directory", tip="give the unit file's full path")
+    try:
+        write_private(path, text.encode(), mode=0o644)
+    except PermissionError as exc:
+        raise UsageError(
+            f"cannot write {path}: permission denied", tip="run as root, or use --print / --path"
+        ) from exc
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {path}: {exc.strerror or exc}", tip="use --print, or another --path"
+        ) from exc
+    ctx.emit({"path": str(path)}, f"wrote {path}")
+    ctx.info("next: systemctl daemon-reload && systemctl enable --now trainguard-agent")
+    return 0

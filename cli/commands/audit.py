@@ -1,0 +1,356 @@
+"""`trainguard audit verify | audit log [--since T] [--kind K] | audit report`.
+
+Each sub-command lives in one `_register_<name>` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from trainguard.cli.context import Context
+from trainguard.core.errors import UsageError
+from trainguard.core.home import atomic_output
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("audit", help="verify, read and report on the audit log")
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    _register_verify(audit_sub)
+    _register_log(audit_sub)
+    _register_report(audit_sub)
+
+
+def _register_verify(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser(
+        "verify",
+        help="check the hash chain and checkpoint signatures (exit 1 names the first bad entry)",
+        description=(
+            "Verify every entry's hash chain and every signed checkpoint against the node key. "
+            "With --checkpoint FILE (saved earlier with --save-checkpoint, ideally off the node), "
+            "also detect a log that was rolled back or truncated."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint saved earlier: detect rollback")
+    p.add_argument(
+        "--save-checkpoint", type=Path, help="after success, save the latest checkpoint here"
+    )
+    p.add_argument(
+        "--pubkey", type=Path, help="node public key (default: <home>/keys/node.ed25519.pub)"
+    )
+    p.add_argument(
+        "--segment", type=Path, help="verify an exported segment (JSON) instead of the log"
+    )
+    p.set_defaults(func=_verify)
+
+
+def _register_log(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser("log", help="print audit entries")
+    p.add_argument(
+        "--since", help="epoch seconds, ISO time (2026-01-31T12:00) or age (30m, 2h, 7d)"
+    )
+    p.add_argument("--kind", help="exact kind, or a prefix ending in * (policy.*)")
+    p.add_argument("--limit", type=int, default=None, help="at most N entries (the newest)")
+    p.set_defaults(func=_log)
+
+
+def parse_since(value: str, now: float) -> float:
+    """Epoch seconds, an ISO 8601 time (UTC unless it says otherwise) or an age like 90m."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if m:
+        return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"cannot read --since {value!r}", tip="use 1700000000, 2026-01-31T12:00 or 2h"
+        ) from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+def _open_log(ctx: Context) -> Any:
+    from trainguard.evidence.embedded import open_embedded_log
+
+    home = ctx.home.require()
+    if not home.audit_db.exists():
+        raise UsageError(
+            f"no audit log at {home.audit_db}",
+            tip="restore state/audit.db from a backup of this home; a home made by "
+            "`trainguard init` always has one",
+        )
+    return open_embedded_log(home, ctx.config)
+
+
+def _verify(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.evidence.audit_log import AuditLogUnreadable, verify_segment
+
+    # An exported segment checked against a given key needs no home (an auditor's laptop);
+    # everything else reads this home, so a missing home is named before any key file.
+    if args.segment is None or args.pubkey is None:
+        ctx.home.require()
+    if args.save_checkpoint is not None and args.save_checkpoint.is_dir():
+        raise UsageError(
+            f"--save-checkpoint {args.save_checkpoint} is a directory", tip="give a file name"
+        )
+    key = _load_key(args.pubkey, ctx)
+    trusted = _read_checkpoint(args.checkpoint) if args.checkpoint else None
+    if args.segment:
+        segment = _read_json(args.segment, "segment", _SEGMENT_TIP, garbled=_bad_segment)
+        report = verify_segment(segment, key, trusted_checkpoint=trusted)
+    else:
+        try:
+            with _open_log(ctx) as log:
+                report = log.verify(key, trusted_checkpoint=trusted)
+        except AuditLogUnreadable as exc:  # a log that cannot be read is a failed verification
+            raise exc.as_tampered() from exc
+    data = {"ok": True, "key_id": key.key_id, **report.to_dict()}
+    if args.save_checkpoint and report.last_checkpoint is not None:
+        _save_checkpoint(args.save_checkpoint, report.last_checkpoint.to_dict())
+        data["saved_checkpoint"] = str(args.save_checkpoint)
+    elif args.save_checkpoint:
+        ctx.info(f"nothing saved to {args.save_checkpoint}: the log has no signed checkpoint yet")
+    ctx.emit(data, _verify_text)
+    return 0
+
+
+_CHECKPOINT_TIP = "pass a file saved earlier with `trainguard audit verify --save-checkpoint FILE`"
+_SEGMENT_TIP = "pass a segment exported from a node's audit log (JSON)"
+
+
+def _load_key(path: Path | None, ctx: Context) -> Any:
+    from trainguard.core.errors import TrainguardError
+    from trainguard.crypto.signing import VerifyKey
+
+    try:
+        return VerifyKey.load(path or ctx.home.node_verify_key)
+    except TrainguardError as exc:
+        # `trainguard init` refuses an existing home, so its tip would send users in circles.
+        tip = (
+            "pass the node's public key (keys/node.ed25519.pub in that node's home)"
+            if path
+            else "restore keys/node.ed25519.pub from a backup of this home, or pass --pubkey"
+        )
+        raise type(exc)(exc.message, tip=tip) from exc
+
+
+def _read_checkpoint(path: Path) -> Any:
+    from trainguard.core.errors import IntegrityError
+    from trainguard.evidence.audit_log import Checkpoint
+
+    # A saved checkpoint is a trust anchor: one that cannot be read fails verification (exit 1)
+    # rather than being skipped; a path that does not exist is a usage error (exit 2).
+    raw = _read_json(path, "checkpoint", _CHECKPOINT_TIP, garbled=_bad_cp)
+    try:
+        return Checkpoint.from_dict(raw)
+    except IntegrityError as exc:
+        raise _bad_cp(path) from exc
+
+
+def _bad_cp(path: Path) -> Exception:
+    from trainguard.core.errors import IntegrityError
+
+    return IntegrityError(f"{path} is not a trainguard audit checkpoint", tip=_CHECKPOINT_TIP)
+
+
+def _bad_segment(path: Path) -> Exception:
+    from trainguard.core.errors import IntegrityError
+
+    return IntegrityError(f"{path} is not a trainguard audit segment", tip=_SEGMENT_TIP)
+
+
+def _save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    from trainguard.core.home import write_private
+
+    try:
+        write_private(path, json.dumps(checkpoint, indent=2).encode())
+    except OSError as exc:
+        raise UsageError(
+            f"cannot save the checkpoint to {path}: {exc.strerror or exc}",
+            tip="choose a writable location, ideally off this node",
+        ) from exc
+
+
+def _read_json(path: Path, what: str, tip: str, garbled: Any = None) -> Any:
+    """The JSON in `path`; exit 2 naming the file when it cannot be read, `garbled(path)` (or
+    exit 2) when it is not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UsageError(f"no such {what} file: {path}", tip=tip) from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{what} {path} is a directory, not a file", tip=tip) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}", tip=tip) from exc
+    except UnicodeDecodeError as exc:
+        if garbled is not None:
+            raise garbled(path) from exc
+        raise UsageError(f"{what} {path} is not a text file", tip=tip) from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if garbled is not None:
+            raise garbled(path) from exc
+        raise UsageError(f"{what} {path} is not valid JSON ({exc})", tip=tip) from exc
+
+
+def _verify_text(d: dict[str, Any]) -> str:
+    cp = d["last_checkpoint"]
+    lines = [
+        f"audit log OK: {d['entries']} entries (seq {d['first_seq']}..{d['last_seq']}), "
+        f"{d['checkpoints']} signed checkpoints, node key {d['key_id']}",
+        f"last checkpoint covers entry {cp['seq']}" if cp else "no signed checkpoint yet",
+    ]
+    if d["unsigned_tail"]:
+        lines.append(
+            f"{d['unsigned_tail']} entries after the last checkpoint are protected by the chain only"
+        )
+    return "\n".join(lines)
+
+
+def _log(args: argparse.Namespace, ctx: Context) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(
+            f"--limit must be at least 1, not {args.limit}", tip="leave it out for all"
+        )
+    since = parse_since(args.since, time.time()) if args.since else None
+    with _open_log(ctx) as log:
+        entries = [e.to_dict() for e in log.entries(since=since, kind=args.kind)]
+    if args.limit is not None:
+        entries = entries[-args.limit :]
+    ctx.emit(entries, _log_text)
+    return 0
+
+
+def _log_text(entries: list[dict[str, Any]]) -> str:
+    out = []
+    for e in entries:
+        when = dt.datetime.fromtimestamp(e["time"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data = json.dumps(e["data"], sort_keys=True, separators=(",", ":"))
+        out.append(f"{e['seq']:>7} {when} {e['kind']:<24} {e['actor']:<18} {data}")
+    return "\n".join(out) or "(no entries)"
+
+
+# ---- audit report -----------------------------------------------------------------------
+
+
+def _register_report(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser(
+        "report",
+        help="write the audit report (HTML, Markdown, JSON, OSCAL)",
+        description=(
+            "Gather evidence from this node and, with --node, from remote agents over mTLS; "
+            "verify each node's audit log; map everything to NIST SP 800-53 r5 controls and "
+            "MITRE ATLAS techniques. Exit 1 when a control is not satisfied or a log fails."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("trainguard-report"), help="output folder")
+    p.add_argument("--formats", default="html,md,json,oscal", help="comma-separated: html,md,json,oscal")
+    p.add_argument("--node", action="append", default=[], metavar="URL",
+                   help="remote agent (tls://HOST:PORT); repeat for more nodes")
+    p.add_argument("--cert", type=Path, help="client certificate for --node (default: this node's)")
+    p.add_argument("--key", type=Path, help="client key for --node")
+    p.add_argument("--ca", type=Path, help="cluster CA for --node (default: this home's)")
+    p.add_argument("--no-local", action="store_true", help="only the --node agents, not this node")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.report.formats import parse_formats
+    from trainguard.report.gather import RemoteNode, build_report
+
+    home = ctx.home.require()
+    formats = parse_formats(args.formats)
+    if not formats:
+        raise UsageError("no report format given", tip="pass --formats html,md,json,oscal")
+    if args.no_local and not args.node:
+        raise UsageError("--no-local needs at least one --node URL")
+    remotes = [
+        RemoteNode(url, args.cert or home.pki_dir / "node.crt", args.key or home.pki_dir / "node.key",
+                   args.ca or home.pki_dir / "ca.crt")
+        for url in args.node
+    ]
+    _check_remotes(remotes)
+    out: Path = args.out
+    _check_out(out)  # before gathering: a wrong --out should not cost a whole evidence pull
+    report = build_report(home, ctx.config, remotes, include_local=not args.no_local, progress=ctx.info)
+    rendered = {fmt: fmt.formatter() for fmt in formats}
+    paths = _write_all(out, {f: (fm.suffix, fm.render(report)) for f, fm in rendered.items()})
+    counts = report.counts()
+    ctx.audit.record("audit-report", "cli", {"score": report.score, "counts": counts, "paths": paths,
+                                             "nodes": [n.name for n in report.nodes]})
+    failed_nodes = [n.name for n in report.nodes if not n.log_verified or n.rolled_back]
+    data: dict[str, Any] = {"report": paths, "score": report.score, "controls": counts,
+                            "nodes": [{"name": n.name, "log_verified": n.log_verified, "rolled_back": n.rolled_back}
+                                      for n in report.nodes]}
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"score {d['score']:.1f}/100: " + ", ".join(f"{v} {k}" for k, v in d["controls"].items())]
+        lines += [f"  {k}: {v}" for k, v in d["report"].items()]
+        if failed_nodes:
+            lines.append("nodes whose log failed verification or went backwards: " + ", ".join(failed_nodes))
+        return "\n".join(lines)
+
+    ctx.emit(data, text)
+    return 1 if counts["not-satisfied"] or failed_nodes else 0
+
+
+def _check_remotes(remotes: list[Any]) -> None:
+    """Local mistakes in --node/--cert/--key/--ca are usage errors (exit 2); left to the gather
+    step they would show up as every node being "unreachable", a finding (exit 1)."""
+    for r in remotes:
+        rest = r.url.split("://", 1)[1] if "://" in r.url else r.url
+        scheme = r.url.split("://", 1)[0] if "://" in r.url else "tls"
+        host, sep, port = rest.rstrip("/").rpartition(":")
+        if scheme != "tls" or not sep or not host or not port.isdigit():
+            raise UsageError(f"bad --node address {r.url!r}", tip="use tls://HOST:PORT")
+        for flag, path in (("--cert", r.cert), ("--key", r.key), ("--ca", r.ca)):
+            if not Path(path).is_file():
+                raise UsageError(
+                    f"{flag} {path} is not a file",
+                    tip="--node needs a client certificate, its key and the cluster CA "
+                    "(default: this home's pki/node.crt, pki/node.key, pki/ca.crt)",
+                )
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"--out {out} exists and is not a folder",
+            tip="--out names a folder for the report files; pass a new or existing folder",
+        )
+
+
+def _write_all(out: Path, texts: dict[Any, tuple[str, str]]) -> dict[str, str]:
+    """Write every format or none: on a failure, files written by this run are removed (and
+    the folder, if this run made it), so a half report never passes for a whole one."""
+    made = not out.exists()
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for suffix, text in texts.values():
+            path = out / f"trainguard-report.{suffix}"
+            with atomic_output(path, mode=0o640) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+            written.append(path)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        where = exc.filename or out
+        raise UsageError(
+            f"cannot write the report to {out}: {where}: {exc.strerror or exc}",
+            tip="choose a writable --out folder; the files of this run were removed",
+        ) from exc
+    return {fmt.value: str(out / f"trainguard-report.{suffix}") for fmt, (suffix, _) in texts.items()}

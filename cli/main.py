@@ -1,0 +1,164 @@
+"""`trainguard` entry point: argparse root, global flags, one error handler, exit codes.
+
+Exit codes (DESIGN "CLI contract"): 0 clean, 1 findings or denied, 2 usage or config error,
+3 internal. Data goes to stdout, logs and diagnostics to stderr; tracebacks only with -v.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from types import ModuleType
+
+from trainguard.cli.commands import (
+    agent,
+    anomaly,
+    audit,
+    authz,
+    check,
+    demo,
+    deps,
+    hooks,
+    init,
+    key,
+    login,
+    pki,
+    policy,
+    robust,
+    scan,
+    seal,
+    sign,
+    train,
+    user,
+)
+from trainguard.cli.context import Context, OutputFormat
+from trainguard.core.errors import EXIT_INTERNAL, EXIT_USAGE, TrainguardError
+from trainguard.core.home import Home
+
+# One module per command group, in help order. Each defines `register(subparsers) -> None`;
+# every sub-parser sets `func(args, ctx) -> int`. Modules import heavy libraries (torch,
+# scikit-learn) inside their handlers only, so `trainguard --help` stays fast.
+COMMANDS: tuple[ModuleType, ...] = (
+    init,
+    seal,
+    key,
+    sign,
+    pki,
+    user,
+    login,
+    authz,
+    policy,
+    agent,
+    check,
+    deps,
+    scan,
+    audit,
+    hooks,
+    anomaly,
+    robust,
+    train,
+    demo,
+)
+
+log = logging.getLogger("trainguard")
+
+
+def _add_global_flags(p: argparse.ArgumentParser) -> None:
+    """Flags accepted before and after any sub-command (`trainguard --home X key list` and
+    `trainguard key list --home X`). SUPPRESS keeps a later parser from resetting a value an
+    earlier one set."""
+    p.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="trainguard home directory (default: $TRAINGUARD_HOME or ~/.trainguard)",
+    )
+    p.add_argument(
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        default=argparse.SUPPRESS,
+        help="output format on stdout (default: text)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logging on stderr; tracebacks on errors",
+    )
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:  # argparse has no public API for walking the tree
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out.append(child)
+                out.extend(_subparsers(child))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainguard",
+        description="Security and compliance for GPU training clusters.",
+        epilog="Exit codes: 0 clean, 1 findings or denied, 2 usage or config error, 3 internal.",
+    )
+    _add_global_flags(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    for child in _subparsers(parser):
+        if "--home" not in child._option_string_actions:
+            _add_global_flags(child)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", 0) or 0
+    _configure_logging(verbose)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    ctx = Context(
+        home=Home.resolve(getattr(args, "home", None), dict(os.environ)),
+        format=OutputFormat(getattr(args, "format", None) or "text"),
+        verbose=verbose,
+        environ=dict(os.environ),
+    )
+    try:
+        code = args.func(args, ctx)
+        return int(code or 0)
+    except TrainguardError as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(exc.diagnostics(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 3
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"error: internal error: {type(exc).__name__}: {exc}\n"
+            "Tip: re-run with -v for a traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Sealed-stream format v1, the primitives: header, key derivation, one segment at a time.
+
+The byte layout is documented in `trainguard.crypto.sealed.stream`, the public module. This module is
+internal to the crypto area: the file objects (`sealed.py`) and the path operations
+(`sealed_files.py`) are built on it, and other areas never import it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from trainguard.crypto.config import MAX_SEGMENT_SIZE
+from trainguard.crypto.errors import DecryptionError, SealedStreamError
+from trainguard.crypto.keyring import WRAPPED_DEK_BYTES, Keyring, WrappedDek
+
+MAGIC = b"TGSEAL"
+FORMAT_VERSION = 1
+ALG_AES256GCM_HKDF_SHA256 = 1
+DEFAULT_SEGMENT_SIZE = 1 << 20
+TAG_SIZE = 16
+_CONTEXT = struct.Struct(">6sBBI8s32s7s")  # bytes 0..58, bound by the key commitment
+_FIXED = struct.Struct(">6sBBI8s32s7s32s")  # bytes 0..90, the AAD of every segment
+_MUTABLE = struct.Struct(">IH")  # KEK version, wrapped-DEK length
+AAD_SIZE = _FIXED.size  # 91
+HEADER_SIZE = _FIXED.size + _MUTABLE.size + WRAPPED_DEK_BYTES  # 157
+_KDF_INFO = b"trainguard/sealed/v1"
+
+Random = Callable[[int], bytes]
+
+
+def nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    """prefix(7) ‖ BE32(index) ‖ last-flag(1)."""
+    if index > 0xFFFFFFFF:
+        raise OverflowError("stream too long for one sealed file; use a larger segment size")
+    return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def _context(segment_size: int, kek_id: str, salt: bytes, prefix: bytes) -> bytes:
+    return _CONTEXT.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        ALG_AES256GCM_HKDF_SHA256,
+        segment_size,
+        bytes.fromhex(kek_id),
+        salt,
+        prefix,
+    )
+
+
+def derive_keys(dek: bytes, context: bytes) -> tuple[bytes, bytes]:
+    """(segment key, key commitment): HKDF-SHA256 over the DEK, bound to every header field
+    before the commitment, so an edited segment size or nonce prefix fails up front."""
+    salt = context[20:52]
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=_KDF_INFO + context)
+    out = hkdf.derive(dek)
+    return out[:32], out[32:]
+
+
+@dataclass(frozen=True)
+class Header:
+    segment_size: int
+    kek_id: str
+    salt: bytes
+    nonce_prefix: bytes
+    commitment: bytes
+    kek_version: int
+    wrapped: bytes
+
+    @property
+    def context(self) -> bytes:
+        return _context(self.segment_size, self.kek_id, self.salt, self.nonce_prefix)
+
+    @property
+    def aad(self) -> bytes:
+        return self.context + self.commitment
+
+    def pack(self) -> bytes:
+        return self.aad + _MUTABLE.pack(self.kek_version, len(self.wrapped)) + self.wrapped
+
+    @classmethod
+    def parse(cls, raw: bytes, what: str = "sealed stream") -> Header:
+        if len(raw) != HEADER_SIZE:
+            raise SealedStreamError(what)
+        magic, ver, alg, seg, kid, salt, prefix, commit = _FIXED.unpack_from(raw)
+        kek_version, wlen = _MUTABLE.unpack_from(raw, _FIXED.size)
+        if (
+            magic != MAGIC
+            or ver != FORMAT_VERSION
+            or alg != ALG_AES256GCM_HKDF_SHA256
+            or not 1 <= seg <= MAX_SEGMENT_SIZE
+            or wlen != WRAPPED_DEK_BYTES
+        ):
+            raise SealedStreamError(what)
+        return cls(seg, kid.hex(), salt, prefix, commit, kek_version, raw[AAD_SIZE + 6 :])
+
+    def unwrap(self, keyring: Keyring, what: str) -> bytes:
+        """The DEK, checked against the commitment. `RetiredKeyError` passes through."""
+        try:
+            dek = keyring.unwrap_dek(
+                WrappedDek(self.kek_id, self.kek_version, self.wrapped), what=what
+            )
+        except DecryptionError as exc:
+            raise SealedStreamError(what) from exc
+        if not hmac.compare_digest(derive_keys(dek, self.context)[1], self.commitment):
+            raise SealedStreamError(what)
+        return dek
+
+
+class SegmentOpener:
+    """Verifies and decrypts segments of one stream (any order: the index is in the nonce)."""
+
+    def __init__(self, header: Header, keyring: Keyring, what: str) -> None:
+        dek = header.unwrap(keyring, what)
+        self.header = header
+        self.segment_size = header.segment_size
+        self._aead = AESGCM(derive_keys(dek, header.context)[0])
+        self._aad = header.aad
+        self._what = what
+
+    def open_into(self, index: int, last: bool, ct: memoryview, out: memoryview) -> None:
+        """Decrypt `ct` (ciphertext ‖ tag) into `out`; `SealedStreamError` if it fails."""
+        try:
+            self._aead.decrypt_into(
+                nonce(self.header.nonce_prefix, index, last), ct, self._aad, out
+            )
+        except InvalidTag as exc:
+            raise SealedStreamError(self._what) from exc
+
+
+class SegmentSealer:
+    """Writes the header of a new stream, then encrypts consecutive segments."""
+
+    def __init__(self, out: BinaryIO, keyring: Keyring, segment_size: int, rng: Random) -> None:
+        if not 1 <= segment_size <= MAX_SEGMENT_SIZE:
+            raise ValueError(f"segment_size must be 1..{MAX_SEGMENT_SIZE}")
+        dek = rng(32)
+        salt, prefix = rng(32), rng(7)
+        seg_key, commitment = derive_keys(dek, _context(segment_size, keyring.kek_id, salt, prefix))
+        wrapped = keyring.wrap_dek(dek)
+        self.header = Header(
+            segment_size, keyring.kek_id, salt, prefix, commitment, wrapped.version, wrapped.blob
+        )
+        self._aad = self.header.aad
+        self._aead = AESGCM(seg_key)
+        self._out = out
+        self._ct = bytearray(segment_size + TAG_SIZE)
+        self.index = 0
+        out.write(self.header.pack())
+
+    def seal(self, plain: memoryview | bytearray, last: bool) -> None:
+        """Encrypt the next segment and write it. Only the final segment may be short."""
+        view = memoryview(self._ct)[: len(plain) + TAG_SIZE]
+        n = nonce(self.header.nonce_prefix, self.index, last)
+        self._aead.encrypt_into(n, plain, self._aad, view)
+        self._out.write(view)
+        self.index += 1
+
+
+def read_exact(f: BinaryIO, buf: memoryview) -> int:
+    """Fill `buf` from `f` (pipes return short reads); returns bytes read, short only at EOF."""
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def read_header(src: BinaryIO, what: str) -> Header:
+    raw = bytearray(HEADER_SIZE)
+    if read_exact(src, memoryview(raw)) != HEADER_SIZE:
+        raise SealedStreamError(what)
+    return Header.parse(bytes(raw), what)
+
+
+def unseal_segments(src: BinaryIO, keyring: Keyring, what: str) -> Iterator[memoryview]:
+    """Verified plaintext segments of a stream read front to back; each view is valid until
+    the next is requested. Only the final segment is short, so no look-ahead is needed."""
+    opener = SegmentOpener(read_header(src, what), keyring, what)
+    seg = opener.segment_size
+    ct, plain = bytearray(seg + TAG_SIZE), bytearray(seg)
+    index = 0
+    while True:
+        n = read_exact(src, memoryview(ct))
+        if n < TAG_SIZE:  # a stream must end in a (short) final segment
+            raise SealedStreamError(what)
+        last = n < len(ct)
+        out = memoryview(plain)[: n - TAG_SIZE]
+        opener.open_into(index, last, memoryview(ct)[:n], out)
+        yield out
+        if last:
+            return
+        index += 1

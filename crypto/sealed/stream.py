@@ -1,0 +1,288 @@
+"""Sealed streams: files encrypted in authenticated segments under a keyring (format v1).
+
+Layout (all integers big-endian)::
+
+    offset size  field                                   in AAD   rewritten by rewrap
+    0      6     magic b"TGSEAL"                         yes      no
+    6      1     format version (1)                      yes      no
+    7      1     algorithm (1 = AES-256-GCM, HKDF-SHA256) yes     no
+    8      4     segment size S (plaintext bytes)        yes      no
+    12     8     KEK id (the keyring's id)               yes      no
+    20     32    salt                                    yes      no
+    52     7     nonce prefix                            yes      no
+    59     32    key commitment                          yes      no
+    91     4     KEK version                             no       yes
+    95     2     wrapped DEK length (60)                 no       no
+    97     60    wrapped DEK (see keyring.py)            no       yes
+    157          body: segments 0..n-1
+
+Segment i = AES-256-GCM(segment key, nonce = prefix ‖ BE32(i) ‖ last, plaintext, AAD = header
+bytes 0..90) = ciphertext ‖ 16-byte tag. Every segment but the last holds exactly S plaintext
+bytes; the last (``last`` = 1) holds 0..S-1 bytes, so every stream has exactly one short final
+segment and neither writer nor reader needs to look ahead (a plaintext of k·S bytes ends in
+an empty final segment). A body whose length is a whole number of full segments is truncated.
+
+``segment key ‖ key commitment`` = HKDF-SHA256(ikm=DEK, salt=salt,
+info=b"trainguard/sealed/v1" ‖ header bytes 0..58, 64 bytes): a wrong DEK or an edited
+immutable field is caught by the commitment before any segment is tried. The wrapped DEK is
+bound to the KEK id and version by its own AAD.
+
+Why this rejects every tamper class: a flipped bit fails a tag (or the commitment, or the DEK
+unwrap); reordered or duplicated segments decrypt under the wrong index in the nonce; truncation
+inside a segment fails its tag, truncation at a segment boundary removes the short final
+segment; a header from another file carries another DEK and salt. Every such failure raises the
+same `SealedStreamError`. A KEK rotation rewrites only bytes 91..156 (`rewrap_file`), never the
+body.
+
+Readers verify before releasing plaintext: `unseal_file` to a path makes the file appear only
+when the whole stream verified; to a pipe it emits one verified segment at a time, so a bad
+stream can cut the output short (the command then exits 1).
+
+Modules: `sealed_format` (header, keys, one segment), this module (the `SealedWriter` and
+`SealedReader` file objects, which `torch.save` / `torch.load` use directly) and
+`sealed_files` (paths and pipes: seal, unseal, rewrap), whose public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from types import TracebackType
+from typing import BinaryIO
+
+from trainguard.crypto.errors import SealedStreamError
+from trainguard.crypto.keyring import Keyring
+from trainguard.crypto.sealed.files import (
+    RewrapResult,
+    is_sealed,
+    iter_unsealed,
+    rewrap_file,
+    rewrap_files,
+    seal_file,
+    seal_stream,
+    sealed_kek_version,
+    unseal_file,
+)
+from trainguard.crypto.sealed.format import (
+    AAD_SIZE,
+    DEFAULT_SEGMENT_SIZE,
+    HEADER_SIZE,
+    MAGIC,
+    TAG_SIZE,
+    Random,
+    SegmentOpener,
+    SegmentSealer,
+    read_exact,
+    read_header,
+)
+
+__all__ = [
+    "AAD_SIZE",
+    "DEFAULT_SEGMENT_SIZE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "TAG_SIZE",
+    "RewrapResult",
+    "SealedReader",
+    "SealedStreamError",
+    "SealedWriter",
+    "is_sealed",
+    "iter_unsealed",
+    "rewrap_file",
+    "rewrap_files",
+    "seal_file",
+    "seal_stream",
+    "sealed_kek_version",
+    "unseal_file",
+]
+
+
+class SealedWriter:
+    """A writable binary file object that seals everything written into `fileobj`.
+
+    `close()` writes the final segment; leaving a ``with`` block by an exception aborts
+    instead, and so does dropping an unclosed writer, so a half-written stream never
+    verifies. Does not close `fileobj`. `torch.save(obj, writer)` writes straight into it.
+    """
+
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        keyring: Keyring,
+        *,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        rng: Random = os.urandom,
+    ) -> None:
+        self._sealer = SegmentSealer(fileobj, keyring, segment_size, rng)
+        self._f = fileobj
+        self._seg = segment_size
+        self._buf = bytearray(segment_size)
+        self._fill = 0
+        self._pos = 0
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            raise ValueError("write to a closed SealedWriter")
+        mv = memoryview(data).cast("B")
+        n, pos, seg = len(mv), 0, self._seg
+        while pos < n:
+            if self._fill == 0 and n - pos >= seg:  # whole segments straight from the caller
+                self._sealer.seal(mv[pos : pos + seg], last=False)
+                pos += seg
+                continue
+            take = min(seg - self._fill, n - pos)
+            self._buf[self._fill : self._fill + take] = mv[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == seg:  # a full segment is never the last one
+                self._sealer.seal(self._buf, last=False)
+                self._fill = 0
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        """Seal the final segment and flush `fileobj`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sealer.seal(memoryview(self._buf)[: self._fill], last=True)
+        self._f.flush()
+
+    def abort(self) -> None:
+        """Stop without a final segment: what was written will never verify."""
+        self._closed = True
+
+    def flush(self) -> None:
+        if not self._closed:
+            self._f.flush()
+
+    def tell(self) -> int:
+        return self._pos
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> SealedWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class SealedReader(io.RawIOBase):
+    """A readable, seekable binary file object over a sealed stream in a seekable `fileobj`.
+
+    Opening verifies the header, the key and the final segment (so truncation is caught up
+    front); each segment is verified when it is first read, and segment i is read without
+    reading the ones before it. Memory: two segments. Works with
+    ``torch.load(reader, weights_only=True)``.
+    """
+
+    def __init__(self, fileobj: BinaryIO, keyring: Keyring, *, what: str = "sealed stream") -> None:
+        super().__init__()
+        self._f = fileobj
+        fileobj.seek(0)
+        self._opener = SegmentOpener(read_header(fileobj, what), keyring, what)
+        self._what = what
+        seg = self._opener.segment_size
+        body = fileobj.seek(0, io.SEEK_END) - HEADER_SIZE
+        full, rem = divmod(body, seg + TAG_SIZE)
+        if rem < TAG_SIZE:  # no short final segment: truncated (or not a sealed body)
+            raise SealedStreamError(what)
+        self._count = full + 1
+        self._size = full * seg + rem - TAG_SIZE
+        self._ct = bytearray(seg + TAG_SIZE)
+        self._plain = bytearray(seg)
+        self._cached = -1
+        self._cached_len = 0
+        self._pos = 0
+        self._load(self._count - 1)
+
+    def _load(self, index: int) -> None:
+        seg = self._opener.segment_size
+        last = index == self._count - 1
+        plen = self._size - index * seg if last else seg
+        self._f.seek(HEADER_SIZE + index * (seg + TAG_SIZE))
+        view = memoryview(self._ct)[: plen + TAG_SIZE]
+        if read_exact(self._f, view) != len(view):
+            raise SealedStreamError(self._what)
+        self._cached = -1  # the buffer is overwritten even when verification fails
+        self._opener.open_into(index, last, view, memoryview(self._plain)[:plen])
+        self._cached, self._cached_len = index, plen
+
+    @property
+    def size(self) -> int:
+        """Plaintext length in bytes."""
+        return self._size
+
+    @property
+    def segment_size(self) -> int:
+        return self._opener.segment_size
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        out = memoryview(b).cast("B")
+        seg, done = self._opener.segment_size, 0
+        while done < len(out) and self._pos < self._size:
+            index, off = divmod(self._pos, seg)
+            if index != self._cached:
+                self._load(index)
+            take = min(len(out) - done, self._cached_len - off)
+            out[done : done + take] = memoryview(self._plain)[off : off + take]
+            done += take
+            self._pos += take
+        return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._pos
+        size = max(0, min(size, self._size - self._pos))
+        index, off = divmod(self._pos, self._opener.segment_size)
+        if size and off + size <= self._opener.segment_size:  # inside one segment: one copy
+            if index != self._cached:
+                self._load(index)
+            self._pos += size
+            return bytes(memoryview(self._plain)[off : off + size])
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        return bytes(buf) if n == size else bytes(buf[:n])
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False

@@ -1,0 +1,234 @@
+"""Gather evidence for the audit report from one node: the local home, or a remote agent.
+
+A node's evidence starts with its audit log. The log is verified first (hash chain and signed
+checkpoints, and against the checkpoint the previous report saved, which detects a rollback);
+everything else derived from the log is only trusted when that passed. A node whose log fails is
+still reported, with every log-derived item marked failed, never merged silently.
+
+Sources (the names controls.toml uses) and where they come from:
+  audit-chain, audit-rollback   the log verification
+  check:<id>                    posture checks run now (local) or the last `posture.*` results
+  key-rotation                  the keyring's current KEK age against [crypto] kek_rotation_days
+  mfa-coverage                  the user store: privileged users without TOTP enrolment
+  deps, artifacts               the newest dependency verification / artifact scan events
+  training, byzantine           trainer events and byzantine-worker incidents
+  robustness                    `robustness-eval` events
+  incidents                     `incident` events joined with the hooks and actions that ran
+  access-decisions              `access-allowed` / `access-denied` events
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainguard.core.errors import TrainguardError
+from trainguard.core.home import write_private
+from trainguard.report.model import EvidenceItem, EvidenceStatus
+
+log = logging.getLogger(__name__)
+
+# Event kinds written by the other areas (one place to keep in step with them).
+INCIDENT_KIND = "incident"
+HOOK_KINDS = ("hook.run", "hook.skipped")
+ACTION_PREFIX = "action."
+ACCESS_KINDS = ("access-allowed", "access-denied")
+DEPS_KINDS = ("deps-verified",)
+SCAN_KINDS = ("scan",)
+TRAIN_PREFIXES = ("train.", "train-")
+ROBUSTNESS_KINDS = ("robustness-eval",)
+PRIVILEGED_ROLES = ("admin", "ml-engineer")
+
+Entry = Mapping[str, Any]
+
+
+def iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class ReportState:
+    """What the previous report saw of each node: its last signed checkpoint (for rollback
+    detection) and the node's public key (pinned the first time a remote node is seen)."""
+
+    path: Path
+    nodes: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, path: Path) -> ReportState:
+        try:
+            return cls(path, json.loads(path.read_text()).get("nodes", {}))
+        except FileNotFoundError:
+            return cls(path, {})
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise TrainguardError(
+                f"report state {path} is corrupt", tip="move it aside; rollback detection restarts"
+            ) from exc
+
+    def save(self) -> None:
+        write_private(self.path, json.dumps({"version": 1, "nodes": self.nodes}, indent=2).encode())
+
+
+def _item(source: str, node: str, status: EvidenceStatus, title: str, detail: str,
+          data: dict[str, Any] | None = None, remediation: str | None = None,
+          now: float | None = None) -> EvidenceItem:
+    return EvidenceItem(source, node, status, title, detail, iso(now if now is not None else time.time()),
+                        data or {}, remediation)
+
+
+def _latest(entries: Sequence[Entry], kinds: Iterable[str]) -> Entry | None:
+    wanted = set(kinds)
+    for e in reversed(entries):
+        if e["kind"] in wanted:
+            return e
+    return None
+
+
+def _data(e: Entry) -> dict[str, Any]:
+    d = e.get("data")
+    if isinstance(d, str):
+        try:
+            return dict(json.loads(d))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return {}
+    return dict(d or {})
+
+
+def incidents_from(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Every incident with the hooks and actions that ran for it."""
+    handled: dict[str, list[str]] = {}
+    for e in entries:
+        kind = e["kind"]
+        if kind in HOOK_KINDS or kind.startswith(ACTION_PREFIX):
+            d = _data(e)
+            inc = str(d.get("incident") or d.get("incident_id") or "")
+            name = str(d.get("hook") or d.get("action") or kind.removeprefix(ACTION_PREFIX))
+            ok = d.get("ok", d.get("returncode", 0) == 0)
+            handled.setdefault(inc, []).append(name if ok else f"{name} (failed)")
+    out = []
+    for e in entries:
+        if e["kind"] != INCIDENT_KIND:
+            continue
+        d = _data(e)
+        out.append({
+            "id": d.get("id"), "kind": d.get("kind"), "severity": d.get("severity"),
+            "node": d.get("node", e.get("node")), "time": iso(float(d.get("time") or e["time"])),
+            "evidence": d.get("evidence", {}), "hooks": handled.get(str(d.get("id")), []),
+        })
+    return out
+
+
+def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceItem]:
+    """Evidence derived from a verified log."""
+    items: list[EvidenceItem] = []
+    incidents = incidents_from(entries)
+    if incidents:
+        unhandled = [i for i in incidents if not i["hooks"]]
+        status = EvidenceStatus.WARN if unhandled else EvidenceStatus.PASS
+        items.append(_item("incidents", node, status, f"{len(incidents)} incident(s) recorded",
+                           f"{len(incidents) - len(unhandled)} handled by hooks or actions, "
+                           f"{len(unhandled)} without a hook", now=now))
+    decisions = [e for e in entries if e["kind"] in ACCESS_KINDS]
+    if decisions:
+        denied = sum(1 for e in decisions if e["kind"] == "access-denied")
+        items.append(_item("access-decisions", node, EvidenceStatus.PASS,
+                           f"{len(decisions)} access decisions audited",
+                           f"{denied} denied, {len(decisions) - denied} allowed", now=now))
+    deps = _latest(entries, DEPS_KINDS)
+    if deps is not None:
+        d = _data(deps)
+        clean = bool(d.get("clean", not d.get("drift")))
+        items.append(_item("deps", node, EvidenceStatus.PASS if clean else EvidenceStatus.FAIL,
+                           "dependency verification", f"{'no drift' if clean else 'drift'} at {iso(deps['time'])}: "
+                           + json.dumps({k: v for k, v in d.items() if k in ('changed', 'missing', 'extra', 'distributions', 'files')})[:300],
+                           remediation="review the drift named by `trainguard deps verify`, reinstall, re-lock", now=now))
+    items.extend(artifact_items(node, entries, incidents, now))
+    items.extend(training_items(node, entries, incidents, now))
+    rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
+    if rob:
+        d = _data(rob[-1])
+        failed = list(d.get("failed_checks", []))
+        worst = ", ".join(f"eps {p.get('eps')}: {float(p.get('accuracy', 0)):.1%}" for p in d.get("worst_case", []))
+        items.append(_item("robustness", node, EvidenceStatus.FAIL if failed else EvidenceStatus.PASS,
+                           f"robustness evaluation of {d.get('model', 'a model')}",
+                           f"clean accuracy {float(d.get('clean_accuracy') or 0):.1%}; worst case {worst}; "
+                           f"gradient-masking checks failed: {', '.join(failed) or 'none'}",
+                           remediation="a failed gradient-masking check means the robust accuracy is not "
+                                       "trustworthy; evaluate with stronger attacks (apgd, more restarts)", now=now))
+    return items
+
+
+def artifact_items(node: str, entries: Sequence[Entry], incidents: list[dict[str, Any]],
+                   now: float) -> list[EvidenceItem]:
+    """Scans and unsafe-artifact incidents: satisfied only when every unsafe file was moved aside."""
+    scans = [e for e in entries if e["kind"] in SCAN_KINDS]
+    unsafe_incidents = [i for i in incidents if i["kind"] == "unsafe-artifact"]
+    if not scans and not unsafe_incidents:
+        return []
+    scanned_unsafe = sum(len(_data(e).get("unsafe", [])) for e in scans)
+    contained = [i for i in unsafe_incidents if any(h.startswith("quarantine") and "failed" not in h for h in i["hooks"])]
+    loose = len(unsafe_incidents) - len(contained)
+    status = EvidenceStatus.FAIL if loose else EvidenceStatus.PASS
+    return [_item("artifacts", node, status, "artifact scans",
+                  f"{len(scans)} scan(s) recorded, {scanned_unsafe} unsafe file(s) found by them; "
+                  f"{len(unsafe_incidents)} unsafe-artifact incident(s), {len(contained)} quarantined",
+                  remediation="quarantine or delete the unsafe files named by `trainguard scan`; "
+                              "map unsafe-artifact to the quarantine action in [hooks.actions]", now=now)]
+
+
+def training_items(node: str, entries: Sequence[Entry], incidents: list[dict[str, Any]], now: float) -> list[EvidenceItem]:
+    items: list[EvidenceItem] = []
+    runs = [e for e in entries if e["kind"].startswith(TRAIN_PREFIXES)]
+    if runs:
+        tampered = [i for i in incidents if i["kind"] in ("checkpoint-tampered", "membership-failure", "replica-divergence")]
+        items.append(_item("training", node, EvidenceStatus.PASS, f"{len(runs)} training event(s)",
+                           "authenticated membership, sealed and signed checkpoints; "
+                           f"{len(tampered)} integrity incident(s) detected and refused", now=now))
+    byz = [i for i in incidents if i["kind"] == "byzantine-worker"]
+    if byz:
+        items.append(_item("byzantine", node, EvidenceStatus.PASS, f"{len(byz)} Byzantine worker incident(s)",
+                           "flagged by per-rank update statistics under robust aggregation", now=now))
+    return items
+
+
+def robustness_points(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Accuracy against epsilon of the newest evaluation: the worst case across its attacks."""
+    rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
+    if not rob:
+        return []
+    d = _data(rob[-1])
+    label = f"worst case ({d.get('model', 'model')})"
+    points: list[dict[str, Any]] = []
+    if d.get("clean_accuracy") is not None:
+        points.append({"eps": 0.0, "attack": label, "accuracy": float(d["clean_accuracy"])})
+    points += [{"eps": float(p["eps"]), "attack": label, "accuracy": float(p["accuracy"])}
+               for p in d.get("worst_case", []) if "eps" in p and "accuracy" in p]
+    return points
+
+
+def training_runs(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """One row per finished job, joined with its launch event (who launched it, aggregation)."""
+    launches = {_data(e).get("job"): (e, _data(e)) for e in entries if e["kind"] == "train.launch"}
+    out = []
+    for e in entries:
+        if e["kind"] != "train.finish":
+            continue
+        d = _data(e)
+        launch_entry, launch = launches.get(d.get("job"), (None, {}))
+        row = {**d, "aggregation": launch.get("aggregation"), "principal": launch.get("principal"),
+               "simulate": bool(launch.get("simulate_test_facility")), "time": iso(float(e["time"]))}
+        acc = d.get("final_accuracy")
+        row["summary"] = (
+            f"job {d.get('job')} launched by {launch.get('principal', '?')}: {d.get('status')}, "
+            f"{d.get('steps')} steps, aggregation {launch.get('aggregation', '?')}, "
+            f"final accuracy {float(acc):.1%}" if acc is not None else f"job {d.get('job')}: {d.get('status')}"
+        ) + (f"; incidents: {', '.join(sorted(set(d.get('incidents', []))))}" if d.get("incidents") else "") + (
+            " (fault injection enabled: test facility)" if row["simulate"] else "")
+        out.append(row)
+    return out

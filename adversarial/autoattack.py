@@ -2,7 +2,9 @@
 
 Each attack runs only on the points that every earlier one left classified correctly, and a
 point counts as robust only if it survives all four: the per-sample worst case, at the cost
-of roughly one strong attack on an undefended model. Robust accuracy after each attack is
+of roughly one strong attack on an undefended model. The APGD runs stop iterating on a
+point once it is misclassified (only robust accuracy matters here), FAB-T once it has a
+point within eps, and Square queries only points still classified correctly. Robust accuracy after each attack is
 kept, so a report can say which attack found what. A gradient-free attack (Square) that
 still breaks many points after three gradient-based ones is the signature of gradient
 masking (see ``checks.py``).
@@ -98,10 +100,17 @@ class AutoAttack:
         spec = BUDGETS[self.budget]
         common = {"norm": self.norm, "clip": clip, "seed": seed}
         self.components: list[tuple[str, Attack]] = [
-            ("apgd-ce", APGD(model, eps, spec.apgd_steps, **common)),  # type: ignore[arg-type]
+            ("apgd-ce", APGD(model, eps, spec.apgd_steps, early_stop=True, **common)),  # type: ignore[arg-type]
             (
                 "apgd-t",
-                APGDT(model, eps, spec.target_steps, target_classes=spec.target_classes, **common),  # type: ignore[arg-type]
+                APGDT(
+                    model,
+                    eps,
+                    spec.target_steps,
+                    target_classes=spec.target_classes,
+                    early_stop=True,
+                    **common,
+                ),  # type: ignore[arg-type]
             ),
             (
                 "fab-t",

@@ -147,37 +147,53 @@ def make_attack(
     kind: AttackKind, model: nn.Module, eps: float, cfg: EvalConfig
 ) -> Attack | AutoAttack:
     spec = BUDGETS[cfg.budget]
-    common = {"norm": cfg.norm, "clip": cfg.clip, "seed": cfg.seed}
+    norm, clip, seed, steps, restarts = cfg.norm, cfg.clip, cfg.seed, cfg.steps, cfg.restarts
+    # evaluations stop on a sample once it is broken: same robust accuracy, less work
     if kind is AttackKind.AUTO:
-        return AutoAttack(model, eps, budget=cfg.budget, **common)  # type: ignore[arg-type]
-    if kind is AttackKind.APGD_DLR:
-        return APGD(model, eps, cfg.steps, cfg.restarts, loss=Loss.DLR, **common)  # type: ignore[arg-type]
-    if kind is AttackKind.APGD_T:
-        return APGDT(
-            model, eps, cfg.steps, cfg.restarts, target_classes=spec.target_classes, **common
-        )  # type: ignore[arg-type]
-    if kind is AttackKind.FAB_T:
-        return FABT(
-            model, eps, cfg.steps, cfg.restarts, target_classes=spec.target_classes, **common
-        )  # type: ignore[arg-type]
-    if kind is AttackKind.SQUARE:
-        return Square(model, eps, spec.square_queries, cfg.restarts, **common)  # type: ignore[arg-type]
+        return AutoAttack(model, eps, norm=norm, clip=clip, seed=seed, budget=cfg.budget)
     if kind is AttackKind.FGSM:
-        return FGSM(model, eps, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
+        return FGSM(model, eps, norm=norm, clip=clip, seed=seed)
     if kind is AttackKind.PGD:
-        # early_stop leaves robust accuracy unchanged and skips work on fooled samples
         return PGD(
             model,
             eps,
             cfg.step_size,
-            cfg.steps,
-            cfg.restarts,
-            norm=cfg.norm,
-            clip=cfg.clip,
-            seed=cfg.seed,
+            steps,
+            restarts,
+            norm=norm,
+            clip=clip,
+            seed=seed,
             early_stop=True,
         )
-    return APGD(model, eps, cfg.steps, cfg.restarts, norm=cfg.norm, clip=cfg.clip, seed=cfg.seed)
+    if kind in (AttackKind.APGD, AttackKind.APGD_DLR):
+        loss = Loss.DLR if kind is AttackKind.APGD_DLR else Loss.CE
+        return APGD(
+            model, eps, steps, restarts, norm=norm, clip=clip, seed=seed, loss=loss, early_stop=True
+        )
+    if kind is AttackKind.APGD_T:
+        return APGDT(
+            model,
+            eps,
+            steps,
+            restarts,
+            target_classes=spec.target_classes,
+            norm=norm,
+            clip=clip,
+            seed=seed,
+            early_stop=True,
+        )
+    if kind is AttackKind.FAB_T:
+        return FABT(
+            model,
+            eps,
+            steps,
+            restarts,
+            target_classes=spec.target_classes,
+            norm=norm,
+            clip=clip,
+            seed=seed,
+        )
+    return Square(model, eps, spec.square_queries, restarts, norm=norm, clip=clip, seed=seed)
 
 
 def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:

@@ -21,11 +21,13 @@ the query budget. Queries only run on samples whose margin is still positive, in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from trainguard.adversarial.attacks import Attack, Clip, Norm, _Best, lp_norm
 from trainguard.adversarial.errors import AdversarialError
+from trainguard.adversarial.fastpath import inference_forward
 from trainguard.adversarial.losses import margin
 
 __all__ = ["Square"]
@@ -103,6 +105,9 @@ class Square(Attack):
         queries: model evaluations per sample and restart (AutoAttack standard: 5000).
         p_init: initial share of pixels changed per query (0.8 as in the paper).
         restarts: further runs (fresh random draws) on the samples still unbroken.
+        fast: on CPU, query a frozen TorchScript copy of the model when it provably agrees
+        with the model on the batch (``fastpath.py``: about 2x fewer CPU seconds per
+        query); the eager model re-checks the final points.
     """
 
     def __init__(
@@ -116,11 +121,14 @@ class Square(Attack):
         clip: Clip = (0.0, 1.0),
         seed: int = 0,
         p_init: float = 0.8,
+        fast: bool = True,
         chunk: int | None = None,
     ) -> None:
         super().__init__(
             model, eps=eps, norm=norm, clip=clip, seed=seed, restarts=restarts, chunk=chunk
         )
+        self.fast = fast
+        self._forward: Callable[[Tensor], Tensor] = model
         self.queries = int(queries)
         self.p_init = float(p_init)
         if self.queries < 1 or not 0 < self.p_init <= 1:
@@ -135,8 +143,11 @@ class Square(Attack):
         if target is not None:
             raise AdversarialError("the Square attack is untargeted; do not pass target")
 
+    def _prepare(self, x: Tensor) -> None:
+        self._forward = inference_forward(self.model, x) if self.fast else self.model
+
     def _margin(self, x: Tensor, y: Tensor) -> Tensor:
-        return margin(self.model(x), y)
+        return margin(self._forward(x), y)
 
     def _run(
         self,
@@ -149,8 +160,11 @@ class Square(Attack):
     ) -> None:
         with torch.inference_mode():
             x_best, m_best = self._search(x, y, gen)
-        # clones leave inference mode: the result may be used with autograd afterwards
-        x_best, m_best = x_best.clone(), m_best.clone()
+        # clones leave inference mode: the result may be used with autograd afterwards;
+        # the eager model has the last word on every point (the search may use a frozen copy)
+        x_best = x_best.clone()
+        with torch.no_grad():
+            m_best = margin(self.model(x_best), y)
         best.update(x_best, m_best <= 0, -m_best, idx)
 
     def _search(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:

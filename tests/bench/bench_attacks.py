@@ -1,14 +1,17 @@
 """Attack speed and strength, as JSON on stdout.
 
-Speed: time per batch of trainguard's PGD (restarts=1, random start) against baselines run in
-the same process on the same model and batch: torchattacks.PGD when it is importable (it is
-not a dependency), and always a naive reference PGD loop written here. Ratios are
-trainguard / baseline (below 1 means trainguard is faster).
+Speed: time per batch of trainguard's PGD, APGD and Square against baselines run in the same
+process on the same model, batch, eps and iteration (query) count: torchattacks.PGD / APGD /
+Square when torchattacks is importable (it is not a dependency: install it outside the
+project, e.g. ``pip install --target /tmp/ta --no-deps torchattacks``; the bench adds
+``--torchattacks-path`` (default $TORCHATTACKS_PATH or /tmp/ta) to sys.path when it exists),
+and always a naive reference PGD loop written here. Ratios are trainguard / baseline (below 1
+means trainguard is faster; 0.67 is 1.5x faster); ``speedup_vs_*`` is the inverse.
 
 Strength: an FGSM-RS model trained on digits (eps 0.1) and an undefended one, attacked with
 FGSM, PGD-50 x 10 restarts and APGD-CE; the per-sample worst case must not exceed any attack.
 
-    python tests/bench/bench_attacks.py [--quick] [--threads N]
+    python tests/bench/bench_attacks.py [--quick] [--threads N] [--no-strength]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -26,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from trainguard.adversarial import (
+    APGD,
     PGD,
     AdversarialStep,
     EvalConfig,
+    Square,
     evaluate_robustness,
     load_digits,
     train_adversarial,
@@ -52,24 +58,89 @@ def naive_pgd(
     return x_adv.detach()
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _time_interleaved(
     fns: dict[str, Callable[[], Any]], repeats: int
-) -> dict[str, dict[str, float]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Run the contenders in turn, round after round, so that load changes on a shared
-    machine hit all of them alike; report the median and the best round of each."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    machine hit all of them alike; report the median and the best round of each, in CPU
+    seconds of this process (with one thread, the least disturbed by other load) and wall
+    seconds. Returns the timings and each contender's last output."""
+    last = {name: fn() for name, fn in fns.items()}  # warm-up
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {n: {"median": statistics.median(t), "min": min(t)} for n, t in times.items()}
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            last[name] = fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(_cpu_seconds() - c0)
+    stats = {
+        n: {
+            "median": statistics.median(cpu[n]),
+            "min": min(cpu[n]),
+            "wall_median": statistics.median(wall[n]),
+        }
+        for n in fns
+    }
+    return stats, last
+
+
+def _torchattacks() -> Any:
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+    return torchattacks
+
+
+def _contenders(
+    attack: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    eps: float,
+    early_stop: bool,
+    alpha: float | None,
+    fast: bool,
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """trainguard's attack and its baselines, all on the same model, batch, eps and budget."""
+    ta = _torchattacks()
+    info: dict[str, Any] = {}
+    if ta is None:
+        info["torchattacks"] = "not installed: compared with the naive loop only"
+    else:
+        info["torchattacks_version"] = ta.__version__
+    fns: dict[str, Callable[[], Any]] = {}
+    if attack == "pgd":
+        a = alpha if alpha is not None else 2.5 * eps / steps
+        fns["trainguard"] = lambda: PGD(model, eps, a, steps, early_stop=early_stop)(x, y)
+        fns["naive_loop"] = lambda: naive_pgd(model, x, y, eps, a, steps)
+        if ta is not None:
+            fns["torchattacks"] = ta.PGD(model, eps=eps, alpha=a, steps=steps)
+    elif attack == "apgd":
+        fns["trainguard"] = lambda: APGD(model, eps, steps, early_stop=early_stop)(x, y)
+        if ta is not None:
+            fns["torchattacks"] = ta.APGD(model, eps=eps, steps=steps, loss="ce")
+    else:
+        fns["trainguard"] = lambda: Square(model, eps, steps, fast=fast)(x, y)
+        if ta is not None:
+            fns["torchattacks"] = ta.Square(model, eps=eps, n_queries=steps)
+    for name in list(fns):
+        if name == "torchattacks":
+            atk = fns[name]
+            fns[name] = lambda atk=atk: atk(x, y)
+    return fns, info
 
 
 def _speed_case(
     name: str,
+    attack: str,
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -77,40 +148,39 @@ def _speed_case(
     repeats: int,
     eps: float = 0.3,
     early_stop: bool = False,
+    alpha: float | None = None,
+    fast: bool = True,
 ) -> dict[str, Any]:
     """Same model, batch, eps, step size and steps for every contender. With ``early_stop``
-    the trainguard contender stops on fooled samples (what `robust eval` does): same robust
-    accuracy, less work, so only meaningful on a trained model."""
+    trainguard's PGD / APGD stop on fooled samples (what `robust eval` does): same robust
+    accuracy, less work, so only meaningful on a trained model. torchattacks' APGD and both
+    Square attacks skip misclassified points by design, so they run on a trained model.
+    Every row also reports each contender's robust accuracy: faster must not mean weaker."""
     model.eval()
-    alpha = eps / 30
-    fns: dict[str, Callable[[], Any]] = {
-        "trainguard": lambda: PGD(model, eps, alpha, steps, restarts=1, early_stop=early_stop)(
-            x, y
-        ),
-        "naive_loop": lambda: naive_pgd(model, x, y, eps, alpha, steps),
-    }
+    fns, info = _contenders(attack, model, x, y, steps, eps, early_stop, alpha, fast)
     row: dict[str, Any] = {
         "case": name,
+        "attack": attack,
         "batch": int(x.shape[0]),
-        "steps": steps,
+        "steps_or_queries": steps,
         "eps": eps,
         "trainguard_early_stop": early_stop,
+        "trainguard_square_fast_path": fast if attack == "square" else None,
+        **info,
     }
-    try:
-        import torchattacks
-    except ImportError:
-        row["torchattacks"] = "not installed: compared with the naive loop only"
-    else:
-        ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-        fns["torchattacks"] = lambda: ta(x, y)
-        row["torchattacks_version"] = torchattacks.__version__
-    t = _time_interleaved(fns, repeats)
+    t, outputs = _time_interleaved(fns, repeats)
     for n, v in t.items():
-        row[f"{n}_s_per_batch_median"] = round(v["median"], 4)
+        row[f"{n}_cpu_s_per_batch_median"] = round(v["median"], 4)
+        row[f"{n}_wall_s_per_batch_median"] = round(v["wall_median"], 4)
+        with torch.no_grad():
+            row[f"{n}_robust_accuracy"] = round(
+                float((model(outputs[n]).argmax(1) == y).float().mean()), 4
+            )
     ours = t.pop("trainguard")
     for n, v in t.items():
         row[f"ratio_vs_{n}_median"] = round(ours["median"] / v["median"], 3)
         row[f"ratio_vs_{n}_best"] = round(ours["min"] / v["min"], 3)
+        row[f"speedup_vs_{n}_median"] = round(v["median"] / ours["median"], 2)
     return row
 
 
@@ -157,66 +227,100 @@ def _strength(epochs: int, steps: int, restarts: int) -> dict[str, Any]:
     return out
 
 
+def _trained(model: nn.Module, epochs: int) -> nn.Module:
+    torch.manual_seed(0)
+    train_adversarial(
+        model,
+        load_digits("train"),
+        AdversarialStep("standard", 0.0),
+        epochs=epochs,
+        batch_size=64,
+        lr=2e-3,
+    )
+    return model.eval()
+
+
+def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
+    steps = 10 if args.quick else 50
+    queries = 100 if args.quick else 500
+    r = args.repeats
+    test = load_digits("test")
+    xd, yd = test.x[:256], test.y[:256]
+    mnist_x = torch.rand(128 if args.quick else 256, 1, 28, 28)
+    mnist_y = torch.randint(0, 10, (mnist_x.shape[0],))
+    trained = _trained(digits_cnn(), 5)
+    return [
+        # raw throughput, full work on every sample: the model's forward/backward dominates
+        _speed_case("digits_cnn untrained, full work", "pgd", digits_cnn(), xd, yd, steps, r),
+        _speed_case(
+            "mnist_cnn untrained, full work", "pgd", mnist_cnn(), mnist_x, mnist_y, steps, r
+        ),
+        _speed_case("digits_cnn trained, full work", "pgd", trained, xd, yd, steps, r, eps=0.1),
+        _speed_case("digits_cnn trained, full work", "apgd", trained, xd, yd, steps, r, eps=0.1),
+        # as robust eval runs them: no work on samples already broken
+        _speed_case(
+            "digits_cnn trained, as in robust eval",
+            "pgd",
+            trained,
+            xd,
+            yd,
+            steps,
+            r,
+            eps=0.1,
+            early_stop=True,
+        ),
+        _speed_case(
+            "digits_cnn trained, as in robust eval",
+            "apgd",
+            trained,
+            xd,
+            yd,
+            steps,
+            r,
+            eps=0.1,
+            early_stop=True,
+        ),
+        _speed_case(
+            "digits_cnn trained, eager queries",
+            "square",
+            trained,
+            xd,
+            yd,
+            queries,
+            r,
+            eps=0.05,
+            fast=False,
+        ),
+        _speed_case(
+            "digits_cnn trained, as in robust eval", "square", trained, xd, yd, queries, r, eps=0.05
+        ),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-strength", action="store_true", help="speed only")
+    ap.add_argument(
+        "--torchattacks-path",
+        default=os.environ.get("TORCHATTACKS_PATH", "/tmp/ta"),
+        help="a folder holding torchattacks (pip install --target); added to sys.path if present",
+    )
     args = ap.parse_args()
+    if os.path.isdir(args.torchattacks_path):
+        sys.path.append(args.torchattacks_path)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    steps = 10 if args.quick else 50
-    test = load_digits("test")
-    mnist_x = torch.rand(128 if args.quick else 256, 1, 28, 28)
-    mnist_y = torch.randint(0, 10, (mnist_x.shape[0],))
-    speed = [
-        _speed_case(
-            "digits_cnn, digits test batch",
-            digits_cnn(),
-            test.x[:256],
-            test.y[:256],
-            steps,
-            args.repeats,
-        ),
-        _speed_case(
-            "mnist_cnn (Wong et al.), 28x28 batch",
-            mnist_cnn(),
-            mnist_x,
-            mnist_y,
-            steps,
-            args.repeats,
-        ),
-    ]
-    torch.manual_seed(0)
-    trained = digits_cnn()
-    train_adversarial(
-        trained,
-        load_digits("train"),
-        AdversarialStep("standard", 0.0),
-        epochs=5,
-        batch_size=64,
-        lr=2e-3,
-    )
-    speed.append(
-        _speed_case(
-            "digits_cnn trained (undefended), eps 0.1, as in robust eval",
-            trained,
-            test.x[:256],
-            test.y[:256],
-            steps,
-            args.repeats,
-            eps=0.1,
-            early_stop=True,
-        )
-    )
     result: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": args.threads,
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "speed": speed,
+        "speed": _speed(args),
     }
     if not args.no_strength:
+        steps = 10 if args.quick else 50
         result["strength"] = _strength(
             epochs=5 if args.quick else 30, steps=steps, restarts=2 if args.quick else 10
         )

@@ -12,8 +12,12 @@ on NAB categories that are not in that folder.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, ClassVar
 
-__all__ = ["AnomalyConfig", "StreamConfig"]
+if TYPE_CHECKING:
+    from trainguard.anomaly.detectors import DetectorSpec
+
+__all__ = ["AnomalyConfig", "StreamConfig", "selected_detector"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class StreamConfig:
 @dataclass(frozen=True)
 class AnomalyConfig:
     """Everything the anomaly detectors and the agent's Scorer need (flat: one TOML table)."""
+
+    SECTION: ClassVar[str] = "anomaly"
 
     # streaming detector overrides (the rest of StreamConfig keeps its defaults)
     stream_threshold: float = StreamConfig.threshold
@@ -119,3 +125,19 @@ class AnomalyConfig:
             StreamConfig(), threshold=self.stream_threshold, warmup=self.stream_warmup,
             refractory=self.stream_refractory,
         )
+
+
+# The univariate detector `anomaly detect` and `anomaly eval` run, as `anomaly eval --select`
+# chose it (see trainguard.anomaly.selection and the README's per-fold table): the best worst-
+# fold objective among the candidates within the 5 us streaming budget, threshold re-chosen on
+# all 28 files of the shared NAB subset. Frozen here and nowhere else.
+SELECTED_NAME = "stream"
+SELECTED_PARAMS: tuple[tuple[str, float], ...] = ()
+SELECTED_THRESHOLD = 0.68
+
+
+def selected_detector() -> DetectorSpec:
+    """The frozen default as a `DetectorSpec` (built lazily: the registry imports this module)."""
+    from trainguard.anomaly.detectors import DetectorSpec
+
+    return DetectorSpec(SELECTED_NAME, SELECTED_THRESHOLD, SELECTED_PARAMS, label="selected")

@@ -1,5 +1,7 @@
 """Running detectors over files: univariate CSVs, a NAB-layout folder, multivariate tables.
 
+numpy is imported here (the NAB sums need it); the agent never imports this module.
+
 Library side of `trainguard anomaly detect|eval|fit|score`; the CLI only parses flags and prints.
 """
 
@@ -13,9 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainguard.anomaly.config import StreamConfig
-from trainguard.anomaly.nab import load_nab, score_corpus, sweep_rows
-from trainguard.anomaly.streaming import StreamDetector
+import numpy as np
+from trainguard.anomaly.config import selected_detector
+from trainguard.anomaly.detectors import DetectorSpec, make_detector
+from trainguard.anomaly.folds import FileCurve, totals
+from trainguard.anomaly.nab import NabFile, load_nab
+from trainguard.anomaly.reference import load_references
+from trainguard.anomaly.selection import score_file
 from trainguard.core.errors import UsageError
 
 __all__ = [
@@ -25,6 +31,8 @@ __all__ = [
     "read_series",
     "read_table",
 ]
+
+DEFAULT_PROBATION = 750  # calibration samples of a live stream (NAB's cap on its probation)
 
 
 @dataclass(frozen=True)
@@ -70,53 +78,84 @@ def read_series(fh: TextIO) -> Iterator[tuple[str, float, float]]:
         yield rec["timestamp"], _seconds(rec["timestamp"], i), value
 
 
-def detect_rows(fh: TextIO, config: StreamConfig | None = None) -> Iterator[DetectedRow]:
-    """Score each row from the rows before it (streaming: one pass, constant memory)."""
-    det = StreamDetector(config)
-    for stamp, t, value in read_series(fh):
-        res = det.update(t, value)
-        yield DetectedRow(stamp, value, res.score, res.alert)
+def detect_rows(
+    fh: TextIO, spec: DetectorSpec | None = None, *, threshold: float | None = None,
+    probation: int = DEFAULT_PROBATION,
+) -> Iterator[DetectedRow]:
+    """Score each row from the rows before it (streaming: one pass, bounded memory).
 
-
-def evaluate_nab(root: Path, config: StreamConfig | None = None) -> dict[str, Any]:
-    """NAB standard score and event metrics per category and in total, default detector.
-
-    Per group: ``nab_score`` with NAB's corpus-wide threshold optimisation (as NAB reports it),
-    ``nab_score_at_default`` and the event metrics at the detector's own default threshold.
+    ``spec`` defaults to the frozen selection (`config.selected_detector`); a row alerts when
+    its score reaches ``threshold`` (default: the spec's).
     """
-    cfg = config or StreamConfig()
+    spec = spec or selected_detector()
+    limit = spec.threshold if threshold is None else threshold
+    det = make_detector(spec, probation)
+    for stamp, t, value in read_series(fh):
+        score = det.score(t, value)
+        yield DetectedRow(stamp, value, score, score >= limit)
+
+
+def _check_nab(root: Path) -> list[NabFile]:
     if not (root / "labels" / "combined_windows.json").is_file() or not (root / "data").is_dir():
         raise UsageError(
             f"{root} is not a NAB-layout folder",
             tip="expected data/<category>/*.csv and labels/combined_windows.json",
         )
     try:
-        files = load_nab(root)
+        return load_nab(root)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"cannot read the NAB folder {root}: {exc}") from exc
-    swept = {}
-    for f in files:
-        det = StreamDetector(cfg)
-        scores = [
-            det.update(t.replace(tzinfo=UTC).timestamp(), v).score
-            for t, v in zip(f.timestamps, f.values, strict=True)
-        ]
-        swept[f.name] = sweep_rows(len(scores), scores, f.windows, f.name)
-    groups: dict[str, dict[str, Any]] = {}
-    for cat in sorted({n.split("/", 1)[0] for n in swept}):
-        groups[cat] = _group({k: v for k, v in swept.items() if k.startswith(cat + "/")}, cfg)
-    return {"threshold": cfg.threshold, "categories": groups, "total": _group(swept, cfg)}
 
 
-def _group(swept: dict[str, Any], cfg: StreamConfig) -> dict[str, Any]:
-    best = score_corpus(swept)
-    fixed = score_corpus(swept, threshold=cfg.threshold)
-    out: dict[str, Any] = dict(fixed.as_dict())
-    out["nab_score"] = round(best.score, 2) if best.windows else None
-    out["nab_threshold"] = best.threshold if best.windows else None
-    out["nab_score_at_default"] = round(fixed.score, 2) if fixed.windows else None
-    out.pop("threshold", None)
-    out.pop("raw", None)
+def evaluate_nab(
+    root: Path, spec: DetectorSpec | None = None, *, references: bool = True,
+) -> dict[str, Any]:
+    """NAB standard score and event metrics per category and pooled, for `spec` and, when the
+    folder has NAB's ``results/`` and ``config/thresholds.json``, for the published detectors.
+
+    Per group: ``nab_score`` with NAB's threshold optimised over the group (as NAB reports it),
+    ``nab_score_at_threshold`` and the event metrics (windows detected, false-positive rows,
+    precision, recall, F1; probation excluded) at the detector's own threshold. The published
+    detectors are scored at their standard-profile thresholds.
+    """
+    spec = spec or selected_detector()
+    files = _check_nab(root)
+    cache: dict[tuple[str, str], Any] = {}
+    curves = [FileCurve(f, score_file(spec, f, cache)) for f in files]
+    out: dict[str, Any] = {
+        "detector": spec.label or spec.key, "threshold": spec.threshold,
+        **_groups(files, curves, spec.threshold, optimise=True),
+    }
+    if references:
+        refs = {}
+        for name, (threshold, scores) in load_references(root, files).items():
+            rc = [FileCurve(f, scores[f.name]) for f in files]
+            refs[name] = {"threshold": threshold, **_groups(files, rc, threshold, optimise=False)}
+        out["references"] = refs
+    return out
+
+
+def _groups(
+    files: Sequence[NabFile], curves: Sequence[FileCurve], threshold: float, *, optimise: bool,
+) -> dict[str, Any]:
+    cats = sorted({f.category for f in files})
+    groups = {cat: [c for f, c in zip(files, curves, strict=True) if f.category == cat]
+              for cat in cats}
+    result = {cat: _group(g, threshold, optimise) for cat, g in groups.items()}
+    return {"categories": result, "total": _group(list(curves), threshold, optimise)}
+
+
+def _group(curves: Sequence[FileCurve], threshold: float, optimise: bool) -> dict[str, Any]:
+    at = totals(curves, np.array([threshold]))[0]
+    out: dict[str, Any] = at.as_dict()
+    out["nab_score_at_threshold"] = out.pop("nab")
+    if optimise and at.windows:
+        grid = np.unique(np.concatenate([[np.inf], *(c.thresholds() for c in curves)]))
+        tot = totals(curves, grid)
+        best = max(range(len(tot)), key=lambda i: (tot[i].nab or -1e9, grid[i]))
+        out["nab_score"], out["nab_threshold"] = round(tot[best].nab or 0.0, 2), float(grid[best])
+    else:
+        out["nab_score"] = out["nab_score_at_threshold"]
     return out
 
 

@@ -102,6 +102,10 @@ class StreamDetector:
         """Number of values held: constant for the life of the stream."""
         return 15 + len(self.daily) + len(self.weekly)
 
+    def score(self, t: float, x: float) -> float:
+        """`UnivariateDetector` interface: the score of `update` alone."""
+        return self.update(t, x).score
+
     def update(self, t: float, x: float) -> StreamScore:  # noqa: C901 - the hot path, flat
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
         (gain, min_spread, drift_alpha, drift_w, warmup, log_z, scale2, tail_decay, tail_rate,

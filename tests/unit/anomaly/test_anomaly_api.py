@@ -14,6 +14,11 @@ PUBLIC = {
     "UntrustedModel", "UpdateMonitor", "detect_rows", "evaluate_nab", "fit_detector",
     "load_detector", "load_nab", "save_detector", "score_corpus", "sweep_rows",
     "update_statistics", "window_features",
+    # univariate detectors behind one interface, selection, references, node telemetry
+    "AnomalyError", "UnivariateDetector", "CadOse", "CadOseConfig", "RelativeEntropy",
+    "RelativeEntropyConfig", "KnnCad", "KnnCadConfig", "DetectorSpec", "Ensemble",
+    "ProbationCalibrated", "make_detector", "selected_detector", "SelectionReport", "select",
+    "load_references", "NodeScore", "NodeTelemetryConfig", "NodeTelemetryDetector",
 }
 
 

@@ -1,0 +1,183 @@
+"""Univariate detectors by name: the registry, the ensemble and probation calibration.
+
+A `DetectorSpec` names a detector, its settings and its alert threshold; `make_detector`
+builds a fresh `UnivariateDetector` for one series from it. Specs are frozen values, so the
+selected default (`trainguard.anomaly.config.SELECTED_DETECTOR`) and the candidate grid of
+`trainguard.anomaly.selection` are plain data.
+
+* ``stream``: `StreamDetector` (robust level/spread/seasonal z, this project's own).
+* ``cad_ose``: `CadOse` (Smirnov 2016, NAB winner).
+* ``relative_entropy``: `RelativeEntropy` (Wang et al. 2011).
+* ``knncad``: `KnnCad` (Burnaev and Ishimtsev 2016).
+* ``ensemble``: the mean or the max of its members' scores (stateless on top of them).
+
+Any spec may set ``calibrate`` (a quantile in (0, 1]): the detector's scores over the
+probation period are kept (bounded by the probation length), and afterwards a score ``s`` is
+reported as ``max(0, (s - q) / (1 - q))`` with ``q`` that quantile of the probation scores. A
+series whose normal life already scores high needs a higher score to alert; nothing but the
+series' own probation is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from trainguard.anomaly.interface import AnomalyError, UnivariateDetector
+
+__all__ = [
+    "DETECTOR_NAMES", "WITHIN_LATENCY_BUDGET", "DetectorSpec", "Ensemble", "ProbationCalibrated", "make_detector",
+]
+
+DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "ensemble")
+
+# Detectors within the streaming budget (<= 5 us per sample per series on one core), as
+# tests/bench/bench_anomaly.py measures them: StreamDetector ~2-3 us. Relative Entropy (20-50 us,
+# one KL test per stored hypothesis), KNN-CAD (~90 us, a 19-d distance to every training
+# vector) and CAD-OSE (1-3 ms, a pass over the whole context memory) are far outside it.
+WITHIN_LATENCY_BUDGET = frozenset({"stream"})
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector by name, its settings (overrides of its config class) and threshold."""
+
+    name: str
+    threshold: float
+    params: tuple[tuple[str, Any], ...] = ()
+    members: tuple[DetectorSpec, ...] = ()  # ensemble only
+    combine: str = "mean"  # ensemble only: mean | max
+    calibrate: float = 0.0  # probation quantile that rescales the score (0: off)
+    label: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> str:
+        """A readable identity: the label, or name and settings."""
+        if self.label:
+            return self.label
+        inner = ",".join(f"{k}={v}" for k, v in self.params)
+        if self.members:
+            inner = f"{self.combine}:" + "+".join(m.key for m in self.members)
+        cal = f"|cal{self.calibrate}" if self.calibrate else ""
+        return f"{self.name}({inner}){cal}"
+
+    @property
+    def within_latency_budget(self) -> bool:
+        """Whether every detector this spec runs meets the 5 us per sample budget."""
+        if self.name == "ensemble":
+            return all(m.within_latency_budget for m in self.members)
+        return self.name in WITHIN_LATENCY_BUDGET
+
+    def with_threshold(self, threshold: float) -> DetectorSpec:
+        return replace(self, threshold=threshold)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.name not in DETECTOR_NAMES:
+            problems.append(f"unknown detector {self.name!r} (known: {', '.join(DETECTOR_NAMES)})")
+        if not 0.0 < self.threshold <= 1.0:
+            problems.append(f"{self.key}: threshold must be in (0, 1]")
+        if not 0.0 <= self.calibrate <= 1.0:
+            problems.append(f"{self.key}: calibrate must be a quantile in [0, 1] (0: off)")
+        if self.name == "ensemble":
+            if not self.members:
+                problems.append("an ensemble needs at least one member")
+            if self.combine not in ("mean", "max"):
+                problems.append(f"ensemble combine must be mean or max, not {self.combine!r}")
+            for m in self.members:
+                problems.extend(m.validate())
+        return problems
+
+
+class Ensemble:
+    """Mean or max of member detectors' scores; each member sees every sample."""
+
+    def __init__(self, members: Sequence[UnivariateDetector], combine: str = "mean") -> None:
+        if not members:
+            raise AnomalyError("an ensemble needs at least one member")
+        self.members = tuple(members)
+        self._max = combine == "max"
+
+    def score(self, t: float, x: float) -> float:
+        scores = [m.score(t, x) for m in self.members]
+        return max(scores) if self._max else sum(scores) / len(scores)
+
+    def state_size(self) -> int:
+        return sum(m.state_size() for m in self.members)
+
+
+def calibrated(score: float, q: float) -> float:
+    """The rescaling of `ProbationCalibrated` (also used on cached score arrays)."""
+    if q >= 1.0:
+        return 1.0 if score >= 1.0 else 0.0
+    return max(0.0, (score - q) / (1.0 - q))
+
+
+class ProbationCalibrated:
+    """Rescale a detector's scores by a quantile of its own scores during probation."""
+
+    def __init__(self, inner: UnivariateDetector, probation: int, quantile: float) -> None:
+        self.inner, self.quantile = inner, quantile
+        self.probation = max(int(probation), 1)
+        self._seen: list[float] | None = []
+        self._q = 0.0
+
+    def score(self, t: float, x: float) -> float:
+        s = self.inner.score(t, x)
+        if self._seen is not None:
+            self._seen.append(s)
+            if len(self._seen) >= self.probation:
+                self._q = probation_quantile(self._seen, self.quantile)
+                self._seen = None
+            return 0.0
+        return calibrated(s, self._q)
+
+    def state_size(self) -> int:
+        return self.inner.state_size() + len(self._seen or ()) + 1
+
+
+def probation_quantile(scores: Sequence[float], quantile: float) -> float:
+    """The `quantile` of `scores` (nearest rank, lower), as `ProbationCalibrated` uses it."""
+    ordered = sorted(scores)
+    return ordered[min(int(quantile * (len(ordered) - 1)), len(ordered) - 1)]
+
+
+def make_detector(spec: DetectorSpec, probation: int = 750) -> UnivariateDetector:
+    """A fresh detector for one series.
+
+    Raises:
+        AnomalyError: the spec names an unknown detector or setting.
+    """
+    problems = spec.validate()
+    if problems:
+        raise AnomalyError("; ".join(problems), tip="see trainguard.anomaly.detectors")
+    det = _base(spec, probation)
+    if spec.calibrate:
+        det = ProbationCalibrated(det, probation, spec.calibrate)
+    return det
+
+
+def _base(spec: DetectorSpec, probation: int) -> UnivariateDetector:
+    params = dict(spec.params)
+    try:
+        if spec.name == "stream":
+            from trainguard.anomaly.config import StreamConfig
+            from trainguard.anomaly.streaming import StreamDetector
+
+            return StreamDetector(replace(StreamConfig(), **params))
+        if spec.name == "cad_ose":
+            from trainguard.anomaly.cad_ose import CadOse, CadOseConfig
+
+            return CadOse(CadOseConfig(**params), probation=probation)
+        if spec.name == "relative_entropy":
+            from trainguard.anomaly.relative_entropy import RelativeEntropy, RelativeEntropyConfig
+
+            return RelativeEntropy(RelativeEntropyConfig(**params), probation=probation)
+        if spec.name == "knncad":
+            from trainguard.anomaly.knncad import KnnCad, KnnCadConfig
+
+            return KnnCad(KnnCadConfig(**params), probation=probation)
+    except TypeError as exc:
+        raise AnomalyError(f"{spec.key}: unknown setting ({exc})") from exc
+    return Ensemble([make_detector(m, probation) for m in spec.members], spec.combine)

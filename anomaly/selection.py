@@ -1,0 +1,235 @@
+"""Choosing a detector and its threshold so that the choice cannot overfit one series or category.
+
+Protocol (`select`):
+
+* Every candidate (`candidates()`, a small fixed grid: no value is set per series) scores every
+  file of a NAB-layout folder once; each file's scores become a `FileCurve`.
+* **Leave one category out (LOCO)**: for each category, the alert threshold is chosen on the
+  *other* categories (the grid value that maximises ``event F1 + NAB / 100`` there, ties to the
+  higher threshold), then the held-out category is scored at it.
+* **Leave one file out (LOFO)**: each file is scored at the threshold chosen on all other files;
+  the held-out decisions are pooled per category and over all files.
+* **Objective**: the *worst* held-out group with windows (each LOCO fold and each LOFO category)
+  of ``event F1 + NAB / 100``, minus ``0.01`` per false-positive row in held-out groups without
+  windows (artificialNoAnomaly has no windows, so F1 and NAB's normalisation are undefined there:
+  it is judged by its false-positive rows alone, fewer is better).
+* **Winner**: the best objective among candidates within the streaming latency budget
+  (`DetectorSpec.within_latency_budget`); the best overall is reported next to it. Its threshold
+  is re-chosen on all files by the same rule; both are frozen in
+  `trainguard.anomaly.config.SELECTED_DETECTOR`.
+* Published detectors (`trainguard.anomaly.reference`) and the previous default at its shipped
+  threshold are scored on the same held-out groups at their fixed thresholds, for the table.
+
+Scores are cached per detector (without threshold or calibration), so probation calibration
+variants and ensembles of cached members cost no second pass over the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC
+from typing import Any
+
+import numpy as np
+from trainguard.anomaly.detectors import (
+    DetectorSpec,
+    calibrated,
+    make_detector,
+    probation_quantile,
+)
+from trainguard.anomaly.folds import FileCurve, Totals, totals
+from trainguard.anomaly.nab import NabFile, probationary_length
+
+__all__ = [
+    "THRESHOLDS", "CandidateResult", "FoldResult", "SelectionReport", "candidates",
+    "choose_threshold", "score_file", "select",
+]
+
+# thresholds a fold may choose: a uniform grid plus a fine tail near 1 (conformal p-values)
+THRESHOLDS = np.unique(np.round(np.concatenate([
+    np.linspace(0.01, 1.0, 100), 1.0 - np.geomspace(1e-4, 1e-2, 13)]), 6))
+FP_ROW_PENALTY = 0.01  # objective cost of one false-positive row on a series with no windows
+
+
+def candidates() -> list[DetectorSpec]:
+    """The candidate grid (kept small: every candidate is one pass over the corpus)."""
+    stream = DetectorSpec("stream", 0.72, label="stream (previous default)")
+    cad = DetectorSpec("cad_ose", 0.77, label="cad_ose")
+    cad_wide = DetectorSpec("cad_ose", 0.77, (("margin", 0.25),), label="cad_ose margin 0.25")
+    re = DetectorSpec("relative_entropy", 0.5, label="relative_entropy")
+    knn = DetectorSpec("knncad", 0.9965, label="knncad")
+    out = [stream, cad, cad_wide, re, knn]
+    out.append(replace(stream, calibrate=1.0, label="stream, probation-calibrated (max)"))
+    out.append(replace(stream, calibrate=0.99, label="stream, probation-calibrated (q99)"))
+    for combine in ("mean", "max"):
+        for other in (cad, cad_wide):
+            out.append(DetectorSpec("ensemble", 0.72, members=(stream, other), combine=combine,
+                                    label=f"{combine}(stream, {other.label})"))
+    return out
+
+
+def score_file(
+    spec: DetectorSpec, f: NabFile, cache: dict[tuple[str, str], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The scores of `spec` on one file (NAB probation as the calibration period)."""
+    cache = {} if cache is None else cache
+    base = replace(spec, calibrate=0.0, threshold=1.0, label="")
+    key = (base.key, f.name)
+    probation = probationary_length(len(f.values))
+    if key not in cache:
+        if spec.name == "ensemble":
+            parts = np.vstack([score_file(m, f, cache) for m in spec.members])
+            cache[key] = parts.max(axis=0) if spec.combine == "max" else parts.mean(axis=0)
+        else:
+            det = make_detector(base, probation)
+            cache[key] = np.array([
+                det.score(t.replace(tzinfo=UTC).timestamp(), v)
+                for t, v in zip(f.timestamps, f.values, strict=True)
+            ])
+    scores = cache[key]
+    if not spec.calibrate:
+        return scores
+    q = probation_quantile(scores[:probation].tolist(), spec.calibrate)
+    out = np.array([calibrated(s, q) for s in scores])
+    out[:probation] = 0.0
+    return out
+
+
+def _objective_terms(group: Totals) -> float:
+    return (group.f1 or 0.0) + (group.nab or 0.0) / 100.0
+
+
+def choose_threshold(curves: Sequence[FileCurve]) -> float:
+    """The grid threshold with the best ``event F1 + NAB / 100`` on `curves` (ties: higher)."""
+    tot = totals(curves, THRESHOLDS)
+    values = [_objective_terms(t) if t.windows else -FP_ROW_PENALTY * t.fp_rows for t in tot]
+    best = max(range(len(values)), key=lambda i: (values[i], i))
+    return float(THRESHOLDS[best])
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """A held-out group: the threshold used and the held-out totals at it."""
+
+    group: str
+    threshold: float | None  # None: several thresholds (LOFO pools one per file)
+    test: Totals
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "threshold": self.threshold, **self.test.as_dict()}
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate (or reference) under both protocols."""
+
+    name: str
+    loco: tuple[FoldResult, ...]
+    lofo: tuple[FoldResult, ...]  # per category, then "all"
+    objective: float | None  # None for references (not selectable)
+    threshold: float  # chosen on all files (candidates) or published (references)
+    within_budget: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "objective": None if self.objective is None
+            else round(self.objective, 4), "threshold": self.threshold,
+            "within_latency_budget": self.within_budget,
+            "loco": [f.as_dict() for f in self.loco], "lofo": [f.as_dict() for f in self.lofo],
+        }
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """All candidates, the references and the winner."""
+
+    candidates: tuple[CandidateResult, ...]
+    references: tuple[CandidateResult, ...]
+    chosen: DetectorSpec
+    best_overall: DetectorSpec
+    categories: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": "LOCO and LOFO; objective = worst held-out group of F1 + NAB/100, "
+                        f"minus {FP_ROW_PENALTY} per FP row where a group has no windows",
+            "chosen": {"name": self.chosen.label or self.chosen.key,
+                       "threshold": self.chosen.threshold},
+            "best_overall": {"name": self.best_overall.label or self.best_overall.key,
+                             "threshold": self.best_overall.threshold},
+            "candidates": [c.as_dict() for c in self.candidates],
+            "references": [r.as_dict() for r in self.references],
+        }
+
+
+def _objective(groups: Sequence[FoldResult]) -> float:
+    windowed = [_objective_terms(g.test) for g in groups if g.test.windows]
+    penalty = FP_ROW_PENALTY * sum(g.test.fp_rows for g in groups if not g.test.windows)
+    return (min(windowed) if windowed else 0.0) - penalty
+
+
+def _evaluate(
+    curves: dict[str, FileCurve], pick: Callable[[list[FileCurve]], float],
+) -> tuple[tuple[FoldResult, ...], tuple[FoldResult, ...]]:
+    cats = sorted({n.split("/", 1)[0] for n in curves})
+    loco = []
+    for cat in cats:
+        train = [c for n, c in curves.items() if not n.startswith(cat + "/")]
+        test = [c for n, c in curves.items() if n.startswith(cat + "/")]
+        t = pick(train)
+        loco.append(FoldResult(cat, t, totals(test, np.array([t]))[0]))
+    per_file: dict[str, Totals] = {}
+    for n, c in curves.items():
+        t = pick([o for m, o in curves.items() if m != n])
+        per_file[n] = totals([c], np.array([t]))[0]
+    lofo = [FoldResult(cat, None, _pool([v for n, v in per_file.items()
+                                          if n.startswith(cat + "/")])) for cat in cats]
+    lofo.append(FoldResult("all", None, _pool(list(per_file.values()))))
+    return tuple(loco), tuple(lofo)
+
+
+def _pool(parts: Sequence[Totals]) -> Totals:
+    """Held-out decisions of several files, each at its own threshold, summed."""
+    return Totals(
+        sum(p.files for p in parts), sum(p.windows for p in parts),
+        sum(p.detected for p in parts), sum(p.fp_rows for p in parts),
+        sum(p.raw for p in parts), sum(p.null_all for p in parts),
+        sum(p.null_none for p in parts),
+    )
+
+
+def select(
+    files: Sequence[NabFile],
+    specs: Sequence[DetectorSpec] | None = None,
+    references: dict[str, tuple[float, dict[str, np.ndarray]]] | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> SelectionReport:
+    """Run the protocol of the module docstring over `files`."""
+    specs = list(specs or candidates())
+    cache: dict[tuple[str, str], np.ndarray] = {}
+    results = []
+    for spec in specs:
+        if progress:
+            progress(f"scoring {spec.label or spec.key}")
+        curves = {f.name: FileCurve(f, score_file(spec, f, cache)) for f in files}
+        loco, lofo = _evaluate(curves, choose_threshold)
+        final = choose_threshold(list(curves.values()))
+        results.append(CandidateResult(spec.label or spec.key, loco, lofo,
+                                       _objective(loco + lofo[:-1]), final,
+                                       spec.within_latency_budget))
+    refs = []
+    for name, (threshold, scores) in (references or {}).items():
+        by_name = {f.name: f for f in files if f.name in scores}
+        curves = {n: FileCurve(by_name[n], scores[n]) for n in by_name}
+        loco, lofo = _evaluate(curves, lambda _train, t=threshold: t)
+        refs.append(CandidateResult(name, loco, lofo, None, threshold))
+    def best(pool: list[int]) -> DetectorSpec:
+        i = max(pool, key=lambda i: (results[i].objective or 0.0, -i))
+        return specs[i].with_threshold(results[i].threshold)
+
+    everyone = list(range(len(results)))
+    eligible = [i for i in everyone if results[i].within_budget] or everyone
+    cats = tuple(sorted({f.category for f in files}))
+    return SelectionReport(tuple(results), tuple(refs), best(eligible), best(everyone), cats)

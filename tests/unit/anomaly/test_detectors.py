@@ -1,0 +1,199 @@
+"""The univariate detectors behind `UnivariateDetector`: reference behaviour and stream rules."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trainguard.anomaly import (
+    AnomalyError,
+    CadOse,
+    CadOseConfig,
+    DetectorSpec,
+    Ensemble,
+    KnnCad,
+    RelativeEntropy,
+    RelativeEntropyConfig,
+    StreamDetector,
+    UnivariateDetector,
+    make_detector,
+)
+from trainguard.anomaly.detectors import ProbationCalibrated
+from trainguard.anomaly.nab import probationary_length
+
+PROBATION = 60  # short, so the generated series reach the post-calibration code
+
+SPECS = [
+    DetectorSpec("stream", 0.72),
+    DetectorSpec("cad_ose", 0.77),
+    DetectorSpec("relative_entropy", 0.5, (("window", 20),)),
+    DetectorSpec("knncad", 0.99, (("dim", 5), ("k", 7))),
+    DetectorSpec("ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
+                                           DetectorSpec("cad_ose", 0.77)), combine="max"),
+    DetectorSpec("stream", 0.72, calibrate=0.99),
+]
+IDS = [s.key for s in SPECS]
+
+series = st.lists(
+    st.floats(min_value=-1e3, max_value=1e3, allow_nan=False), min_size=PROBATION + 5,
+    max_size=PROBATION + 90,
+)
+
+
+def _run(spec: DetectorSpec, values: list[float]) -> list[float]:
+    det = make_detector(spec, PROBATION)
+    return [det.score(60.0 * i, v) for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@settings(max_examples=25, deadline=None)
+@given(values=series, cut=st.integers(min_value=1, max_value=200))
+def test_a_score_never_depends_on_later_samples(spec, values, cut):
+    cut = min(cut, len(values))
+    assert _run(spec, values[:cut]) == _run(spec, values)[:cut]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@settings(max_examples=15, deadline=None)
+@given(values=series)
+def test_scores_are_in_unit_range_and_repeat_exactly(spec, values):
+    first = _run(spec, values)
+    assert all(0.0 <= s <= 1.0 for s in first)
+    assert _run(spec, values) == first
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_every_detector_satisfies_the_interface_and_is_quiet_in_probation(spec):
+    det = make_detector(spec, PROBATION)
+    assert isinstance(det, UnivariateDetector)
+    rng = np.random.default_rng(3)
+    early = [det.score(60.0 * i, float(v)) for i, v in enumerate(rng.normal(0, 1, PROBATION - 1))]
+    if spec.name != "stream" or spec.calibrate:  # the stream has its own warm-up instead
+        assert early == [0.0] * (PROBATION - 1)
+
+
+def test_stream_detector_is_a_univariate_detector_with_constant_state():
+    det = StreamDetector()
+    assert isinstance(det, UnivariateDetector)
+    size = det.state_size()
+    for i in range(2000):
+        det.score(60.0 * i, math.sin(i / 10))
+    assert det.state_size() == size
+
+
+def test_cad_ose_memory_stops_growing_at_its_bound():
+    det = CadOse(CadOseConfig(max_contexts=200), probation=50)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for i, v in enumerate(rng.uniform(0, 1, 3000)):
+        det.score(i, float(v))
+        sizes.append(det.state_size())
+    assert len(det._mem.contexts) == 200  # random input would otherwise add contexts forever
+    assert sizes[-1] == sizes[-500]
+
+
+def test_relative_entropy_keeps_at_most_its_hypotheses():
+    det = RelativeEntropy(RelativeEntropyConfig(window=10, max_hypotheses=8), probation=20)
+    rng = np.random.default_rng(1)
+    for i, v in enumerate(rng.uniform(0, 1, 5000) ** rng.uniform(0.1, 5, 5000)):
+        det.score(i, float(v))
+    assert len(det._hyp) == 8
+
+
+def test_cad_ose_learns_a_pattern_then_flags_its_break():
+    det = CadOse(probation=200)
+    pattern = [0, 2, 4, 6, 7, 5, 3, 1]
+    scores = [det.score(i, float(pattern[i % 8])) for i in range(1200)]
+    assert max(scores[600:]) == 0.0  # a learned pattern is fully predicted
+    broken = [det.score(1200 + i, float(v)) for i, v in enumerate([7, 0, 7, 0, 7, 0])]
+    assert max(broken) >= 0.5
+
+
+def test_knncad_flags_a_spike_once_then_rests():
+    det = KnnCad(probation=300)
+    rng = np.random.default_rng(2)
+    values = list(np.sin(np.arange(900) / 8) + rng.normal(0, 0.05, 900))
+    values[700] = 6.0
+    scores = [det.score(i, float(v)) for i, v in enumerate(values)]
+    assert scores[700] >= 0.99
+    assert set(scores[701:760]) == {0.5}  # the quiet period after an alert
+
+
+def test_ensemble_combines_member_scores():
+    class Fixed:
+        def __init__(self, s: float) -> None:
+            self.s = s
+
+        def score(self, t: float, x: float) -> float:
+            return self.s
+
+        def state_size(self) -> int:
+            return 1
+
+    assert Ensemble([Fixed(0.2), Fixed(0.8)], "max").score(0, 0) == 0.8
+    assert Ensemble([Fixed(0.2), Fixed(0.8)], "mean").score(0, 0) == pytest.approx(0.5)
+    with pytest.raises(AnomalyError):
+        Ensemble([])
+
+
+def test_probation_calibration_asks_more_of_a_series_that_was_already_spiky():
+    class Replay:
+        def __init__(self, scores: list[float]) -> None:
+            self.it = iter(scores)
+
+        def score(self, t: float, x: float) -> float:
+            return next(self.it)
+
+        def state_size(self) -> int:
+            return 0
+
+    quiet = ProbationCalibrated(Replay([0.1] * 10 + [0.8]), 10, 1.0)
+    spiky = ProbationCalibrated(Replay([0.1] * 9 + [0.7] + [0.8]), 10, 1.0)
+    last_quiet = [quiet.score(i, 0) for i in range(11)][-1]
+    last_spiky = [spiky.score(i, 0) for i in range(11)][-1]
+    assert last_quiet == pytest.approx((0.8 - 0.1) / 0.9)
+    assert last_spiky == pytest.approx((0.8 - 0.7) / 0.3) and last_spiky < last_quiet
+
+
+@pytest.mark.parametrize("spec", [
+    DetectorSpec("nope", 0.5), DetectorSpec("stream", 0.5, (("no_such_setting", 1),)),
+    DetectorSpec("stream", 1.5), DetectorSpec("ensemble", 0.5),
+])
+def test_bad_specs_are_refused_with_the_reason(spec):
+    with pytest.raises(AnomalyError) as err:
+        make_detector(spec)
+    assert err.value.exit_code == 2 and err.value.message
+
+
+def _published(nab_dir: Path, detector: str, rel: str) -> tuple[list[float], list[float]]:
+    cat, name = rel.split("/")
+    with (nab_dir / "results" / detector / cat / f"{detector}_{name}").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return [float(r["value"]) for r in rows], [float(r["anomaly_score"]) for r in rows]
+
+
+@pytest.mark.parametrize("rel", ["realAWSCloudwatch/ec2_cpu_utilization_825cc2.csv",
+                                 "artificialWithAnomaly/art_daily_jumpsup.csv"])
+def test_knncad_reproduces_nabs_published_scores_row_for_row(nab_dir, rel):
+    values, published = _published(nab_dir, "knncad", rel)
+    det = KnnCad(probation=probationary_length(len(values)))
+    ours = [det.score(i, v) for i, v in enumerate(values)]
+    assert ours == pytest.approx(published, abs=1e-9)
+
+
+@pytest.mark.parametrize("rel", ["realAWSCloudwatch/ec2_cpu_utilization_825cc2.csv",
+                                 "artificialWithAnomaly/art_daily_jumpsup.csv"])
+def test_relative_entropy_reproduces_nabs_published_scores_given_its_range(nab_dir, rel):
+    values, published = _published(nab_dir, "relativeEntropy", rel)
+    # NAB hands the detector the whole file's range; with it, every row matches
+    det = RelativeEntropy(probation=probationary_length(len(values)),
+                          value_range=(min(values), max(values)))
+    assert [det.score(i, v) for i, v in enumerate(values)] == published
+    # the causal default learns its range from the probation rows only, and differs
+    causal = RelativeEntropy(probation=probationary_length(len(values)))
+    assert [causal.score(i, v) for i, v in enumerate(values)] != published

@@ -28,6 +28,7 @@ __all__ = [
     "DetectedRow",
     "detect_rows",
     "evaluate_nab",
+    "load_nab_folder",
     "read_series",
     "read_table",
 ]
@@ -95,7 +96,8 @@ def detect_rows(
         yield DetectedRow(stamp, value, score, score >= limit)
 
 
-def _check_nab(root: Path) -> list[NabFile]:
+def load_nab_folder(root: Path) -> list[NabFile]:
+    """`load_nab` with the folder checked first; problems are usage errors with a tip."""
     if not (root / "labels" / "combined_windows.json").is_file() or not (root / "data").is_dir():
         raise UsageError(
             f"{root} is not a NAB-layout folder",
@@ -119,7 +121,7 @@ def evaluate_nab(
     detectors are scored at their standard-profile thresholds.
     """
     spec = spec or selected_detector()
-    files = _check_nab(root)
+    files = load_nab_folder(root)
     cache: dict[tuple[str, str], Any] = {}
     curves = [FileCurve(f, score_file(spec, f, cache)) for f in files]
     out: dict[str, Any] = {

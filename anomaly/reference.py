@@ -16,22 +16,22 @@ from pathlib import Path
 import numpy as np
 from trainguard.anomaly.nab import NabFile
 
-__all__ = ["REFERENCE_DETECTORS", "load_references"]
-
-# the detectors whose published results the shared NAB subset carries
-REFERENCE_DETECTORS = ("numenta", "contextOSE", "relativeEntropy", "knncad", "ARTime")
+__all__ = ["load_references"]
 
 
 def load_references(
-    root: Path, files: Sequence[NabFile], detectors: Sequence[str] = REFERENCE_DETECTORS,
+    root: Path, files: Sequence[NabFile], detectors: Sequence[str] | None = None,
 ) -> dict[str, tuple[float, dict[str, np.ndarray]]]:
-    """{detector: (standard-profile threshold, {file name: scores})} for every detector whose
-    results cover all `files` with one row per data row; others are left out."""
+    """{detector: (standard-profile threshold, {file name: scores})} for every detector (default:
+    each folder under ``results/``) whose results cover all `files` with one row per data row
+    and that has a threshold; others are left out."""
     results = root / "results"
     thresholds_file = root / "config" / "thresholds.json"
     if not results.is_dir() or not thresholds_file.is_file():
         return {}
     thresholds = json.loads(thresholds_file.read_text())
+    if detectors is None:
+        detectors = sorted(p.name for p in results.iterdir() if p.is_dir())
     out: dict[str, tuple[float, dict[str, np.ndarray]]] = {}
     for det in detectors:
         try:

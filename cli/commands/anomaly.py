@@ -6,8 +6,12 @@
   alerts. Input that is not a NAB CSV (header, first row, empty input) leaves stdout empty
   (exit 2); a bad row further down stops with exit 2 after the rows before it were streamed, and
   the error says how many (JSON output is all or nothing).
-* ``eval --nab DIR``: NAB standard score and event-level recall, false-positive rows and F1 per
-  category and in total; ``--gpu`` adds the synthetic GPU-misuse evaluation.
+* ``eval --nab DIR``: the selected detector's NAB standard score and event-level precision,
+  recall, false-positive rows and F1 per category and pooled, next to the published detectors'
+  numbers when DIR holds NAB's ``results/`` and ``config/thresholds.json``; ``--select`` runs
+  the selection protocol instead (leave one category out, leave one file out, worst held-out
+  fold; see trainguard.anomaly.selection) and prints its table; ``--gpu`` adds the synthetic
+  GPU-misuse evaluation.
 * ``fit CSV --out MODEL.skops`` / ``score CSV --model MODEL.skops``: IsolationForest on windowed
   features of a multivariate CSV (exit 1 when a row alerts).
 
@@ -45,11 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.set_defaults(func=detect)
     e = inner.add_parser(
         "eval", help="NAB score and event metrics of the default detector",
-        description="Run the default streaming detector over a NAB-layout folder "
+        description="Run the selected streaming detector over a NAB-layout folder "
         "(data/<category>/*.csv, labels/combined_windows.json) and report the NAB standard "
-        "score and event-level recall, false-positive rows and F1 per category.",
+        "score and event-level precision, recall, false-positive rows and F1 per category and "
+        "pooled, with the published detectors' numbers when the folder has NAB's results/. "
+        "--select runs the selection protocol over every candidate instead (minutes).",
     )
     e.add_argument("--nab", type=Path, metavar="DIR", help="NAB-layout folder")
+    e.add_argument("--select", action="store_true",
+                   help="leave-one-category-out and leave-one-file-out selection over the "
+                   "candidate detectors; prints the per-fold table")
     e.add_argument("--gpu", action="store_true",
                    help="also run the synthetic GPU-misuse evaluation")
     e.set_defaults(func=evaluate)
@@ -81,17 +90,17 @@ def _anomaly_config(ctx: Context) -> Any:
 
 
 def detect(args: argparse.Namespace, ctx: Context) -> int:
-    from dataclasses import replace
-
+    from trainguard.anomaly.config import selected_detector
     from trainguard.anomaly.evaluate import detect_rows
 
-    cfg = _anomaly_config(ctx).stream_config()
+    spec = selected_detector()
+    threshold = spec.threshold
     if args.threshold is not None:
         if not 0.0 < args.threshold < 1.0:
             raise UsageError(
                 f"--threshold must be in (0, 1), not {args.threshold}", tip="try --threshold 0.5"
             )
-        cfg = replace(cfg, threshold=args.threshold)
+        threshold = args.threshold
     path = args.csv
     if path != "-" and not Path(path).is_file():
         raise UsageError(f"no such file: {path}", tip="give a timestamp,value CSV or - for stdin")
@@ -101,8 +110,9 @@ def detect(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}",
                          tip="give a readable timestamp,value CSV or - for stdin") from exc
     try:
-        rows = _checked(detect_rows(fh, cfg))
-        alerts = _detect_json(rows, cfg, ctx) if ctx.json else _detect_csv(rows, cfg, ctx)
+        rows = _checked(detect_rows(fh, spec, threshold=threshold))
+        alerts = (_detect_json(rows, threshold, ctx) if ctx.json
+                  else _detect_csv(rows, threshold, ctx))
     finally:
         if fh is not sys.stdin:
             fh.close()
@@ -126,15 +136,15 @@ def _checked(rows: Iterator[Any]) -> Iterator[Any]:
         yield row
 
 
-def _detect_json(rows: Iterator[Any], cfg: Any, ctx: Context) -> int:
+def _detect_json(rows: Iterator[Any], threshold: float, ctx: Context) -> int:
     out = [{"timestamp": r.timestamp, "value": r.value, "score": round(r.score, 6),
             "alert": int(r.alert)} for r in rows]  # all rows first: one JSON document or none
     alerts = sum(int(r["alert"]) for r in out)
-    ctx.emit({"threshold": cfg.threshold, "rows": len(out), "alerts": alerts, "data": out})
+    ctx.emit({"threshold": threshold, "rows": len(out), "alerts": alerts, "data": out})
     return alerts
 
 
-def _detect_csv(rows: Iterator[Any], cfg: Any, ctx: Context) -> int:
+def _detect_csv(rows: Iterator[Any], threshold: float, ctx: Context) -> int:
     """Stream the CSV (a live feed piped in gets each decision at once), but only after the
     header and first row were read: input that is not a NAB CSV leaves stdout empty. A bad row
     later on stops with exit 2 and says how many rows were already written."""
@@ -156,7 +166,7 @@ def _detect_csv(rows: Iterator[Any], cfg: Any, ctx: Context) -> int:
             tip=exc.tip,
         ) from exc
     ctx.stdout.flush()
-    ctx.info(f"{written} rows, {alerts} alerts (threshold {cfg.threshold})")
+    ctx.info(f"{written} rows, {alerts} alerts (threshold {threshold})")
     return alerts
 
 
@@ -165,10 +175,14 @@ def evaluate(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.nab is None and not args.gpu:
         raise UsageError("nothing to evaluate", tip="give --nab DIR and/or --gpu")
+    if args.select and args.nab is None:
+        raise UsageError("--select needs a NAB-layout folder", tip="give --nab DIR --select")
     acfg = _anomaly_config(ctx)
     data: dict[str, Any] = {}
-    if args.nab is not None:
-        data["nab"] = evaluate_nab(args.nab, acfg.stream_config())
+    if args.nab is not None and args.select:
+        data["selection"] = _select(args.nab, ctx)
+    elif args.nab is not None:
+        data["nab"] = evaluate_nab(args.nab)
     if args.gpu:
         from trainguard.anomaly.gpu_eval import evaluate as gpu_evaluate
 
@@ -177,26 +191,72 @@ def evaluate(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+def _select(root: Path, ctx: Context) -> dict[str, Any]:
+    from trainguard.anomaly.evaluate import load_nab_folder
+    from trainguard.anomaly.reference import load_references
+    from trainguard.anomaly.selection import select
+
+    files = load_nab_folder(root)
+    report = select(files, references=load_references(root, files), progress=ctx.info)
+    return report.as_dict()
+
+
+def _fmt(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+
+def _nab_lines(nab: dict[str, Any]) -> list[str]:
+    lines = [f"NAB standard profile, detector {nab['detector']} (alert threshold "
+             f"{nab['threshold']}):",
+             f"{'detector':<18} {'category':<22} {'files':>5} {'win':>4} {'NAB':>6} {'NAB@thr':>7} "
+             f"{'found':>5} {'FP rows':>7} {'prec':>5} {'recall':>6} {'F1':>5}"]
+    rows = [("selected", nab)] + list(nab.get("references", {}).items())
+    for det, res in rows:
+        for name, g in {**res["categories"], "pooled": res["total"]}.items():
+            lines.append(
+                f"{det:<18} {name:<22} {g['files']:>5} {g['windows']:>4} "
+                f"{_fmt(g['nab_score']):>6} {_fmt(g['nab_score_at_threshold']):>7} "
+                f"{g['detected']:>5} {g['fp_rows']:>7} {_fmt(g['precision'], '.2f'):>5} "
+                f"{_fmt(g['recall'], '.2f'):>6} {_fmt(g['f1'], '.2f'):>5}"
+            )
+    lines.append("NAB: threshold optimised over the group as NAB does (published detectors: "
+                 "their standard-profile threshold); the rest at the alert threshold. "
+                 "Groups without windows have no NAB score or F1: judge them by FP rows.")
+    return lines
+
+
+def _fold(f: dict[str, Any]) -> str:
+    if not f["windows"]:
+        return f"FP {f['fp_rows']}"
+    return f"{_fmt(f['nab'])}/{_fmt(f['f1'], '.2f')} ({f['detected']}/{f['windows']}, FP {f['fp_rows']})"
+
+
+def _selection_lines(sel: dict[str, Any]) -> list[str]:
+    first = (sel["candidates"] or sel["references"])[0]
+    loco = [f["group"] for f in first["loco"]]
+    lofo = [f["group"] for f in first["lofo"]]
+    head = ["detector", "objective", "5us", "thr"] + [f"LOCO {g}" for g in loco] + [
+        f"LOFO {g}" for g in lofo]
+    lines = [f"Selection: {sel['protocol']}", "cells: NAB / event F1 (windows found / windows, "
+             "FP rows); groups without windows: FP rows", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for c in sel["candidates"] + sel["references"]:
+        budget = "-" if c["objective"] is None else ("yes" if c["within_latency_budget"] else "no")
+        cells = [c["name"], _fmt(c["objective"], ".3f"), budget, f"{c['threshold']:.3f}"]
+        cells += [_fold(f) for f in c["loco"]] + [_fold(f) for f in c["lofo"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"chosen (best within the latency budget): {sel['chosen']['name']} at "
+                 f"threshold {sel['chosen']['threshold']}; best overall: "
+                 f"{sel['best_overall']['name']} at {sel['best_overall']['threshold']}")
+    return lines
 
 
 def _eval_text(data: dict[str, Any]) -> str:
     lines = []
     if "nab" in data:
-        nab = data["nab"]
-        lines.append(f"NAB standard profile (alert threshold {nab['threshold']}):")
-        lines.append(f"{'category':<24} {'files':>5} {'windows':>7} {'NAB':>6} {'NAB@thr':>7} "
-                     f"{'recall':>6} {'FP rows':>7} {'F1':>5}")
-        groups = {**nab["categories"], "TOTAL": nab["total"]}
-        for name, g in groups.items():
-            lines.append(
-                f"{name:<24} {g['files']:>5} {g['windows']:>7} {_fmt(g['nab_score']):>6} "
-                f"{_fmt(g['nab_score_at_default']):>7} {g['recall']:>6.2f} {g['fp_rows']:>7} "
-                f"{g['f1']:>5.2f}"
-            )
-        lines.append("NAB: corpus-optimised threshold as NAB does; NAB@thr, recall, FP rows and "
-                     "F1 at the default threshold.")
+        lines += _nab_lines(data["nab"])
+    if "selection" in data:
+        lines += _selection_lines(data["selection"])
     if "gpu_misuse" in data:
         g = data["gpu_misuse"]
         lines.append(

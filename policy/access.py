@@ -7,10 +7,18 @@ operations the CLI exposes. `authorize_cli` is the one-call form for preflight c
 How a CLI invocation is authenticated: the acting user is the one of the saved login session
 (`trainguard login`). Privileged actions (admin commands among them) need step-up MFA: `--otp`
 on the command, or a login within the step-up window.
+
+Where this runs: in the CLI for a home the caller can read (a laptop, root on a node), and in
+the agent for everyone else (`trainguard.agent.api.sessions`): the agent passes the caller's OS
+uid from SO_PEERCRED, and a caller may log in only as the user that uid maps to.
+
+Rollback: the policy's signed version and the user store's change counter must not be older
+than the newest versions recorded in the audit log (`trainguard.policy.versions`).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
@@ -20,6 +28,7 @@ from typing import Any
 from trainguard.core.config import Config, NodeConfig
 from trainguard.core.home import Home
 from trainguard.crypto.signing import SigningKey, VerifyKey
+from trainguard.evidence.incidents import IncidentKind
 from trainguard.evidence.sink import AuditSink
 from trainguard.policy.actions import ACTIONS, GLOBAL_DOMAIN
 from trainguard.policy.config import PolicyConfig
@@ -28,6 +37,7 @@ from trainguard.policy.errors import (
     AuthenticationFailed,
     Denied,
     PolicyFormatError,
+    PolicyTampered,
     SessionInvalid,
     StepUpRequired,
     UnknownName,
@@ -46,6 +56,7 @@ from trainguard.policy.rules import (
 from trainguard.policy.sessions import Session, SessionStore, default_sessions_dir
 from trainguard.policy.store import PolicyFile
 from trainguard.policy.users import UserRecord, UserStore
+from trainguard.policy.versions import VERSION_EVENT, NoLedger, VersionLedger
 
 __all__ = ["AccessControl", "authorize_cli"]
 
@@ -64,18 +75,25 @@ class AccessControl:
         clock: Callable[[], float] = time.time,
         keyring: SecretBox | None = None,
         signing_key: SigningKey | None = None,
+        sessions: SessionStore | None = None,
+        ledger: VersionLedger | None = None,
     ) -> None:
         self.home = home
         self.config = policy_config
         self.node = node
         self.audit = audit
         self.clock = clock
-        self.sessions = SessionStore(sessions_dir, cluster=node.cluster, node=node.name)
+        self.sessions = sessions or SessionStore(
+            sessions_dir, cluster=node.cluster, node=node.name
+        )
         self.policy_file = PolicyFile(home)
-        self.users = UserStore(home.users_db, clock=clock)
+        self.ledger: VersionLedger = ledger or NoLedger()
+        self._users = UserStore(home.users_db, clock=clock)
+        self._users_checked = False
         self._keyring = keyring
         self._signing_key = signing_key
         self._rules: PolicyRules | None = None
+        self._policy_version = 0
         self._engine: PolicyEngine | None = None
 
     @classmethod
@@ -88,13 +106,57 @@ class AccessControl:
         sessions_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        ledger: VersionLedger | None = None,
     ) -> AccessControl:
         """From a loaded config; the session folder defaults to the OS user's config dir."""
         home.require()
         folder = sessions_dir or default_sessions_dir(environ)
         return cls(
-            home, config.section("policy"), config.node, audit, sessions_dir=folder, clock=clock
+            home,
+            config.section(PolicyConfig),
+            config.node,
+            audit,
+            sessions_dir=folder,
+            clock=clock,
+            ledger=ledger,
         )
+
+    def with_sessions(self, sessions: SessionStore) -> AccessControl:
+        """The same access control (shared policy, users, keys and caches) for another
+        session store: the agent uses one per request for the token the caller presented."""
+        clone = copy.copy(self)
+        clone.sessions = sessions
+        return clone
+
+    # -- versions (rollback) --------------------------------------------------------------
+    @property
+    def users(self) -> UserStore:
+        """The user store, once checked against the newest recorded version."""
+        if not self._users_checked:
+            recorded = self.ledger.highest("users")
+            current = self._users.version()
+            if current < recorded:
+                self._tampered(
+                    "users", str(self.home.users_db), current, recorded,
+                    tip="restore state/users.db from the newest backup; an older copy is refused",
+                )
+            self._users_checked = True
+        return self._users
+
+    def _tampered(self, name: str, path: str, current: int, recorded: int, *, tip: str) -> None:
+        self.audit.record(
+            IncidentKind.POLICY_TAMPERED.value,
+            "trainguard",
+            {"path": path, "reason": f"{name} version {current} is older than {recorded}"},
+        )
+        raise PolicyTampered(path, tip=tip)
+
+    def note_versions(self, actor: str) -> None:
+        """Record the current policy and user-store versions in the audit log (after a
+        change), so an older copy is refused from now on."""
+        for name, version in (("policy", self._policy_version), ("users", self._users.version())):
+            if version > self.ledger.highest(name):
+                self.audit.record(VERSION_EVENT, actor, {"name": name, "version": version})
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -110,9 +172,9 @@ class AccessControl:
     @property
     def keyring(self) -> SecretBox:
         if self._keyring is None:
-            from trainguard.crypto.keyring import Keyring
+            from trainguard.crypto.keyring import open_keyring
 
-            self._keyring = Keyring.open(self.home.keys_dir, clock=self.clock)
+            self._keyring = open_keyring(self.home, clock=self.clock)
         return self._keyring
 
     @cached_property
@@ -123,7 +185,15 @@ class AccessControl:
     @property
     def rules(self) -> PolicyRules:
         if self._rules is None:
-            self._rules = self.policy_file.load(self.verify_key, self.audit)
+            rules, version = self.policy_file.load_versioned(self.verify_key, self.audit)
+            recorded = self.ledger.highest("policy")
+            if version < recorded:
+                self._tampered(
+                    "policy", str(self.policy_file.path), version, recorded,
+                    tip="an older signed policy was put back; restore the newest one, or review"
+                    " and `trainguard policy sign` it",
+                )
+            self._rules, self._policy_version = rules, version
         return self._rules
 
     @property
@@ -134,10 +204,14 @@ class AccessControl:
 
     def save_rules(self, rules: PolicyRules, *, actor: str, change: Mapping[str, Any]) -> None:
         """Sign and write a new policy; the engine (and its cache) is rebuilt."""
-        self.policy_file.save(rules, self.signing_key)
+        if self._rules is None:
+            _ = self.rules  # the version to count on from
+        version = self._policy_version + 1
+        self.policy_file.save(rules, self.signing_key, version=version)
         self.users.sync_roles(rules)
-        self._rules, self._engine = rules, None
-        self.audit.record("policy-changed", actor, dict(change))
+        self._rules, self._engine, self._policy_version = rules, None, version
+        self.audit.record("policy-changed", actor, {**dict(change), "version": version})
+        self.note_versions(actor)
 
     def known_domains(self) -> set[str]:
         return set(self.rules.domains()) | {self.config.default_domain, GLOBAL_DOMAIN}
@@ -153,6 +227,13 @@ class AccessControl:
             session = self.sessions.load(self.verify_key, now=now)
             if not self.users.exists(session.user) or self.users.uid(session.user) != session.uid:
                 raise SessionInvalid("your login session is not valid", reason="user removed")
+            if self.caller_uid is not None and self.caller_uid not in _ANY_USER_UIDS:
+                if session.os_uid != self.caller_uid or (
+                    self.users.os_uid(session.user) != self.caller_uid
+                ):
+                    raise SessionInvalid(
+                        "your login session is not valid", reason="token of another OS account"
+                    )
             if self.users.is_locked(session.user):
                 raise SessionInvalid(
                     "your account is locked",
@@ -164,23 +245,51 @@ class AccessControl:
             raise
         return session
 
+    # The OS account of the caller (the agent sets it from SO_PEERCRED); None in the CLI of a
+    # home the caller can read, where the caller holds the keys anyway.
+    caller_uid: int | None = None
+
     def login(self, name: str, code: str) -> Session:
-        """Verify a TOTP or recovery code and write a fresh session token."""
-        try:
-            uid = self.users.uid(name)
-        except UnknownName:
-            self.audit.record("login-failed", name, {"reason": "unknown user"})
-            # The same words as a wrong code, so a caller cannot tell which users exist.
-            raise AuthenticationFailed(
-                "second-factor verification failed", reason="unknown user"
-            ) from None
+        """Verify a TOTP or recovery code and write a fresh session token.
+
+        Unknown users, wrong codes and (through the agent) a name the caller's OS account does
+        not map to all get the same message."""
+        if self.caller_uid is not None and self.caller_uid not in _ANY_USER_UIDS:
+            mapped = self.users.name_for_os_uid(self.caller_uid)
+            if mapped is None:
+                self.audit.record(
+                    "login-failed", f"uid:{self.caller_uid}", {"reason": "unmapped OS account"}
+                )
+                raise AuthenticationFailed(
+                    "this OS account is not mapped to a trainguard user",
+                    reason="unmapped OS account",
+                    tip="ask an admin to run `trainguard user add NAME --uid UID` (or `user map`)",
+                )
+            if mapped != name:
+                # Refused before the code is checked: no failure counts against `name`, so
+                # nobody can slow down another user's logins by guessing for them.
+                self.audit.record(
+                    "login-failed",
+                    f"uid:{self.caller_uid}",
+                    {"reason": "name is not the caller's user", "user": name},
+                )
+                raise AuthenticationFailed(
+                    "second-factor verification failed", reason="not the caller's user"
+                )
         try:
             at = self.mfa.verify(name, code, purpose="login")
         except Denied as exc:
             self.audit.record("login-failed", name, {"reason": exc.reason})
             raise
+        uid = self.users.uid(name)
+        os_uid = self.caller_uid if self.caller_uid is not None else self.users.os_uid(name)
         session = self.sessions.issue(
-            self.signing_key, user=name, uid=uid, now=at, hours=self.config.session_hours
+            self.signing_key,
+            user=name,
+            uid=uid,
+            now=at,
+            hours=self.config.session_hours,
+            os_uid=os_uid,
         )
         self.audit.record("login", name, {"node": self.node.name, "expires_at": session.expires_at})
         return session
@@ -306,7 +415,9 @@ class AccessControl:
         return decision
 
     # -- users ----------------------------------------------------------------------------
-    def add_user(self, name: str, role: str, domain: str, *, actor: str) -> UserRecord:
+    def add_user(
+        self, name: str, role: str, domain: str, *, actor: str, os_uid: int | None = None
+    ) -> UserRecord:
         check_name("user", name)
         check_domain(domain)
         if role not in self.roles():
@@ -316,8 +427,10 @@ class AccessControl:
         if name in self.roles():
             raise UnknownName(f"{name!r} is a role name", tip="pick another user name")
         if not self.users.exists(name):
-            self.users.add(name)
-            self.audit.record("user-added", actor, {"user": name})
+            self.users.add(name, os_uid=os_uid)
+            self.audit.record("user-added", actor, {"user": name, "os_uid": os_uid})
+        elif os_uid is not None and self.users.os_uid(name) != os_uid:
+            self.map_user(name, os_uid, actor=actor)
         self.save_rules(
             self.rules.with_link(RoleLink(name, role, domain)),
             actor=actor,
@@ -325,8 +438,18 @@ class AccessControl:
         )
         return self.users.get(name)
 
+    def map_user(self, name: str, os_uid: int | None, *, actor: str) -> None:
+        """Map `name` to an OS account (None: unmap); the stored TOTP secret is re-bound."""
+        self.users.get(name)
+        self.mfa.rebind(name, os_uid)
+        self.users.map_os_uid(name, os_uid)
+        self.audit.record("user-mapped", actor, {"user": name, "os_uid": os_uid})
+        self.note_versions(actor)
+
     def enrol(self, name: str, *, actor: str) -> Enrolment:
-        return self.mfa.enrol(name, actor=actor, cluster=self.node.cluster)
+        enrolment = self.mfa.enrol(name, actor=actor, cluster=self.node.cluster)
+        self.note_versions(actor)
+        return enrolment
 
     def remove_user(self, name: str, *, actor: str) -> None:
         self.users.get(name)
@@ -335,10 +458,12 @@ class AccessControl:
         )
         self.users.remove(name)
         self.audit.record("user-removed", actor, {"user": name})
+        self.note_versions(actor)
 
     def unlock(self, name: str, *, actor: str) -> None:
         self.users.unlock(name)
         self.audit.record("user-unlocked", actor, {"user": name})
+        self.note_versions(actor)
 
     # -- policy editing -------------------------------------------------------------------
     def grant(
@@ -374,7 +499,7 @@ class AccessControl:
         """Re-sign the policy file as it is now (after review of a hand edit).
 
         The caller is authorized against the last signed policy, never the edited file."""
-        self._rules = self.policy_file.load_last_good(
+        self._rules, self._policy_version = self.policy_file.load_last_good(
             self.verify_key, self.audit, actor="policy-sign"
         )
         self._engine = None
@@ -385,19 +510,29 @@ class AccessControl:
         new = parse_policy(body, source=str(self.policy_file.path))
         old_lines = {g.line() for g in self.rules.grants} | {lk.line() for lk in self.rules.links}
         new_lines = {g.line() for g in new.grants} | {lk.line() for lk in new.links}
-        self.policy_file.save_text(body, self.signing_key)
+        version = self._policy_version + 1
+        self.policy_file.save_text(body, self.signing_key, version=version)
         self.users.sync_roles(new)
         added, removed = sorted(new_lines - old_lines), sorted(old_lines - new_lines)
-        self.audit.record("policy-signed", decision.principal, {"added": added, "removed": removed})
-        self._rules, self._engine = new, None
+        self.audit.record(
+            "policy-signed",
+            decision.principal,
+            {"added": added, "removed": removed, "version": version},
+        )
+        self._rules, self._engine, self._policy_version = new, None, version
+        self.note_versions(decision.principal)
         return decision, added, removed
+
+
+# Callers that may act as any user: root (who can read every key on the node anyway).
+_ANY_USER_UIDS = frozenset({0})
 
 
 class _LazyBoxMfa(MfaService):
     """MfaService that opens the keyring only when a secret is needed."""
 
     def __init__(self, ac: AccessControl) -> None:
-        super().__init__(ac.users, None, ac.config, ac.audit, clock=ac.clock)
+        super().__init__(ac._users, None, ac.config, ac.audit, clock=ac.clock)
         self._ac = ac
 
     def _require_box(self) -> SecretBox:

@@ -13,6 +13,7 @@ from trainguard.crypto.signing import SigningKey
 from trainguard.evidence.sink import AuditSink
 from trainguard.policy.access import AccessControl
 from trainguard.policy.actions import GLOBAL_DOMAIN, default_policy_lines
+from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import PolicyError
 from trainguard.policy.mfa import SecretBox
 from trainguard.policy.rules import PolicyRules, RoleLink, check_name, rules_from_lines
@@ -28,6 +29,8 @@ def bootstrap_policy(
     admin_name: str,
     audit: AuditSink,
     clock: Callable[[], float] = time.time,
+    *,
+    admin_os_uid: int | None = None,
 ) -> dict[str, Any]:
     """Write the default signed policy (kept if a valid one exists), create the users db and
     the admin user (role `admin` in every project, ``*``) and enrol its TOTP.
@@ -40,16 +43,17 @@ def bootstrap_policy(
     config = load_config(home.config_path, {})
     pf = PolicyFile(home)
     rules: PolicyRules | None = None
+    version = 0
     if pf.exists():
         try:
-            rules = pf.load(signing_key.public_key(), audit, actor="init")
+            rules, version = pf.load_versioned(signing_key.public_key(), audit, actor="init")
         except PolicyError:
             rules = None  # replaced below; the failure is already in the audit log
     if rules is None:
         rules = rules_from_lines(default_policy_lines())
     ac = AccessControl(
         home,
-        config.section("policy"),
+        config.section(PolicyConfig),
         config.node,
         audit,
         sessions_dir=Path("/nonexistent"),  # init never reads or writes a session
@@ -57,10 +61,10 @@ def bootstrap_policy(
         keyring=keyring,
         signing_key=signing_key,
     )
-    ac._rules = rules  # noqa: SLF001 - a fresh home has nothing to verify against yet
+    ac._rules, ac._policy_version = rules, version  # noqa: SLF001 - nothing to verify yet
     if not ac.users.exists(admin_name):
-        ac.users.add(admin_name)
-        audit.record("user-added", "init", {"user": admin_name})
+        ac.users.add(admin_name, os_uid=admin_os_uid)
+        audit.record("user-added", "init", {"user": admin_name, "os_uid": admin_os_uid})
     ac.save_rules(
         rules.with_link(RoleLink(admin_name, "admin", GLOBAL_DOMAIN)),
         actor="init",

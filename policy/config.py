@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from trainguard.policy.actions import ACTIONS, DEFAULT_PRIVILEGED_ACTIONS
 
@@ -13,11 +14,14 @@ __all__ = ["PolicyConfig"]
 class PolicyConfig:
     """Access-control settings; defaults follow the issue (step-up 5 min, sessions 12 h)."""
 
+    SECTION: ClassVar[str] = "policy"
+
     privileged_actions: tuple[str, ...] = DEFAULT_PRIVILEGED_ACTIONS
     step_up_seconds: int = 300
     session_hours: float = 12.0
-    # Failed second-factor attempts: backoff from the 5th failure, lockout at the 10th within
-    # the window. Backoff doubles per failure: base, 2*base, ... capped at max.
+    # Failed second-factor attempts within the window: a wait from the 5th on, doubling per
+    # failure (base, 2*base, ... capped at max). Failures never lock an account for good;
+    # `lockout_after` is kept so older files load, and no longer locks.
     backoff_after: int = 5
     lockout_after: int = 10
     lockout_window_seconds: int = 900

@@ -25,13 +25,22 @@ __all__ = [
 class PolicyTampered(PolicyError):
     """The policy file does not match its signature; it takes no effect (exit 2)."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            f"the policy file {path} does not match its signature; it may have been edited "
-            "by hand or modified maliciously, so no policy is in effect",
-            tip="review the file; an admin re-signs it with `trainguard policy sign --otp CODE`, "
-            "or restore it from a trusted copy",
-        )
+    def __init__(self, path: str, *, tip: str | None = None) -> None:
+        if tip is None:
+            message = (
+                f"the policy file {path} does not match its signature; it may have been edited "
+                "by hand or modified maliciously, so no policy is in effect"
+            )
+            tip = (
+                "review the file; an admin re-signs it with `trainguard policy sign --otp CODE`, "
+                "or restore it from a trusted copy"
+            )
+        else:
+            message = (
+                f"{path} is older than the newest version recorded in the audit log; an older "
+                "copy was put back (rollback), so it takes no effect"
+            )
+        super().__init__(message, tip=tip)
 
 
 class PolicyFormatError(PolicyError):

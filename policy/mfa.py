@@ -1,13 +1,20 @@
 """TOTP second factor (RFC 6238 via pyotp), replay protection, backoff, lockout, recovery codes.
 
 - Enrolment creates a 160-bit base32 secret, stores it encrypted with the keyring (the user's
-  uid bound as associated data) and returns the otpauth URI (shown as text and a terminal QR).
+  name, uid and OS uid bound as associated data, so a secret copied to another row, or a row
+  re-mapped to another OS account by editing the file, does not decrypt) and returns the
+  otpauth URI (shown as text and a terminal QR).
 - Verification accepts the current 30 s step and `totp_drift_steps` (default 1) either side. The
   matched step must be newer than the last accepted one (`UserStore.claim_step`, an atomic
   conditional UPDATE), so a code is accepted at most once.
-- From the 5th failure within the window an attempt must wait base * 2^(n-5) seconds after the
-  last failure (attempts during the wait are refused unchecked); the 10th failure within 15
-  minutes locks the user until `trainguard user unlock`.
+- From the 5th failure within the window an attempt must wait base * 2^(n-5) seconds (capped)
+  after the last failure; attempts during the wait are refused unchecked. Failures never lock an
+  account for good: anyone can type wrong codes for any name, so a permanent lock would let any
+  local user lock out the only admin. `trainguard user unlock` clears the failures; recovery
+  codes work like TOTP codes.
+- Names that are no user get the same message, the same failure counting and the same delays
+  as real users (and a recovery-shaped code costs the same scrypt), so neither the words nor the
+  timing tell which users exist.
 - Recovery codes: 10 single-use codes (``xxxxx-xxxxx``, 50 random bits), stored as scrypt hashes
   with a per-code salt; accepted wherever a TOTP code is.
 """
@@ -28,12 +35,13 @@ from typing import NoReturn, Protocol
 
 import pyotp
 from trainguard.core.errors import TrainguardError
+from trainguard.crypto.errors import KeyringError
 from trainguard.evidence.sink import AuditSink
 from trainguard.policy.config import PolicyConfig
 from trainguard.policy.errors import AuthenticationFailed, LockedOut, UnknownName
 from trainguard.policy.users import UserStore
 
-__all__ = ["Enrolment", "MfaService", "SecretBox", "match_step", "qr_text"]
+__all__ = ["Enrolment", "MfaService", "SecretBox", "match_step", "qr_text", "totp_aad"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +68,17 @@ class Enrolment:
         return f"Enrolment(name={self.name!r}, otpauth_uri=<secret>)"
 
 
-def _aad(uid: str) -> bytes:
+def _aad_legacy(uid: str) -> bytes:
     return b"trainguard/totp/v1/" + uid.encode()
+
+
+def totp_aad(name: str, uid: str, os_uid: int | None) -> bytes:
+    """Associated data of a stored TOTP secret: who it belongs to, and which OS account."""
+    mapped = "-" if os_uid is None else str(os_uid)
+    return b"\0".join((b"trainguard/totp/v2", name.encode(), uid.encode(), mapped.encode()))
+
+
+_DUMMY_SALT = b"trainguard/no-such-user"
 
 
 def _hotp(key: bytes, counter: int) -> str:
@@ -133,7 +150,8 @@ class MfaService:
         """Create (or replace) the user's TOTP secret; returns the otpauth URI."""
         rec = self.users.get(name)
         secret = pyotp.random_base32(32)
-        blob = self._require_box().encrypt_small(secret.encode(), _aad(rec.uid))
+        aad = totp_aad(name, rec.uid, self.users.os_uid(name))
+        blob = self._require_box().encrypt_small(secret.encode(), aad)
         self.users.set_totp(name, blob)
         uri = pyotp.TOTP(secret).provisioning_uri(
             name=f"{name}@{cluster}", issuer_name=self.config.issuer
@@ -143,17 +161,39 @@ class MfaService:
 
     def _secret(self, name: str) -> str:
         rec = self.users.get(name)
-        blob = self.users.totp_blob(name)
-        if blob is None:
+        stored = self.users.totp_blob(name)
+        if stored is None:
             raise AuthenticationFailed(
                 "second-factor verification failed", reason="no second factor enrolled"
             )
+        blob, fmt = stored
+        box = self._require_box()
+        aad = totp_aad(name, rec.uid, self.users.os_uid(name))
         try:
-            return self._require_box().decrypt_small(blob, _aad(rec.uid)).decode()
+            if fmt == 2:
+                return box.decrypt_small(blob, aad).decode()
+            # A secret stored before the binding (uid only): accept it once more and store it
+            # bound, so the row can no longer be moved to another name or OS account.
+            secret = box.decrypt_small(blob, _aad_legacy(rec.uid))
+            self.users.rewrap_totp(name, box.encrypt_small(secret, aad))
+            self.audit.record("totp-rebound", name, {"user": name})
+            return secret.decode()
+        except KeyringError:
+            raise  # the node's KEK is unavailable: say that, not "verification failed"
         except TrainguardError as exc:  # wrong KEK, edited row, or a secret moved between users
             raise AuthenticationFailed(
                 "second-factor verification failed", reason="stored TOTP secret does not decrypt"
             ) from exc
+
+    def rebind(self, name: str, new_os_uid: int | None) -> None:
+        """Re-encrypt `name`'s secret for a new OS-account mapping (before the mapping is
+        written); no-op for a user without a second factor."""
+        if self.users.totp_blob(name) is None:
+            return
+        secret = self._secret(name).encode()
+        rec = self.users.get(name)
+        blob = self._require_box().encrypt_small(secret, totp_aad(name, rec.uid, new_os_uid))
+        self.users.rewrap_totp(name, blob)
 
     # -- verification ---------------------------------------------------------------------
     def verify(self, name: str, code: str, *, purpose: str = "login") -> float:
@@ -165,10 +205,12 @@ class MfaService:
                 user is unknown or not enrolled (one generic message for all of them).
         """
         now = self._clock()
-        if not self.users.exists(name):
-            self._deny(name, purpose, "unknown user")
         self._gate(name, now)
         code = code.strip().lower()
+        if not self.users.exists(name):
+            if _RECOVERY_RE.fullmatch(code):
+                _hash_recovery(code, _DUMMY_SALT)  # the same cost as a real recovery check
+            self._fail(name, now, purpose, "unknown user")
         ok = False
         reason = "wrong code"
         if _RECOVERY_RE.fullmatch(code):
@@ -193,9 +235,11 @@ class MfaService:
         return now
 
     def _gate(self, name: str, now: float) -> None:
-        if self.users.is_locked(name):
+        if self.users.is_locked(name):  # set by an admin (or by versions before 0.2)
             self.audit.record("mfa-refused", name, {"user": name, "reason": "locked"})
-            raise LockedOut(f"user {name!r} is locked after repeated failed attempts")
+            raise LockedOut(
+                "this account is locked", tip="ask an admin to run `trainguard user unlock NAME`"
+            )
         recent = self.users.failures_since(name, now - self.config.lockout_window_seconds)
         over = len(recent) - self.config.backoff_after
         if over >= 0:
@@ -216,11 +260,6 @@ class MfaService:
 
     def _fail(self, name: str, now: float, purpose: str, reason: str) -> NoReturn:
         self.users.add_failure(name, now)
-        recent = self.users.failures_since(name, now - self.config.lockout_window_seconds)
-        if len(recent) >= self.config.lockout_after:
-            self.users.lock(name, now)
-            self.audit.record("user-locked", name, {"user": name, "failures": len(recent)})
-            self._deny(name, purpose, reason + "; user locked")
         self._deny(name, purpose, reason)
 
     def _deny(self, name: str, purpose: str, reason: str) -> NoReturn:

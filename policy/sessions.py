@@ -5,12 +5,17 @@
 
     {"v": 1, "payload": {...}, "sig": "<base64 Ed25519>"}
 
-payload = {user, uid, node, cluster, key_id, issued_at, expires_at, mfa_at, nonce}; the
+payload = {user, uid, node, cluster, key_id, issued_at, expires_at, mfa_at, nonce, os_uid}; the
 signature (node key) covers ``b"trainguard-session/v1\\n" + canonical_json(payload)``. A token
 is refused when the signature fails (edited), it names another node or cluster or key, it has
 expired (12 h by default) or was issued in the future, or its user was removed (uid changed)
 or is locked. ``mfa_at`` is the time of the last verified second factor: privileged actions
-need it within the step-up window (5 min by default).
+need it within the step-up window (5 min by default). ``os_uid`` is the operating-system
+account the token was issued to: the agent honours a token only from that account's socket
+connection (SO_PEERCRED), so a copied token is worthless to anyone else.
+
+With a system home the CLI cannot read, the agent verifies and signs tokens
+(`trainguard.agent.api.sessions`) and the CLI only stores them (`SessionStore.save_token`).
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from trainguard.core.home import write_private
+from trainguard.core.fs import write_private
 from trainguard.crypto.errors import BadSignature
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 from trainguard.policy.errors import SessionInvalid
 
-__all__ = ["Session", "SessionStore", "default_sessions_dir"]
+__all__ = ["MemorySessionStore", "Session", "SessionStore", "default_sessions_dir", "token_bytes"]
 
 _CONTEXT = b"trainguard-session/v1\n"
 _CLOCK_SKEW = 60.0
@@ -59,6 +64,7 @@ class Session:
     expires_at: float
     mfa_at: float
     nonce: str
+    os_uid: int | None = None  # None: issued by a version before the agent held the keys
 
     def mfa_fresh(self, now: float, window: float) -> bool:
         return 0 <= now - self.mfa_at <= window
@@ -74,10 +80,20 @@ class SessionStore:
         self.cluster = cluster
         self.node = node
 
-    def issue(self, key: SigningKey, *, user: str, uid: str, now: float, hours: float) -> Session:
+    def issue(
+        self,
+        key: SigningKey,
+        *,
+        user: str,
+        uid: str,
+        now: float,
+        hours: float,
+        os_uid: int | None = None,
+    ) -> Session:
         session = Session(
             user=user,
             uid=uid,
+            os_uid=os_uid,
             node=self.node,
             cluster=self.cluster,
             key_id=key.key_id,
@@ -96,25 +112,32 @@ class SessionStore:
         return fresh
 
     def save(self, session: Session, key: SigningKey) -> None:
-        payload = asdict(session)
-        sig = base64.b64encode(key.sign(_CONTEXT + canonical_json(payload))).decode()
+        self.save_token(token_bytes(session, key))
+
+    def save_token(self, token: bytes) -> None:
+        """Store a signed token as it is (the CLI of a system home: the agent signed it)."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(
-            self.path, json.dumps({"v": 1, "payload": payload, "sig": sig}).encode() + b"\n"
-        )
+        write_private(self.path, token)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def load(self, key: VerifyKey, *, now: float) -> Session:
-        """The verified session. Raises `SessionInvalid` (one generic message) otherwise;
-        the reason is in `.reason` for the audit log."""
+    def read_token(self) -> bytes:
+        """The stored token, unverified (to present to the agent). `SessionInvalid` if none."""
         try:
-            raw = self._read()
+            return self._read()
         except FileNotFoundError:
             raise _invalid("no session", "you are not logged in on this node") from None
         except OSError as exc:
             raise _invalid(f"session file unreadable: {exc.strerror}") from exc
+
+    def load(self, key: VerifyKey, *, now: float) -> Session:
+        """The verified session. Raises `SessionInvalid` (one generic message) otherwise;
+        the reason is in `.reason` for the audit log."""
+        return self.verify_token(self.read_token(), key, now=now)
+
+    def verify_token(self, raw: bytes, key: VerifyKey, *, now: float) -> Session:
+        """Verify a presented token for this node and cluster."""
         try:
             doc = json.loads(raw)
             payload = doc["payload"]
@@ -140,6 +163,33 @@ class SessionStore:
             if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
                 raise _invalid("session file readable by others")
             return f.read(65536)
+
+
+class MemorySessionStore(SessionStore):
+    """A session store holding one presented token in memory: the agent verifies the token a
+    CLI sends and hands back the refreshed one (`token`), never touching the caller's files."""
+
+    def __init__(self, token: bytes | None, *, cluster: str, node: str) -> None:
+        super().__init__(Path("/nonexistent"), cluster=cluster, node=node)
+        self.token = token
+
+    def save_token(self, token: bytes) -> None:
+        self.token = token
+
+    def remove(self) -> None:
+        self.token = None
+
+    def _read(self) -> bytes:
+        if self.token is None:
+            raise FileNotFoundError
+        return self.token
+
+
+def token_bytes(session: Session, key: SigningKey) -> bytes:
+    """The signed token file content of `session`."""
+    payload = asdict(session)
+    sig = base64.b64encode(key.sign(_CONTEXT + canonical_json(payload))).decode()
+    return json.dumps({"v": 1, "payload": payload, "sig": sig}).encode() + b"\n"
 
 
 def _invalid(reason: str, message: str = "your login session is not valid") -> SessionInvalid:

@@ -4,16 +4,21 @@ SQLite at ``home.users_db`` (0600). Role assignments live in the signed policy (
 the ``roles`` table here mirrors them for read-only consumers such as the posture check
 ("privileged users without MFA") and is re-synced whenever the policy is saved.
 
-Schema (version 1)::
+Schema (version 2)::
 
     users(name PK, uid UNIQUE, kind, created_at, totp_secret BLOB, enrolled_at,
-          last_step INTEGER, locked_at)
+          last_step INTEGER, locked_at, os_uid INTEGER UNIQUE, totp_format INTEGER)
     roles(name, role, domain)
-    auth_failures(name, at)
+    auth_failures(name, at)        -- also for names that are no user (same delays for all)
     recovery_codes(id PK, name, salt BLOB, hash BLOB, used_at)
+    meta(key PK, value)            -- "version": bumped by every change of who may do what
 
-``totp_secret`` is ``Keyring.encrypt_small(secret, aad=b"trainguard/totp/v1/" + uid)``, so a
-secret copied onto another user row does not decrypt. ``last_step`` is the newest accepted
+``os_uid`` maps an operating-system account to this user: a caller of the agent's socket may
+log in only as the user its uid (SO_PEERCRED) maps to. ``totp_secret`` is
+``Keyring.encrypt_small(secret, aad)`` with the AAD bound to the user's name, uid and OS uid
+(`trainguard.policy.mfa`), so a secret or uid copied onto another row does not decrypt.
+``meta.version`` only grows; the access layer records it in the audit log and refuses a user
+database older than the newest version recorded there (a restored or swapped copy). ``last_step`` is the newest accepted
 TOTP time step: a code is accepted only by ``UPDATE ... WHERE last_step < step`` (atomic, so
 two concurrent logins with one code cannot both win).
 """
@@ -56,8 +61,15 @@ CREATE TABLE IF NOT EXISTS recovery_codes (
     hash BLOB NOT NULL,
     used_at REAL
 );
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+# Columns added after schema version 1 (ALTER TABLE on open, idempotent).
+_ADDED_COLUMNS = (
+    ("os_uid", "ALTER TABLE users ADD COLUMN os_uid INTEGER"),
+    ("totp_format", "ALTER TABLE users ADD COLUMN totp_format INTEGER NOT NULL DEFAULT 1"),
+)
+_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class UserStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.executescript(_SCHEMA)
+                _migrate(db)
             except sqlite3.DatabaseError as exc:  # a garbled file: exit 2 with a tip, not 3
                 db.close()
                 raise PolicyError(
@@ -108,6 +121,21 @@ class UserStore:
                 ) from exc
             self._db = db
         return self._db
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[sqlite3.Connection]:
+        """A transaction that changes who may do what: bumps ``meta.version`` with it."""
+        with self._tx() as db:
+            yield db
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('version', 1) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
+
+    def version(self) -> int:
+        """The store's change counter (0 for a store never changed since version 2)."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        return int(row[0]) if row else 0
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -126,15 +154,19 @@ class UserStore:
             self._db = None
 
     # -- users ----------------------------------------------------------------------------
-    def add(self, name: str, *, kind: str = "user") -> str:
-        """Create a user; returns its uid. Raises `UnknownName` if the name is taken."""
+    def add(self, name: str, *, kind: str = "user", os_uid: int | None = None) -> str:
+        """Create a user; returns its uid. Raises `UnknownName` if the name or the OS uid is
+        taken."""
         check_name("user", name)
+        if os_uid is not None:
+            self._check_os_uid_free(os_uid, name)
         uid = secrets.token_hex(16)
         try:
-            with self._tx() as db:
+            with self._changing() as db:
                 db.execute(
-                    "INSERT INTO users(name, uid, kind, created_at) VALUES (?, ?, ?, ?)",
-                    (name, uid, kind, self._clock()),
+                    "INSERT INTO users(name, uid, kind, created_at, os_uid, totp_format) "
+                    "VALUES (?, ?, ?, ?, ?, 2)",
+                    (name, uid, kind, self._clock(), os_uid),
                 )
         except sqlite3.IntegrityError as exc:
             raise UnknownName(
@@ -182,8 +214,38 @@ class UserStore:
             )
         return out
 
+    # -- operating-system accounts --------------------------------------------------------
+    def _check_os_uid_free(self, os_uid: int, name: str) -> None:
+        if not 0 <= os_uid < 2**32:
+            raise UnknownName(f"{os_uid} is not an operating-system uid", tip="see `id -u NAME`")
+        other = self.name_for_os_uid(os_uid)
+        if other is not None and other != name:
+            raise UnknownName(
+                f"OS uid {os_uid} already maps to user {other!r}",
+                tip="one OS account maps to one trainguard user; unmap the other first",
+            )
+
+    def map_os_uid(self, name: str, os_uid: int | None) -> None:
+        """Map (or with None, unmap) the OS account that may log in as `name`."""
+        if os_uid is not None:
+            self._check_os_uid_free(os_uid, name)
+        with self._changing() as db:
+            cur = db.execute("UPDATE users SET os_uid = ? WHERE name = ?", (os_uid, name))
+            if cur.rowcount == 0:
+                raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
+
+    def os_uid(self, name: str) -> int | None:
+        row = self._conn().execute("SELECT os_uid FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
+        return None if row[0] is None else int(row[0])
+
+    def name_for_os_uid(self, os_uid: int) -> str | None:
+        row = self._conn().execute("SELECT name FROM users WHERE os_uid = ?", (os_uid,)).fetchone()
+        return None if row is None else str(row[0])
+
     def remove(self, name: str) -> None:
-        with self._tx() as db:
+        with self._changing() as db:
             cur = db.execute("DELETE FROM users WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
@@ -192,7 +254,7 @@ class UserStore:
 
     def sync_roles(self, rules: PolicyRules) -> None:
         """Mirror the policy's role links of known users into the `roles` table."""
-        with self._tx() as db:
+        with self._changing() as db:
             users = {r[0] for r in db.execute("SELECT name FROM users")}
             db.execute("DELETE FROM roles")
             db.executemany(
@@ -201,20 +263,32 @@ class UserStore:
             )
 
     # -- TOTP state -----------------------------------------------------------------------
-    def set_totp(self, name: str, blob: bytes) -> None:
-        with self._tx() as db:
+    def set_totp(self, name: str, blob: bytes, *, fmt: int = 2) -> None:
+        with self._changing() as db:
             cur = db.execute(
-                "UPDATE users SET totp_secret = ?, enrolled_at = ?, last_step = -1 WHERE name = ?",
-                (blob, self._clock(), name),
+                "UPDATE users SET totp_secret = ?, enrolled_at = ?, last_step = -1, totp_format = ?"
+                " WHERE name = ?",
+                (blob, self._clock(), fmt, name),
             )
             if cur.rowcount == 0:
                 raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
 
-    def totp_blob(self, name: str) -> bytes | None:
+    def totp_blob(self, name: str) -> tuple[bytes, int] | None:
+        """The encrypted TOTP secret and its AAD format (1: legacy, uid only; 2: bound)."""
         row = (
-            self._conn().execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
+            self._conn()
+            .execute("SELECT totp_secret, totp_format FROM users WHERE name = ?", (name,))
+            .fetchone()
         )
-        return None if row is None or row[0] is None else bytes(row[0])
+        return None if row is None or row[0] is None else (bytes(row[0]), int(row[1]))
+
+    def rewrap_totp(self, name: str, blob: bytes) -> None:
+        """Replace a legacy secret by the same secret under the bound AAD (no version bump:
+        nothing about who may do what changes)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE users SET totp_secret = ?, totp_format = 2 WHERE name = ?", (blob, name)
+            )
 
     def claim_step(self, name: str, step: int) -> bool:
         """Record `step` as used; False if it (or a later one) was used already."""
@@ -247,7 +321,7 @@ class UserStore:
             )
 
     def unlock(self, name: str) -> None:
-        with self._tx() as db:
+        with self._changing() as db:
             cur = db.execute("UPDATE users SET locked_at = NULL WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 raise UnknownName(f"no user named {name!r}", tip="see `trainguard user list`")
@@ -259,7 +333,7 @@ class UserStore:
 
     # -- recovery codes -------------------------------------------------------------------
     def replace_recovery_codes(self, name: str, hashed: list[tuple[bytes, bytes]]) -> None:
-        with self._tx() as db:
+        with self._changing() as db:
             db.execute("DELETE FROM recovery_codes WHERE name = ?", (name,))
             db.executemany(
                 "INSERT INTO recovery_codes(name, salt, hash) VALUES (?, ?, ?)",
@@ -279,3 +353,13 @@ class UserStore:
                 (at, code_id),
             )
             return cur.rowcount == 1
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a version-1 store to version 2 (added columns, the unique OS-uid index)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+    for name, ddl in _ADDED_COLUMNS:
+        if name not in columns:
+            db.execute(ddl)
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS users_os_uid ON users(os_uid)")
+    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")

@@ -14,6 +14,7 @@ from trainguard.crypto.signing import SigningKey
 from trainguard.evidence.sink import NullSink
 from trainguard.policy.access import AccessControl
 from trainguard.policy.config import PolicyConfig
+from trainguard.policy.versions import VERSION_EVENT
 
 T0 = 1_800_000_000.0  # a fixed instant, aligned to nothing in particular
 
@@ -37,6 +38,20 @@ def code_at(uri: str, t: float) -> str:
     return pyotp.TOTP(secret_of(uri)).at(t)
 
 
+class EventLedger:
+    """`VersionLedger` over a `NullSink`'s events."""
+
+    def __init__(self, audit: NullSink) -> None:
+        self.audit = audit
+
+    def highest(self, name: str) -> int:
+        return max(
+            (d["version"] for k, _, d in self.audit.events
+             if k == VERSION_EVENT and d.get("name") == name),
+            default=0,
+        )
+
+
 @dataclass
 class Env:
     home: Home
@@ -47,19 +62,31 @@ class Env:
     admin_uri: str
     tmp: Path
 
+    def ledger(self) -> EventLedger:
+        """The versions recorded in this env's audit events (as the agent reads its log)."""
+        return EventLedger(self.audit)
+
     def ac(
-        self, config: PolicyConfig | None = None, node: NodeConfig | None = None
+        self,
+        config: PolicyConfig | None = None,
+        node: NodeConfig | None = None,
+        *,
+        caller_uid: int | None = None,
+        sessions_dir: Path | None = None,
     ) -> AccessControl:
-        return AccessControl(
+        ac = AccessControl(
             self.home,
             config or PolicyConfig(),
             node or NodeConfig(),
             self.audit,
-            sessions_dir=self.tmp / "sessions",
+            sessions_dir=sessions_dir or self.tmp / "sessions",
             clock=self.clock,
             keyring=self.keyring,
             signing_key=self.key,
+            ledger=self.ledger(),
         )
+        ac.caller_uid = caller_uid
+        return ac
 
     def kinds(self) -> list[str]:
         return [k for k, _, _ in self.audit.events]

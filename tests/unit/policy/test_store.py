@@ -47,7 +47,7 @@ def test_a_file_signed_by_another_key_is_refused(env: Env) -> None:
     from trainguard.crypto.signing import SigningKey
 
     pf = PolicyFile(env.home)
-    pf.save_text(pf.unsigned_body() + "g, mallory, admin, *\n", SigningKey.generate())
+    pf.save_text(pf.unsigned_body() + "g, mallory, admin, *\n", SigningKey.generate(), version=99)
     with pytest.raises(PolicyTampered):
         pf.load(env.key.public_key(), env.audit)
 
@@ -114,3 +114,42 @@ def test_render_and_parse_round_trip(env: Env, admin: AccessControl) -> None:
     admin.grant("researcher", "checkpoint:*", "/ckpt/*", "proj1", deny=True, actor="root")
     rules = admin.rules
     assert parse_policy(rules.render()) == rules
+
+
+def test_an_older_signed_policy_put_back_is_refused_as_rollback(
+    env: Env, admin: AccessControl
+) -> None:
+    """Regression: the signature carried no version, so an older signed policy (say, from
+    before a revocation) was accepted silently."""
+    pf = PolicyFile(env.home)
+    before = pf.path.read_bytes()  # bob is not admin here
+    admin.add_user("bob", "admin", "*", actor="root")
+    assert any(lk.member == "bob" for lk in env.ac().rules.links)
+    pf.path.write_bytes(before)  # put the older signed copy back: the signature still verifies
+    pf.last_good.write_bytes(before)
+    with pytest.raises(PolicyTampered, match="older than the newest version"):
+        env.ac().require("audit:read", "/x", "*")
+    assert env.audit.events[-1][0] == "policy-tampered"
+
+
+def test_an_older_user_database_put_back_is_refused(env: Env, admin: AccessControl) -> None:
+    import shutil
+
+    shutil.copy(env.home.users_db, env.tmp / "users.old")
+    admin.add_user("bob", "researcher", "default", actor="root")  # users version recorded
+    admin.users.close()
+    for suffix in ("-wal", "-shm"):
+        (env.home.users_db.parent / (env.home.users_db.name + suffix)).unlink(missing_ok=True)
+    shutil.copy(env.tmp / "users.old", env.home.users_db)
+    with pytest.raises(PolicyTampered, match="older than the newest version"):
+        env.ac().users  # noqa: B018
+
+
+def test_every_signed_change_raises_the_policy_version(env: Env, admin: AccessControl) -> None:
+    versions = [d["version"] for k, _, d in env.audit.events
+                if k == "state-version" and d["name"] == "policy"]
+    admin.grant("researcher", "audit:read", "*", "default", deny=False, actor="root")
+    admin.add_user("carol", "auditor", "default", actor="root")
+    after = [d["version"] for k, _, d in env.audit.events
+             if k == "state-version" and d["name"] == "policy"]
+    assert after[len(versions):] == [versions[-1] + 1, versions[-1] + 2]

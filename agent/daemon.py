@@ -6,7 +6,12 @@ implementations as defaults, so tests drive the daemon with small fakes. The blo
 cycle (NVML, /proc, checks, hooks) run in a worker thread; the event loop only serves requests.
 
 Signals: SIGTERM/SIGINT flush pending audit writes, write a final checkpoint and exit 0; SIGHUP
-reloads trainguard.toml (a bad file is reported and the old config is kept).
+reloads trainguard.toml (a bad file is reported and the old config is kept) and the CRL.
+
+Local response actions act only on what this agent verified itself (`AgentVerifier`: the GPU
+processes of its own latest telemetry sample, its own scan of artifact folders). Webhook
+deliveries have their own task, woken when one is queued and otherwise sleeping until the
+queue's next due time, so a retry never waits for the next cycle.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trainguard.agent.api.auth import ApiAuthorizer, policy_check_for_home
 from trainguard.agent.api.server import AgentServer
-from trainguard.agent.config import AgentConfig
+from trainguard.agent.api.tls import ServerTls
+from trainguard.agent.config import AgentConfig, server_socket
 from trainguard.agent.systemd.sdnotify import Notifier
+from trainguard.agent.verifier import AgentVerifier
 from trainguard.core.config import Config, load_config
 from trainguard.core.errors import TrainguardError, UsageError
 from trainguard.core.home import Home
@@ -38,6 +46,8 @@ __all__ = ["Agent", "AgentRefused", "CycleReport"]
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+
+_DELIVERY_IDLE_SECONDS = 60.0  # the delivery task re-reads the queue at least this often
 
 
 class AgentRefused(UsageError):
@@ -109,13 +119,24 @@ class Agent:
         scorer: Any = "default",
         engine: IncidentEngine | None = None,
         config_loader: Callable[[], Config] | None = None,
+        environ: Mapping[str, str] | None = None,
+        verifier: AgentVerifier | None = None,
     ) -> None:
         self.home = home
         self.config = config
         self.clock = clock
+        self.socket_path = server_socket(
+            home.root, config.section(AgentConfig),
+            {} if environ is None else environ,
+        )
         self.notifier = notifier or Notifier()
         self.audit = audit or open_embedded_log(home, config)
-        self.engine = engine or IncidentEngine.from_config(home, config, self.audit, clock=clock)
+        self.verifier = verifier or _verifier(config)
+        self._wake_deliveries: Callable[[], None] | None = None  # set while `run` serves
+        self.engine = engine or IncidentEngine.from_config(
+            home, config, self.audit, clock=clock, verifier=self.verifier
+        )
+        self.tls: ServerTls | None = None
         if checks is None:
             from trainguard.agent.checks import run_checks
 
@@ -144,8 +165,7 @@ class Agent:
 
     @property
     def agent_config(self) -> AgentConfig:
-        section = self.config.section("agent")
-        return section if isinstance(section, AgentConfig) else AgentConfig()
+        return self.config.section(AgentConfig)
 
     # ---- one cycle -----------------------------------------------------------------------
 
@@ -158,6 +178,7 @@ class Agent:
             self._run_checks(report)
         try:
             sample = self.telemetry.sample()
+            self.verifier.observe(sample)  # what kill may act on: this agent's own observation
             report.gpus = len(sample.gpus)
             self.metrics.update(sample)
             detections = list(self.scorer.observe(sample)) if self.scorer is not None else []
@@ -171,7 +192,8 @@ class Agent:
             severity = getattr(d.severity, "value", d.severity)
             self._incident(report, kind, severity, dict(d.evidence))
         try:
-            report.webhooks_delivered = self.engine.deliver_webhooks()
+            if self._wake_deliveries is None:  # serving: the delivery task sends them
+                report.webhooks_delivered = self.engine.deliver_webhooks()
             self.audit.checkpoint()
         except (TrainguardError, OSError) as exc:
             report.errors.append(f"{type(exc).__name__}: {exc}")
@@ -256,9 +278,18 @@ class Agent:
             return False
         self.config = new
         old_queue = self.engine.queue
+        self.verifier = _verifier(new)
         self.engine = IncidentEngine.from_config(
-            self.home, new, self.audit, clock=self.clock, queue=old_queue
+            self.home,
+            new,
+            self.audit,
+            clock=self.clock,
+            queue=old_queue,
+            verifier=self.verifier,
+            on_enqueue=self._wake_deliveries,
         )
+        if self.tls is not None:
+            self.tls.reload(force=True)
         if self.server is not None:
             self.server.engine = self.engine
             self.server.config = self.agent_config
@@ -276,14 +307,18 @@ class Agent:
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+        wake = asyncio.Event()
+        self._wake_deliveries = lambda: loop.call_soon_threadsafe(wake.set)
+        self.engine.on_enqueue = self._wake_deliveries
         await self._start_listeners()
         self.audit.append(
             "agent.start",
             AGENT_ACTOR,
             {"pid": os.getpid(), "version": VERSION, "listeners": self.listeners},
         )
-        self.notifier.ready(f"serving {self.home.agent_socket}")
+        self.notifier.ready(f"serving {self.socket_path}")
         watchdog = asyncio.create_task(self._watchdog(stop))
+        deliveries = asyncio.create_task(self._deliveries(stop, wake), name="webhook-deliveries")
         try:
             while not stop.is_set():
                 if reload_requested.is_set():
@@ -299,6 +334,10 @@ class Agent:
         finally:
             self.notifier.stopping()
             watchdog.cancel()
+            deliveries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliveries
+            self._wake_deliveries = None
             await self._shutdown()
         return 0
 
@@ -311,28 +350,58 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
+    async def _deliveries(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Send due webhook deliveries on the queue's own schedule: sleep until the next due
+        time (or until a new delivery is queued), send, repeat."""
+        while not stop.is_set():
+            wake.clear()
+            try:
+                delivered = await asyncio.to_thread(self.engine.deliver_webhooks)
+                due = self.engine.queue.next_due()
+            except (TrainguardError, OSError) as exc:
+                log.error("webhook delivery failed: %s", exc)
+                delivered, due = 0, None
+            if delivered:
+                log.info("delivered %d webhook(s)", delivered)
+            wait = _DELIVERY_IDLE_SECONDS if due is None else due - self.clock()
+            wait = min(max(wait, 0.0), _DELIVERY_IDLE_SECONDS)
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_first(stop, wake), wait)
+
     async def _start_listeners(self) -> None:
         cfg = self.agent_config
+        if cfg.listen:
+            pki = self.home.pki_dir
+            self.tls = ServerTls(
+                pki / "node.crt",
+                pki / "node.key",
+                pki / "ca.crt",
+                pki / "crl.pem",
+                on_change=lambda kind, data: self.audit.append(kind, AGENT_ACTOR, data),
+            )
         authorizer = ApiAuthorizer(
             node=self.config.node.name,
             cluster=self.config.node.cluster,
             allowed_uids=list(cfg.allowed_uids),
             admin_names=list(cfg.admin_names),
             policy_check=policy_check_for_home(self.home, self.config, self.audit),
+            self_pid=os.getpid(),
+            revoked=self.tls.revoked if self.tls is not None else None,
         )
-        self.server = AgentServer(self.audit, self.engine, cfg, authorizer, status=self.status)
-        await self.server.start_unix(self.home.agent_socket)
-        self.listeners["unix"] = str(self.home.agent_socket)
-        if cfg.listen:
-            from trainguard.crypto.pki import server_context
+        from trainguard.agent.api.sessions import SessionOps
 
-            pki = self.home.pki_dir
-            crl = pki / "crl.pem"
-            ctx = server_context(
-                pki / "node.crt", pki / "node.key", pki / "ca.crt", crl if crl.exists() else None
-            )
+        extensions = [SessionOps(self.home, self.config, self.audit, clock=self.clock)]
+        self.server = AgentServer(
+            self.audit, self.engine, cfg, authorizer, status=self.status, extensions=extensions
+        )
+        await self.server.start_unix(self.socket_path, shared=not _inside(self.socket_path,
+                                                                          self.home.root))
+        self.listeners["unix"] = str(self.socket_path)
+        if cfg.listen:
+            assert self.tls is not None
             host, _, port = cfg.listen.rpartition(":")
-            bound = await self.server.start_tcp(host.strip("[]"), int(port), ctx)
+            bound = await self.server.start_tcp(host.strip("[]"), int(port), self.tls.context)
             self.listeners["tls"] = f"{host}:{bound}"
         if cfg.metrics_listen:
             from trainguard.agent.metrics_http import serve_metrics
@@ -351,7 +420,7 @@ class Agent:
         self.audit.append("agent.stop", AGENT_ACTOR, {"pid": os.getpid(), "cycles": self.cycles})
         self.audit.checkpoint(force=True)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.home.agent_socket)
+            os.unlink(self.socket_path)
         self.engine.close()
 
     def close(self) -> None:
@@ -366,6 +435,19 @@ def _verify_key_hex(home: Home) -> str | None:
         return VerifyKey.load(home.node_verify_key).to_bytes().hex()
     except TrainguardError:
         return None
+
+
+def _verifier(config: Config) -> AgentVerifier:
+    from trainguard.agent.checks.config import ChecksConfig
+    from trainguard.anomaly.config import AnomalyConfig
+
+    checks = config.section(ChecksConfig)
+    cycle = config.section(AgentConfig).cycle_seconds
+    return AgentVerifier(
+        allowed_processes=config.section(AnomalyConfig).allowed_processes,
+        artifact_dirs=[*checks.model_dirs, *checks.checkpoint_dirs],
+        max_age_seconds=2 * cycle + 5.0,  # one missed sample is tolerated, a stalled loop not
+    )
 
 
 async def _first(*events: asyncio.Event) -> None:
@@ -386,3 +468,11 @@ def run_once(home: Home, config: Config, **kwargs: Any) -> Mapping[str, Any]:
         return {**report.to_dict(), "audit_last_seq": agent.audit.last_seq()}
     finally:
         agent.close()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True

@@ -7,7 +7,12 @@ malformed or unknown requests get an error reply and a log line; the connection 
 lets an exception escape, so no request can stop the agent.
 
 Submitted audit events are group-committed: concurrent requests are appended in one transaction
-and each is acknowledged only after that commit.
+and each is acknowledged only after that commit. Their actor is the caller's authenticated
+identity, their kinds must be on the caller kind's allow-list (`trainguard.agent.api.auth`), and
+numbers must be finite: ``NaN``, ``Infinity`` and overflowing literals such as ``1e999`` are
+refused with code ``non-finite-number`` (strict JSON consumers of the log cannot read them).
+Incidents submitted here are recorded with the caller's provenance: the response engine never
+acts on a remote report's paths or PIDs (`trainguard.evidence.response.verify`).
 """
 
 from __future__ import annotations
@@ -16,21 +21,25 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from trainguard.agent.api.auth import ApiAuthorizer, ApiPrincipal
+from trainguard.agent.api.auth import ApiAuthorizer, ApiPrincipal, CallerKind
 from trainguard.agent.config import AgentConfig
 from trainguard.core.errors import AccessDenied, AgentError, TrainguardError
 from trainguard.evidence.audit_log import AuditLog
+from trainguard.evidence.incidents import parse_kind
 from trainguard.evidence.response.engine import IncidentEngine
+from trainguard.evidence.response.verify import Provenance
 
-__all__ = ["OPS", "AgentServer", "ApiError"]
+__all__ = ["OPS", "AgentServer", "ApiError", "ApiExtension", "Handler"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,8 @@ _MAX_EVENTS_PER_REQUEST = 1000
 _MAX_EXPORT = 20_000  # entries per export reply; the client pages
 _MAX_NAME = 200
 _IDLE_SECONDS = 300.0
+_MAX_DEPTH = 32  # nesting of submitted data; deeper is refused, never a RecursionError
+_KIND = re.compile(r"[a-z0-9][a-z0-9._:-]{0,199}")
 _HANDSHAKE_SECONDS = 10.0
 
 # op -> policy action it needs
@@ -50,6 +61,17 @@ OPS: dict[str, str] = {
     "incidents": "audit:read",
     "export": "audit:read",
 }
+
+
+Handler = Callable[[dict[str, Any], ApiPrincipal], Awaitable[Any]]
+
+
+class ApiExtension(Protocol):
+    """A group of ops served by another module (sessions, data keys, audit witness): each op
+    maps to (the action the authorizer checks, its handler). The daemon injects extensions,
+    so registering an op is one entry in the extension's table."""
+
+    def ops(self) -> Mapping[str, tuple[str, Handler]]: ...
 
 
 class ApiError(AgentError):
@@ -77,8 +99,15 @@ class AgentServer:
         authorizer: ApiAuthorizer,
         *,
         status: Callable[[], Mapping[str, Any]],
+        extensions: Sequence[ApiExtension] = (),
     ) -> None:
         self.audit = audit
+        self._extra: dict[str, tuple[str, Handler]] = {}
+        for ext in extensions:
+            for op, entry in ext.ops().items():
+                if op in OPS or op in self._extra:
+                    raise ValueError(f"API op {op!r} registered twice")
+                self._extra[op] = entry
         self.engine = engine
         self.config = config
         self.authorizer = authorizer
@@ -92,8 +121,13 @@ class AgentServer:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def start_unix(self, path: os.PathLike[str] | str) -> None:
+    async def start_unix(self, path: os.PathLike[str] | str, *, shared: bool = False) -> None:
+        """Listen on a unix socket: 0600 inside the home; with `shared` (a socket outside the
+        private home, e.g. /run/trainguard) 0666, so any local account can ask: the authorizer
+        decides from the caller's uid (SO_PEERCRED)."""
         path = os.fspath(path)
+        if shared:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         if len(path.encode()) > 100:
             raise AgentError(
                 f"socket path too long for AF_UNIX: {path}", tip="use a shorter --home path"
@@ -106,14 +140,21 @@ class AgentServer:
             )
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o666 if shared else 0o600)
         self._servers.append(server)
         self._ensure_writer()
 
-    async def start_tcp(self, host: str, port: int, ssl_context: ssl.SSLContext) -> int:
+    async def start_tcp(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
+    ) -> int:
         """Listen on TCP; TLS is negotiated per connection so failed handshakes are audited.
-        Returns the bound port (useful with port 0)."""
+        `ssl_context` may be a callable, asked once per connection (so a CRL written while the
+        agent runs applies to the next handshake). Returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
+        contexts = ssl_context if callable(ssl_context) else (lambda: ssl_context)
         limit = self.config.max_request_bytes + 1
 
         def factory() -> asyncio.Protocol:
@@ -121,7 +162,7 @@ class AgentServer:
             return _PausedOnConnect(
                 reader,
                 lambda proto, transport: self._track(
-                    loop.create_task(self._handle_tcp(reader, proto, transport, ssl_context))
+                    loop.create_task(self._handle_tcp(reader, proto, transport, contexts))
                 ),
             )
 
@@ -163,7 +204,7 @@ class AgentServer:
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, uid, _gid = struct.unpack("3i", creds)
-            principal = ApiPrincipal.local(uid, pid)
+            principal = self.authorizer.unix_principal(uid, pid)
         except OSError as exc:
             log.warning("cannot identify unix peer: %s", exc)
             writer.close()
@@ -175,11 +216,12 @@ class AgentServer:
         reader: asyncio.StreamReader,
         proto: asyncio.StreamReaderProtocol,
         transport: asyncio.BaseTransport,
-        ctx: ssl.SSLContext,
+        contexts: Callable[[], ssl.SSLContext],
     ) -> None:
         loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         try:
+            ctx = contexts()
             tls = await loop.start_tls(
                 transport,  # type: ignore[arg-type]
                 proto,
@@ -253,17 +295,17 @@ class AgentServer:
     async def _dispatch(self, line: bytes, principal: ApiPrincipal) -> dict[str, Any]:
         self.stats["requests"] += 1
         try:
-            try:
-                req = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError("bad-request", "not a JSON object") from exc
+            req = _parse(line)
             if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                 raise ApiError("bad-request", 'expected {"op": ...}')
             op = req["op"]
             handler = self._handlers().get(op)
-            if handler is None:
+            action = OPS.get(op)
+            if handler is None and op in self._extra:
+                action, handler = self._extra[op]
+            if handler is None or action is None:
                 raise ApiError("bad-request", f"unknown op {op[:40]!r}")
-            self.authorizer.check(principal, OPS[op], self.audit)
+            self.authorizer.check(principal, action, self.audit)
             return {"ok": True, "result": await handler(req, principal)}
         except AccessDenied:
             self.stats["denied"] += 1
@@ -298,6 +340,7 @@ class AgentServer:
 
     async def _op_event(self, req: dict[str, Any], p: ApiPrincipal) -> Any:
         event = _event(req, p)
+        self.authorizer.check_event_kinds(p, [event[0]], self.audit)
         return {"seq": await self._append(event)}
 
     async def _op_events(self, req: dict[str, Any], p: ApiPrincipal) -> Any:
@@ -305,6 +348,7 @@ class AgentServer:
         if not isinstance(items, list) or not 0 < len(items) <= _MAX_EVENTS_PER_REQUEST:
             raise ApiError("bad-request", f"events must be a list of 1-{_MAX_EVENTS_PER_REQUEST}")
         events = [_event(i if isinstance(i, dict) else {}, p) for i in items]
+        self.authorizer.check_event_kinds(p, {e[0] for e in events}, self.audit)
         seqs = await asyncio.gather(*(self._append(e) for e in events))
         return {"seqs": list(seqs)}
 
@@ -312,14 +356,17 @@ class AgentServer:
         evidence = req.get("evidence", {})
         if not isinstance(evidence, dict):
             raise ApiError("bad-request", "evidence must be an object")
-        kind, severity = _name(req, "kind"), _name(req, "severity")
+        _check_json(evidence, "evidence")
+        kind, severity = parse_kind(_name(req, "kind")), _name(req, "severity")
+        self.authorizer.check_incident_kind(p, kind, self.audit)
         async with self._incident_lock:  # hooks run one incident at a time, off the event loop
             incident = await asyncio.to_thread(
                 self.engine.report,
                 kind,
                 severity,
                 {**evidence, "reported_by": p.name},
-                actor=p.name,
+                actor=p.actor,
+                provenance=_PROVENANCE[p.caller],
             )
         return incident.to_dict()
 
@@ -396,11 +443,81 @@ def _name(req: Mapping[str, Any], key: str) -> str:
     return value
 
 
+_PROVENANCE: dict[CallerKind, Provenance] = {
+    CallerKind.AGENT: Provenance.AGENT,
+    CallerKind.LOCAL_ADMIN: Provenance.LOCAL,
+    CallerKind.LOCAL_TRAINER: Provenance.LOCAL,
+    CallerKind.LOCAL_OTHER: Provenance.LOCAL,
+    CallerKind.NODE: Provenance.REMOTE,
+    CallerKind.USER: Provenance.REMOTE,
+}
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise _NonFinite(text[:40])
+    return value
+
+
+def _parse(line: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity (nor literals that overflow to them)."""
+    try:
+        return json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise ApiError(
+            "non-finite-number",
+            f"non-finite number {exc} refused: JSON numbers must be finite (send null instead)",
+        ) from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ApiError("bad-request", "not a JSON object") from exc
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> None:
+    """Submitted data must be plain, finite, string-keyed JSON of bounded depth (also when it
+    did not come from `_parse`, e.g. an in-process caller)."""
+    if depth > _MAX_DEPTH:
+        raise ApiError("bad-request", f"{where} is nested deeper than {_MAX_DEPTH}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ApiError("non-finite-number", f"{where} holds a non-finite number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ApiError("bad-request", f"{where} has a non-string key")
+            _check_json(v, where, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, where, depth + 1)
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise ApiError("bad-request", f"{where} holds a {type(value).__name__}")
+
+
 def _event(req: Mapping[str, Any], p: ApiPrincipal) -> tuple[str, str, dict[str, Any]]:
+    """(kind, actor, data) of a submitted event. The actor is the caller's authenticated
+    identity; a requested ``actor`` is kept only as ``claimed_actor``."""
     data = req.get("data", {})
     if not isinstance(data, dict):
         raise ApiError("bad-request", "data must be an object")
-    return _name(req, "kind"), _name(req, "actor"), {**data, "submitted_by": p.name}
+    _check_json(data, "data")
+    kind = _name(req, "kind")
+    if not _KIND.fullmatch(kind):
+        raise ApiError("bad-request", "kind must be lower-case letters, digits and . _ : -")
+    out = {**data, "submitted_by": p.name}
+    claimed = req.get("actor")
+    if isinstance(claimed, str) and claimed:
+        out["claimed_actor"] = claimed[:_MAX_NAME]
+    else:
+        out.pop("claimed_actor", None)
+    return kind, p.actor, out
 
 
 def _remove_stale_socket(path: str) -> None:

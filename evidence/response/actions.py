@@ -4,10 +4,18 @@ Which actions run for which incident kind is configured in ``[hooks.actions]``. 
 what it needs from the incident's evidence and returns an `ActionResult`; none of them raises for
 a bad or missing evidence field, so one action never stops the others or the agent.
 
+Actions that change this node act only on what this agent verified itself
+(`trainguard.evidence.response.verify`): for an incident reported by another node or a user
+certificate (`Provenance.REMOTE`) they record ``refused: unverified`` and do nothing.
+
 Evidence fields the actions read:
 
-* ``kill``: ``pid`` (int) or ``pids`` (list of int). pid 1 and the agent itself are refused.
-* ``quarantine``: ``path`` (a regular file; symlinks are refused). It is moved to
+* ``kill``: ``pid`` (int), ``pids`` (list of int) or ``processes`` (list of {"pid": int}). Each
+  PID is signalled only if the agent observed it on this node's GPUs, judged it foreign, and it
+  is still the same process (start time, pidfd). pid 1 and the agent itself are refused.
+* ``quarantine``: ``path``, an absolute path inside a configured artifact folder (``[checks]
+  model_dirs`` and ``checkpoint_dirs``) that the agent's own scan calls unsafe right now; no
+  symlink on the way, no ``..``, one link. It is moved to
   ``<home>/quarantine/<incident id>-<name>`` with mode 000; original path and sha256 are audited.
 * ``revoke``: ``cert`` (a certificate name; optional ``cert_kind`` node|user), else ``user``,
   else ``node``. Revokes it in the cluster CA of this home (``pki/``) and rewrites the CRL.
@@ -19,21 +27,26 @@ Evidence fields the actions read:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from trainguard.core.errors import TrainguardError
-from trainguard.core.home import Home, write_private
+from trainguard.core.fs import write_private
+from trainguard.core.home import Home
+from trainguard.evidence.response.quarantine import QuarantineRefused, quarantine_file
 from trainguard.evidence.response.queue import DeliveryQueue
+from trainguard.evidence.response.verify import (
+    LocalVerifier,
+    ObservedProcess,
+    PidReused,
+    Provenance,
+    signal_exact,
+)
 
 __all__ = ["ActionContext", "ActionResult", "run_action"]
 
@@ -59,7 +72,9 @@ class ActionContext:
     kill_signal: str = "SIGTERM"
     stop_training_file: str = "state/stop-training.json"
     own_pid: int = 0
-    kill: Callable[[int, int], None] = os.kill
+    # the agent's own observations; None (no agent in this process): kill and quarantine refuse
+    verifier: LocalVerifier | None = None
+    send_signal: Callable[[ObservedProcess, int], None] = signal_exact
 
 
 def _result(action: str, ok: bool, detail: str, **data: Any) -> ActionResult:
@@ -79,7 +94,14 @@ def _pids(evidence: Mapping[str, Any]) -> list[int]:
     raw = evidence.get("pids", [evidence["pid"]] if "pid" in evidence else [])
     if not isinstance(raw, list):
         raw = [raw]
-    return [p for p in raw if isinstance(p, int) and not isinstance(p, bool)]
+    procs = evidence.get("processes")
+    if isinstance(procs, list):
+        raw = [*raw, *(p.get("pid") for p in procs if isinstance(p, Mapping))]
+    out: list[int] = []
+    for p in raw:
+        if isinstance(p, int) and not isinstance(p, bool) and p not in out:
+            out.append(p)
+    return out
 
 
 def _kill(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
@@ -91,12 +113,15 @@ def _kill(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
     done: list[int] = []
     refused: dict[str, str] = {}
     for pid in pids:
-        if pid <= 1 or pid == own:
-            refused[str(pid)] = "refused: init or the agent itself"
+        reason = _kill_refusal(ctx, pid, own)
+        if isinstance(reason, str):
+            refused[str(pid)] = reason
             continue
         try:
-            ctx.kill(pid, int(sig))
+            ctx.send_signal(reason, int(sig))
             done.append(pid)
+        except PidReused:
+            refused[str(pid)] = "refused: the pid now belongs to another process"
         except ProcessLookupError:
             refused[str(pid)] = "no such process"
         except PermissionError:
@@ -111,48 +136,35 @@ def _kill(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
     )
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _kill_refusal(ctx: ActionContext, pid: int, own: int) -> ObservedProcess | str:
+    """The verified process to signal, or why not."""
+    if pid <= 1 or pid == own:
+        return "refused: init or the agent itself"
+    if ctx.verifier is None:
+        return "refused: unverified (no GPU observation of this agent)"
+    seen = ctx.verifier.gpu_process(pid)
+    if seen is None:
+        return "refused: unverified (not observed on this node's GPUs)"
+    if not seen.foreign:
+        return "refused: an allowed training process, not foreign"
+    return seen
 
 
 def _quarantine(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
     raw = incident.get("evidence", {}).get("path")
     if not isinstance(raw, str) or not raw:
         return _result("quarantine", False, "evidence has no path")
-    src = Path(raw)
-    try:
-        st = src.lstat()
-    except OSError as exc:
-        return _result("quarantine", False, f"cannot stat: {exc.strerror}", path=raw)
-    if not stat.S_ISREG(st.st_mode):
-        return _result("quarantine", False, "not a regular file (symlinks are refused)", path=raw)
-    home_root = ctx.home.root.resolve()
-    if src.resolve().is_relative_to(home_root):
+    if ctx.verifier is None:
         return _result(
-            "quarantine", False, "refused: the file is inside the trainguard home", path=raw
+            "quarantine", False, "refused: unverified (no scanner in this process)", path=raw
         )
-    digest = _sha256(src)
-    ctx.home.quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dst = ctx.home.quarantine_dir / f"{incident['id']}-{src.name}"
     try:
-        try:
-            os.rename(src, dst)
-        except OSError:  # another file system: copy, then remove the original
-            shutil.copy2(src, dst, follow_symlinks=False)
-            os.unlink(src)
-        os.chmod(dst, 0)
-    except OSError as exc:
-        return _result("quarantine", False, f"cannot move: {exc.strerror}", path=raw, sha256=digest)
-    return _result(
-        "quarantine",
-        True,
-        f"moved to {dst}",
-        path=raw,
-        sha256=digest,
-        size=st.st_size,
-        quarantined_as=str(dst),
-    )
+        data = quarantine_file(
+            raw, str(incident["id"]), ctx.verifier, ctx.home.quarantine_dir, ctx.home.root
+        )
+    except QuarantineRefused as exc:
+        return _result("quarantine", False, str(exc), path=raw)
+    return _result("quarantine", True, f"moved to {data['quarantined_as']}", **data)
 
 
 def _revoke(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
@@ -191,6 +203,9 @@ def _stop_training(ctx: ActionContext, incident: Mapping[str, Any]) -> ActionRes
     return _result("stop-training", True, f"stop requested in {path}", file=str(path))
 
 
+# Actions that change this node: never run for a remote report (webhook only notifies).
+LOCAL_EFFECT = frozenset({"kill", "quarantine", "revoke", "stop-training"})
+
 # `hooks test` fires synthetic incidents (evidence {"test": true}); these actions only report
 # what they would do for them, so a test never kills, moves, revokes or stops anything.
 DRY_RUN_FOR_TESTS = frozenset({"kill", "quarantine", "revoke", "stop-training"})
@@ -204,11 +219,20 @@ _ACTIONS: dict[str, Callable[[ActionContext, Mapping[str, Any]], ActionResult]] 
 }
 
 
-def run_action(name: str, ctx: ActionContext, incident: Mapping[str, Any]) -> ActionResult:
-    """Run built-in action `name`; every failure comes back as a result, never an exception."""
+def run_action(
+    name: str,
+    ctx: ActionContext,
+    incident: Mapping[str, Any],
+    *,
+    provenance: Provenance = Provenance.AGENT,
+) -> ActionResult:
+    """Run built-in action `name`; every failure comes back as a result, never an exception.
+    Actions that change this node refuse incidents of `Provenance.REMOTE`."""
     fn = _ACTIONS.get(name)
     if fn is None:
         return _result(name, False, "unknown action")
+    if name in LOCAL_EFFECT and provenance is Provenance.REMOTE:
+        return _result(name, False, "refused: unverified (reported by another node or user)")
     if name in DRY_RUN_FOR_TESTS and incident.get("evidence", {}).get("test") is True:
         return _result(name, True, "dry run: synthetic test incident (`hooks test`)", dry_run=True)
     try:

@@ -6,6 +6,10 @@ The same engine runs inside the agent and, when no agent runs, inside the CLI or
 (`trainguard.agent.api.client.report_incident`). Dedup and rate-limit state is read back from the
 audit log, so it holds across processes and restarts.
 
+Every incident carries its `Provenance` (this agent, another local process, or a remote
+report); the built-in actions that change this node refuse remote reports and otherwise act only
+on targets the injected `LocalVerifier` confirms (`trainguard.evidence.response.verify`).
+
 Audit kinds written here: ``incident``, ``incident.rate-limited``, ``hook.run``,
 ``hook.skipped``, ``action.<name>``, ``webhook.delivered``.
 """
@@ -21,7 +25,8 @@ from typing import Any
 
 from trainguard.core.config import Config
 from trainguard.core.errors import TrainguardError
-from trainguard.core.home import Home, read_private
+from trainguard.core.fs import read_private
+from trainguard.core.home import Home
 from trainguard.evidence.audit_log import AuditLog
 from trainguard.evidence.config import IncidentsConfig
 from trainguard.evidence.incidents import (
@@ -48,6 +53,7 @@ from trainguard.evidence.response.queue import (
     WebhookSender,
     urllib_transport,
 )
+from trainguard.evidence.response.verify import LocalVerifier, Provenance
 
 __all__ = ["IncidentEngine", "load_webhook_secret"]
 
@@ -70,7 +76,12 @@ class IncidentEngine:
         transport: Transport = urllib_transport,
         queue: DeliveryQueue | None = None,
         secret: bytes | None = None,
+        verifier: LocalVerifier | None = None,
+        on_enqueue: Callable[[], None] | None = None,
     ) -> None:
+        """`verifier`: the agent's own view of this node (None: kill and quarantine refuse).
+        `on_enqueue`: called after a webhook is queued instead of sending it inline (the agent
+        wakes its delivery task with it)."""
         self.home = home
         self.audit = audit
         self.node = node
@@ -94,18 +105,20 @@ class IncidentEngine:
             queue=self.queue,
             kill_signal=self.hooks.kill_signal,
             stop_training_file=self.hooks.stop_training_file,
+            verifier=verifier,
         )
+        self.on_enqueue = on_enqueue
 
     @classmethod
     def from_config(
         cls, home: Home, config: Config, audit: AuditLog, **kwargs: Any
     ) -> IncidentEngine:
-        hooks = _section(config, "hooks", HooksConfig)
+        hooks = config.section(HooksConfig)
         return cls(
             home,
             audit,
             node=config.node.name,
-            limits=_section(config, "incidents", IncidentsConfig),
+            limits=config.section(IncidentsConfig),
             hooks=hooks,
             secret=kwargs.pop("secret", None) or load_webhook_secret(home, hooks),
             **kwargs,
@@ -135,9 +148,14 @@ class IncidentEngine:
         *,
         actor: str = AGENT_ACTOR,
         respond: bool = True,
+        provenance: Provenance = Provenance.AGENT,
     ) -> Incident:
         """Record an incident (unless it duplicates a recent one or the rate limit is reached)
-        and run hooks and actions for it. Returns the incident with its status."""
+        and run hooks and actions for it. Returns the incident with its status.
+
+        `provenance` says who reported it, as the caller's transport proved; the API passes
+        ``remote`` for other nodes and user certificates, ``local`` for other local processes.
+        """
         k, sev = parse_kind(kind), parse_severity(severity)
         now = self._clock()
         key = dedup_key(k, evidence)
@@ -149,9 +167,13 @@ class IncidentEngine:
         if status == IncidentStatus.RATE_LIMITED:
             self._note_rate_limited(incident, now)
             return incident
-        self.audit.append("incident", actor, {**incident.to_dict(), "dedup_key": key})
+        self.audit.append(
+            "incident",
+            actor,
+            {**incident.to_dict(), "dedup_key": key, "provenance": provenance.value},
+        )
         if respond:
-            self.respond(incident)
+            self.respond(incident, provenance)
         return incident
 
     def _note_rate_limited(self, incident: Incident, now: float) -> None:
@@ -178,9 +200,11 @@ class IncidentEngine:
                     names.append(name)
         return names
 
-    def respond(self, incident: Incident) -> list[dict[str, Any]]:
+    def respond(
+        self, incident: Incident, provenance: Provenance = Provenance.AGENT
+    ) -> list[dict[str, Any]]:
         """Run every hook in hooks.d and every configured action; audit each outcome."""
-        doc = incident.to_dict()
+        doc = {**incident.to_dict(), "provenance": provenance.value}
         outcomes: list[dict[str, Any]] = []
         hooks, skipped = discover_hooks(self.home.hooks_dir)
         for path, reason in skipped:
@@ -204,12 +228,15 @@ class IncidentEngine:
             self.audit.append("hook.run", AGENT_ACTOR, out)
             outcomes.append(out)
         for name in self.action_names(incident.kind):
-            action = run_action(name, self.actions, doc)
-            out = {"incident": incident.id, **action.to_dict()}
+            action = run_action(name, self.actions, doc, provenance=provenance)
+            out = {"incident": incident.id, "provenance": provenance.value, **action.to_dict()}
             self.audit.append(f"action.{name}", AGENT_ACTOR, out)
             outcomes.append(out)
         if any(o.get("action") == "webhook" for o in outcomes):
-            self.deliver_webhooks()
+            if self.on_enqueue is not None:
+                self.on_enqueue()
+            else:
+                self.deliver_webhooks()
         return outcomes
 
     def deliver_webhooks(self) -> int:
@@ -225,14 +252,6 @@ class IncidentEngine:
 
     def close(self) -> None:
         self.queue.close()
-
-
-def _section(config: Config, name: str, cls: type[Any]) -> Any:
-    try:
-        value = config.section(name)
-    except KeyError:
-        return cls()
-    return value if isinstance(value, cls) else cls()
 
 
 def load_webhook_secret(home: Home, hooks: HooksConfig) -> bytes | None:

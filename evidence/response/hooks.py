@@ -5,12 +5,16 @@ Contract with a hook (stable, version 1):
 * stdin: ONE JSON object, then EOF::
 
     {"v": 1, "id": "inc-...", "kind": "gpu-misuse", "severity": "high", "node": "node-1",
-     "time": 1700000000.0, "evidence": {...}}
+     "time": 1700000000.0, "provenance": "agent", "evidence": {...}}
+
+  ``provenance`` is ``agent`` (this agent's own detection), ``local`` (another process on this
+  node) or ``remote`` (another node or a user certificate): evidence from a ``remote`` report is
+  a claim, so a hook must not act on its paths or PIDs.
 
 * environment (nothing else of the agent's environment is passed): ``PATH``,
   ``TRAINGUARD_HOME``, ``TRAINGUARD_INCIDENT_ID``, ``TRAINGUARD_INCIDENT_KIND``,
-  ``TRAINGUARD_INCIDENT_SEVERITY``, ``TRAINGUARD_INCIDENT_TIME``, ``TRAINGUARD_NODE``,
-  ``TRAINGUARD_HOOK_TIMEOUT``.
+  ``TRAINGUARD_INCIDENT_SEVERITY``, ``TRAINGUARD_INCIDENT_TIME``,
+  ``TRAINGUARD_INCIDENT_PROVENANCE``, ``TRAINGUARD_NODE``, ``TRAINGUARD_HOOK_TIMEOUT``.
 * it runs in its own process group, with the home as working directory, and is killed (the whole
   group, SIGKILL) after the configured timeout. stdout and stderr are captured up to a bound and
   written to the audit log with the exit code; output beyond the bound is discarded.
@@ -113,6 +117,7 @@ def hook_env(incident: Mapping[str, Any], home_root: Path, timeout: float) -> di
         "TRAINGUARD_INCIDENT_KIND": str(incident["kind"]),
         "TRAINGUARD_INCIDENT_SEVERITY": str(incident["severity"]),
         "TRAINGUARD_INCIDENT_TIME": repr(float(incident["time"])),
+        "TRAINGUARD_INCIDENT_PROVENANCE": str(incident.get("provenance", "agent")),
         "TRAINGUARD_NODE": str(incident["node"]),
         "TRAINGUARD_HOOK_TIMEOUT": repr(float(timeout)),
     }
@@ -244,6 +249,7 @@ def incident_payload(incident: Mapping[str, Any]) -> bytes:
         "severity": incident["severity"],
         "node": incident["node"],
         "time": incident["time"],
+        "provenance": incident.get("provenance", "agent"),
         "evidence": incident["evidence"],
     }
     return json.dumps(doc, sort_keys=True).encode() + b"\n"

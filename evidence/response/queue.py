@@ -176,6 +176,7 @@ class WebhookSender:
         self._base = base_seconds
         self._max = max_seconds
         self._timeout = timeout
+        self._draining = threading.Lock()  # one drain at a time: a due delivery is sent once
 
     def backoff(self, attempts: int) -> float:
         return float(min(self._max, self._base * (2 ** min(attempts, 30))))
@@ -191,7 +192,12 @@ class WebhookSender:
         return headers
 
     def drain(self, limit: int = 100) -> tuple[list[str], int]:
-        """Try every due delivery once; returns (keys delivered, number failed)."""
+        """Try every due delivery once; returns (keys delivered, number failed). Concurrent
+        callers (the agent's delivery task, an incident answered inline) take turns."""
+        with self._draining:
+            return self._drain(limit)
+
+    def _drain(self, limit: int) -> tuple[list[str], int]:
         delivered: list[str] = []
         failed = 0
         for d in self.queue.due(limit):

@@ -195,6 +195,10 @@ class Agent:
             if self._wake_deliveries is None:  # serving: the delivery task sends them
                 report.webhooks_delivered = self.engine.deliver_webhooks()
             self.audit.checkpoint()
+            from trainguard.agent.api.witness import push_quietly
+
+            if witness_error := push_quietly(self.home, self.config, self.audit):
+                report.errors.append(witness_error)
         except (TrainguardError, OSError) as exc:
             report.errors.append(f"{type(exc).__name__}: {exc}")
         self.cycles += 1
@@ -391,7 +395,12 @@ class Agent:
         )
         from trainguard.agent.api.sessions import SessionOps
 
-        extensions = [SessionOps(self.home, self.config, self.audit, clock=self.clock)]
+        from trainguard.agent.api.witness import WitnessOps
+
+        extensions = [
+            SessionOps(self.home, self.config, self.audit, clock=self.clock),
+            WitnessOps(self.audit, self.engine),
+        ]
         self.server = AgentServer(
             self.audit, self.engine, cfg, authorizer, status=self.status, extensions=extensions
         )

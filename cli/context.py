@@ -9,11 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from trainguard.core.config import Config, load_config
 from trainguard.core.home import Home
 from trainguard.evidence.sink import AuditSink
+
+if TYPE_CHECKING:
+    from trainguard.crypto.keyring import Keyring
 
 
 class OutputFormat(enum.StrEnum):
@@ -54,6 +57,51 @@ class Context:
         from trainguard.agent.api.client import open_sink
 
         return open_sink(self.home, self.config)
+
+    def keyring(self) -> Keyring:
+        """The home's keyring; a KEK in $CREDENTIALS_DIRECTORY (systemd-creds) wins over keys/.
+
+        A broken trainguard.toml is refused first, even by commands that read no setting.
+        """
+        from trainguard.crypto.keyring import open_keyring
+
+        self.config  # noqa: B018 - loading validates the file
+        return open_keyring(self.home)
+
+    @property
+    def home_readable(self) -> bool:
+        """False for a system home this account cannot read: then only the agent can decide
+        (login, authorization) and commands that need the keys must run as root."""
+        from trainguard.agent.api.client import home_readable
+
+        return home_readable(self.home)
+
+    def access(self) -> Any:
+        """Access control in this process, for a home this account can read; versions are
+        checked against this home's audit log."""
+        from trainguard.evidence.embedded import open_embedded_log
+        from trainguard.policy import AccessControl
+        from trainguard.policy.versions import AuditLedger
+
+        home = self.home.require()
+        ledger = AuditLedger(open_embedded_log(home, self.config))
+        return AccessControl.open(home, self.config, self.audit, environ=self.environ,
+                                  ledger=ledger)
+
+    def gate(self) -> Any:
+        """Who decides logins and authorizations for this account: `access()` when the home is
+        readable, else the agent over its socket (`AgentGate`)."""
+        if self.home_readable:
+            return self.access()
+        import hashlib
+
+        from trainguard.agent.api.client import AgentClient, AgentGate, agent_socket
+        from trainguard.policy.sessions import SessionStore, default_sessions_dir
+
+        socket_path = agent_socket(None, self.environ)
+        tag = hashlib.sha256(str(socket_path).encode()).hexdigest()[:12]
+        store = SessionStore(default_sessions_dir(self.environ), cluster="agent", node=tag)
+        return AgentGate(AgentClient(socket_path=socket_path), store)
 
     @property
     def json(self) -> bool:

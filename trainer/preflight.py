@@ -10,6 +10,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trainguard.core.config import Config
@@ -105,14 +106,30 @@ def _hash_cache(home: Home) -> Any:
 
 
 def check_sink(home: Home) -> PreflightStep:
-    if home.agent_socket.exists():
-        from trainguard.agent.api.client import AgentClient
+    from trainguard.agent.api.client import AgentClient, agent_socket
+
+    if agent_socket(home).exists():
 
         with AgentClient(home, timeout=5.0) as client:
             if client.ping():
                 return PreflightStep("evidence", StepStatus.PASSED, "node agent reachable")
     return PreflightStep("evidence", StepStatus.PASSED,
                          "no agent running: evidence goes to the embedded audit log")
+
+
+def check_artifacts(folder: Path) -> PreflightStep:
+    """The supply-chain scanner over the job's folder (the script's, or the config's): a
+    pickle or model file that would run code on load stops the launch."""
+    from trainguard.integrity.scanner import scan_path
+
+    report = scan_path(folder)
+    if report.unsafe:
+        names = [str(f.path) for f in report.unsafe[:3]]
+        raise PreflightError(f"unsafe artifacts in {folder}: {', '.join(names)}",
+                             tip=f"inspect them with `trainguard scan {folder}`; remove or replace them")
+    return PreflightStep("artifact-scan", StepStatus.PASSED,
+                         f"{len(report.files)} files in {folder} scanned, none unsafe",
+                         {"folder": str(folder), **report.summary()})
 
 
 def run_preflight(
@@ -126,6 +143,7 @@ def run_preflight(
     user: str | None = None,
     skip_deps_verify: bool = False,
     gpu_check: Callable[[Home, Config], PreflightStep],
+    scan_folder: Path | None = None,
 ) -> PreflightReport:
     """Run every preflight step in order; raises on the first that fails.
 
@@ -133,6 +151,8 @@ def run_preflight(
     posture check; the trainer does not import the agent's checks itself).
     """
     auth, decision = check_authorization(home, config, audit, resource, project, otp=otp, user=user)
-    steps = [auth, check_dependencies(home, config, audit, skip=skip_deps_verify),
-             check_sink(home), gpu_check(home, config)]
+    steps = [auth, check_dependencies(home, config, audit, skip=skip_deps_verify)]
+    if scan_folder is not None:
+        steps.append(check_artifacts(scan_folder))
+    steps += [check_sink(home), gpu_check(home, config)]
     return PreflightReport(decision.principal, decision.mfa_age_s, steps)

@@ -87,7 +87,7 @@ CALLER_ACTIONS: dict[CallerKind, frozenset[str]] = {
     CallerKind.LOCAL_ADMIN: frozenset({"*"}),
     CallerKind.LOCAL_TRAINER: frozenset({"*"}),
     CallerKind.LOCAL_OTHER: SELF_SERVICE_ACTIONS,
-    CallerKind.NODE: frozenset({"audit:submit", "incident:submit"}),
+    CallerKind.NODE: frozenset({"audit:submit", "incident:submit", "audit:witness"}),
     CallerKind.USER: frozenset(),
 }
 

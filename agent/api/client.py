@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.core.config import Config
-from trainguard.core.errors import AccessDenied, AgentError
+from trainguard.core.errors import AccessDenied, AgentError, TrainguardError
 from trainguard.core.home import Home
 from trainguard.evidence.audit_log import AuditLog
 from trainguard.evidence.embedded import open_embedded_log
@@ -41,6 +42,8 @@ __all__ = [
     "AgentRequestError",
     "AgentSink",
     "AgentUnavailable",
+    "agent_socket",
+    "home_readable",
     "open_sink",
     "report_incident",
 ]
@@ -60,11 +63,46 @@ class AgentRequestError(AgentError):
     """The agent refused or failed a request."""
 
 
+def agent_socket(home: Home | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The unix socket of this node's agent, as a client finds it (`agent.config.client_socket`):
+    from the home's config when this account can read it, else $TRAINGUARD_SOCKET, else the
+    systemd default."""
+    from trainguard.agent.config import AgentConfig, client_socket
+    from trainguard.core.config import load_config
+
+    env = os.environ if environ is None else environ
+    if home is not None and home_readable(home):
+        try:
+            cfg = load_config(home.config_path, env).section(AgentConfig)
+        except TrainguardError:
+            cfg = AgentConfig()
+        return client_socket(home.root, cfg, env)
+    return client_socket(None, None, env)
+
+
+def home_readable(home: Home) -> bool:
+    """Whether this account can use the home itself (else it must go through the agent). A
+    home that plainly does not exist counts as readable, so the caller hears "no home"."""
+    if not os.access(home.root, os.F_OK) and os.access(home.root.parent, os.X_OK):
+        return True
+    return os.access(home.root, os.R_OK | os.X_OK) and (
+        not home.config_path.exists() or os.access(home.config_path, os.R_OK)
+    )
+
+
 class AgentClient:
     """A synchronous client. Thread-safe (one request at a time per client)."""
 
-    def __init__(self, home: Home | None = None, *, timeout: float = 30.0) -> None:
-        self._unix_path: Path | None = home.agent_socket if home is not None else None
+    def __init__(
+        self,
+        home: Home | None = None,
+        *,
+        timeout: float = 30.0,
+        socket_path: Path | None = None,
+    ) -> None:
+        self._unix_path: Path | None = socket_path or (
+            agent_socket(home) if home is not None else None
+        )
         self._tcp: tuple[str, int] | None = None
         self._ssl_ctx: ssl.SSLContext | None = None
         self._server_name: str | None = None
@@ -267,7 +305,7 @@ def open_sink(home: Home, config: Config) -> AuditSink:
     """The running agent over its unix socket when it answers, else the embedded audit log.
     Raises `HomeError` (exit 2, nothing created) when `home` does not exist."""
     home.require()
-    if home.agent_socket.exists():
+    if agent_socket(home).exists():
         client = AgentClient(home, timeout=30.0)
         if client.ping():
             return AgentSink(client, home, config)
@@ -286,7 +324,7 @@ def report_incident(
     from trainguard.evidence.response.engine import IncidentEngine
 
     k, sev = parse_kind(kind), parse_severity(severity)
-    if home.agent_socket.exists():
+    if agent_socket(home).exists():
         try:
             with AgentClient(home) as client:
                 return Incident.from_dict(client.submit_incident(k.value, sev.value, evidence))
@@ -298,3 +336,99 @@ def report_incident(
             return engine.report(k, sev, evidence)
         finally:
             engine.close()
+
+
+class AgentGate:
+    """Login and authorization through the agent, for an account that cannot read the home
+    (`trainguard.agent.api.sessions` is the other side). It mirrors the part of
+    `trainguard.policy.AccessControl` the CLI uses (`login`, `require`, `current_session`), so a
+    command does not care which one it has. The session token is stored in this account's
+    config folder like a local one, but only the agent can verify or refresh it."""
+
+    def __init__(
+        self, client: AgentClient, sessions: Any, *, step_up_seconds: int | None = None
+    ) -> None:
+        self.client = client
+        self.sessions = sessions  # a policy.sessions.SessionStore (this account's token file)
+        self.step_up_seconds = step_up_seconds
+
+    def _call(self, op: str, **params: Any) -> dict[str, Any]:
+        from trainguard.agent.api.sessions import REFUSALS
+        from trainguard.policy.errors import Denied
+
+        result = dict(self.client.call(op, **params))
+        refused = result.get("refused")
+        if isinstance(refused, dict):
+            cls = REFUSALS.get(str(refused.get("type")), Denied)
+            exc = cls.__new__(cls)
+            TrainguardError.__init__(exc, str(refused.get("message")), tip=refused.get("tip"))
+            exc.reason = str(refused.get("reason") or "")  # type: ignore[attr-defined]
+            raise exc
+        return result
+
+    def login(self, name: str, code: str) -> Any:
+        from trainguard.policy.sessions import Session
+
+        result = self._call("auth.login", user=name, code=code)
+        token = str(result["token"]).encode()
+        self.sessions.save_token(token)
+        return Session(**json.loads(token)["payload"])
+
+    def current_session(self) -> Any:
+        from trainguard.policy.sessions import Session
+
+        token = self.sessions.read_token()
+        self._call("auth.whoami", token=token.decode())
+        return Session(**json.loads(token)["payload"])
+
+    def require(
+        self,
+        action: str,
+        resource: str,
+        domain: str,
+        *,
+        otp: str | None = None,
+        new_domain: bool = False,
+    ) -> Any:
+        from trainguard.policy.decision import Decision
+
+        token = self.sessions.read_token().decode()
+        params: dict[str, Any] = {
+            "token": token, "action": action, "resource": resource, "domain": domain,
+            "new_domain": new_domain,
+        }
+        if otp:
+            params["otp"] = otp
+        result = self._call("auth.authorize", **params)
+        if result.get("token") and result["token"] != token:
+            self.sessions.save_token(str(result["token"]).encode())
+        return Decision(**result["decision"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def authorize(
+    home: Home,
+    config: Config,
+    action: str,
+    resource: str,
+    domain: str,
+    audit: AuditSink,
+    *,
+    otp: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Any:
+    """Authorize this account's logged-in user for one action: in this process when the home
+    is readable (`policy.authorize_cli`), else through the agent (`AgentGate`). Returns the
+    `Decision`; raises `AccessDenied` subclasses (exit 1) or usage errors (exit 2)."""
+    from trainguard.policy import authorize_cli
+    from trainguard.policy.sessions import SessionStore, default_sessions_dir
+
+    if home_readable(home):
+        return authorize_cli(home, config, action, resource, domain, audit, otp=otp,
+                             environ=environ)
+    node = config.node
+    sessions = SessionStore(default_sessions_dir(environ), cluster=node.cluster, node=node.name)
+    with AgentClient(home) as client:
+        return AgentGate(client, sessions).require(action, resource, domain, otp=otp)

@@ -75,6 +75,10 @@ def render_unit(home: object = None, config: object = None, *, options: UnitOpti
         "SupplementaryGroups=video",
         f"StateDirectory={state}",
         "StateDirectoryMode=0700",
+        # /run/trainguard/agent.sock: reachable by local accounts that may not read the home;
+        # the agent decides from their uid (SO_PEERCRED).
+        "RuntimeDirectory=trainguard",
+        "RuntimeDirectoryMode=0755",
         "UMask=0077",
         f"Environment=TRAINGUARD_HOME={o.home}",
         f"ReadWritePaths={o.home}",

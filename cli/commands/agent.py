@@ -99,8 +99,9 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
         config,
         notifier=notifier,
         config_loader=lambda: load_config(ctx.home.config_path, environ),
+        environ=environ,
     )
-    ctx.info(f"trainguard agent serving {ctx.home.agent_socket} (node {config.node.name})")
+    ctx.info(f"trainguard agent serving {agent.socket_path} (node {config.node.name})")
     try:
         return asyncio.run(agent.run())
     finally:
@@ -120,17 +121,21 @@ def _once_text(d: dict[str, Any]) -> str:
 
 
 def _status(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.agent.api.client import AgentClient, AgentUnavailable
+    from trainguard.agent.api.client import AgentClient, AgentUnavailable, agent_socket
 
     ctx.home.require()  # "not running" would send the user looking for a daemon, not a home
     ctx.config  # noqa: B018 - a broken trainguard.toml stops the next (re)start: say so now
+    socket_path = str(agent_socket(ctx.home, ctx.environ))
     try:
-        with AgentClient(ctx.home, timeout=10) as client:
+        with AgentClient(ctx.home, timeout=10, socket_path=Path(socket_path)) as client:
             status = client.status()
     except AgentUnavailable as exc:
-        ctx.emit({"running": False, "reason": exc.message}, f"agent not running: {exc.message}")
+        ctx.emit(
+            {"running": False, "reason": exc.message, "socket": socket_path},
+            f"agent not running: {exc.message}",
+        )
         return 1
-    ctx.emit({"running": True, **status}, _status_text)
+    ctx.emit({"running": True, "socket": socket_path, **status}, _status_text)
     return 0
 
 
@@ -142,6 +147,7 @@ def _status_text(d: dict[str, Any]) -> str:
             f"cycles: {d['cycles']}; last: {last.get('checks', {})} gpus={last.get('gpus', '-')}",
             f"audit: entry {d['audit']['last_seq']}, last checkpoint at {d['audit']['last_checkpoint']}",
             f"webhook queue: {d['webhook_queue']}",
+            f"socket: {d['socket']}",
             "listeners: " + ", ".join(f"{k}={v}" for k, v in d["listeners"].items()),
         ]
     )
@@ -151,7 +157,7 @@ def _install_unit(args: argparse.Namespace, ctx: Context) -> int:
     import shlex
 
     from trainguard.agent.systemd.unit import DEFAULT_UNIT_PATH, UnitOptions, render_unit
-    from trainguard.core.home import write_private
+    from trainguard.core.fs import write_private
 
     if args.watchdog < 1:
         raise UsageError(

@@ -25,10 +25,14 @@ def register(sub: Any) -> None:
 
 
 def _check(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.policy.access import AccessControl
+    from trainguard.core.errors import UsageError
     from trainguard.policy.errors import Denied
 
-    ac = AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
+    ac = ctx.gate()  # this process for a readable home, else the agent
+    remote = not ctx.home_readable
+    if remote and not args.domain:
+        raise UsageError("--domain is required when the agent decides",
+                         tip="name the project, e.g. --domain default")
     domain = args.domain or ac.config.default_domain
     data: dict[str, Any] = {
         "user": args.user,
@@ -41,6 +45,9 @@ def _check(args: argparse.Namespace, ctx: Context) -> int:
         session = ac.current_session()
         if args.user == session.user:
             ac.require(args.action, args.resource, domain, otp=args.otp)
+        elif remote:
+            raise Denied("through the agent you can only check your own requests",
+                         reason="what-if through the agent")
         else:
             data["mode"] = "policy-only"
             ac.require("audit:read", "/policy", domain, otp=args.otp)

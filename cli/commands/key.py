@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainguard.cli.commands.seal import open_keyring
 from trainguard.cli.context import Context
 from trainguard.core.errors import TrainguardError, UsageError
-
-ACTOR = "cli"
+from trainguard.crypto.config import CryptoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,13 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_parser("list", help="list KEK versions and whether rotation is due").set_defaults(
         func=run_list
     )
-    s.add_parser("rotate", help="add a KEK version and make it current").set_defaults(
-        func=run_rotate
-    )
+    ro = s.add_parser("rotate", help="add a KEK version and make it current (key:rotate, MFA)")
+    _otp_flag(ro)
+    ro.set_defaults(func=run_rotate)
     rw = s.add_parser(
         "rewrap", help="rewrap sealed files (or folders of them) under the current KEK"
     )
     rw.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _otp_flag(rw)
     rw.set_defaults(func=run_rewrap)
     rt = s.add_parser("retire", help="stop decrypting under KEK versions below V and delete them")
     rt.add_argument(
@@ -47,7 +46,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="PATH",
         help="sealed files or folders that must not need a retired version (checked first)",
     )
+    _otp_flag(rt)
     rt.set_defaults(func=run_retire)
+
+
+def _otp_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--otp", metavar="CODE", help="TOTP or recovery code for step-up MFA")
+
+
+def _authorize(args: argparse.Namespace, ctx: Context) -> str:
+    """`key:rotate` is privileged: the logged-in user needs it and a fresh second factor
+    (`--otp`, or a login within the step-up window). Returns the acting user."""
+    from trainguard.policy.actions import GLOBAL_DOMAIN
+
+    decision = ctx.access().require("key:rotate", "/keys", GLOBAL_DOMAIN, otp=args.otp)
+    return str(decision.principal)
 
 
 def _iso(ts: float) -> str:
@@ -55,8 +68,8 @@ def _iso(ts: float) -> str:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
-    ring = open_keyring(ctx)
-    days = ctx.config.section("crypto").kek_rotation_days
+    ring = ctx.keyring()
+    days = ctx.config.section(CryptoConfig).kek_rotation_days
     cur = ring.current_info()
     age_days = (time.time() - cur.created_at) / 86400
     data: dict[str, Any] = {
@@ -95,9 +108,10 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_rotate(args: argparse.Namespace, ctx: Context) -> int:
-    ring = open_keyring(ctx)
+    ring = ctx.keyring()
+    actor = _authorize(args, ctx)
     info = ring.rotate()
-    ctx.audit.record("key-rotated", ACTOR, {"kek_id": ring.kek_id, "version": info.version})
+    ctx.audit.record("key-rotated", actor, {"kek_id": ring.kek_id, "version": info.version})
     data = {"kek_id": ring.kek_id, "version": info.version, "created_at": _iso(info.created_at)}
     ctx.emit(data, f"KEK v{info.version} is now current for keyring {ring.kek_id}")
     ctx.info("existing sealed files still use older versions: run `trainguard key rewrap PATH...`")
@@ -123,7 +137,8 @@ def _sealed_files(paths: list[Path]) -> Iterator[Path]:
 def run_rewrap(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.crypto.sealed.stream import rewrap_files
 
-    ring = open_keyring(ctx)
+    ring = ctx.keyring()
+    actor = _authorize(args, ctx)
     rewrapped: list[str] = []
     current: list[str] = []
     failed: list[dict[str, str]] = []
@@ -135,7 +150,7 @@ def run_rewrap(args: argparse.Namespace, ctx: Context) -> int:
             (rewrapped if r.rewrapped else current).append(str(r.path))
     ctx.audit.record(
         "key-rewrapped",
-        ACTOR,
+        actor,
         {
             "kek_id": ring.kek_id,
             "version": ring.current_version,
@@ -165,7 +180,7 @@ def run_rewrap(args: argparse.Namespace, ctx: Context) -> int:
 def run_retire(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.crypto.sealed.stream import sealed_kek_version
 
-    ring = open_keyring(ctx)
+    ring = ctx.keyring()
     if args.below > ring.current_version:
         raise UsageError(
             f"cannot retire below v{args.below}: the current version is v{ring.current_version}",
@@ -178,10 +193,11 @@ def run_retire(args: argparse.Namespace, ctx: Context) -> int:
             + ", ".join(still[:10]),
             tip="run `trainguard key rewrap PATH...` on them first",
         )
+    actor = _authorize(args, ctx)  # after the checks: a typo should not cost a second factor
     retired = ring.retire_below(args.below)
     ctx.audit.record(
         "key-retired",
-        ACTOR,
+        actor,
         {"kek_id": ring.kek_id, "retired": retired, "min_version": ring.min_version},
     )
     data = {"retired": retired, "min_version": ring.min_version}

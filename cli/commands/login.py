@@ -20,18 +20,16 @@ def register(sub: Any) -> None:
 
 
 def _login(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.policy.access import AccessControl
-
-    ac = AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
+    gate = ctx.gate()  # this process for a readable home, else the agent
     code = args.otp if args.otp is not None else _prompt(args.user)
-    session = ac.login(args.user, code)
+    session = gate.login(args.user, code)
     data = {
         "user": session.user,
         "node": session.node,
         "cluster": session.cluster,
         "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(session.expires_at)),
-        "step_up_seconds": ac.config.step_up_seconds,
-        "session_file": str(ac.sessions.path),
+        "via": "agent" if not ctx.home_readable else "home",
+        "session_file": str(gate.sessions.path),
     }
     ctx.emit(data, lambda d: f"logged in as {d['user']} on {d['node']} until {d['expires_at']}")
     return 0

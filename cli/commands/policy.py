@@ -15,7 +15,8 @@ from trainguard.cli.context import Context
 def _ac(ctx: Context) -> Any:
     from trainguard.policy.access import AccessControl
 
-    return AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
+    ac: AccessControl = ctx.access()
+    return ac
 
 
 def register(sub: Any) -> None:

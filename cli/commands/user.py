@@ -16,7 +16,8 @@ from trainguard.cli.context import Context
 def _ac(ctx: Context) -> Any:
     from trainguard.policy.access import AccessControl
 
-    return AccessControl.open(ctx.home.require(), ctx.config, ctx.audit, environ=ctx.environ)
+    ac: AccessControl = ctx.access()
+    return ac
 
 
 def _otp_flag(p: argparse.ArgumentParser) -> None:
@@ -31,8 +32,19 @@ def register(sub: Any) -> None:
     a.add_argument("name")
     a.add_argument("--role", required=True)
     a.add_argument("--domain", help="project (default: the config's default_domain; '*' = all)")
+    a.add_argument("--uid", type=int, metavar="UID",
+                   help="the OS account (numeric uid) that may log in as this user through the "
+                        "agent; without one the user can log in only where the home is readable")
     _otp_flag(a)
     a.set_defaults(func=_add)
+
+    m = s.add_parser("map", help="map a user to the OS account (uid) that may log in as it")
+    m.add_argument("name")
+    g = m.add_mutually_exclusive_group(required=True)
+    g.add_argument("--uid", type=int, metavar="UID", help="numeric uid, e.g. from `id -u NAME`")
+    g.add_argument("--unmap", action="store_true", help="remove the mapping")
+    _otp_flag(m)
+    m.set_defaults(func=_map)
 
     e = s.add_parser("enrol", help="create a TOTP secret; prints the otpauth URI and a QR code")
     e.add_argument("name")
@@ -62,11 +74,23 @@ def _add(args: argparse.Namespace, ctx: Context) -> int:
     decision = ac.require(
         "user:manage", f"/users/{args.name}", domain, otp=args.otp, new_domain=True
     )
-    rec = ac.add_user(args.name, args.role, domain, actor=decision.principal)
-    data = {"name": rec.name, "role": args.role, "domain": domain, "mfa_enrolled": rec.mfa_enrolled}
+    rec = ac.add_user(args.name, args.role, domain, actor=decision.principal, os_uid=args.uid)
+    data = {"name": rec.name, "role": args.role, "domain": domain, "mfa_enrolled": rec.mfa_enrolled,
+            "uid": ac.users.os_uid(rec.name)}
     ctx.emit(data, lambda d: f"added {d['name']} as {d['role']} in {d['domain']}")
     if not rec.mfa_enrolled:
         ctx.info(f"next: `trainguard user enrol {rec.name}` so the user can log in")
+    return 0
+
+
+def _map(args: argparse.Namespace, ctx: Context) -> int:
+    ac = _ac(ctx)
+    decision = ac.require_for_user(args.name, otp=args.otp)
+    os_uid = None if args.unmap else args.uid
+    ac.map_user(args.name, os_uid, actor=decision.principal)
+    ctx.emit({"name": args.name, "uid": os_uid},
+             lambda d: f"{d['name']} unmapped" if d["uid"] is None
+             else f"{d['name']} maps to OS uid {d['uid']}")
     return 0
 
 

@@ -28,6 +28,21 @@ def home(tmp_path: Path) -> Path:
     return h.root
 
 
+@pytest.fixture
+def admin_home(cli, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """`trainguard init` and the admin logged in: key rotation is privileged (step-up MFA)."""
+    import pyotp
+    from support.policy_env import secret_of
+
+    root = tmp_path / "home"
+    r = cli("init", "--home", root, "--admin", "root", "--format", "json")
+    assert r.code == 0, r.stderr
+    uri = r.json()["admin"]["otpauth_uri"]
+    assert cli("login", "--home", root, "--user", "root",
+               "--otp", pyotp.TOTP(secret_of(uri)).now()).code == 0
+    return root
+
+
 def test_seal_unseal_files_json(cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plain = tmp_path / "data.bin"
     plain.write_bytes(os.urandom(50_000))
@@ -90,7 +105,8 @@ def test_usage_errors_exit_2(cli, home: Path, tmp_path: Path) -> None:  # type: 
     assert cli("seal", tmp_path / "p", tmp_path / "no" / "o", "--home", home).code == 2
 
 
-def test_key_rotation_workflow(cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_key_rotation_workflow(cli, admin_home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home = admin_home
     files = tmp_path / "ckpts"
     files.mkdir()
     for i in range(3):
@@ -123,7 +139,8 @@ def test_key_rotation_workflow(cli, home: Path, tmp_path: Path) -> None:  # type
     ]
 
 
-def test_retired_key_error_is_clear(cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_retired_key_error_is_clear(cli, admin_home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home = admin_home
     (tmp_path / "p").write_bytes(b"weights" * 100)
     assert cli("seal", tmp_path / "p", tmp_path / "s", "--home", home).code == 0
     assert cli("key", "rotate", "--home", home).code == 0
@@ -168,5 +185,14 @@ def test_key_list_says_when_rotation_is_due(cli, tmp_path: Path) -> None:  # typ
     assert r.code == 0 and r.json()["rotation_due"] is True and r.json()["rotation_days"] == 30
     r = cli("key", "list", "--home", h.root)
     assert "rotation due" in r.stdout and "trainguard key rotate" in r.stdout
-    assert cli("key", "rotate", "--home", h.root).code == 0
-    assert cli("key", "list", "--home", h.root, "--format", "json").json()["rotation_due"] is False
+
+
+def test_key_rotation_needs_a_fresh_second_factor(cli, admin_home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: `key rotate` ran without any second factor."""
+    elsewhere = {"XDG_CONFIG_HOME": str(tmp_path / "no-session")}
+    r = cli("key", "rotate", "--home", admin_home, env=elsewhere)
+    assert r.code == 1 and "not logged in" in r.stderr  # no session: refused
+    r = cli("key", "rotate", "--home", admin_home, "--otp", "000000")  # a wrong step-up code
+    assert r.code == 1 and "second-factor verification failed" in r.stderr
+    listing = cli("key", "list", "--home", admin_home, "--format", "json").json()
+    assert listing["current_version"] == 1

@@ -56,9 +56,10 @@ def check_authorization(
     home: Home, config: Config, audit: AuditSink, resource: str, project: str,
     *, otp: str | None, user: str | None,
 ) -> tuple[PreflightStep, Any]:
-    from trainguard.policy import authorize_cli
+    from trainguard.agent.api.client import authorize
 
-    decision = authorize_cli(home, config, ACTION, resource, project, audit, otp=otp)
+    # In this process when the home is readable, else through the agent (non-root accounts).
+    decision = authorize(home, config, ACTION, resource, project, audit, otp=otp)
     if user is not None and decision.principal != user:
         raise PreflightError(
             f"logged in as {decision.principal!r}, not {user!r}",

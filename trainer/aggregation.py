@@ -1,4 +1,4 @@
-"""DDP communication hooks that aggregate gradients with a robust rule.
+"""DDP communication hooks that aggregate gradients with a robust rule, optionally compressed.
 
 `mean` is the plain asynchronous all-reduce (what DDP does by default). The robust rules
 all-gather the bucket from every rank (gloo supports all_gather), stack the rows in rank order and
@@ -7,6 +7,14 @@ hook also accumulates per-rank update statistics for the Byzantine-rank monitor:
 norm of each rank's update and its dot product with the aggregate. With the robust rules these
 come from the gathered rows (every rank sees every row); with `mean` each rank reports its own,
 which a Byzantine rank could falsify; the robust rules are the defence, the statistics evidence.
+
+Every tensor handed to a collective lives on the bucket's device (the process group's device:
+CUDA under NCCL, CPU under gloo). Compression (`aggregation.compress`): ``bf16`` sends every
+row (all-reduce or all-gather) as bfloat16 and aggregates in the gradient's dtype, halving the
+bytes of every rule; ``powersgd`` runs torch's own PowerSGD hook (its state keeps the error
+feedback) and is refused at config load for anything but ``mean``. A rank flagged as Byzantine
+is excluded from the aggregate under every rule (the mean then becomes a gathered mean).
+`HookState.bytes_sent` counts the payload bytes this rank hands to collectives.
 """
 
 from __future__ import annotations
@@ -17,11 +25,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from trainguard.trainer.config import Aggregation, AggregationSection
+from trainguard.trainer.config import Aggregation, AggregationSection, Compress
 from trainguard.trainer.robust import centered_clip, coordinate_median, krum, trimmed_mean
 from trainguard.trainer.testing.simulate import AttackPlan
 
-__all__ = ["HookState", "StepStats", "aggregate_rows", "robust_hook"]
+__all__ = ["HookState", "StepStats", "aggregate_rows", "make_hook", "robust_hook"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,9 @@ class HookState:
     step: int = 0
     observe: bool = True
     excluded: set[int] = field(default_factory=set)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bytes_sent: int = 0
+    powersgd: Any = None  # torch's PowerSGDState when compress = powersgd
     _norm2: torch.Tensor | None = None
     _dot: torch.Tensor | None = None
     _agg2: float = 0.0
@@ -57,8 +68,8 @@ class HookState:
     def begin_step(self, step: int, observe: bool) -> None:
         self.step = step
         self.observe = observe
-        self._norm2 = torch.zeros(self.world_size, dtype=torch.float64)
-        self._dot = torch.zeros(self.world_size, dtype=torch.float64)
+        self._norm2 = torch.zeros(self.world_size, dtype=torch.float64, device=self.device)
+        self._dot = torch.zeros(self.world_size, dtype=torch.float64, device=self.device)
         self._agg2 = 0.0
 
     def _record_rows(self, rows: torch.Tensor, agg: torch.Tensor) -> None:
@@ -66,12 +77,13 @@ class HookState:
             return
         # float32 products: the flags need a few digits, not a float64 copy of every row
         self._norm2 += torch.linalg.vector_norm(rows, dim=1).to(torch.float64) ** 2
-        self._dot += (rows @ agg).to(torch.float64)
-        self._agg2 += float(agg @ agg)
+        self._dot += (rows.float() @ agg.float()).to(torch.float64)
+        self._agg2 += float(agg.float() @ agg.float())
 
     def _record_own(self, own: torch.Tensor, agg: torch.Tensor) -> None:
         if not self.observe or self._norm2 is None or self._dot is None:
             return
+        own, agg = own.float(), agg.float()
         self._norm2[self.rank] += float(own @ own)
         self._dot[self.rank] += float(own @ agg)
         self._agg2 += float(agg @ agg)
@@ -86,7 +98,8 @@ class HookState:
             dist.all_reduce(packed, group=self.group)
             norm2, dot = packed[0], packed[1]
         agg = max(self._agg2, 1e-30) ** 0.5
-        norms = torch.sqrt(norm2)
+        norms = torch.sqrt(norm2).cpu()
+        dot = dot.cpu()
         median = float(norms.quantile(0.5))
         ratio = (norms / median if median > 0 else torch.ones_like(norms)).tolist()
         cosine = (dot / torch.clamp(norms * agg, min=1e-30)).tolist()
@@ -121,11 +134,18 @@ def _save(store: dict[int, torch.Tensor], bucket: dist.GradBucket, flat: torch.T
         offset += p.numel()
 
 
+def _wire_dtype(state: HookState, dtype: torch.dtype) -> torch.dtype:
+    return torch.bfloat16 if state.cfg.compress is Compress.BF16 else dtype
+
+
 def _gather(buf: torch.Tensor, state: HookState) -> torch.Tensor:
-    """All rows in rank order, gathered straight into one (n, d) tensor; NaN becomes 0."""
-    stacked = torch.empty((state.world_size, buf.numel()), dtype=buf.dtype)
-    dist.all_gather(list(stacked.unbind(0)), buf, group=state.group)
-    return stacked.nan_to_num_(nan=0.0)
+    """All rows in rank order, gathered straight into one (n, d) tensor on the bucket's
+    device (bfloat16 on the wire with compress = bf16); NaN becomes 0."""
+    wire = _wire_dtype(state, buf.dtype)
+    stacked = torch.empty((state.world_size, buf.numel()), dtype=wire, device=buf.device)
+    dist.all_gather(list(stacked.unbind(0)), buf.to(wire), group=state.group)
+    state.bytes_sent += buf.numel() * stacked.element_size()
+    return stacked.to(buf.dtype).nan_to_num_(nan=0.0)
 
 
 def aggregate_rows(
@@ -177,11 +197,16 @@ def robust_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Futu
     buf = _prepare(state, bucket)
     if _uses_all_reduce(state):
         own = buf.clone() if state.observe else None
-        buf.div_(state.world_size)
-        fut = dist.all_reduce(buf, group=state.group, async_op=True).get_future()
+        if state.powersgd is not None:
+            return _powersgd(state, bucket, own)
+        wire = buf.div_(state.world_size).to(_wire_dtype(state, buf.dtype))
+        state.bytes_sent += wire.numel() * wire.element_size()
+        fut = dist.all_reduce(wire, group=state.group, async_op=True).get_future()
 
         def _done(f: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
             agg = f.value()[0]
+            if agg.dtype != buf.dtype:
+                agg = buf.copy_(agg)
             if own is not None:
                 state._record_own(own, agg)
             return agg
@@ -199,6 +224,61 @@ def robust_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Futu
     out: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     out.set_result(agg)
     return out
+
+
+def _powersgd(
+    state: HookState, bucket: dist.GradBucket, own: torch.Tensor | None
+) -> torch.futures.Future[torch.Tensor]:
+    """torch's PowerSGD hook (error feedback in its state); counts the bytes it sends."""
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+    ps = state.powersgd
+    warm = ps.iter < ps.start_powerSGD_iter
+    fut = psgd.powerSGD_hook(ps, bucket)
+    state.bytes_sent += _powersgd_bytes(ps, bucket, warm)
+
+    def _done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+        agg = f.value()
+        if own is not None:
+            state._record_own(own, agg)
+        return agg
+
+    return fut.then(_done)
+
+
+def _powersgd_bytes(ps: Any, bucket: dist.GradBucket, warm: bool) -> int:
+    """Payload of one PowerSGD bucket: the uncompressed tensors plus P and Q (torch's rule:
+    a matrix is compressed when n*m > min_compression_rate * (n + m) * rank)."""
+    size = bucket.buffer().element_size()
+    if warm:
+        return bucket.buffer().numel() * size
+    total = 0
+    for g in bucket.gradients():
+        if g.ndim <= 1:
+            total += g.numel()
+            continue
+        n, m = g.shape[0], g.numel() // g.shape[0]
+        r = min(n, m, ps.matrix_approximation_rank)
+        if n * m > ps.min_compression_rate * (n + m) * r:
+            total += (n + m) * r
+        else:
+            total += g.numel()
+    return total * size
+
+
+def make_hook(model: torch.nn.Module, state: HookState) -> None:
+    """Register the aggregation hook on a DDP `model` (PowerSGD state when configured)."""
+    if state.cfg.compress is Compress.POWERSGD:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+        state.powersgd = psgd.PowerSGDState(
+            process_group=state.group,
+            matrix_approximation_rank=state.cfg.powersgd_rank,
+            start_powerSGD_iter=max(2, state.cfg.powersgd_start),
+            use_error_feedback=True,
+            warm_start=True,
+        )
+    model.register_comm_hook(state, robust_hook)  # type: ignore[operator]
 
 
 # DDP inspects the hook's annotations at registration; postponed (string) annotations fail its check.

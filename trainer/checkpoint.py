@@ -1,58 +1,57 @@
 """Sealed, signed checkpoints and the search for the newest one that verifies.
 
-Layout in ``checkpoint.dir``::
+Layout in the checkpoint folder::
 
-    step-00000100.tgseal      sealed stream (trainguard.crypto.sealed.stream) holding a torch.save zip
-    step-00000100.tgseal.sig  JSON {"manifest": {...}, "signature": hex}: Ed25519 by the node key
-                              over canonical JSON of {format, file, size, sha256, step, job_id, key_id}
+    step-00000100.tgseal             sealed stream (trainguard.crypto.sealed) holding a torch.save
+                                     zip of {"step": N, "state": {...}}
+    step-00000100.tgseal.tgsig.json  a trainguard.crypto.manifest signed manifest of that file
+                                     (kind "file", its name, size and SHA-256), plus "algorithm"
+                                     and, on a cluster, the signing node's "certificate"
+
+Keys: the data key of each checkpoint and the signature come from the key service (the agent,
+or the launcher's key process: `trainguard.trainer.keys`); this process never holds a KEK or a
+signing key. The signature covers ``DOMAIN ‖ canonical_json(manifest)`` (see
+`trainguard.agent.api.keys`), so it can never pass for another kind of signed document.
 
 Writing: torch.save goes straight into a `SealedWriter` over a temporary file (no plaintext on
-disk, no in-memory copy of the whole checkpoint); the sealed file is then hashed, the manifest
-signed, and both renamed into place (the signature last, so a half-written pair is ignored).
-Loading: signature, then hash, then the sealed stream authenticates every segment while it is
-read; the pickle inside the zip is scanned straight from the decrypted stream by the supply-chain scanner and by a strict allowlist of tensor-rebuild
-globals, and only then `torch.load(weights_only=True)` reads it.
+disk, no in-memory copy of the whole checkpoint) while the ciphertext is hashed on the way
+out; the manifest is signed and both files renamed into place (the signature last, so a
+half-written pair is ignored). Loading: signature (this node's key, or a node certificate that
+chains to the cluster CA and is not revoked), then size and hash, then the sealed stream
+authenticates every segment while it is read; the decrypted stream is judged by the
+supply-chain scanner's allowlist (`trainguard.integrity.scanner`) and only then
+`torch.load(weights_only=True)` reads it. Every tensor dtype round-trips (bf16, fp16, int8,
+uint8, bool, complex...).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
-import pickletools
 import re
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, BinaryIO, cast
 
 import torch
+from cryptography.exceptions import InvalidSignature
 from trainguard.core.errors import TrainguardError
-from trainguard.core.home import atomic_output
+from trainguard.core.fs import atomic_output, hash_file
+from trainguard.trainer.context import Trust
 from trainguard.trainer.errors import CheckpointTampered
 
-__all__ = ["CheckpointInfo", "CheckpointStore", "LoadOutcome"]
+__all__ = ["CheckpointInfo", "CheckpointStore", "LoadOutcome", "manifest_path"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+DOMAIN = b"trainguard/checkpoint-manifest/v1\x00"  # = trainguard.agent.api.keys.DOMAIN
 _NAME = re.compile(r"^step-(\d{8})\.tgseal$")
-# Globals a weights-only checkpoint of a model + optimizer may reference.
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch", "FloatStorage"),
-    ("torch", "DoubleStorage"),
-    ("torch", "LongStorage"),
-    ("torch", "IntStorage"),
-    ("torch", "BoolStorage"),
-    ("torch", "float32"),
-    ("torch", "int64"),
-}
 
 
 @dataclass(frozen=True)
@@ -60,89 +59,57 @@ class CheckpointInfo:
     step: int
     path: Path
     sha256: str
+    signer: str = ""
 
 
 @dataclass(frozen=True)
 class LoadOutcome:
-    """What `load_newest` found: the state (None when nothing verified) and what it refused."""
+    """What `load_newest` found: the payload (None when nothing verified) and what it refused."""
 
     state: dict[str, Any] | None
     info: CheckpointInfo | None
     refused: list[tuple[Path, str]]
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def manifest_path(path: Path) -> Path:
+    from trainguard.crypto.manifest import default_manifest_path
+
+    return default_manifest_path(path)
 
 
-def scan_torch_zip(stream: Any) -> None:
-    """Refuse a torch.save zip whose pickle references anything but tensor-rebuild globals.
+class _HashingFile:
+    """Hashes what is written through it (the ciphertext), so the file is not read twice."""
 
-    Reads the pickle member from `stream` (a readable, seekable file object, e.g. a
-    SealedReader) without writing anything to disk; raises CheckpointTampered.
-    """
-    try:
-        with zipfile.ZipFile(stream) as z:
-            pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(pkl) != 1:
-                raise CheckpointTampered("checkpoint archive has no single pickle member")
-            data = z.read(pkl[0])
-    except zipfile.BadZipFile as exc:
-        raise CheckpointTampered("checkpoint is not a torch archive") from exc
-    strings: list[str] = []
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-            strings.append(str(arg))
-        elif op.name == "GLOBAL":
-            mod, _, name = str(arg).partition(" ")
-            _check_global(mod, name)
-        elif op.name == "STACK_GLOBAL":
-            if len(strings) < 2:
-                raise CheckpointTampered("checkpoint pickle has an unresolvable global")
-            _check_global(strings[-2], strings[-1])
-        elif op.name in ("REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
-            continue  # only reachable through an allowed global
-    stream.seek(0)
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
 
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        self.size += len(memoryview(data))
+        return self._f.write(data)
 
-def scan_sealed(stream: Any, name: str) -> None:
-    """The supply-chain scanner over the decrypted stream (nothing is written to disk)."""
-    from trainguard.integrity.scanner.formats import scan_stream
-    from trainguard.integrity.scanner.report import FileVerdict, Verdict
-
-    fmt, findings = scan_stream(stream, stream.size)
-    verdict = FileVerdict.from_findings(name, fmt, findings)
-    stream.seek(0)
-    if verdict.verdict is not Verdict.SAFE:
-        detail = "; ".join(str(f) for f in findings[:3])
-        raise CheckpointTampered(f"checkpoint {name}: the scanner refused it ({detail})")
-
-
-def _check_global(module: str, name: str) -> None:
-    if (module, name) not in _ALLOWED_GLOBALS:
-        raise CheckpointTampered(f"checkpoint pickle references a forbidden global {module}.{name}")
+    def flush(self) -> None:
+        self._f.flush()
 
 
 class CheckpointStore:
-    """Writes and loads the checkpoints of one job folder (rank 0 only)."""
+    """Writes and loads the checkpoints of one folder. `keys` is a `KeyClient` (or anything
+    with `data_key()`, `unwrap_dek()` and `sign()`)."""
 
     def __init__(
         self,
         directory: Path,
-        keyring: Any,
-        signing_key: Any,
-        verify_key: Any,
+        keys: Any,
+        trust: Trust,
         *,
-        job_id: str,
         keep: int = 3,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
-        self._keyring = keyring
-        self._signing_key = signing_key
-        self._verify_key = verify_key
-        self._job_id = job_id
+        self._keys = keys
+        self._trust = trust
         self._keep = keep
         self._clock = clock
 
@@ -150,100 +117,158 @@ class CheckpointStore:
         return self.directory / f"step-{step:08d}.tgseal"
 
     def list(self) -> list[tuple[int, Path]]:
-        """Checkpoints that have a signature file, newest first."""
+        """Checkpoints that have a signed manifest, newest first."""
         if not self.directory.is_dir():
             return []
         out = []
         for p in self.directory.iterdir():
             m = _NAME.match(p.name)
-            if m and p.with_name(p.name + ".sig").exists():
+            if m and manifest_path(p).exists():
                 out.append((int(m.group(1)), p))
         return sorted(out, reverse=True)
 
-    def save(self, state: dict[str, Any], step: int) -> CheckpointInfo:
+    def save(self, payload: dict[str, Any], step: int) -> CheckpointInfo:
+        from trainguard.crypto.manifest import FileEntry, Manifest
         from trainguard.crypto.sealed.stream import SealedWriter
 
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path_for(step)
+        data_key = self._keys.data_key()
         with atomic_output(path, mode=0o600) as tmp:
-            with tmp.open("wb") as raw, SealedWriter(raw, self._keyring) as sealed:
-                torch.save(state, cast(IO[bytes], sealed))  # a file object: torch writes into it
-            digest = _sha256_file(tmp)
-            size = tmp.stat().st_size
-        manifest = {
-            "format": FORMAT,
-            "file": path.name,
-            "size": size,
-            "sha256": digest,
-            "step": step,
-            "job_id": self._job_id,
-            "key_id": self._signing_key.key_id,
-            "time": self._clock(),
-        }
-        self._write_signature(path, manifest)
+            with tmp.open("wb") as raw:
+                hashing = _HashingFile(raw)
+                with SealedWriter(cast(BinaryIO, hashing), data_key) as sealed:
+                    torch.save(payload, cast(IO[bytes], sealed))
+        del data_key  # sealed: the data key is not needed again in this process
+        entry = FileEntry(path.name, hashing.size, hashing.sha.hexdigest())
+        body = Manifest("file", path.name, (entry,), self._clock()).to_json()
+        signed = self._keys.sign(body)
+        doc = {"format": 1, "manifest": body, "key_id": signed.get("key_id"),
+               "algorithm": signed["algorithm"], "certificate": signed.get("certificate"),
+               "signature": signed["signature"]}
+        with atomic_output(manifest_path(path), mode=0o600) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         self._prune()
-        return CheckpointInfo(step, path, digest)
-
-    def _write_signature(self, path: Path, manifest: dict[str, Any]) -> None:
-        from trainguard.crypto.signing import canonical_json
-
-        sig = self._signing_key.sign(canonical_json(manifest))
-        body = json.dumps({"manifest": manifest, "signature": sig.hex()}, indent=1).encode()
-        sig_path = path.with_name(path.name + ".sig")
-        with atomic_output(sig_path, mode=0o600) as tmp:
-            tmp.write_bytes(body)
+        return CheckpointInfo(step, path, entry.sha256)
 
     def _prune(self) -> None:
         for _step, p in self.list()[self._keep :]:
             with contextlib.suppress(FileNotFoundError):
-                p.with_name(p.name + ".sig").unlink()
+                manifest_path(p).unlink()
                 p.unlink()
 
     def verify(self, path: Path) -> CheckpointInfo:
-        """Check the signature and the hash of one checkpoint; raises CheckpointTampered."""
+        """Check the signature, size and hash of one checkpoint; raises CheckpointTampered."""
+        from trainguard.crypto.manifest import Manifest
         from trainguard.crypto.signing import canonical_json
 
         try:
-            doc = json.loads(path.with_name(path.name + ".sig").read_bytes())
-            manifest, sig = doc["manifest"], bytes.fromhex(doc["signature"])
-            self._verify_key.verify(sig, canonical_json(manifest), what="checkpoint manifest")
-        except (OSError, ValueError, KeyError, TypeError, TrainguardError) as exc:
+            doc = json.loads(manifest_path(path).read_bytes())
+            body = doc["manifest"]
+            signature = base64.b64decode(doc["signature"], validate=True)
+            signer = _verify_signature(self._trust, doc, signature, DOMAIN + canonical_json(body))
+            manifest = Manifest.from_json(body)
+        except (OSError, ValueError, KeyError, TypeError, InvalidSignature, TrainguardError) as exc:
             raise CheckpointTampered(f"checkpoint {path.name}: signature does not verify") from exc
-        if manifest.get("file") != path.name or manifest.get("format") != FORMAT:
+        entry = manifest.files[0] if len(manifest.files) == 1 else None
+        if manifest.kind != "file" or manifest.name != path.name or entry is None or entry.path != path.name:
             raise CheckpointTampered(f"checkpoint {path.name}: manifest names another file")
-        if _sha256_file(path) != manifest["sha256"]:
+        try:
+            actual = hash_file(path, follow_symlinks=False)
+        except OSError as exc:
+            raise CheckpointTampered(f"checkpoint {path.name}: cannot be read") from exc
+        if actual.size != entry.size or actual.sha256 != entry.sha256:
             raise CheckpointTampered(f"checkpoint {path.name}: content does not match its signature")
-        return CheckpointInfo(int(manifest["step"]), path, manifest["sha256"])
+        m = _NAME.match(path.name)
+        return CheckpointInfo(int(m.group(1)) if m else -1, path, entry.sha256, signer)
 
     def load(self, path: Path) -> tuple[dict[str, Any], CheckpointInfo]:
-        """Verify, scan and load one checkpoint (weights only)."""
+        """Verify, scan and load one checkpoint (weights only) onto the CPU."""
         from trainguard.crypto.sealed.stream import SealedReader
+        from trainguard.integrity.scanner import UnsafeArtifact, require_safe_fileobj
 
         info = self.verify(path)
         try:
-            with path.open("rb") as raw, SealedReader(raw, self._keyring) as sealed:
-                scan_sealed(sealed, path.name)
-                scan_torch_zip(sealed)
-                state = torch.load(cast(IO[bytes], sealed), map_location="cpu", weights_only=True)
-        except CheckpointTampered:
-            raise
-        except (TrainguardError, RuntimeError, OSError, ValueError) as exc:
+            with path.open("rb") as raw, SealedReader(raw, self._keys, what=path.name) as sealed:
+                require_safe_fileobj(cast(IO[bytes], sealed), sealed.size, path.name)
+                payload = torch.load(cast(IO[bytes], sealed), map_location="cpu", weights_only=True)
+        except UnsafeArtifact as exc:
+            raise CheckpointTampered(f"checkpoint {path.name}: the scanner refused it") from exc
+        except (TrainguardError, RuntimeError, OSError, ValueError, EOFError) as exc:
             raise CheckpointTampered(
                 f"checkpoint {path.name}: cannot be unsealed or read ({type(exc).__name__})"
             ) from exc
-        if not isinstance(state, dict) or int(state.get("step", -1)) != info.step:
+        if not isinstance(payload, dict) or payload.get("step") != info.step:
             raise CheckpointTampered(f"checkpoint {path.name}: content is not this step's state")
-        return state, info
+        return payload, info
 
     def load_newest(self) -> LoadOutcome:
         """The newest checkpoint that verifies; every refused one is listed with its reason."""
         refused: list[tuple[Path, str]] = []
         for _step, path in self.list():
             try:
-                state, info = self.load(path)
+                payload, info = self.load(path)
             except CheckpointTampered as exc:
                 log.warning("refusing %s: %s", path, exc.message)
                 refused.append((path, exc.message))
                 continue
-            return LoadOutcome(state, info, refused)
+            return LoadOutcome(payload, info, refused)
         return LoadOutcome(None, None, refused)
+
+
+def _verify_signature(trust: Trust, doc: dict[str, Any], signature: bytes, message: bytes) -> str:
+    """Verify with this node's key, or with a node certificate of this cluster; returns who
+    signed. Raises TrainguardError (or ValueError) on any failure."""
+    algorithm = doc.get("algorithm")
+    if algorithm == "ed25519":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from trainguard.crypto.signing import VerifyKey
+
+        if not trust.verify_key_pem:
+            raise ValueError("no node key to verify with")
+        public = serialization.load_pem_public_key(trust.verify_key_pem.encode())
+        if not isinstance(public, Ed25519PublicKey):
+            raise ValueError("the node key is not Ed25519")
+        key = VerifyKey(public)
+        key.verify(signature, message, what="checkpoint manifest")
+        return f"node-key:{key.key_id}"
+    if algorithm == "ecdsa-p256-sha256":
+        return _verify_with_certificate(trust, str(doc.get("certificate") or ""), signature, message,
+                                        float(doc["manifest"].get("created_at", 0.0)))
+    raise ValueError("unknown signature algorithm")
+
+
+def _verify_with_certificate(trust: Trust, cert_pem: str, signature: bytes, message: bytes,
+                             signed_at: float) -> str:
+    """The certificate must be issued by the cluster CA, name a node of this cluster, be valid
+    when the manifest was signed and not be on the CA's CRL; then its key must verify."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from trainguard.crypto.pki import Identity, IdentityKind
+
+    if not trust.ca_pem or not trust.crl_pem or not cert_pem:
+        raise ValueError("no cluster CA and CRL to verify a node certificate with")
+    ca = x509.load_pem_x509_certificate(trust.ca_pem.encode())
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    cert.verify_directly_issued_by(ca)
+    crl = x509.load_pem_x509_crl(trust.crl_pem.encode())
+    if not crl.is_signature_valid(cast(Any, ca.public_key())):
+        raise ValueError("the CRL is not signed by the cluster CA")
+    if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        raise ValueError("the signing node's certificate is revoked")
+    when = dt.datetime.fromtimestamp(signed_at, dt.UTC)
+    if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+        raise ValueError("the node certificate was not valid when the checkpoint was signed")
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    idents = [Identity.parse(u) for u in uris.get_values_for_type(x509.UniformResourceIdentifier)]
+    node = next((i for i in idents if i.kind is IdentityKind.NODE
+                 and (trust.cluster is None or i.cluster == trust.cluster)), None)
+    if node is None:
+        raise ValueError("the certificate does not name a node of this cluster")
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise ValueError("the node certificate key is not ECDSA")
+    public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    return node.uri

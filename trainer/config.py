@@ -7,7 +7,8 @@ Documented keys (see ``trainer/examples/digits.toml``)::
     [optimizer]    name = "sgd" | "adam", lr, momentum, weight_decay
     [train]        steps, seed, batch_size (per rank), eval_every, threads, backend
     [aggregation]  method = mean | median | trimmed-mean | centered-clip | krum, trim, clip_tau,
-                   clip_iters, momentum, krum_f, krum_m, flag_after, exclude_flagged
+                   clip_iters, momentum, krum_f, krum_m, flag_after, exclude_flagged,
+                   compress = none | bf16 | powersgd, powersgd_rank, powersgd_start
     [checkpoint]   dir, every, keep
     [consistency]  every
     [telemetry]    every
@@ -38,6 +39,12 @@ class Aggregation(enum.StrEnum):
     TRIMMED_MEAN = "trimmed-mean"
     CENTERED_CLIP = "centered-clip"
     KRUM = "krum"
+
+
+class Compress(enum.StrEnum):
+    NONE = "none"
+    BF16 = "bf16"  # every rule: rows travel as bfloat16, half the bytes
+    POWERSGD = "powersgd"  # mean only: torch's PowerSGD hook with error feedback
 
 
 class Attack(enum.StrEnum):
@@ -124,10 +131,18 @@ class AggregationSection:
     krum_f: int = 1  # krum: assumed number of Byzantine ranks
     krum_m: int = 1  # 1 = Krum, > 1 = Multi-Krum
     flag_after: int = 5  # consecutive flagged steps before a byzantine-worker incident
-    exclude_flagged: bool = False
+    exclude_flagged: bool = True  # a flagged rank's updates are dropped under every rule
+    compress: Compress = Compress.NONE
+    powersgd_rank: int = 2  # PowerSGD: rank of the low-rank approximation
+    powersgd_start: int = 10  # PowerSGD: plain all-reduce before this step (torch's warm-up)
 
     def validate(self) -> list[str]:
         out = []
+        if self.compress is Compress.POWERSGD and self.method is not Aggregation.MEAN:
+            out.append(f"compress = powersgd works with method = mean only, not {self.method.value}"
+                       " (use compress = bf16 with a robust rule)")
+        if self.powersgd_rank < 1 or self.powersgd_start < 0:
+            out.append("powersgd_rank must be >= 1 and powersgd_start >= 0")
         if self.trim < 0 or self.krum_f < 0 or self.krum_m < 1 or self.clip_iters < 1:
             out.append("trim and krum_f must be >= 0, krum_m and clip_iters >= 1")
         if self.clip_tau <= 0:

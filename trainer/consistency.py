@@ -22,17 +22,19 @@ def parameter_digest(module: torch.nn.Module) -> bytes:
     return h.digest()
 
 
-def check_replicas(module: torch.nn.Module, *, group: Any = None) -> str:
+def check_replicas(
+    module: torch.nn.Module, *, group: Any = None, device: torch.device | None = None
+) -> str:
     """All-gather the digest as a uint8 tensor; raise ReplicaDivergence on any disagreement.
 
     Returns the agreed digest (hex).
     """
     digest = parameter_digest(module)
     world = dist.get_world_size(group)
-    mine = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+    mine = torch.frombuffer(bytearray(digest), dtype=torch.uint8).to(device or "cpu")
     out = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(out, mine, group=group)
-    digests = [bytes(t.tolist()) for t in out]
+    digests = [bytes(t.cpu().tolist()) for t in out]
     groups: dict[bytes, list[int]] = {}
     for r, d in enumerate(digests):
         groups.setdefault(d, []).append(r)

@@ -1,5 +1,11 @@
 """Prepare a job, launch it through torchrun, follow it, and collect the result.
 
+A job is the built-in recipe (a config file) or the user's own script (`--script`); both get
+the same launch context (`trainguard.trainer.context`, a 0600 file named by
+$TRAINGUARD_LAUNCH_CONTEXT) and the same result. Checkpoint keys come from the node agent when
+it serves them, else from a key process the launcher starts and ends (`KeyProcess`), never
+from inside a worker.
+
 The launcher is the only process of a job that writes evidence: it forwards the workers'
 telemetry, checkpoint events and incidents from the run folder to the agent (or the embedded
 audit log) while the job runs, so the embedded SQLite log keeps one writer.
@@ -7,26 +13,37 @@ audit log) while the job runs, so the embedded SQLite log keeps one writer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainguard.core.errors import UsageError
 from trainguard.core.home import Home
 from trainguard.evidence.sink import AuditSink
-from trainguard.trainer.config import TrainConfig, cross_check, load_train_config
+from trainguard.trainer.config import (
+    TrainConfig,
+    build_config,
+    cross_check,
+    load_train_config,
+    merge_overrides,
+)
+from trainguard.trainer.context import ENV_CONTEXT, LaunchContext, Trust
 from trainguard.trainer.errors import JobFailed, TrainConfigError
-from trainguard.trainer.membership import write_job_key
 from trainguard.trainer.rundir import RunDir
 
-__all__ = ["JobPlan", "LaunchOptions", "JobFollower", "launch", "prepare_job", "torchrun_command"]
+__all__ = ["JobFollower", "JobPlan", "KeyProcess", "LaunchOptions", "launch", "prepare_job",
+           "torchrun_command"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +62,19 @@ class LaunchOptions:
     job_id: str | None = None  # multi-node: every node passes the same id
     monitor_interval: float = 0.5
 
+    def check(self) -> None:
+        """Refuse what torchrun would silently turn into something else (exit 2)."""
+        try:
+            nodes = [int(n) for n in self.nnodes.split(":")]
+        except ValueError as exc:
+            raise UsageError(f"--nnodes {self.nnodes!r} is not N or MIN:MAX") from exc
+        if self.nproc < 1 or min(nodes) < 1:
+            raise UsageError("--nproc and --nnodes must be >= 1")
+        if max(nodes) > 1 and not self.rdzv_endpoint:
+            raise UsageError(f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT",
+                             tip="every node joins the same c10d rendezvous; without one each "
+                                 "node would train alone")
+
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -53,6 +83,16 @@ class JobPlan:
     run: RunDir
     options: LaunchOptions
     world_size_hint: int
+    checkpoint_dir: Path
+    job_key: bytes = field(repr=False)
+    home: Home
+    created: float
+    script: Path | None = None  # None: the built-in recipe
+    script_args: tuple[str, ...] = ()
+
+    @property
+    def context_file(self) -> Path:
+        return self.run.root / "context.json"
 
 
 @dataclass
@@ -93,35 +133,72 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
 
 
+def default_checkpoint_dir(home: Home, script: Path) -> Path:
+    """One folder per script under the home's checkpoint root."""
+    tag = hashlib.sha256(str(script).encode()).hexdigest()[:8]
+    return home.state_dir / "checkpoints" / f"{script.stem}-{tag}"
+
+
 def prepare_job(
     home: Home,
-    config_path: Path,
+    config_path: Path | None,
     overrides: Sequence[str],
     options: LaunchOptions,
     job_key: Callable[[str], bytes],
     *,
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
+    checkpoint_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
 ) -> JobPlan:
-    """Validate the config, create the run folder (0700) with job.json and the 0600 job key."""
-    cfg = load_train_config(config_path, overrides)
+    """Validate the config (a file for the built-in recipe; defaults plus `--set` for a
+    script) and create the 0700 run folder. Nothing secret is written yet."""
+    options.check()
+    if script is not None:
+        cfg = build_config(merge_overrides({}, overrides), source="--set", base_dir=Path.cwd())
+        source = str(script)
+        ckpt = (checkpoint_dir or default_checkpoint_dir(home, script)).absolute()
+    elif config_path is not None:
+        cfg = load_train_config(config_path, overrides)
+        source = str(config_path)
+        ckpt = (checkpoint_dir or cfg.checkpoint.dir).absolute()
+    else:
+        raise UsageError("give a job config or --script PATH")
     world_hint = options.nproc * int(options.nnodes.split(":")[-1])
     problems = cross_check(cfg, world_hint)
     if problems:
-        raise TrainConfigError(problems, source=str(config_path))
+        raise TrainConfigError(problems, source=source)
     job_id = options.job_id or new_job_id()
     run = RunDir(home.state_dir / "runs" / job_id)
     run.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_job_key(run.key_file, job_key(job_id))
+    created = clock()
     run.write_json(run.job_file, {
-        "job_id": job_id,
-        "home": str(home.root),
-        "config_path": str(config_path),
-        "base_dir": str(config_path.parent.absolute()),
-        "config": dict(cfg.raw),
-        "resume": options.resume,
-        "created": clock(),
+        "job_id": job_id, "home": str(home.root), "config_path": str(config_path or ""),
+        "script": str(script or ""), "script_args": list(script_args), "config": dict(cfg.raw),
+        "checkpoint_dir": str(ckpt), "resume": options.resume, "created": created,
     })
-    return JobPlan(job_id, cfg, run, options, world_hint)
+    return JobPlan(job_id, cfg, run, options, world_hint, ckpt, job_key(job_id), home, created,
+                   script, tuple(script_args))
+
+
+def trust_for(home: Home) -> Trust:
+    """Public material checkpoint signatures are verified with (read by the launcher, which may
+    open the home; the workers may not)."""
+    def text(path: Path) -> str | None:
+        return path.read_text() if path.exists() else None
+
+    return Trust(verify_key_pem=text(home.node_verify_key), ca_pem=text(home.pki_dir / "ca.crt"),
+                 crl_pem=text(home.pki_dir / "crl.pem"))
+
+
+def write_context(plan: JobPlan, key_socket: Path) -> Path:
+    ctx = LaunchContext(
+        job_id=plan.job_id, run_dir=plan.run.root, job_key=plan.job_key, key_socket=key_socket,
+        checkpoint_dir=plan.checkpoint_dir, resume=plan.options.resume, created=plan.created,
+        stop_file=plan.home.state_dir / "stop-training.json", settings=dict(plan.config.raw),
+        trust=trust_for(plan.home), kind="script" if plan.script else "config")
+    ctx.write(plan.context_file)
+    return plan.context_file
 
 
 def torchrun_command(plan: JobPlan, python: str = sys.executable) -> list[str]:
@@ -133,7 +210,60 @@ def torchrun_command(plan: JobPlan, python: str = sys.executable) -> list[str]:
                 "--rdzv-endpoint", o.rdzv_endpoint, "--rdzv-id", plan.job_id]
     else:
         cmd += ["--standalone", "--nnodes", "1"]
-    return cmd + ["-m", "trainguard.trainer.worker", str(plan.run.root)]
+    if plan.script is not None:
+        return cmd + [str(plan.script), *plan.script_args]
+    return cmd + ["-m", "trainguard.trainer.worker"]
+
+
+class KeyProcess:
+    """The launcher's own key service when no agent answers: ``python -m
+    trainguard.agent.api.keys`` on a 0600 socket in a 0700 folder, ended when the job ends."""
+
+    def __init__(self, home: Home, run: RunDir, python: str = sys.executable) -> None:
+        sock = run.root / "keys.sock"
+        if len(str(sock).encode()) > 100:  # AF_UNIX paths are short: a private temp folder
+            sock = Path(tempfile.mkdtemp(prefix="tg-keys-")) / "keys.sock"
+        self.socket = sock
+        self._proc = subprocess.Popen(
+            [python, "-m", "trainguard.agent.api.keys", "--home", str(home.root),
+             "--socket", str(sock)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise JobFailed("the launcher's key process did not start",
+                                tip="run `python -m trainguard.agent.api.keys --help` to see why")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self.socket.parent.name.startswith("tg-keys-"):
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
+def key_service(home: Home, run: RunDir) -> tuple[Path, KeyProcess | None]:
+    """The agent's socket when the agent serves checkpoint keys, else a key process of ours."""
+    from trainguard.agent.api.client import agent_socket
+    from trainguard.trainer.keys import KeyClient, KeyServiceUnavailable
+
+    path = agent_socket(home)
+    if path.exists():
+        client = KeyClient(path, timeout=5.0)
+        try:
+            client.call("checkpoint-key")
+            return path, None
+        except KeyServiceUnavailable as exc:
+            log.info("the agent does not serve checkpoint keys (%s); using a key process", exc.message)
+        finally:
+            client.close()
+    proc = KeyProcess(home, run)
+    return proc.socket, proc
 
 
 def launch(
@@ -152,6 +282,8 @@ def launch(
     t0 = time.monotonic()
     follower = JobFollower(plan.run, audit, report)
     log_path = plan.run.root / "torchrun.log"
+    socket_path, keyproc = key_service(plan.home, plan.run)
+    child_env[ENV_CONTEXT] = str(write_context(plan, socket_path))
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         try:
@@ -166,6 +298,8 @@ def launch(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            if keyproc is not None:
+                keyproc.close()
     follower.poll()
     wall = time.monotonic() - t0
     return collect_result(plan, follower, proc.returncode, wall, log_path)
@@ -191,8 +325,13 @@ def collect_result(
     restarts = sum(1 for e in follower.events if e["kind"] == "resume")
     steps_timed = [t["step_time"] for t in follower.telemetry if t.get("step_time")]
     cfg = plan.config
+    known = {"status", "reason", "steps", "resumed_from_step", "checkpoints_this_attempt",
+             "flagged_ranks", "excluded_ranks", "attempt", "world_size", "aggregation",
+             "timing", "compress", "bytes_sent", "device", "backend"}
     return {
+        **{k: v for k, v in result.items() if k not in known},  # the job's own metrics
         "job_id": plan.job_id,
+        "script": str(plan.script) if plan.script else None,
         "status": result["status"],
         "reason": result.get("reason"),
         "final_accuracy": result.get("final_accuracy"),
@@ -201,7 +340,11 @@ def collect_result(
         "world_size": result.get("world_size"),
         "attempts": int(result.get("attempt", 0)) + 1,
         "aggregation": {"method": cfg.aggregation.method.value,
-                        "excluded_ranks": result.get("excluded_ranks", [])},
+                        "compress": cfg.aggregation.compress.value,
+                        "excluded_ranks": result.get("excluded_ranks", []),
+                        "bytes_sent_rank0": result.get("bytes_sent")},
+        "device": result.get("device"),
+        "backend": result.get("backend"),
         "flagged_ranks": result.get("flagged_ranks", []),
         "incidents": follower.incidents,
         "checkpoints": [
@@ -238,19 +381,18 @@ def export_weights(plan: JobPlan, home: Home, out: Path) -> dict[str, Any]:
     This is plaintext on disk: the CLI only calls it after authorizing `checkpoint:export`.
     """
     import torch
-    from trainguard.crypto.keyring import Keyring
-    from trainguard.crypto.signing import SigningKey, VerifyKey
+    from trainguard.core.fs import atomic_output
+    from trainguard.crypto.keyring import open_keyring
     from trainguard.trainer.checkpoint import CheckpointStore
 
-    store = CheckpointStore(plan.config.checkpoint.dir, Keyring.open(home.keys_dir),
-                            SigningKey.load(home.node_signing_key),
-                            VerifyKey.load(home.node_verify_key), job_id=plan.job_id)
+    store = CheckpointStore(plan.checkpoint_dir, open_keyring(home), trust_for(home))
     outcome = store.load_newest()
     if outcome.state is None or outcome.info is None:
         raise JobFailed("no verified checkpoint to export", tip="run the job first")
+    model = outcome.state["state"].get("model")
+    if model is None:
+        raise JobFailed("the checkpoint has no 'model' entry to export")
     out.parent.mkdir(parents=True, exist_ok=True)
-    from trainguard.core.home import atomic_output
-
     with atomic_output(out, mode=0o600) as tmp:
-        torch.save(outcome.state["model"], tmp)
+        torch.save(model, tmp)
     return {"path": str(out), "step": outcome.info.step, "from": str(outcome.info.path)}

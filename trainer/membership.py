@@ -6,25 +6,23 @@ uint8 tensors; each rank computes HMAC-SHA256(job_key, "trainguard-membership-v1
 rank ‖ world_size ‖ nonce_0 ‖ ... ‖ nonce_{n-1}) and the MACs are all-gathered; every rank checks
 every MAC in constant time. Binding all nonces makes a MAC useless outside this round; binding
 the rank stops one member from answering for another. The job key never touches the store: it
-reaches workers through a 0600 file named by an environment variable.
+reaches workers in the 0600 launch context named by an environment variable
+(`trainguard.trainer.context`). The round's tensors live on the process group's device.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from trainguard.core.home import read_private, write_private
 from trainguard.trainer.errors import MembershipError
 
-__all__ = ["NONCE_BYTES", "membership_mac", "prove_membership", "read_job_key", "write_job_key"]
+__all__ = ["NONCE_BYTES", "membership_mac", "prove_membership"]
 
 NONCE_BYTES = 32
 _DOMAIN = b"trainguard-membership-v1"
@@ -37,28 +35,13 @@ def membership_mac(key: bytes, job_id: str, rank: int, world_size: int, nonces: 
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
-def write_job_key(path: Path, key: bytes) -> None:
-    """Write the job key as a 0600 file (atomic, in a 0700 folder)."""
-    write_private(path, key.hex().encode())
-
-
-def read_job_key(path: Path) -> bytes:
-    """Read the job key file (refuses group/other-readable files and symlinks)."""
-    raw = read_private(path).strip()
-    try:
-        key = bytes.fromhex(raw.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MembershipError("the job key file is malformed") from exc
-    if len(key) < 32:
-        raise MembershipError("the job key file is malformed")
-    return key
-
-
-def _all_gather_bytes(data: bytes, world_size: int, group: Any) -> list[bytes]:
-    t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+def _all_gather_bytes(
+    data: bytes, world_size: int, group: Any, device: torch.device
+) -> list[bytes]:
+    t = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
     out = [torch.empty_like(t) for _ in range(world_size)]
     dist.all_gather(out, t, group=group)
-    return [bytes(o.tolist()) for o in out]
+    return [bytes(o.cpu().tolist()) for o in out]
 
 
 def prove_membership(
@@ -66,6 +49,7 @@ def prove_membership(
     job_id: str,
     *,
     group: Any = None,
+    device: torch.device | None = None,
     randbytes: Callable[[int], bytes] = secrets.token_bytes,
 ) -> None:
     """Run the membership round on the default (or given) process group.
@@ -76,12 +60,13 @@ def prove_membership(
     rank = dist.get_rank(group)
     world = dist.get_world_size(group)
     nonce = randbytes(NONCE_BYTES)
-    nonces = _all_gather_bytes(nonce, world, group)
+    device = device or torch.device("cpu")
+    nonces = _all_gather_bytes(nonce, world, group, device)
     if nonces[rank] != nonce:
         raise MembershipError("membership round corrupted: own nonce not echoed")
     joined = b"".join(nonces)
     mine = membership_mac(key, job_id, rank, world, joined)
-    macs = _all_gather_bytes(mine, world, group)
+    macs = _all_gather_bytes(mine, world, group, device)
     bad = [
         r
         for r, mac in enumerate(macs)
@@ -89,11 +74,3 @@ def prove_membership(
     ]
     if bad:
         raise MembershipError(f"ranks {bad} did not prove knowledge of the job key")
-
-
-def job_key_from_env(environ: dict[str, str] | os._Environ[str], var: str) -> bytes:
-    """Entry-point helper: read the key file named by `var`."""
-    path = environ.get(var)
-    if not path:
-        raise MembershipError(f"no job key: ${var} is not set", tip="launch with `trainguard train`")
-    return read_job_key(Path(path))

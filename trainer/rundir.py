@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.home import atomic_output
+from trainguard.core.fs import atomic_output
 
 __all__ = ["RunDir"]
 

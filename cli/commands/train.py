@@ -1,4 +1,6 @@
-"""`trainguard train CONFIG.toml`: preflight, then the hardened trainer under torchrun.
+"""`trainguard train CONFIG.toml` (the built-in recipe) or `trainguard train --script PATH`
+(the user's own torchrun script, protected with `trainguard.trainer.Guard`): preflight, then
+torchrun.
 
 The trainer (and torch) are imported inside the handler only: the agent package must never
 pull torch in at import time.
@@ -36,15 +38,25 @@ def check_gpus(home: Home, config: Config) -> PreflightStep:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("train", help="run a hardened distributed training job (torchrun)")
-    p.add_argument("config", type=Path, help="job config (see trainer/examples/digits.toml)")
+    p = sub.add_parser(
+        "train", help="run a hardened distributed training job (torchrun)",
+        usage="trainguard train (CONFIG.toml | --script PATH) [options] [-- SCRIPT_ARGS...]")
+    p.add_argument("config", type=Path, nargs="?", default=None,
+                   help="job config of the built-in recipe (see trainer/examples/digits.toml)")
+    p.add_argument("script_args", nargs="*", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--script", type=Path, default=None, metavar="PATH",
+                   help="run your own torchrun script (it calls trainguard.trainer.Guard); "
+                        "arguments for it follow `--`")
+    p.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
+                   help="checkpoint folder (default: one per script under the home's state)")
     p.add_argument("--nproc", type=int, default=1, help="workers on this node (default 1)")
     p.add_argument("--nnodes", default="1", help="nodes, or MIN:MAX for elastic (multi-node)")
     p.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of torchrun's c10d rendezvous")
     p.add_argument("--job-id", default=None, help="multi-node: the same id on every node")
     p.add_argument("--max-restarts", type=int, default=2, help="torchrun worker restarts")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key with a TOML value (repeatable)")
+                   help="override a config key with a TOML value (repeatable); with --script, "
+                        "the [aggregation], [checkpoint], [consistency], [telemetry] keys")
     p.add_argument("--resume", action="store_true", help="continue from the newest verified checkpoint")
     p.add_argument("--user", default=None, help="require this logged-in trainguard user")
     p.add_argument("--otp", default=None, help="TOTP code for a step-up, if the session needs one")
@@ -60,24 +72,45 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def handle(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.agent.api.client import report_incident
-    from trainguard.crypto.keyring import Keyring
+    from trainguard.core.errors import UsageError
     from trainguard.trainer.launcher import LaunchOptions, launch, prepare_job
     from trainguard.trainer.preflight import run_preflight
 
     home = ctx.home.require()
-    config_path = args.config.expanduser().absolute()
+    script_args = list(args.script_args)
+    if args.script is not None:
+        if args.config is not None:  # `train --script s.py -- a b`: argparse fills config first
+            script_args.insert(0, str(args.config))
+        script: Path | None = args.script.expanduser().absolute()
+        if not script.is_file():
+            raise UsageError(f"no script at {script}", tip="pass the path of your training script")
+        config_path = None
+        job_path = script
+    elif args.config is None:
+        raise UsageError("give a job config or --script PATH",
+                         tip="trainguard train trainer/examples/digits.toml, or --script train.py")
+    else:
+        if script_args:
+            raise UsageError(f"unexpected arguments {script_args}: only --script jobs take arguments")
+        script, config_path = None, args.config.expanduser().absolute()
+        job_path = config_path
     options = LaunchOptions(nproc=args.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
                             max_restarts=args.max_restarts, resume=args.resume, job_id=args.job_id)
-    keyring = Keyring.open(home.keys_dir)
+    keyring = ctx.keyring()
     # Validate the config before asking for authorization: a typo should not cost an MFA code.
+    ckpt = args.checkpoint_dir.expanduser().absolute() if args.checkpoint_dir else None
     plan = prepare_job(home, config_path, args.overrides, options,
-                       lambda job_id: keyring.derive_key("job:" + job_id))
+                       lambda job_id: keyring.derive_key("job:" + job_id),
+                       script=script, script_args=script_args, checkpoint_dir=ckpt)
     audit = ctx.audit
-    preflight = run_preflight(home, ctx.config, audit, resource=f"/train/{config_path.stem}",
+    preflight = run_preflight(home, ctx.config, audit, resource=f"/train/{job_path.stem}",
                               project=args.project, otp=args.otp, user=args.user,
-                              skip_deps_verify=args.skip_deps_verify, gpu_check=check_gpus)
+                              skip_deps_verify=args.skip_deps_verify, gpu_check=check_gpus,
+                              scan_folder=job_path.parent)
     launch_event: dict[str, Any] = {
-        "job": plan.job_id, "config": str(config_path), "overrides": args.overrides,
+        "job": plan.job_id, "config": str(config_path) if config_path else None,
+        "script": str(script) if script else None, "script_args": script_args,
+        "overrides": args.overrides,
         "nproc": args.nproc, "nnodes": args.nnodes, "resume": args.resume,
         "principal": preflight.principal, "mfa_age_s": preflight.mfa_age_s,
         "os_user": getpass.getuser(), "aggregation": plan.config.aggregation.method.value,
@@ -96,7 +129,7 @@ def handle(args: argparse.Namespace, ctx: Context) -> int:
     result["preflight"] = preflight.to_json()
     result["model_factory"] = plan.config.model.factory
     if args.export_weights is not None and result["status"] == "completed":
-        result["model_weights"] = _export(args, ctx, plan, config_path)["path"]
+        result["model_weights"] = _export(args, ctx, plan, job_path)["path"]
     audit.record("train.finish", preflight.principal, {
         "job": plan.job_id, "status": result["status"], "steps": result["steps"],
         "final_accuracy": result["final_accuracy"],
@@ -119,7 +152,7 @@ def _export(args: argparse.Namespace, ctx: Context, plan: Any, config_path: Path
 
 
 def _render(r: dict[str, Any]) -> str:
-    acc = r["final_accuracy"]
+    acc = r.get("final_accuracy")
     lines = [
         f"job {r['job_id']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else ""),
         f"  steps {r['steps']}, accuracy {acc:.4f}" if acc is not None else f"  steps {r['steps']}",

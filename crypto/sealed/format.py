@@ -11,7 +11,7 @@ import hmac
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +34,25 @@ HEADER_SIZE = _FIXED.size + _MUTABLE.size + WRAPPED_DEK_BYTES  # 157
 _KDF_INFO = b"trainguard/sealed/v1"
 
 Random = Callable[[int], bytes]
+
+
+class DekUnwrapper(Protocol):
+    """What a reader needs to open a stream: a `Keyring`, or a client of a key service that
+    unwraps data keys for the caller (the KEK stays with the service)."""
+
+    def unwrap_dek(self, wrapped: WrappedDek, *, what: str = "data") -> bytes: ...
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A data key with its KEK-wrapped form, issued by a key service (Vault-transit style):
+    a writer seals with it and never sees the KEK. `repr()` hides the key."""
+
+    dek: bytes
+    wrapped: WrappedDek
+
+    def __repr__(self) -> str:
+        return f"DataKey(wrapped={self.wrapped!r})"
 
 
 def nonce(prefix: bytes, index: int, last: bool) -> bytes:
@@ -101,7 +120,7 @@ class Header:
             raise SealedStreamError(what)
         return cls(seg, kid.hex(), salt, prefix, commit, kek_version, raw[AAD_SIZE + 6 :])
 
-    def unwrap(self, keyring: Keyring, what: str) -> bytes:
+    def unwrap(self, keyring: DekUnwrapper, what: str) -> bytes:
         """The DEK, checked against the commitment. `RetiredKeyError` passes through."""
         try:
             dek = keyring.unwrap_dek(
@@ -117,7 +136,7 @@ class Header:
 class SegmentOpener:
     """Verifies and decrypts segments of one stream (any order: the index is in the nonce)."""
 
-    def __init__(self, header: Header, keyring: Keyring, what: str) -> None:
+    def __init__(self, header: Header, keyring: DekUnwrapper, what: str) -> None:
         dek = header.unwrap(keyring, what)
         self.header = header
         self.segment_size = header.segment_size
@@ -138,15 +157,20 @@ class SegmentOpener:
 class SegmentSealer:
     """Writes the header of a new stream, then encrypts consecutive segments."""
 
-    def __init__(self, out: BinaryIO, keyring: Keyring, segment_size: int, rng: Random) -> None:
+    def __init__(
+        self, out: BinaryIO, keyring: Keyring | DataKey, segment_size: int, rng: Random
+    ) -> None:
         if not 1 <= segment_size <= MAX_SEGMENT_SIZE:
             raise ValueError(f"segment_size must be 1..{MAX_SEGMENT_SIZE}")
-        dek = rng(32)
+        if isinstance(keyring, DataKey):  # issued by a key service: no KEK in this process
+            dek, wrapped = keyring.dek, keyring.wrapped
+        else:
+            dek = rng(32)
+            wrapped = keyring.wrap_dek(dek)
         salt, prefix = rng(32), rng(7)
-        seg_key, commitment = derive_keys(dek, _context(segment_size, keyring.kek_id, salt, prefix))
-        wrapped = keyring.wrap_dek(dek)
+        seg_key, commitment = derive_keys(dek, _context(segment_size, wrapped.kek_id, salt, prefix))
         self.header = Header(
-            segment_size, keyring.kek_id, salt, prefix, commitment, wrapped.version, wrapped.blob
+            segment_size, wrapped.kek_id, salt, prefix, commitment, wrapped.version, wrapped.blob
         )
         self._aad = self.header.aad
         self._aead = AESGCM(seg_key)
@@ -182,7 +206,7 @@ def read_header(src: BinaryIO, what: str) -> Header:
     return Header.parse(bytes(raw), what)
 
 
-def unseal_segments(src: BinaryIO, keyring: Keyring, what: str) -> Iterator[memoryview]:
+def unseal_segments(src: BinaryIO, keyring: DekUnwrapper, what: str) -> Iterator[memoryview]:
     """Verified plaintext segments of a stream read front to back; each view is valid until
     the next is requested. Only the final segment is short, so no look-ahead is needed."""
     opener = SegmentOpener(read_header(src, what), keyring, what)

@@ -69,6 +69,8 @@ from trainguard.crypto.sealed.format import (
     HEADER_SIZE,
     MAGIC,
     TAG_SIZE,
+    DataKey,
+    DekUnwrapper,
     Random,
     SegmentOpener,
     SegmentSealer,
@@ -79,6 +81,8 @@ from trainguard.crypto.sealed.format import (
 __all__ = [
     "AAD_SIZE",
     "DEFAULT_SEGMENT_SIZE",
+    "DataKey",
+    "DekUnwrapper",
     "HEADER_SIZE",
     "MAGIC",
     "TAG_SIZE",
@@ -194,10 +198,13 @@ class SealedReader(io.RawIOBase):
     Opening verifies the header, the key and the final segment (so truncation is caught up
     front); each segment is verified when it is first read, and segment i is read without
     reading the ones before it. Memory: two segments. Works with
-    ``torch.load(reader, weights_only=True)``.
+    ``torch.load(reader, weights_only=True)``. `keyring` may be any `DekUnwrapper` (a key
+    service client that unwraps the stream's data key).
     """
 
-    def __init__(self, fileobj: BinaryIO, keyring: Keyring, *, what: str = "sealed stream") -> None:
+    def __init__(
+        self, fileobj: BinaryIO, keyring: DekUnwrapper, *, what: str = "sealed stream"
+    ) -> None:
         super().__init__()
         self._f = fileobj
         fileobj.seek(0)

@@ -11,6 +11,7 @@ from trainguard.evidence.sink import NullSink
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "trainer" / "examples" / "digits.toml"
+EXAMPLES = REPO / "trainer" / "examples"
 
 
 def free_port() -> int:
@@ -19,13 +20,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prepare(home: Home, overrides: list[str], **options: Any):
-    from trainguard.crypto.keyring import Keyring
+def prepare(home: Home, overrides: list[str], *, script: Path | None = None,
+            script_args: list[str] | None = None, checkpoint_dir: Path | None = None,
+            **options: Any):
+    from trainguard.crypto.keyring import open_keyring
     from trainguard.trainer.launcher import LaunchOptions, prepare_job
 
-    keyring = Keyring.open(home.keys_dir)
+    keyring = open_keyring(home)
     opts = LaunchOptions(**{"nproc": 3, "max_restarts": 1, **options})
-    return prepare_job(home, DIGITS, overrides, opts, lambda j: keyring.derive_key("job:" + j))
+    return prepare_job(home, None if script else DIGITS, overrides, opts,
+                       lambda j: keyring.derive_key("job:" + j), script=script,
+                       script_args=script_args or [], checkpoint_dir=checkpoint_dir)
 
 
 def run_job(home: Home, overrides: list[str], **options: Any) -> tuple[dict[str, Any], NullSink]:

@@ -1,0 +1,40 @@
+"""Fixtures of the trainer's unit tests: the real key service on a unix socket, in a thread."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from trainguard.core.home import Home
+
+
+@pytest.fixture
+def key_socket(home: Home) -> Iterator[Path]:
+    """`trainguard.agent.api.keys.serve` for `home` (what the launcher's key process runs)."""
+    from trainguard.agent.api.keys import serve
+
+    folder = Path(tempfile.mkdtemp(prefix="tgk-"))
+    path = folder / "keys.sock"
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(home, path), kwargs={"until": stop.is_set},
+                              daemon=True)
+    thread.start()
+    while not path.exists():
+        time.sleep(0.01)
+    yield path
+    stop.set()
+    thread.join(5)
+    folder.rmdir()
+
+
+@pytest.fixture
+def keys(key_socket: Path):
+    from trainguard.trainer.keys import KeyClient
+
+    client = KeyClient(key_socket)
+    yield client
+    client.close()

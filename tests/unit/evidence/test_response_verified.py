@@ -102,7 +102,9 @@ def test_kill_terminates_an_observed_foreign_gpu_process(home: Home, sleeper) ->
 def test_kill_refuses_a_pid_not_observed_on_this_nodes_gpus(home: Home, sleeper) -> None:  # type: ignore[no-untyped-def]
     ctx = ActionContext(home=home, verifier=Verifier())
     res = run_action("kill", ctx, _incident(pid=sleeper.pid))
-    assert not res.ok and "not observed on this node's GPUs" in res.data["refused"][str(sleeper.pid)]
+    assert (
+        not res.ok and "not observed on this node's GPUs" in res.data["refused"][str(sleeper.pid)]
+    )
     assert _alive(sleeper)
 
 
@@ -139,7 +141,9 @@ def test_kill_refuses_init_and_self(home: Home) -> None:
 _PID_CASES = ("foreign", "allowed", "unobserved", "reused", "gone", "init", "self")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     cases=st.lists(st.sampled_from(_PID_CASES), min_size=1, max_size=6),
     provenance=st.sampled_from(list(Provenance)),
@@ -253,9 +257,10 @@ def test_quarantine_refuses_paths_outside_the_artifact_folders_and_in_the_home(
     home: Home, tmp_path: Path
 ) -> None:
     lay = _layout(tmp_path)
-    assert "not inside a configured artifact folder" in _quarantine(
-        home, lay, str(lay.outside / "bad.pkl")
-    ).detail
+    assert (
+        "not inside a configured artifact folder"
+        in _quarantine(home, lay, str(lay.outside / "bad.pkl")).detail
+    )
     assert "absolute" in _quarantine(home, lay, "models/bad.pkl").detail
     in_home = home.root / "models"
     in_home.mkdir()
@@ -274,9 +279,7 @@ def test_quarantine_from_a_remote_report_is_refused_even_for_an_unsafe_file(
     assert (lay.models / "bad.pkl").exists()
 
 
-def test_quarantine_puts_back_a_file_swapped_in_during_the_move(
-    home: Home, tmp_path: Path
-) -> None:
+def test_quarantine_puts_back_a_file_swapped_in_during_the_move(home: Home, tmp_path: Path) -> None:
     lay = _layout(tmp_path)
     target = lay.models / "bad.pkl"
     real_scan = lay.verifier.scan_verdict
@@ -296,7 +299,9 @@ def test_quarantine_puts_back_a_file_swapped_in_during_the_move(
 _COMPONENTS = ["..", ".", "sub", "dirlink", "link.pkl", "hard.pkl", "bad.pkl", "ok.pkl", "x"]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     root=st.sampled_from(["models", "outside", "home", "/"]),
     parts=st.lists(st.sampled_from(_COMPONENTS), min_size=0, max_size=5),
@@ -338,7 +343,10 @@ def test_remote_incident_is_recorded_but_its_pid_and_path_are_never_acted_on(
     try:
         evidence = {"pid": sleeper.pid, "path": str(lay.models / "bad.pkl")}
         inc = engine.report(
-            "checkpoint-tampered", "critical", evidence, actor="spiffe://c/node/n2",
+            "checkpoint-tampered",
+            "critical",
+            evidence,
+            actor="spiffe://c/node/n2",
             provenance=Provenance.REMOTE,
         )
         recorded = next(e for e in log.entries(kind="incident"))

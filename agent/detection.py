@@ -36,6 +36,7 @@ from trainguard.anomaly.domain import (
     GpuMisuseDetector,
     GpuReading,
 )
+from trainguard.core.config import Config
 from trainguard.evidence.incidents import IncidentKind, Severity
 
 __all__ = ["LEARNED_COLUMNS", "Detection", "Scorer"]
@@ -58,13 +59,12 @@ class Detection:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def _anomaly_section(config: Any) -> AnomalyConfig:
+def _anomaly_section(config: AnomalyConfig | Config | None) -> AnomalyConfig:
     if config is None:
         return AnomalyConfig()
     if isinstance(config, AnomalyConfig):
         return config
-    section = config.section("anomaly")  # a trainguard Config
-    return section if isinstance(section, AnomalyConfig) else AnomalyConfig()
+    return config.section(AnomalyConfig)
 
 
 class Scorer:
@@ -72,7 +72,7 @@ class Scorer:
 
     def __init__(
         self,
-        config: Any = None,
+        config: AnomalyConfig | Config | None = None,
         clock: Callable[[], float] = time.time,
         *,
         registered_pids: Callable[[], Iterable[int]] = lambda: (),

@@ -19,7 +19,8 @@ from typing import Any
 
 from trainguard.core.config import NodeConfig, dump_sections
 from trainguard.core.errors import UsageError
-from trainguard.core.home import Home, write_private
+from trainguard.core.fs import write_private
+from trainguard.core.home import Home
 from trainguard.evidence.sink import AuditSink
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,15 @@
 """Typed configuration: TOML in the home, environment overrides, validated at load.
 
-Each component owns one frozen dataclass of settings with its defaults, and registers it here
-under its TOML section name with `register_section` (the known sections are listed in
-`_KNOWN_SECTIONS`, imported lazily so loading config never pulls in torch or sklearn).
-Precedence: file < environment (``TRAINGUARD_<SECTION>_<KEY>``) < flags (applied by callers with
-`dataclasses.replace`). Every error in a file is reported at once.
+Each component owns one frozen dataclass of settings with its defaults; the class names its
+TOML table in ``SECTION`` (a `Section`) and may check combinations in ``validate() -> list[str]``.
+The sections of every area are listed in `_KNOWN_SECTIONS` (imported on first use, so loading a
+config never pulls in torch or sklearn); `register_section` adds one more. A component reads its
+settings with ``config.section(AgentConfig)``, which returns an ``AgentConfig``: the validated
+table, or the defaults when the file has none.
+
+Precedence: file < environment (``TRAINGUARD_<SECTION>_<KEY>``) < flags (`apply_flags`). Every
+error is reported at once. `build_sections` is the same machinery for other TOML documents
+(the trainer's job config).
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from trainguard.core.errors import UsageError
 
@@ -33,24 +38,35 @@ log = logging.getLogger(__name__)
 class ConfigError(UsageError):
     """The configuration is invalid; `problems` lists every problem found."""
 
-    def __init__(self, problems: list[str], *, source: str) -> None:
+    def __init__(self, problems: list[str], *, source: str, tip: str | None = None) -> None:
         self.problems = problems
         lines = "\n  - ".join(problems)
         super().__init__(
             f"invalid configuration in {source}:\n  - {lines}",
-            tip="fix the listed keys; `trainguard init --force` writes a fresh default file",
+            tip=tip or "fix the listed keys; `trainguard init --force` writes a fresh default file",
         )
+
+
+class Section(Protocol):
+    """A frozen dataclass of settings that names its TOML table (``[SECTION]``)."""
+
+    SECTION: ClassVar[str]
+
+
+S = TypeVar("S", bound=Section)
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     """Identity of this node inside its cluster."""
 
+    SECTION: ClassVar[str] = "node"
+
     cluster: str = "default"
     name: str = "node-1"
 
 
-_REGISTRY: dict[str, type[Any]] = {"node": NodeConfig}
+_REGISTRY: dict[str, type[Section]] = {NodeConfig.SECTION: NodeConfig}
 
 # Sections owned by other areas, imported on first use. module:Class
 _KNOWN_SECTIONS: dict[str, str] = {
@@ -86,26 +102,27 @@ def _move_keys(data: dict[str, Any]) -> None:
             log.warning("[%s] %s is deprecated: set it under [%s]", old, key, new)
 
 
-def register_section(name: str, cls: type[Any]) -> None:
-    """Register a frozen dataclass as the schema of the `[name]` section."""
+def register_section(cls: type[S]) -> type[S]:
+    """Register a frozen dataclass as the schema of its `[cls.SECTION]` table (a decorator)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    _REGISTRY[name] = cls
+    _REGISTRY[cls.SECTION] = cls
+    return cls
 
 
-def _section_class(name: str) -> type[Any] | None:
+def _section_class(name: str) -> type[Section] | None:
     if name in _REGISTRY:
         return _REGISTRY[name]
     target = _KNOWN_SECTIONS.get(name)
     if target is None:
         return None
+    # One wheel ships every area: a failing import is a broken install, never "not built".
     module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None  # area not built into this install
+    cls: type[Section] = getattr(importlib.import_module(module), attr)
+    if cls.SECTION != name:
+        raise TypeError(f"{target} names its section {cls.SECTION!r}, registered as {name!r}")
     _REGISTRY[name] = cls
-    return typing.cast(type[Any], cls)
+    return cls
 
 
 @dataclass(frozen=True)
@@ -113,19 +130,22 @@ class Config:
     """The validated configuration of one home. `section()` gives a component its settings."""
 
     source: str
-    sections: Mapping[str, Any] = field(default_factory=dict)
+    sections: Mapping[str, Section] = field(default_factory=dict)
 
     @property
     def node(self) -> NodeConfig:
-        return typing.cast(NodeConfig, self.section("node"))
+        return self.section(NodeConfig)
 
-    def section(self, name: str) -> Any:
-        if name in self.sections:
-            return self.sections[name]
-        cls = _section_class(name)
-        if cls is None:
-            raise KeyError(f"unknown config section {name!r}")
-        return cls()
+    def section(self, cls: type[S]) -> S:
+        """The settings of `cls` (``[cls.SECTION]``): as loaded and validated, else defaults."""
+        value = self.sections.get(cls.SECTION)
+        if value is None:
+            return cls()
+        if not isinstance(value, cls):
+            raise TypeError(
+                f"[{cls.SECTION}] holds a {type(value).__name__}, not a {cls.__name__}"
+            )
+        return value
 
 
 def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
@@ -202,6 +222,47 @@ def build_section(name: str, cls: type[T], raw: Mapping[str, Any], problems: lis
     return obj
 
 
+def build_sections(
+    data: Mapping[str, Any],
+    classes: Callable[[str], type[Any] | None],
+    problems: list[str],
+    *,
+    known: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Build every table of a TOML document with `build_section`; `classes` maps a table name
+    to its dataclass (None: unknown). Problems are appended; nothing is raised."""
+    built: dict[str, Any] = {}
+    names = ", ".join(known)
+    for name, raw in data.items():
+        cls = classes(name)
+        if cls is None:
+            problems.append(f"unknown section [{name}]" + (f" (known: {names})" if names else ""))
+        elif not isinstance(raw, dict):
+            problems.append(f"[{name}] must be a table")
+        else:
+            built[name] = build_section(name, cls, raw, problems)
+    return built
+
+
+def apply_flags(section: S, *, source: str = "the command line", **flags: Any) -> S:
+    """`section` with the command-line values that were given (None = not given), validated
+    by the same rules as the file: flags take precedence over file and environment.
+
+    Raises:
+        ConfigError: a flag value is out of range or of the wrong type.
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return section
+    problems: list[str] = []
+    merged = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}  # type: ignore[arg-type]
+    merged.update(given)
+    out = build_section(section.SECTION, type(section), merged, problems)
+    if problems:
+        raise ConfigError(problems, source=source, tip="pass a value within the listed limits")
+    return out
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """TRAINGUARD_<SECTION>_<KEY>=<TOML value> (a bare string is taken as a string)."""
     out: dict[str, dict[str, Any]] = {}
@@ -237,16 +298,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     _move_keys(overrides)
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
-    sections: dict[str, Any] = {}
-    for name, raw in data.items():
-        cls = _section_class(name)
-        if cls is None:
-            problems.append(f"unknown section [{name}]")
-            continue
-        if not isinstance(raw, dict):
-            problems.append(f"[{name}] must be a table")
-            continue
-        sections[name] = build_section(name, cls, raw, problems)
+    sections = build_sections(data, _section_class, problems)
     if problems:
         raise ConfigError(problems, source=str(path))
     return Config(source=str(path), sections=sections)

@@ -1,4 +1,4 @@
-"""The trainguard home: every piece of state for one node, and safe file helpers.
+"""The trainguard home: where every piece of state for one node lives.
 
 Layout (DESIGN "Runtime pieces")::
 
@@ -10,24 +10,26 @@ Layout (DESIGN "Runtime pieces")::
     hooks.d/            incident hooks
     quarantine/         files moved aside by the quarantine action
 
-Folders are 0700 and key files 0600; `check_modes` lists anything looser. Key files are opened
-with O_NOFOLLOW so a planted symlink cannot redirect a read or a write.
+Folders are 0700 and key files 0600; `check_modes` lists anything looser. Key files are read
+and written with the helpers of `trainguard.core.fs`.
+
+Under systemd, the home's KEKs may instead be handed over in ``$CREDENTIALS_DIRECTORY``
+(systemd-creds, e.g. TPM2-sealed): `Home.resolve` records that folder as `credentials_dir`, and
+`trainguard.crypto.keyring.open_keyring(home)` prefers a ``kek-v<N>.key`` found there.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import stat
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainguard.core.errors import UsageError
 
 ENV_HOME = "TRAINGUARD_HOME"
+ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
 SYSTEM_HOME = Path("/var/lib/trainguard")
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -56,22 +58,32 @@ class ModeProblem:
 
 @dataclass(frozen=True)
 class Home:
-    """Paths inside one trainguard home. Creating the object touches nothing on disk."""
+    """Paths inside one trainguard home. Creating the object touches nothing on disk.
+
+    `credentials_dir` is where systemd handed this process the home's KEKs, if it did
+    (``$CREDENTIALS_DIRECTORY``); it does not make two homes with the same root different.
+    """
 
     root: Path
+    credentials_dir: Path | None = field(default=None, compare=False)
 
     @classmethod
-    def resolve(cls, flag: str | Path | None, environ: dict[str, str] | None = None) -> Home:
+    def resolve(cls, flag: str | Path | None, environ: Mapping[str, str]) -> Home:
         """The home from `--home`, else $TRAINGUARD_HOME, else ~/.trainguard (or the system
-        home when running as root under systemd, which sets $STATE_DIRECTORY)."""
-        env = environ if environ is not None else dict(os.environ)
+        home when running as root under systemd, which sets $STATE_DIRECTORY), with the
+        systemd credentials folder from $CREDENTIALS_DIRECTORY. Only entry points call this:
+        they pass their environment."""
+        creds = environ.get(ENV_CREDENTIALS)
+        credentials_dir = Path(creds) if creds else None
         if flag:
-            return cls(Path(flag).expanduser().absolute())
-        if env.get(ENV_HOME):
-            return cls(Path(env[ENV_HOME]).expanduser().absolute())
-        if env.get("STATE_DIRECTORY"):
-            return cls(Path(env["STATE_DIRECTORY"].split(":")[0]))
-        return cls(Path("~/.trainguard").expanduser().absolute())
+            root = Path(flag).expanduser().absolute()
+        elif environ.get(ENV_HOME):
+            root = Path(environ[ENV_HOME]).expanduser().absolute()
+        elif environ.get("STATE_DIRECTORY"):
+            root = Path(environ["STATE_DIRECTORY"].split(":")[0])
+        else:
+            root = Path("~/.trainguard").expanduser().absolute()
+        return cls(root, credentials_dir)
 
     @property
     def config_path(self) -> Path:
@@ -173,76 +185,3 @@ def _too_open(path: Path, allowed: int) -> list[ModeProblem]:
     if mode & ~allowed:
         return [ModeProblem(path, mode, allowed)]
     return []
-
-
-def write_private(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> None:
-    """Write `data` atomically: a 0600 temporary file in the same folder, fsync, rename.
-
-    A reader never sees a partial file, and a crash leaves either the old or the new content.
-    """
-    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def read_private(path: Path) -> bytes:
-    """Read a key file without following symlinks; refuses group/other-readable files."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        # `trainguard init` would refuse an existing home (and --force starts a new one whose
-        # keys cannot open what the old ones sealed), so the fix is the backup.
-        raise HomeError(f"missing key file {path}", tip=RESTORE_KEY_TIP) from exc
-    except OSError as exc:
-        tip = (
-            "replace the symlink with the key file itself (mode 600): key files are never "
-            "followed through links"
-            if exc.errno == errno.ELOOP
-            else RESTORE_KEY_TIP
-        )
-        raise HomeError(f"cannot open key file {path} safely: {exc.strerror}", tip=tip) from exc
-    with os.fdopen(fd, "rb") as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        if mode & 0o077:
-            raise HomeError(
-                f"key file {path} has mode {mode:04o}, readable by others",
-                tip=f"chmod 600 {path}",
-            )
-        return f.read()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it into place only if the block succeeds.
-
-    On any exception the temporary file is removed, so no partial output is ever left behind.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
-    os.close(fd)
-    os.chmod(tmp, mode)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

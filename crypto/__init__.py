@@ -15,7 +15,7 @@ from trainguard.crypto.errors import (
     RetiredKeyError,
     SealedStreamError,
 )
-from trainguard.crypto.keyring import KekInfo, Keyring, WrappedDek
+from trainguard.crypto.keyring import KekInfo, Keyring, WrappedDek, open_keyring
 from trainguard.crypto.manifest import (
     FileEntry,
     Manifest,
@@ -69,6 +69,7 @@ __all__ = [
     "canonical_json",
     "default_manifest_path",
     "is_sealed",
+    "open_keyring",
     "rewrap_file",
     "seal_file",
     "sign_path",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["CryptoConfig"]
 
@@ -17,6 +18,8 @@ class CryptoConfig:
     kek_rotation_days: a posture check warns when the current KEK is older than this.
     hash_workers: threads that hash files for manifests; 0 means one per CPU.
     """
+
+    SECTION: ClassVar[str] = "crypto"
 
     segment_size: int = 1 << 20
     kek_rotation_days: int = 90

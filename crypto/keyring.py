@@ -14,8 +14,10 @@ run ``trainguard key rewrap`` (only the small header of a sealed file is rewritt
 retiring.
 
 Under systemd the KEKs may come from ``$CREDENTIALS_DIRECTORY`` (systemd-creds, TPM2-sealed):
-the CLI passes that folder as ``credentials_dir`` and a ``kek-v<N>.key`` found there wins over
-the file in ``keys/``. Library code never reads the environment itself.
+entry points record that folder in `Home.credentials_dir` (`Home.resolve`), and a
+``kek-v<N>.key`` found there wins over the file in ``keys/``. Everything outside this module
+opens a home's keyring with `open_keyring(home)`, so every command honours the credential.
+Library code never reads the environment itself.
 
 Wrapped DEK (`WrappedDek.blob`, 60 bytes): nonce(12) ‖ AES-256-GCM(KEK, DEK 32) ‖ tag(16), with
 AAD = ``b"trainguard/dek/v1" ‖ kek_id ‖ BE32(version)``.
@@ -40,10 +42,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from trainguard.core.errors import TrainguardError
-from trainguard.core.home import RESTORE_KEY_TIP, read_private, write_private
+from trainguard.core.fs import read_private, write_private
+from trainguard.core.home import RESTORE_KEY_TIP, Home
 from trainguard.crypto.errors import DecryptionError, KeyringError, RetiredKeyError
 
-__all__ = ["KEK_BYTES", "KekInfo", "Keyring", "WrappedDek"]
+__all__ = ["KEK_BYTES", "KekInfo", "Keyring", "WrappedDek", "open_keyring"]
 
 log = logging.getLogger(__name__)
 
@@ -327,3 +330,20 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(kek_id={self.kek_id}, current_version={self.current_version})"
+
+
+def open_keyring(
+    home: Home,
+    *,
+    clock: Callable[[], float] = time.time,
+    rng: Random = os.urandom,
+) -> Keyring:
+    """The keyring of `home`: metadata from ``keys/``, each KEK from the home's systemd
+    credentials folder when it holds that version, else from ``keys/``.
+
+    Raises:
+        HomeError: `home` was never created by `trainguard init`.
+        KeyringError: the keyring metadata is missing or damaged.
+    """
+    home.require()
+    return Keyring.open(home.keys_dir, clock=clock, rng=rng, credentials_dir=home.credentials_dir)

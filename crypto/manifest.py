@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.home import atomic_output
+from trainguard.core.fs import atomic_output
 from trainguard.crypto.errors import BadSignature, ManifestError, ManifestMismatch
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 

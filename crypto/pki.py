@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from trainguard.core.errors import UsageError
-from trainguard.core.home import RESTORE_KEY_TIP, read_private, write_private
+from trainguard.core.fs import read_private, write_private
+from trainguard.core.home import RESTORE_KEY_TIP
 from trainguard.crypto.errors import CryptoError
 
 __all__ = [

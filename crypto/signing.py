@@ -15,7 +15,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from trainguard.core.home import RESTORE_KEY_TIP, read_private, write_private
+from trainguard.core.fs import read_private, write_private
+from trainguard.core.home import RESTORE_KEY_TIP
 from trainguard.crypto.errors import BadSignature, KeyFileError
 
 __all__ = ["SigningKey", "VerifyKey", "canonical_json"]

@@ -5,6 +5,7 @@ them there (a moved key keeps working and is logged once as deprecated)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["AuditConfig", "IncidentsConfig"]
 
@@ -12,6 +13,8 @@ __all__ = ["AuditConfig", "IncidentsConfig"]
 @dataclass(frozen=True)
 class AuditConfig:
     """How often the audit log appends a signed checkpoint."""
+
+    SECTION: ClassVar[str] = "audit"
 
     checkpoint_every: int = 1000  # audit entries between signed checkpoints
     checkpoint_seconds: float = 300.0  # ... or at most this long
@@ -28,6 +31,8 @@ class AuditConfig:
 @dataclass(frozen=True)
 class IncidentsConfig:
     """Incident dedup and rate limits."""
+
+    SECTION: ClassVar[str] = "incidents"
 
     dedup_seconds: float = 300.0  # same kind + same evidence key within this window = one incident
     rate_limit: int = 60  # at most this many incidents ...

@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _audit_config(config: Config) -> AuditConfig:
-    section = config.section("audit")
-    return section if isinstance(section, AuditConfig) else AuditConfig()
+    return config.section(AuditConfig)
 
 
 def open_embedded_log(home: Home, config: Config) -> AuditLog:

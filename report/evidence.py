@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.core.errors import TrainguardError
-from trainguard.core.home import write_private
+from trainguard.core.fs import write_private
 from trainguard.report.model import EvidenceItem, EvidenceStatus
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from typing import Any
 from trainguard.core.config import Config
 from trainguard.core.errors import TrainguardError
 from trainguard.core.home import Home
+from trainguard.crypto.config import CryptoConfig
 from trainguard.report.assess import assess
 from trainguard.report.evidence import (
     PRIVILEGED_ROLES,
@@ -159,10 +160,10 @@ def check_items(home: Home, config: Config, node: str, now: float) -> list[Evide
 
 
 def key_items(home: Home, config: Config, node: str, now: float) -> list[EvidenceItem]:
-    from trainguard.crypto.keyring import Keyring
+    from trainguard.crypto.keyring import open_keyring
 
-    days = int(getattr(config.section("crypto"), "kek_rotation_days", 90))
-    info = Keyring.open(home.keys_dir).current_info()
+    days = config.section(CryptoConfig).kek_rotation_days
+    info = open_keyring(home).current_info()
     age_days = (now - float(info.created_at)) / 86400
     ok = age_days <= days
     return [_item("key-rotation", node, EvidenceStatus.PASS if ok else EvidenceStatus.FAIL,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from trainguard.agent.checks.config import ChecksConfig
 from trainguard.core.config import Config
 from trainguard.core.errors import UsageError
 from trainguard.core.home import Home
@@ -57,8 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Modules whose import registers checks; `integrity` belongs to the supply-chain area and may be
-# missing from a partial install.
+# Modules whose import registers checks (one wheel ships them all: a failed import is an error).
 CHECK_MODULES: tuple[str, ...] = (
     "trainguard.agent.checks.files",
     "trainguard.agent.checks.keys",
@@ -68,7 +68,6 @@ CHECK_MODULES: tuple[str, ...] = (
     "trainguard.agent.checks.gpu",
     "trainguard.agent.checks.integrity",
 )
-_OPTIONAL_MODULES = frozenset({"trainguard.agent.checks.integrity"})
 
 
 class Status(enum.StrEnum):
@@ -158,9 +157,9 @@ class CheckContext:
     adjtimex: Callable[[], Any] | None = None
 
     @property
-    def checks(self) -> Any:
-        """The `[checks]` section (`ChecksConfig`)."""
-        return self.config.section("checks")
+    def checks(self) -> ChecksConfig:
+        """The `[checks]` section."""
+        return self.config.section(ChecksConfig)
 
     def path(self, absolute: str) -> Path:
         """`absolute` (like "/proc/net/dev") under the injected root."""
@@ -269,13 +268,7 @@ def _origin(func: CheckFunc) -> str:
 
 def _load_modules() -> None:
     for name in CHECK_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name and name in _OPTIONAL_MODULES:
-                log.debug("optional check module %s is not installed", name)
-                continue
-            raise
+        importlib.import_module(name)
 
 
 def all_checks() -> list[Check]:

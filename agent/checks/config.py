@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
@@ -37,6 +38,8 @@ class ChecksConfig:
         agent_unit: the systemd unit whose hardening score is checked.
         max_unit_exposure: the highest acceptable `systemd-analyze security` exposure.
     """
+
+    SECTION: ClassVar[str] = "checks"
 
     interval_s: float = 300.0
     checkpoint_dirs: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from typing import Any
 from trainguard.agent.checks import CheckContext, Outcome, Severity, register_check
 from trainguard.agent.telemetry import procfs
 from trainguard.agent.telemetry.nvml import NvmlBackend, NvmlUnavailable, PynvmlBackend
+from trainguard.anomaly.config import AnomalyConfig
 
 _DRIVER = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9]+(?:\.[0-9]+)+)")
 
@@ -88,11 +89,7 @@ def _allow_lists(ctx: CheckContext) -> tuple[set[str], set[str], str]:
     users, names = set(cfg.allowed_gpu_users), set(cfg.allowed_gpu_processes)
     if users or names:
         return users, names, "checks"
-    try:
-        anomaly = ctx.config.section("anomaly")
-    except KeyError:
-        return users, names, "none"
-    fallback = set(getattr(anomaly, "allowed_processes", ()) or ())
+    fallback = set(ctx.config.section(AnomalyConfig).allowed_processes)
     return users, fallback, "anomaly" if fallback else "none"
 
 

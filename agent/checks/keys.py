@@ -7,6 +7,7 @@ from typing import Any
 
 from trainguard.agent.checks import CheckContext, Outcome, Severity, register_check
 from trainguard.core.errors import TrainguardError
+from trainguard.crypto.config import CryptoConfig
 
 _DAY = 86400.0
 
@@ -18,11 +19,11 @@ _DAY = 86400.0
     controls=("SC-12", "SC-12(1)", "SC-28"),
 )
 def kek_age(ctx: CheckContext) -> Outcome:
-    from trainguard.crypto.keyring import Keyring
+    from trainguard.crypto.keyring import open_keyring
 
     max_days = _kek_limit_days(ctx)
     try:
-        ring = Keyring.open(ctx.home.keys_dir, clock=ctx.clock)
+        ring = open_keyring(ctx.home, clock=ctx.clock)
     except TrainguardError as exc:
         return Outcome.fail(
             "no usable keyring: data cannot be sealed",
@@ -58,11 +59,7 @@ def kek_age(ctx: CheckContext) -> Outcome:
 def _kek_limit_days(ctx: CheckContext) -> int:
     """The stricter of [checks] kek_max_age_days and [crypto] kek_rotation_days."""
     limit = int(ctx.checks.kek_max_age_days)
-    try:
-        rotation = getattr(ctx.config.section("crypto"), "kek_rotation_days", None)
-    except KeyError:
-        rotation = None
-    return min(limit, int(rotation)) if rotation else limit
+    return min(limit, ctx.config.section(CryptoConfig).kek_rotation_days)
 
 
 def _load_cert(path: Any) -> Any:

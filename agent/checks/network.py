@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.agent.checks import CheckContext, Outcome, Severity, Status, register_check
+from trainguard.agent.config import AgentConfig
 from trainguard.core.errors import TrainguardError
 
 _SIOCGIFADDR = 0x8915
@@ -31,12 +32,8 @@ _SIOCGIFADDR = 0x8915
     controls=("SC-8", "SC-8(1)", "SC-13", "IA-3", "AC-17(2)"),
 )
 def agent_tls(ctx: CheckContext) -> Outcome:
-    try:
-        agent = ctx.config.section("agent")
-    except KeyError:
-        return Outcome.not_applicable("the agent's configuration is not part of this install")
-    listen = str(getattr(agent, "listen", "") or "")
-    metrics = str(getattr(agent, "metrics_listen", "") or "")
+    agent = ctx.config.section(AgentConfig)
+    listen, metrics = agent.listen, agent.metrics_listen
     evidence: dict[str, Any] = {"listen": listen or None, "metrics_listen": metrics or None}
     warnings: list[str] = []
     if metrics and not _is_loopback_host(_host_of(metrics)):

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainguard.anomaly.config import AnomalyConfig
 from trainguard.cli.context import Context
 from trainguard.core.errors import UsageError
 
@@ -85,8 +86,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _anomaly_config(ctx: Context) -> Any:
-    return ctx.config.section("anomaly")
+def _anomaly_config(ctx: Context) -> AnomalyConfig:
+    return ctx.config.section(AnomalyConfig)
 
 
 def detect(args: argparse.Namespace, ctx: Context) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from trainguard.cli.context import Context
 from trainguard.core.errors import UsageError
-from trainguard.core.home import atomic_output
+from trainguard.core.fs import atomic_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -170,7 +170,7 @@ def _bad_segment(path: Path) -> Exception:
 
 
 def _save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    from trainguard.core.home import write_private
+    from trainguard.core.fs import write_private
 
     try:
         write_private(path, json.dumps(checkpoint, indent=2).encode())

@@ -43,8 +43,7 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.evidence.response.queue import DeliveryQueue
 
     home = ctx.home.require()
-    cfg = ctx.config.section("hooks")
-    cfg = cfg if isinstance(cfg, HooksConfig) else HooksConfig()
+    cfg = ctx.config.section(HooksConfig)
     run, skipped = discover_hooks(home.hooks_dir)
     with _queue_errors(home.queue_db):
         queue = DeliveryQueue(home.queue_db)

@@ -11,7 +11,7 @@ from typing import Any
 
 from trainguard.cli.context import Context
 from trainguard.core.errors import UsageError
-from trainguard.core.home import write_private
+from trainguard.core.fs import write_private
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

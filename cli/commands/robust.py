@@ -17,7 +17,7 @@ from typing import Any
 
 from trainguard.cli.context import Context
 from trainguard.core.errors import EXIT_FINDINGS, EXIT_OK, TrainguardError, UsageError
-from trainguard.core.home import atomic_output
+from trainguard.core.fs import atomic_output
 
 ATTACK_CHOICES = ("fgsm", "pgd", "apgd", "all")
 METHOD_CHOICES = ("fgsm-rs", "pgd", "trades", "standard")

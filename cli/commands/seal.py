@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from trainguard.cli.context import Context
+from trainguard.core.config import apply_flags
 from trainguard.core.errors import UsageError
+from trainguard.crypto.config import CryptoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,16 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.add_argument("input", metavar="IN")
     u.add_argument("output", metavar="OUT")
     u.set_defaults(func=run_unseal)
-
-
-def open_keyring(ctx: Context) -> Any:
-    """The home's keyring; a KEK in $CREDENTIALS_DIRECTORY (systemd-creds) wins over keys/."""
-    from trainguard.crypto.keyring import Keyring
-
-    creds = ctx.environ.get("CREDENTIALS_DIRECTORY")
-    keys_dir = ctx.home.require().keys_dir
-    ctx.config  # noqa: B018 - a broken trainguard.toml is refused even where no setting is read
-    return Keyring.open(keys_dir, credentials_dir=Path(creds) if creds else None)
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[Path | BinaryIO, Path | BinaryIO]:
@@ -82,14 +74,11 @@ def run_seal(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(
             "refusing to write a sealed stream to a terminal", tip="redirect stdout: > FILE"
         )
-    ring = open_keyring(ctx)
-    seg = (
-        ctx.config.section("crypto").segment_size
-        if args.segment_size is None
-        else args.segment_size
+    crypto = apply_flags(
+        ctx.config.section(CryptoConfig), source="--segment-size", segment_size=args.segment_size
     )
-    if not 16 <= seg <= 1 << 28:
-        raise UsageError(f"--segment-size {seg} is out of range", tip="use 16 bytes to 256 MiB")
+    seg = crypto.segment_size
+    ring = ctx.keyring()
     n = seal_file(src, dst, ring, segment_size=seg)
     data = {
         "input": args.input,
@@ -112,7 +101,7 @@ def run_unseal(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.crypto.sealed.stream import unseal_file
 
     src, dst = _endpoints(args)
-    ring = open_keyring(ctx)
+    ring = ctx.keyring()
     n = unseal_file(src, dst, ring)
     data = {"input": args.input, "output": args.output, "bytes": n, "verified": True}
     _report(ctx, args, data, f"unsealed {args.input} -> {args.output} ({n} bytes, verified)")

@@ -8,6 +8,7 @@ from typing import Any
 
 from trainguard.cli.context import Context
 from trainguard.core.errors import UsageError
+from trainguard.crypto.config import CryptoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,7 +53,7 @@ def run_sign(args: argparse.Namespace, ctx: Context) -> int:
 
     key = SigningKey.load(ctx.home.require().node_signing_key)
     _check_sign_args(args.path, args.out)
-    workers = ctx.config.section("crypto").hash_workers
+    workers = ctx.config.section(CryptoConfig).hash_workers
     out = sign_path(args.path, key, args.out, workers=workers)
     m = load_signed(out, key.public_key())  # counts for the summary, without re-hashing
     data = {
@@ -74,7 +75,7 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> int:
     key = (
         VerifyKey.load(args.key) if args.key else VerifyKey.load(ctx.home.require().node_verify_key)
     )
-    workers = ctx.config.section("crypto").hash_workers
+    workers = ctx.config.section(CryptoConfig).hash_workers
     manifest = args.manifest or default_manifest_path(args.path)
     try:
         m = verify_path(args.path, key, manifest, workers=workers)

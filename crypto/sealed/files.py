@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from trainguard.core.home import atomic_output
+from trainguard.core.fs import atomic_output
 from trainguard.crypto.errors import KeyringError, RetiredKeyError, SealedStreamError
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.sealed.format import (

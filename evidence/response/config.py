@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trainguard.evidence.incidents import IncidentKind
 
@@ -18,6 +19,8 @@ class HooksConfig:
     `actions` maps an incident kind (or ``"*"`` for every kind) to built-in action names, e.g.
     ``gpu-misuse = ["kill", "webhook"]``. Executables in hooks.d/ run for every incident.
     """
+
+    SECTION: ClassVar[str] = "hooks"
 
     timeout_seconds: float = 10.0
     max_output_bytes: int = 16384

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from trainguard.core.home import write_private
+from trainguard.core.fs import write_private
 
 __all__ = ["HashCache"]
 

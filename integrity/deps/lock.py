@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.core.errors import IntegrityError
-from trainguard.core.home import write_private
+from trainguard.core.fs import write_private
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 from trainguard.integrity.deps.inventory import (
     extra_files,

@@ -158,7 +158,7 @@ def test_listener_without_certificates_fails(home: Home, tmp_path: Path) -> None
 
 
 def test_listener_with_cluster_pki_is_mtls_13(home: Home, tmp_path: Path) -> None:
-    from trainguard.core.home import write_private
+    from trainguard.core.fs import write_private
     from trainguard.crypto.pki import ClusterCA
 
     ca = ClusterCA.create(home.pki_dir, "c1")

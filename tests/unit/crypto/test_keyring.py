@@ -172,3 +172,22 @@ def test_known_answers(tmp_path: Path) -> None:
     assert fresh.decrypt_small(blob, bytes.fromhex(vec["small_aad"])) == bytes.fromhex(
         vec["small_plaintext"]
     )
+
+
+def test_open_keyring_takes_the_kek_from_the_homes_credentials_dir(tmp_path: Path) -> None:
+    from trainguard.core.home import Home, HomeError
+    from trainguard.crypto.keyring import open_keyring
+
+    home = Home(tmp_path / "home")
+    home.create_dirs()
+    home.config_path.write_text("")
+    blob = Keyring.create(home.keys_dir).encrypt_small(b"secret", b"aad")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (home.keys_dir / "kek-v1.key").rename(creds / "kek-v1.key")
+    with pytest.raises(KeyringError, match="KEK version 1"):
+        open_keyring(home).decrypt_small(blob, b"aad")
+    with_creds = Home(home.root, credentials_dir=creds)
+    assert open_keyring(with_creds).decrypt_small(blob, b"aad") == b"secret"
+    with pytest.raises(HomeError):
+        open_keyring(Home(tmp_path / "nowhere"))

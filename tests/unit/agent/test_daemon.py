@@ -73,16 +73,12 @@ class FakeScorer:
 class FakeMetrics:
     def __init__(self) -> None:
         self.samples = 0
-        self.incidents: list[tuple[str, str]] = []
 
     def update(self, sample: Any) -> None:
         self.samples += 1
 
     def update_checks(self, results: Any) -> None:
         pass
-
-    def incident(self, kind: str, severity: str) -> None:
-        self.incidents.append((kind, severity))
 
     def render(self) -> bytes:
         return b"# fake\n"
@@ -121,7 +117,7 @@ def test_cycle_turns_failed_checks_and_detections_into_incidents(short_home: Hom
         incidents = [e.data for e in agent.audit.entries(kind="incident")]
         assert [i["kind"] for i in incidents] == ["posture-failure", "gpu-misuse"]
         assert incidents[0]["evidence"]["check"] == "modes"
-        assert metrics.samples == 3 and len(metrics.incidents) == 2
+        assert metrics.samples == 3  # incidents are counted from the audit log on scrape
     finally:
         agent.close()
 
@@ -256,3 +252,52 @@ def test_preflight_refuses_a_home_without_node_key(short_home: Home) -> None:
     short_home.node_signing_key.unlink()
     with pytest.raises(AgentRefused, match="no node signing key"):
         preflight(short_home)
+
+
+def test_webhook_retries_run_on_their_own_schedule_not_once_per_cycle(short_home: Home) -> None:
+    """Regression: failed webhook deliveries were retried only once per agent cycle (15 s by
+    default, here an hour): the delivery task wakes at the queue's next due time instead."""
+    import http.server
+    import threading
+
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(1)
+            self.send_response(503 if len(seen) <= 2 else 200)  # down for two attempts
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    with short_home.config_path.open("a") as f:
+        f.write(
+            "[agent]\ncycle_seconds = 3600\n[hooks]\n"
+            f'webhook_url = "http://127.0.0.1:{endpoint.server_address[1]}/hook"\n'
+            "retry_base_seconds = 0.2\nretry_max_seconds = 1.0\n"
+            '[hooks.actions]\n"*" = ["webhook"]\n'
+        )
+    agent = _agent(short_home, checks=lambda h, c: [], scorer=FakeScorer(fire_on=1))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop=stop))
+        for _ in range(200):  # 10 s, while the next cycle is an hour away
+            if agent.engine.queue.counts()["delivered"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert agent.cycles == 1
+        assert len(seen) == 3 and agent.engine.queue.counts() == {"pending": 0, "delivered": 1}
+        assert len(list(agent.audit.entries(kind="webhook.delivered"))) == 1
+        stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        endpoint.shutdown()
+        agent.close()

@@ -91,11 +91,12 @@ def test_remote_identities(agent: tuple[Path, str]) -> None:
 def test_node_identity_submits_events_but_cannot_read(agent: tuple[Path, str]) -> None:
     home, url = agent
     with _client(home, url, "n2") as n2:
-        n2.record("peer.event", "n2", {"x": 1})
+        n2.record("train.telemetry", "mallory", {"x": 1})
         assert n2.submit_incident("byzantine-worker", "high", {"rank": 3})["status"] == "new"
         with pytest.raises(AccessDenied):
             n2.export()
     with AgentClient(Home(home)) as local:
         entries = local.export()["entries"]
-    peer = next(e for e in entries if e["kind"] == "peer.event")
-    assert '"submitted_by":"spiffe://trainguard/node/n2"' in peer["data"]
+    peer = next(e for e in entries if e["kind"] == "train.telemetry")
+    assert peer["actor"] == "spiffe://trainguard/node/n2"  # never the claimed "mallory"
+    assert '"claimed_actor":"mallory"' in peer["data"]

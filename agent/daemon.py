@@ -150,7 +150,7 @@ class Agent:
         if metrics is None:
             from trainguard.agent.metrics import AgentMetrics
 
-            metrics = AgentMetrics(config.node.name)
+            metrics = AgentMetrics(config.node.name, audit=self.audit, home=home, clock=clock)
         self.metrics = metrics
         self.scorer = _default_scorer(config, clock) if scorer == "default" else scorer
         self._load_config = config_loader or (lambda: load_config(home.config_path, {}))
@@ -246,9 +246,7 @@ class Agent:
             report.errors.append(exc.message)
             return
         if incident.status == IncidentStatus.NEW:
-            report.incidents.append(incident.id)
-            with contextlib.suppress(AttributeError):
-                self.metrics.incident(kind, severity)
+            report.incidents.append(incident.id)  # /metrics counts it from the audit log
 
     # ---- status and reload ---------------------------------------------------------------
 

@@ -11,6 +11,8 @@ DCGM names and units follow dcgm-exporter's counters: FB memory in MiB, power in
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -132,6 +134,97 @@ class _SampleCollector(Collector):
         )
 
 
+class _EvidenceCollector(Collector):
+    """Series read from the node's evidence on each scrape, cheaply and incrementally:
+
+    * ``trainguard_incidents_total{kind,severity}``: every incident recorded in the audit log,
+      whatever sent it (the agent's detectors, a trainer or the CLI through the API, or the
+      embedded log while the agent was down), counted from new ``incident`` entries since the
+      last scrape; every kind and severity exists from the start at 0, so rate() and alerts
+      work before the first incident.
+    * ``trainguard_audit_chain_ok``: 1 when the last verification of the whole chain and its
+      signed checkpoints passed (re-run at most every `verify_seconds`), 0 when it failed.
+    * ``trainguard_node_cert_expiry_timestamp_seconds``: when the node certificate expires.
+    """
+
+    def __init__(self, audit: Any, home: Any, *, verify_seconds: float, clock: Any) -> None:
+        from trainguard.evidence.incidents import IncidentKind, Severity
+
+        self._audit = audit
+        self._home = home
+        self._verify_seconds = verify_seconds
+        self._clock = clock
+        self._counts: dict[tuple[str, str], int] = {
+            (k.value, s.value): 0 for k in IncidentKind for s in Severity
+        }
+        self._seen = 0
+        self._chain_ok: float | None = None
+        self._verified_at = -float("inf")
+        self._cert: tuple[int, float] | None = None
+        self._lock = threading.Lock()
+
+    def _count_new_incidents(self) -> None:
+        for entry in self._audit.entries(kind="incident", after_seq=self._seen):
+            key = (str(entry.data.get("kind")), str(entry.data.get("severity")))
+            self._counts[key] = self._counts.get(key, 0) + 1
+            self._seen = entry.seq
+
+    def _verify_chain(self) -> None:
+        now = self._clock()
+        if now - self._verified_at < self._verify_seconds:
+            return
+        from trainguard.core.errors import TrainguardError
+        from trainguard.crypto.signing import VerifyKey
+
+        self._verified_at = now
+        try:
+            key = VerifyKey.load(self._home.node_verify_key)
+            self._audit.verify(key)
+            self._chain_ok = 1.0
+        except TrainguardError:
+            self._chain_ok = 0.0
+
+    def _cert_expiry(self) -> float | None:
+        path = self._home.pki_dir / "node.crt"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if self._cert is None or self._cert[0] != mtime:
+            from cryptography import x509
+
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            self._cert = (mtime, cert.not_valid_after_utc.timestamp())
+        return self._cert[1]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:  # scrapes may run in parallel threads
+            self._count_new_incidents()
+            self._verify_chain()
+            expiry = self._cert_expiry()
+            counts = dict(self._counts)
+        incidents = CounterMetricFamily(
+            "trainguard_incidents",
+            "Incidents recorded in this node's audit log, from any source, by kind and severity.",
+            labels=["kind", "severity"],
+        )
+        for (kind, severity), n in sorted(counts.items()):
+            incidents.add_metric([kind, severity], n)
+        yield incidents
+        if self._chain_ok is not None:
+            yield GaugeMetricFamily(
+                "trainguard_audit_chain_ok",
+                "1 if the audit chain and its signed checkpoints verified at the last check.",
+                value=self._chain_ok,
+            )
+        if expiry is not None:
+            yield GaugeMetricFamily(
+                "trainguard_node_cert_expiry_timestamp_seconds",
+                "Expiry of the node's cluster certificate (Unix time).",
+                value=expiry,
+            )
+
+
 class AgentMetrics:
     """The node's metrics. `update(sample)` each cycle; `render()` for `/metrics`.
 
@@ -139,21 +232,32 @@ class AgentMetrics:
         hostname: the `Hostname` label (the node name from config).
         process_metrics: add `process_*` series (RSS, CPU seconds) of this process, read from
             /proc/self on scrape.
+        audit, home: the node's audit log and home: incident counts, audit-chain state and
+            certificate expiry are read from them on scrape (`_EvidenceCollector`).
     """
 
-    def __init__(self, hostname: str = "", *, process_metrics: bool = True) -> None:
+    def __init__(
+        self,
+        hostname: str = "",
+        *,
+        process_metrics: bool = True,
+        audit: Any = None,
+        home: Any = None,
+        verify_seconds: float = 300.0,
+        clock: Any = time.time,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._samples = _SampleCollector(hostname)
         self.registry.register(self._samples)
+        if audit is not None and home is not None:
+            self.registry.register(
+                _EvidenceCollector(audit, home, verify_seconds=verify_seconds, clock=clock)
+            )
         if process_metrics:
             ProcessCollector(registry=self.registry)
         self._checks = Gauge(
             "trainguard_check_status", "1 for the current status of each posture check.",
             ["check", "status"], registry=self.registry,
-        )
-        self._incidents = Counter(
-            "trainguard_incidents", "Incidents raised, by kind and severity.",
-            ["kind", "severity"], registry=self.registry,
         )
         self._cycles = Counter(
             "trainguard_agent_cycles", "Agent cycles completed.", registry=self.registry
@@ -172,9 +276,6 @@ class AgentMetrics:
         for r in results:
             for st in Status:
                 self._checks.labels(r.id, st.value).set(1.0 if r.status is st else 0.0)
-
-    def incident(self, kind: str, severity: str) -> None:
-        self._incidents.labels(str(kind), str(severity)).inc()
 
     def render(self) -> bytes:
         """Prometheus text exposition format (content type `CONTENT_TYPE`)."""

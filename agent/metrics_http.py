@@ -1,59 +1,96 @@
-"""A minimal HTTP endpoint for Prometheus: ``GET /metrics`` on the agent's event loop.
+"""``/metrics`` for Prometheus through prometheus_client's own exposition.
 
-It serves only that one path, reads at most 8 KiB of request head, and closes every connection
-after one reply, so a slow or hostile scraper costs nothing but a socket.
+prometheus_client's WSGI app does content negotiation (the OpenMetrics format when the scraper's
+``Accept`` asks for it), gzip when ``Accept-Encoding`` allows it, and ``OPTIONS``; this module
+adds ``HEAD`` (the same headers as ``GET``, no body), refuses other paths with 404, and runs the
+app in a small threading server beside the agent's event loop, so a slow scraper never blocks it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-__all__ = ["serve_metrics"]
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import make_wsgi_app
 
-log = logging.getLogger(__name__)
+__all__ = ["MetricsServer", "metrics_app", "serve_metrics"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_StartResponse = Callable[..., Any]
 
 
-async def serve_metrics(metrics: Any, host: str, port: int) -> tuple[asyncio.AbstractServer, int]:
-    """Start serving `metrics.render()`; returns the server and the bound port."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """Scrapes are not news; errors reach the agent's log through the app."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+class _ThreadingServer(WSGIServer):
+    daemon_threads = True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        t = threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True)
+        t.start()
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            parts = head.split(b"\r\n", 1)[0].split()
-            if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
-                body = await asyncio.to_thread(metrics.render)
-                status, ctype = b"200 OK", CONTENT_TYPE.encode()
-            else:
-                body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + ctype
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
-            )
-            await writer.drain()
-        except (
-            TimeoutError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ConnectionError,
-        ):
-            pass
-        except Exception:  # noqa: BLE001 - a scrape must never take the agent down
-            log.exception("metrics request failed")
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one broken scrape never stops the server
+            self.handle_error(request, client_address)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self.shutdown_request(request)
 
-    server = await asyncio.start_server(handle, host=host.strip("[]"), port=port, limit=8192)
-    return server, int(server.sockets[0].getsockname()[1])
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+def metrics_app(registry: CollectorRegistry) -> Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]:
+    """The WSGI app: prometheus_client's, plus HEAD, and only the ``/metrics`` path."""
+    inner = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") not in ("/metrics", "/metrics/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: scrape /metrics\n"]
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            body = b"".join(inner({**environ, "REQUEST_METHOD": "GET"}, start_response))
+            del body  # HEAD: the same headers, no body
+            return [b""]
+        return inner(environ, start_response)
+
+    return app
+
+
+class MetricsServer:
+    """A running ``/metrics`` server; `close()` then `await wait_closed()` stops it."""
+
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.to_thread(self._thread.join, 10)
+
+
+async def serve_metrics(metrics: Any, host: str, port: int) -> tuple[MetricsServer, int]:
+    """Start serving `metrics.registry`; returns the server and the bound port."""
+    host = host.strip("[]")
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    httpd = make_server(host, port, metrics_app(metrics.registry),
+                        server_class=server_class, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    server = MetricsServer(httpd, thread)
+    return server, server.port

@@ -72,7 +72,11 @@ class FakeScorer:
 
 class FakeMetrics:
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Gauge
+
         self.samples = 0
+        self.registry = CollectorRegistry()
+        Gauge("fake_metric", "served by /metrics", registry=self.registry).set(1)
 
     def update(self, sample: Any) -> None:
         self.samples += 1
@@ -234,7 +238,7 @@ def test_metrics_endpoint_serves_prometheus_text(short_home: Home) -> None:
             await asyncio.sleep(0.05)
         url = agent.listeners["metrics"]
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
-        assert body == b"# fake\n"
+        assert b"fake_metric 1.0" in body
         with pytest.raises(urllib.error.HTTPError):
             await asyncio.to_thread(
                 lambda: urllib.request.urlopen(url.replace("/metrics", "/x"), timeout=10)

@@ -117,8 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, *, daemon: bool) -> None:
+    """Short lines for commands; for the agent (a daemon) journal priorities under systemd and
+    UTC timestamps elsewhere (`trainguard.agent.systemd.journal`)."""
     level = logging.WARNING - 10 * min(verbose, 2)
+    if daemon:
+        from trainguard.agent.systemd.journal import log_handler
+
+        logging.basicConfig(level=min(level, logging.INFO),
+                            handlers=[log_handler(sys.stderr, os.environ)])
+        return
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -126,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", 0) or 0
-    _configure_logging(verbose)
+    daemon = getattr(args, "command", None) == "agent" and getattr(args, "agent_command", "") == "run"
+    _configure_logging(verbose, daemon=daemon and not getattr(args, "once", False))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

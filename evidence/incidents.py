@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "Incident",
     "IncidentKind",
     "IncidentStatus",
+    "LOG_LEVELS",
     "Severity",
     "dedup_key",
     "parse_kind",
@@ -52,6 +54,16 @@ class Severity(enum.StrEnum):
     MEDIUM = "medium"
     HIGH = "high"
     CRITICAL = "critical"
+
+
+# How loudly an incident is logged (and so its journald priority): critical -> crit, high ->
+# err, medium -> warning, low -> info.
+LOG_LEVELS: dict[Severity, int] = {
+    Severity.CRITICAL: logging.CRITICAL,
+    Severity.HIGH: logging.ERROR,
+    Severity.MEDIUM: logging.WARNING,
+    Severity.LOW: logging.INFO,
+}
 
 
 class IncidentStatus(enum.StrEnum):

@@ -70,6 +70,8 @@ def render_unit(home: object = None, config: object = None, *, options: UnitOpti
         "RestartSec=5s",
         f"WatchdogSec={o.watchdog_seconds}s",
         "TimeoutStopSec=30s",
+        "SyslogIdentifier=trainguard-agent",
+        "SyslogLevelPrefix=yes",
         f"User={o.user}",
         f"Group={o.user}",
         "SupplementaryGroups=video",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,10 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
         config_loader=lambda: load_config(ctx.home.config_path, environ),
         environ=environ,
     )
-    ctx.info(f"trainguard agent serving {agent.socket_path} (node {config.node.name})")
+    # Through logging, not plain stderr: under systemd every line carries its journal priority.
+    logging.getLogger("trainguard.agent").info(
+        "serving %s (node %s)", agent.socket_path, config.node.name
+    )
     try:
         return asyncio.run(agent.run())
     finally:

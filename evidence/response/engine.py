@@ -31,6 +31,7 @@ from trainguard.evidence.audit_log import AuditLog
 from trainguard.evidence.config import IncidentsConfig
 from trainguard.evidence.incidents import (
     AGENT_ACTOR,
+    LOG_LEVELS,
     Incident,
     IncidentKind,
     IncidentStatus,
@@ -167,11 +168,14 @@ class IncidentEngine:
         if status == IncidentStatus.RATE_LIMITED:
             self._note_rate_limited(incident, now)
             return incident
-        self.audit.append(
+        seq = self.audit.append(
             "incident",
             actor,
             {**incident.to_dict(), "dedup_key": key, "provenance": provenance.value},
         )
+        # Kind, severity and where to look: never the evidence, which may name paths or users.
+        log.log(LOG_LEVELS[sev], "incident %s: %s (%s) reported by %s; audit entry %d",
+                incident.id, k.value, sev.value, actor, seq)
         if respond:
             self.respond(incident, provenance)
         return incident

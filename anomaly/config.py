@@ -104,6 +104,9 @@ class AnomalyConfig:
     byzantine_ratio: float = 3.0  # norm / median norm above this is an outlier
     byzantine_cosine: float = 0.0  # cosine to the aggregate below this is an outlier
     byzantine_patience: int = 3
+    # multivariate node telemetry in the agent (anomaly.node; scikit-learn loads only when on)
+    node_telemetry: bool = False
+    node_false_alarms_per_day: float = 1.0  # the calibration target of its threshold
     # agent incidents
     incident_cooldown_s: float = 300.0
 
@@ -117,6 +120,10 @@ class AnomalyConfig:
             problems.append("anomaly.work_hours must be (start, end) with 0 <= start < end <= 24")
         if self.byzantine_patience < 1:
             problems.append("anomaly.byzantine_patience must be >= 1")
+        if self.byzantine_ratio <= 1.0:
+            problems.append("anomaly.byzantine_ratio must be > 1")
+        if not 0.0 < self.node_false_alarms_per_day < 1e6:
+            problems.append("anomaly.node_false_alarms_per_day must be > 0")
         return problems
 
     def stream_config(self) -> StreamConfig:

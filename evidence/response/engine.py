@@ -127,10 +127,14 @@ class IncidentEngine:
 
     # ---- the gate ------------------------------------------------------------------------
 
-    def _gate(self, key: str, now: float) -> str:
+    def _gate(self, key: str, actor: str, now: float) -> str:
+        """Dedup and rate limit per reporter: another node's reports can neither exhaust the
+        budget of this agent's own incidents nor pre-empt them as duplicates."""
         window = max(self.limits.dedup_seconds, self.limits.rate_window_seconds)
         in_window = 0
         for entry in self.audit.entries(since=now - window, kind="incident"):
+            if entry.actor != actor:
+                continue
             if entry.data.get("dedup_key") == key and entry.time >= now - self.limits.dedup_seconds:
                 return IncidentStatus.DUPLICATE
             if entry.time >= now - self.limits.rate_window_seconds:
@@ -160,13 +164,13 @@ class IncidentEngine:
         k, sev = parse_kind(kind), parse_severity(severity)
         now = self._clock()
         key = dedup_key(k, evidence)
-        status = self._gate(key, now)
+        status = self._gate(key, actor, now)
         incident = Incident(self._new_id(), k, sev, self.node, now, dict(evidence), status)
         if status == IncidentStatus.DUPLICATE:
             log.info("incident %s suppressed: duplicate of a recent one", key)
             return incident
         if status == IncidentStatus.RATE_LIMITED:
-            self._note_rate_limited(incident, now)
+            self._note_rate_limited(incident, actor, now)
             return incident
         seq = self.audit.append(
             "incident",
@@ -180,13 +184,15 @@ class IncidentEngine:
             self.respond(incident, provenance)
         return incident
 
-    def _note_rate_limited(self, incident: Incident, now: float) -> None:
+    def _note_rate_limited(self, incident: Incident, actor: str, now: float) -> None:
         since = now - self.limits.rate_window_seconds
-        if next(iter(self.audit.entries(since=since, kind="incident.rate-limited")), None) is None:
+        noted = self.audit.entries(since=since, kind="incident.rate-limited")
+        if not any(e.data.get("reporter", AGENT_ACTOR) == actor for e in noted):
             self.audit.append(
                 "incident.rate-limited",
                 AGENT_ACTOR,
                 {
+                    "reporter": actor,
                     "kind": incident.kind.value,
                     "limit": self.limits.rate_limit,
                     "window_seconds": self.limits.rate_window_seconds,

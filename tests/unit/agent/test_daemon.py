@@ -8,13 +8,14 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import make_home
 from trainguard.agent.api.client import AgentClient
+from trainguard.agent.checks import CheckResult, Status
 from trainguard.agent.daemon import Agent, AgentRefused, preflight, run_once
 from trainguard.agent.systemd.sdnotify import Notifier
 from trainguard.core.config import load_config
@@ -22,16 +23,11 @@ from trainguard.core.home import Home
 from trainguard.evidence.incidents import IncidentKind, Severity
 
 
-@dataclass
-class FakeResult:
-    id: str
-    status: str
-    severity: str = "high"
-    title: str = "a check"
-    summary: str = "it failed"
-    controls: tuple[str, ...] = ("AC-3",)
-    evidence: dict[str, Any] = field(default_factory=dict)
-    remediation: str = "fix it"
+def _result(id: str, status: Status) -> CheckResult:
+    """A posture result as the real checks return it (the daemon takes nothing looser)."""
+    return CheckResult(id=id, title="a check", severity=Severity.HIGH, controls=("AC-3",),
+                       atlas=(), status=status, summary="it failed", evidence={},
+                       remediation="fix it", duration_ms=0.0)
 
 
 @dataclass
@@ -95,7 +91,7 @@ def short_home() -> Iterator[Home]:
 
 
 def _agent(home: Home, **kw: Any) -> Agent:
-    checks = kw.pop("checks", lambda h, c: [FakeResult("modes", "fail"), FakeResult("ok", "pass")])
+    checks = kw.pop("checks", lambda h, c: [_result("modes", Status.FAIL), _result("ok", Status.PASS)])
     return Agent(
         home,
         load_config(home.config_path, {}),
@@ -304,4 +300,52 @@ def test_webhook_retries_run_on_their_own_schedule_not_once_per_cycle(short_home
         asyncio.run(scenario())
     finally:
         endpoint.shutdown()
+        agent.close()
+
+
+def test_own_gpu_misuse_detection_kills_only_the_foreign_process_it_observed(
+    short_home: Home,
+) -> None:
+    """End to end in the daemon: telemetry shows a foreign process on GPU 0; the detector's
+    incident names it and another PID that is on no GPU; only the observed one is killed."""
+    import signal
+    import subprocess
+    import sys
+
+    from trainguard.agent.telemetry.nvml import GpuProcess, GpuSample
+
+    miner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    class GpuTelemetry(FakeTelemetry):
+        def sample(self) -> FakeSample:
+            gpu = GpuSample(0, "GPU-0", 99.0, 1, 2, processes=[GpuProcess(miner.pid, 1, "xmrig")])
+            return FakeSample(1.0, [gpu])
+
+    class Names(FakeScorer):
+        def observe(self, sample: FakeSample) -> list[FakeDetection]:
+            procs = [{"pid": miner.pid, "name": "xmrig"}, {"pid": bystander.pid, "name": "x"}]
+            return [FakeDetection(IncidentKind.GPU_MISUSE, Severity.HIGH, {"processes": procs})]
+
+    with short_home.config_path.open("a") as f:
+        f.write('[hooks.actions]\n"gpu-misuse" = ["kill"]\n')
+    agent = Agent(
+        short_home,
+        load_config(short_home.config_path, {}),
+        checks=lambda h, c: [],
+        telemetry=GpuTelemetry(),
+        metrics=FakeMetrics(),
+        scorer=Names(fire_on=1),
+    )
+    try:
+        agent.cycle()
+        assert miner.wait(timeout=10) == -signal.SIGTERM
+        assert bystander.poll() is None
+        kill = next(iter(agent.audit.entries(kind="action.kill"))).data
+        assert kill["killed"] == [miner.pid]
+        assert "not observed" in kill["refused"][str(bystander.pid)]
+    finally:
+        for p in (miner, bystander):
+            p.kill()
+            p.wait()
         agent.close()

@@ -89,3 +89,15 @@ def test_select_prints_every_fold_for_every_candidate_and_the_choice(cli, tmp_pa
 def test_select_without_a_nab_folder_is_a_usage_error(cli, tmp_path):
     res = cli("anomaly", "eval", "--select", "--gpu", "--home", tmp_path / "h")
     assert res.code == 2 and "--nab" in res.stderr
+
+
+def test_detect_alerts_at_the_frozen_selected_threshold(cli, tmp_path):
+    from trainguard.anomaly.config import selected_detector
+
+    nab = _nab_folder(tmp_path / "nab")
+    res = cli("anomaly", "detect", nab / "data" / "catA" / "a1.csv", "--format", "json",
+              "--home", tmp_path / "h")
+    data = res.json()
+    assert data["threshold"] == selected_detector().threshold
+    assert res.code == (1 if data["alerts"] else 0)
+    assert all((r["score"] >= data["threshold"]) == bool(r["alert"]) for r in data["data"])

@@ -108,13 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 clean, 1 findings or denied, 2 usage or config error, 3 internal.",
     )
     _add_global_flags(parser)
+    parser.add_argument("--version", action="version", version=f"trainguard {_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
+    _describe(parser)
     for child in _subparsers(parser):
         if "--home" not in child._option_string_actions:
             _add_global_flags(child)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trainguard")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every command's `--help` opens with a description: its one-line help where the module
+    gave no longer text."""
+    for action in parser._actions:  # argparse has no public API for walking the tree
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description and helps.get(name):
+                    text = str(helps[name])
+                    child.description = text[0].upper() + text[1:] + "."
+                _describe(child)
 
 
 def _configure_logging(verbose: int, *, daemon: bool) -> None:

@@ -42,6 +42,7 @@ class IncidentKind(enum.StrEnum):
     CHECKPOINT_TAMPERED = "checkpoint-tampered"
     UNSAFE_ARTIFACT = "unsafe-artifact"
     DEPENDENCY_DRIFT = "dependency-drift"
+    DEPENDENCY_VULNERABLE = "dependency-vulnerable"
     POLICY_TAMPERED = "policy-tampered"
     AUDIT_TAMPERED = "audit-tampered"
     MEMBERSHIP_FAILURE = "membership-failure"

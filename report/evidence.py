@@ -40,6 +40,7 @@ HOOK_KINDS = ("hook.run", "hook.skipped")
 ACTION_PREFIX = "action."
 ACCESS_KINDS = ("access-allowed", "access-denied")
 DEPS_KINDS = ("deps-verified",)
+AUDIT_DEPS_KINDS = ("deps-audited",)
 SCAN_KINDS = ("scan",)
 TRAIN_PREFIXES = ("train.", "train-")
 ROBUSTNESS_KINDS = ("robustness-eval",)
@@ -148,6 +149,20 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
                            "dependency verification", f"{'no drift' if clean else 'drift'} at {iso(deps['time'])}: "
                            + json.dumps({k: v for k, v in d.items() if k in ('changed', 'missing', 'extra', 'distributions', 'files')})[:300],
                            remediation="review the drift named by `trainguard deps verify`, reinstall, re-lock", now=now))
+    vulns = _latest(entries, AUDIT_DEPS_KINDS)
+    if vulns is not None:
+        d = _data(vulns)
+        n = int(d.get("vulnerable", 0))
+        named = ", ".join(f"{f.get('package')} {f.get('version')} ({f.get('id')})"
+                          for f in d.get("findings", [])[:10])
+        items.append(_item("vulnerabilities", node,
+                           EvidenceStatus.PASS if n == 0 else EvidenceStatus.FAIL,
+                           "known vulnerabilities of the locked dependencies",
+                           f"{d.get('distributions')} distributions checked against "
+                           f"{d.get('source')} at {iso(vulns['time'])}: {n} vulnerable"
+                           + (f": {named}" if named else ""),
+                           remediation="upgrade to the fixed versions, re-lock, audit again",
+                           now=now))
     items.extend(artifact_items(node, entries, incidents, now))
     items.extend(training_items(node, entries, incidents, now))
     rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]

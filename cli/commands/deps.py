@@ -1,4 +1,4 @@
-"""`trainguard deps lock [--out FILE]` and `trainguard deps verify [--lock FILE] [--full]`.
+"""`trainguard deps lock [--out FILE]`, `deps verify [--lock FILE] [--full]`, `deps audit [--osv-dir DIR]`.
 
 `lock` inventories every installed distribution and startup file, hashes them and signs the lock
 with the node key (default `<home>/state/deps.lock.json`, signature next to it as `.sig`).
@@ -19,7 +19,7 @@ ACTOR = "cli"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("deps", help="lock and verify the installed Python dependencies")
+    p = sub.add_parser("deps", help="lock, verify and audit the installed Python dependencies")
     inner = p.add_subparsers(dest="deps_command", metavar="ACTION", required=True)
     lock = inner.add_parser("lock", help="hash every installed file into a signed lock")
     lock.add_argument("--out", type=Path, help="lock file (default: <home>/state/deps.lock.json)")
@@ -34,6 +34,68 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="requirement files to check for --hash pins (default: requirements*.txt here)",
     )  # fmt: skip
     verify.set_defaults(func=run_verify)
+    _register_audit(inner)
+
+
+def _register_audit(inner: Any) -> None:
+    audit = inner.add_parser(
+        "audit",
+        help="check the locked distributions against known vulnerabilities (OSV)",
+        description="Match every distribution of the signed lock against the OSV database: "
+        "offline against an OSV export folder (--osv-dir, for air-gapped clusters), else online "
+        "through pip-audit. Each finding is a dependency-vulnerable incident. Exit 1 on findings.",
+    )
+    audit.add_argument("--lock", type=Path, metavar="FILE",
+                       help="the signed lock (default: the home's state/deps.lock.json)")
+    audit.add_argument("--osv-dir", type=Path, metavar="DIR",
+                       help="folder of OSV JSON records (the OSV PyPI export, unzipped)")
+    audit.set_defaults(func=run_audit)
+
+
+def run_audit(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.agent.api.client import report_incident
+    from trainguard.crypto.signing import VerifyKey
+    from trainguard.integrity.deps.audit import audit_offline, audit_online, locked_versions
+    from trainguard.integrity.deps.lock import default_lock_path, read_lock
+
+    ctx.home.require()
+    path = args.lock or default_lock_path(ctx.home.state_dir)
+    lock = read_lock(path, VerifyKey.load(ctx.home.node_verify_key))
+    installed = locked_versions(lock)
+    if args.osv_dir is not None:
+        findings, records = audit_offline(installed, args.osv_dir)
+        source = f"osv-dir:{args.osv_dir}"
+    else:
+        findings, records, source = audit_online(installed), None, "pip-audit"
+    data = {
+        "lock": str(path), "source": source, "distributions": len(installed),
+        "records": records, "vulnerable": len(findings),
+        "findings": [f.to_json() for f in findings],
+    }
+    ctx.audit.record("deps-audited", ACTOR, {
+        "lock": str(path), "source": source, "distributions": len(installed),
+        "vulnerable": len(findings),
+        "findings": [{"id": f.id, "package": f.package, "version": f.version,
+                      "fixed_in": list(f.fixed_in)} for f in findings[:100]],
+    })
+    for f in findings:
+        report_incident(ctx.home, ctx.config, "dependency-vulnerable", f.severity, {
+            "id": f.id, "package": f.package, "version": f.version, "aliases": list(f.aliases),
+            "fixed_in": list(f.fixed_in), "dedup_key": f"{f.package}:{f.id}",
+        })
+    ctx.emit(data, _audit_text)
+    return 1 if findings else 0
+
+
+def _audit_text(d: dict[str, Any]) -> str:
+    lines = [f"{d['distributions']} distributions checked against {d['source']}: "
+             f"{d['vulnerable']} known vulnerabilit{'y' if d['vulnerable'] == 1 else 'ies'}"]
+    if d["findings"]:
+        lines.append(f"{'PACKAGE':24} {'VERSION':12} {'ID':22} FIXED IN")
+        for f in d["findings"]:
+            lines.append(f"{f['package']:24} {f['version']:12} {f['id']:22} "
+                         f"{', '.join(f['fixed_in']) or '-'}")
+    return "\n".join(lines)
 
 
 def _signing_key(ctx: Context) -> Any:

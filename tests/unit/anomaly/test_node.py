@@ -37,7 +37,9 @@ def test_false_alarms_stay_near_the_daily_target_and_a_broken_relation_alerts():
     det = NodeTelemetryDetector(["util", "power", "mem"], CFG)
     _day(det, rng, 0, 480)  # warm-up and first fit
     false_alarms = _day(det, rng, 480, 2 * 1440)
-    assert false_alarms <= 6  # target 1/day over two days; Poisson(2) exceeds 6 < 0.5 % of runs
+    # target 1/day, so 2 expected; this seed gives 5 (the tail extrapolation is approximate).
+    # Without the tail fit (the history's own 1 - 1/1024 quantile) it would be ~2.8 a day more.
+    assert false_alarms <= 6
     # a miner-like decoupling: utilisation pinned high while power drops
     hits = [det.observe(60.0 * (4000 + j), {"util": 99.0, "power": 120.0, "mem": 40.0}).alert
             for j in range(12)]

@@ -364,3 +364,47 @@ def test_remote_incident_is_recorded_but_its_pid_and_path_are_never_acted_on(
     finally:
         engine.close()
         log.close()
+
+
+def test_remote_reports_cannot_exhaust_or_preempt_the_agents_own_incidents(
+    home: Home, signer: SigningKey
+) -> None:
+    """A node flooding incidents up to the rate limit, or reusing this agent's dedup key, must
+    not stop this agent's own incident from being recorded and acted on."""
+    from trainguard.evidence.config import IncidentsConfig
+
+    log = AuditLog.open(home.audit_db, "node-1", signer)
+    limits = IncidentsConfig(dedup_seconds=600, rate_limit=3, rate_window_seconds=600)
+    hooks = HooksConfig(actions={"byzantine-worker": ["stop-training"]})
+    engine = IncidentEngine(home, log, node="node-1", limits=limits, hooks=hooks)
+    try:
+        peer = "spiffe://c/node/n2"
+        own = {"rank": 1, "dedup_key": "rank-1"}
+        assert (
+            engine.report(
+                "byzantine-worker", "high", own, actor=peer, provenance=Provenance.REMOTE
+            ).status
+            == "new"
+        )
+        for i in range(5):
+            engine.report(
+                "byzantine-worker",
+                "high",
+                {"rank": 10 + i},
+                actor=peer,
+                provenance=Provenance.REMOTE,
+            )
+        assert (
+            engine.report(
+                "byzantine-worker", "high", {"rank": 99}, actor=peer, provenance=Provenance.REMOTE
+            ).status
+            == "rate-limited"
+        )
+        mine = engine.report("byzantine-worker", "high", own)
+        assert mine.status == "new"
+        assert (home.state_dir / "stop-training.json").exists()
+        notes = [e.data["reporter"] for e in log.entries(kind="incident.rate-limited")]
+        assert notes == [peer]
+    finally:
+        engine.close()
+        log.close()

@@ -25,9 +25,18 @@ from trainguard.evidence.incidents import IncidentKind, Severity
 
 def _result(id: str, status: Status) -> CheckResult:
     """A posture result as the real checks return it (the daemon takes nothing looser)."""
-    return CheckResult(id=id, title="a check", severity=Severity.HIGH, controls=("AC-3",),
-                       atlas=(), status=status, summary="it failed", evidence={},
-                       remediation="fix it", duration_ms=0.0)
+    return CheckResult(
+        id=id,
+        title="a check",
+        severity=Severity.HIGH,
+        controls=("AC-3",),
+        atlas=(),
+        status=status,
+        summary="it failed",
+        evidence={},
+        remediation="fix it",
+        duration_ms=0.0,
+    )
 
 
 @dataclass
@@ -91,7 +100,9 @@ def short_home() -> Iterator[Home]:
 
 
 def _agent(home: Home, **kw: Any) -> Agent:
-    checks = kw.pop("checks", lambda h, c: [_result("modes", Status.FAIL), _result("ok", Status.PASS)])
+    checks = kw.pop(
+        "checks", lambda h, c: [_result("modes", Status.FAIL), _result("ok", Status.PASS)]
+    )
     return Agent(
         home,
         load_config(home.config_path, {}),
@@ -349,3 +360,40 @@ def test_own_gpu_misuse_detection_kills_only_the_foreign_process_it_observed(
             p.kill()
             p.wait()
         agent.close()
+
+
+def test_verifier_counts_only_fresh_observations_of_named_foreign_processes() -> None:
+    """What `kill` may act on: a process in the latest sample (not a stalled one), pinned by
+    its start time; an allowed or unnamed process is never judged foreign."""
+    import os
+
+    from trainguard.agent.telemetry.nvml import GpuProcess, GpuSample
+    from trainguard.agent.verifier import AgentVerifier
+
+    now = [100.0]
+    v = AgentVerifier(
+        allowed_processes=["python", "torchrun"],
+        artifact_dirs=["/models", "relative"],
+        max_age_seconds=35.0,
+        clock=lambda: now[0],
+    )
+    me = os.getpid()
+    procs = [
+        GpuProcess(me, 1, "/usr/bin/xmrig"),
+        GpuProcess(1, 1, "torchrun"),
+        GpuProcess(2**22 + 7, 1, "ghost"),
+    ]
+    v.observe(FakeSample(1.0, [GpuSample(0, "GPU-0", 50.0, 1, 2, processes=procs)]))
+    seen = v.gpu_process(me)
+    assert seen is not None and seen.foreign and seen.gpu == 0 and seen.start_ticks > 0
+    init = v.gpu_process(1)
+    assert init is not None and not init.foreign
+    assert v.gpu_process(2**22 + 7) is None  # no such process: nothing to pin
+    assert [str(d) for d in v.artifact_dirs()] == ["/models"]  # relative folders are ignored
+    now[0] += 36.0  # the telemetry loop stalled: nothing counts as observed any more
+    assert v.gpu_process(me) is None
+    v.observe(
+        FakeSample(2.0, [GpuSample(0, "GPU-0", 50.0, 1, 2, processes=[GpuProcess(me, 1, "")])])
+    )
+    unnamed = v.gpu_process(me)
+    assert unnamed is not None and not unnamed.foreign

@@ -6,7 +6,6 @@ and prints what these functions return.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from trainguard.adversarial.training import (
     TrainResult,
     train_adversarial,
 )
+from trainguard.core.fs import sha256_file
 
 __all__ = [
     "TrainSettings",
@@ -49,11 +49,6 @@ def default_model_spec(dataset_spec: str) -> str:
     """The reference model for a dataset: digits_cnn for digits, mnist_cnn for MNIST."""
     name = "digits_cnn" if dataset_spec == "digits" else "mnist_cnn"
     return f"trainguard.adversarial.models:{name}"
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_weights(model: nn.Module, path: Path, scan: Scanner) -> nn.Module:
@@ -111,7 +106,7 @@ def _load(
     meta = {
         "model": model_spec,
         "weights": str(weights),
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "dataset": data.name,
     }
     return model, data, meta

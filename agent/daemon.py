@@ -30,6 +30,7 @@ from typing import Any
 from trainguard.agent.api.auth import ApiAuthorizer, policy_check_for_home
 from trainguard.agent.api.server import AgentServer
 from trainguard.agent.api.tls import ServerTls
+from trainguard.agent.checks import CheckResult
 from trainguard.agent.config import AgentConfig, server_socket
 from trainguard.agent.systemd.sdnotify import Notifier
 from trainguard.agent.verifier import AgentVerifier
@@ -113,7 +114,7 @@ class Agent:
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
-        checks: Callable[[Home, Config], list[Any]] | None = None,
+        checks: Callable[[Home, Config], list[CheckResult]] | None = None,
         telemetry: Any = None,
         metrics: Any = None,
         scorer: Any = "default",
@@ -212,13 +213,11 @@ class Agent:
             log.exception("posture checks failed")
             report.errors.append(f"checks: {type(exc).__name__}: {exc}")
             return
-        self.last_checks = [r.to_dict() for r in results if hasattr(r, "to_dict")]
+        self.last_checks = [r.to_dict() for r in results]
         for r in results:
-            status = getattr(r.status, "value", str(r.status))
-            report.checks[status] = report.checks.get(status, 0) + 1
-        with contextlib.suppress(AttributeError):
-            self.metrics.update_checks(results)
-        failed = [r for r in results if getattr(r.status, "value", r.status) == "fail"]
+            report.checks[r.status.value] = report.checks.get(r.status.value, 0) + 1
+        self.metrics.update_checks(results)
+        failed = [r for r in results if r.failed]
         report.failed_checks = [r.id for r in failed]
         self.audit.append(
             "posture.checks", AGENT_ACTOR, {"counts": report.checks, "failed": report.failed_checks}
@@ -234,7 +233,7 @@ class Agent:
                 "dedup_key": f"check:{r.id}",
             }
             self._incident(
-                report, "posture-failure", getattr(r.severity, "value", r.severity), evidence
+                report, "posture-failure", r.severity.value, evidence
             )
 
     def _incident(

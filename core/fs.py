@@ -7,7 +7,8 @@
   renderer): the file appears only if the block succeeds.
 - `read_private` reads a key file without following symlinks and refuses one readable by
   group or others.
-- `hash_file` / `sha256_file` are the one way to hash a file (``hashlib.file_digest``).
+- `hash_file` / `hash_fd` / `sha256_file` are the one way to hash a file
+  (``hashlib.file_digest``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trainguard.core.home import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RESTORE_KE
 __all__ = [
     "FileHash",
     "atomic_output",
+    "hash_fd",
     "hash_file",
     "read_private",
     "sha256_file",
@@ -52,7 +54,20 @@ def hash_file(path: Path | str, *, follow_symlinks: bool = True) -> FileHash:
         OSError: the file cannot be opened or read.
     """
     flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
-    with os.fdopen(os.open(path, flags), "rb", buffering=0) as f:
+    fd = os.open(path, flags)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int) -> FileHash:
+    """SHA-256 and size of the whole file open as `fd` (read from its start; `fd` stays open).
+
+    For callers that must hash exactly the file they opened (no second lookup by name).
+    """
+    os.lseek(fd, 0, os.SEEK_SET)
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
         digest = hashlib.file_digest(f, "sha256")
         return FileHash(digest.hexdigest(), f.tell())
 

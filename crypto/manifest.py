@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import stat
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.fs import atomic_output
+from trainguard.core.fs import FileHash, atomic_output, hash_file
 from trainguard.crypto.errors import BadSignature, ManifestError, ManifestMismatch
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 
@@ -47,7 +46,6 @@ __all__ = [
 
 FORMAT = 1
 SUFFIX = ".tgsig.json"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,17 +109,8 @@ def default_manifest_path(path: Path) -> Path:
     return path.with_name(path.name + SUFFIX)
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
+def _hash_file(path: Path) -> FileHash:
+    return hash_file(path, follow_symlinks=False)  # a link swapped in after the walk: refused
 
 
 def _walk(root: Path, skip: set[Path]) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -184,8 +173,8 @@ def build_manifest(
     except OSError as exc:
         raise ManifestError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     entries = [
-        FileEntry(rel, size, digest)
-        for (rel, _), (size, digest) in zip(files, digests, strict=True)
+        FileEntry(rel, digest.size, digest.sha256)
+        for (rel, _), digest in zip(files, digests, strict=True)
     ]
     entries.extend(links.values())
     return Manifest(kind, path.name, tuple(sorted(entries, key=lambda e: e.path)), clock())

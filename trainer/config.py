@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.config import build_section
+from trainguard.core.config import build_sections
 from trainguard.trainer.errors import TrainConfigError
 
 
@@ -255,15 +255,7 @@ def merge_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 def build_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> TrainConfig:
     """Validate merged TOML data; raises TrainConfigError listing every problem."""
     problems: list[str] = []
-    built: dict[str, Any] = {}
-    for name, raw in data.items():
-        cls = _SECTIONS.get(name)
-        if cls is None:
-            problems.append(f"unknown section [{name}] (known: {', '.join(_SECTIONS)})")
-        elif not isinstance(raw, dict):
-            problems.append(f"[{name}] must be a table")
-        else:
-            built[name] = build_section(name, cls, raw, problems)
+    built = build_sections(data, _SECTIONS.get, problems, known=_SECTIONS)
     if problems:
         raise TrainConfigError(problems, source=source)
     cfg = TrainConfig(**built, raw=dict(data))

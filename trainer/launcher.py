@@ -14,7 +14,6 @@ audit log) while the job runs, so the embedded SQLite log keeps one writer.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -369,10 +368,6 @@ def _simulate_summary(cfg: TrainConfig) -> dict[str, Any] | None:
         return None
     return {"test_facility": True, "byzantine_ranks": sim.byzantine_ranks,
             "attack": sim.attack.value, "kill_rank": sim.kill_rank}
-
-
-def result_json(result: Mapping[str, Any]) -> str:
-    return json.dumps(result, indent=2, default=str)
 
 
 def export_weights(plan: JobPlan, home: Home, out: Path) -> dict[str, Any]:

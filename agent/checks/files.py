@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trainguard.agent.checks import CheckContext, Outcome, Severity, register_check
+from trainguard.crypto import is_sealed
 
-SEALED_MAGIC = b"TGSEAL"
 _MAX_FILES = 100_000  # a bounded walk: a huge folder cannot stall the agent's cycle
 _LISTED = 20
 
@@ -43,19 +43,6 @@ def home_modes(ctx: CheckContext) -> Outcome:
         what = len(problems) + len(symlinks)
         return Outcome.fail(f"{what} path(s) in the home are too open", evidence, fixes)
     return Outcome.passed("home folders and key files have private modes", evidence)
-
-
-def is_sealed(path: Path) -> bool:
-    """True when `path` starts with the sealed-stream magic (crypto's `is_sealed` when built)."""
-    try:
-        from trainguard.crypto.sealed.stream import is_sealed as crypto_is_sealed
-    except ModuleNotFoundError as exc:
-        if exc.name != "trainguard.crypto.sealed.stream":
-            raise
-    else:
-        return bool(crypto_is_sealed(path))
-    with open(path, "rb") as f:
-        return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
 
 
 def _candidates(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:

@@ -13,13 +13,13 @@ through its descriptor, never by name.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from trainguard.core.fs import hash_fd
 from trainguard.evidence.response.verify import LocalVerifier
 
 __all__ = ["QuarantineRefused", "quarantine_file"]
@@ -70,14 +70,6 @@ def _open_below(folder: Path, parts: tuple[str, ...], stack: ExitStack) -> tuple
     return cur, fd, parts[-1]
 
 
-def _sha256_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, 1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 def quarantine_file(
     raw: object, incident_id: str, verifier: LocalVerifier, quarantine_dir: Path, home_root: Path
 ) -> dict[str, Any]:
@@ -107,7 +99,7 @@ def quarantine_file(
             verdict = verifier.scan_verdict(f, st.st_size)
         if verdict != "unsafe":
             raise QuarantineRefused(f"refused: this agent's scan calls it {verdict}")
-        digest = _sha256_fd(fd)
+        digest = hash_fd(fd).sha256
         quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         qfd = os.open(quarantine_dir, _DIR_FLAGS)
         stack.callback(os.close, qfd)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import hashlib
 import os
 import re
 import sys
@@ -15,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 
-CHUNK = 1 << 20
+from trainguard.core.fs import hash_file
+
 _STARTUP_NAMES = ("sitecustomize.py", "usercustomize.py")
 StatKey = tuple[int, int, int, int]
 
@@ -24,17 +24,12 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def sha256_file(path: str) -> tuple[str, int] | None:
-    h = hashlib.sha256()
-    size = 0
+def _sha256_or_none(path: str) -> tuple[str, int] | None:
     try:
-        with open(path, "rb", buffering=0) as f:
-            while block := f.read(CHUNK):
-                h.update(block)
-                size += len(block)
+        digest = hash_file(path)
     except OSError:
         return None
-    return h.hexdigest(), size
+    return digest.sha256, digest.size
 
 
 def hash_files(
@@ -43,7 +38,7 @@ def hash_files(
     """sha256 and size of each path (None when unreadable), hashed in parallel threads."""
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(sha256_file, paths, chunksize=64), strict=True))
+        return dict(zip(paths, pool.map(_sha256_or_none, paths, chunksize=64), strict=True))
 
 
 def stat_key(st: os.stat_result) -> StatKey:

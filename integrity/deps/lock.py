@@ -42,7 +42,6 @@ from trainguard.integrity.deps.inventory import (
 from trainguard.integrity.deps.verify import DistDrift, VerifyResult, verify_lock
 
 __all__ = [
-    "DepsDrift",
     "DepsLockError",
     "DistDrift",
     "LOCK_VERSION",
@@ -62,10 +61,6 @@ LOCK_VERSION = 1
 
 class DepsLockError(IntegrityError):
     """The lock is missing, malformed or its signature does not verify (exit 1)."""
-
-
-class DepsDrift(IntegrityError):
-    """The environment no longer matches the lock (exit 1)."""
 
 
 def default_lock_path(state_dir: Path) -> Path:

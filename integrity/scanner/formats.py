@@ -18,6 +18,7 @@ import struct
 import zlib
 from typing import IO, Any
 
+from trainguard.crypto.sealed import MAGIC as SEALED_MAGIC
 from trainguard.integrity.scanner import zipscan
 from trainguard.integrity.scanner.archives import decompressor, inflate, is_tar, scan_tar
 from trainguard.integrity.scanner.keras import HDF5_MAGIC, scan_hdf5, scan_json_config
@@ -307,7 +308,7 @@ def scan_stream(f: IO[bytes], size: int, location: str = "") -> tuple[str, list[
         return scan_safetensors(f, location, out, size), out
     if head.startswith(HDF5_MAGIC):
         return scan_hdf5(f, size, location, out), out
-    if head.startswith(b"TGSEAL"):
+    if head.startswith(SEALED_MAGIC):
         out.append(
             _err(
                 FindingKind.UNSUPPORTED,

@@ -109,7 +109,6 @@ def test_train_then_eval_on_digits(cli, tmp_path, trained):
 
 
 def test_malicious_weights_are_refused_before_loading(cli, tmp_path):
-    pytest.importorskip("trainguard.integrity.scanner", reason="artifact scanner not built")
     marker = tmp_path / "pwned"
 
     class Payload:

@@ -131,8 +131,9 @@ def test_key_rotation_workflow(cli, admin_home: Path, tmp_path: Path) -> None:  
     ]
     r = cli("unseal", files / "c1.tgs", tmp_path / "c1.out", "--home", home)
     assert r.code == 0
-    audit_log = pytest.importorskip("trainguard.evidence.audit_log")
-    log = audit_log.AuditLog.open(Home(home).audit_db, "node-1", None)
+    from trainguard.evidence.audit_log import AuditLog
+
+    log = AuditLog.open(Home(home).audit_db, "node-1", None)
     kinds = [e.kind for e in log.entries()]
     assert ["key-rotated", "key-rewrapped", "key-retired"] == [
         k for k in kinds if k.startswith("key-")

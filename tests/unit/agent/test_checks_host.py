@@ -13,6 +13,7 @@ from trainguard.agent.checks import CheckContext, Status, run_checks, subprocess
 from trainguard.agent.checks.config import ChecksConfig
 from trainguard.agent.checks.host import KernelClock, kernel_clock
 from trainguard.agent.telemetry.nvml import FakeNvml
+from trainguard.anomaly.config import AnomalyConfig
 from trainguard.core.config import Config
 from trainguard.core.home import Home
 
@@ -185,9 +186,8 @@ def test_allowed_processes_pass_and_no_allowlist_warns(home: Home, tmp_path: Pat
     r = run(ctx(home, tmp_path, nvml=fake), "gpu-foreign-processes")
     assert r.status is Status.PASS and r.evidence["allow_list_from"] == "anomaly"
     # ... and with no allow-list anywhere the processes are listed with a warning.
-    anomaly = pytest.importorskip("trainguard.anomaly.config")
     c = ctx(home, tmp_path, nvml=fake)
-    sections = {**c.config.sections, "anomaly": dataclasses.replace(anomaly.AnomalyConfig(), allowed_processes=())}
+    sections = {**c.config.sections, "anomaly": dataclasses.replace(AnomalyConfig(), allowed_processes=())}
     c = dataclasses.replace(c, config=Config(source="test", sections=sections))
     assert run(c, "gpu-foreign-processes").status is Status.WARN
 
@@ -206,7 +206,6 @@ def test_no_gpu_is_not_applicable(home: Home, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_shipped_unit_is_scored_when_none_is_installed(home: Home, tmp_path: Path) -> None:
-    pytest.importorskip("trainguard.agent.systemd.unit")
     r = run(ctx(home, tmp_path, runner=subprocess_runner), "agent-unit-hardening")
     assert "not installed" in r.evidence["unit"]
     assert r.status is Status.PASS, r.summary

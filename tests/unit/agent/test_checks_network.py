@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import pytest
 from trainguard.agent.checks import CheckContext, Status, run_checks
 from trainguard.agent.checks.config import ChecksConfig
 from trainguard.agent.checks.network import system_if_addrs
+from trainguard.agent.config import AgentConfig
 from trainguard.core.config import Config
 from trainguard.core.home import Home
 
@@ -142,9 +143,8 @@ def test_system_if_addrs_reads_this_machine() -> None:
 # -- agent-tls -----------------------------------------------------------------------------
 
 
-def _agent(**kw: object) -> object:
-    config = pytest.importorskip("trainguard.agent.config")
-    return config.AgentConfig(**kw)
+def _agent(**kw: Any) -> AgentConfig:
+    return AgentConfig(**kw)
 
 
 def test_no_tcp_listener_passes(home: Home, tmp_path: Path) -> None:

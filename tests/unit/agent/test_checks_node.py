@@ -91,14 +91,14 @@ def test_plaintext_checkpoint_fails_and_sealed_one_passes(home: Home, tmp_path: 
 
 
 def test_a_really_sealed_file_passes(home: Home, tmp_path: Path) -> None:
-    sealed = pytest.importorskip("trainguard.crypto.sealed.stream")
     from trainguard.crypto.keyring import Keyring
+    from trainguard.crypto.sealed.stream import seal_file
 
     ring = Keyring.create(home.keys_dir)
     ck = tmp_path / "ckpt"
     ck.mkdir()
     (tmp_path / "plain.bin").write_bytes(os.urandom(3000))
-    sealed.seal_file(tmp_path / "plain.bin", ck / "model.bin", ring)
+    seal_file(tmp_path / "plain.bin", ck / "model.bin", ring)
     assert run(ctx(home, checkpoint_dirs=(str(ck),)), "plaintext-checkpoints").status is Status.PASS
 
 

@@ -5,7 +5,14 @@ import os
 from pathlib import Path
 
 import pytest
-from trainguard.core.fs import atomic_output, hash_file, read_private, sha256_file, write_private
+from trainguard.core.fs import (
+    atomic_output,
+    hash_fd,
+    hash_file,
+    read_private,
+    sha256_file,
+    write_private,
+)
 from trainguard.core.home import HomeError
 
 
@@ -49,3 +56,17 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_bytes(b"partial")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hash_fd_hashes_the_open_file_from_its_start_and_leaves_it_open(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.read(fd, 10)  # a caller that already read part of it
+        path.rename(tmp_path / "moved")  # the name no longer matters
+        got = hash_fd(fd)
+        assert got.sha256 == hashlib.sha256(b"abc" * 1000).hexdigest() and got.size == 3000
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)

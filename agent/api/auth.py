@@ -93,12 +93,14 @@ CALLER_ACTIONS: dict[CallerKind, frozenset[str]] = {
 
 NODE_ACTIONS = CALLER_ACTIONS[CallerKind.NODE]
 
-# Written by the agent itself (audit chain, API, daemon, incident engine, hooks, actions,
-# webhooks, posture cycle): never accepted from any caller.
+# Written by the agent itself (audit chain and witness, API, daemon and job registry, node
+# certificate renewal, incident engine, hooks, actions, webhooks, posture cycle): never accepted
+# from any caller.
 RESERVED_KINDS: tuple[str, ...] = (
     "audit.*",
     "api.*",
     "agent.*",
+    "pki.*",
     "incident",
     "incident.*",
     "hook.*",

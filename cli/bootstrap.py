@@ -42,6 +42,7 @@ class InitResult:
     created: list[str] = field(default_factory=list)
     moved_aside: Path | None = None
     admin: dict[str, Any] | None = None
+    audit_log_id: str = ""
 
 
 def move_aside(home: Home, clock: Callable[[], float] = time.time) -> Path:
@@ -137,12 +138,19 @@ def _build(
     cert_pem, key_pem = ca.issue(node, "node", dns_names=("localhost",))
     write_private(home.pki_dir / NODE_CERT, cert_pem, mode=0o644)
     write_private(home.pki_dir / NODE_KEY, key_pem)
+    # The log starts with a genesis signed by the node key, and the home keeps a signed record
+    # of it: a log deleted or rebuilt later is refused, never silently recreated.
+    from trainguard.core.config import load_config
+    from trainguard.evidence.embedded import create_home_log
+
+    genesis = create_home_log(home, load_config(home.config_path), signer)
     created = [
         str(home.config_path),
         f"{home.keys_dir} (KEK v{keyring.current_version})",
         str(home.node_signing_key),
         str(ca.ca_path),
         str(home.pki_dir / NODE_CERT),
+        f"{home.audit_db} (audit log {genesis.log_id})",
     ]
     audit = audit_factory(home) if audit_factory else None
     admin_info: dict[str, Any] | None = None
@@ -169,6 +177,7 @@ def _build(
         created=created,
         moved_aside=moved,
         admin=admin_info,
+        audit_log_id=genesis.log_id,
     )
     if audit is not None:
         audit.record(
@@ -182,5 +191,9 @@ def _build(
                 "moved_aside": str(moved) if moved else None,
             },
         )
+        from trainguard.evidence.audit_log import AuditLog
+
+        if isinstance(audit, AuditLog):  # init's entries leave it signed, whatever the cadence
+            audit.checkpoint(force=True)
     return result
 

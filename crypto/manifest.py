@@ -3,8 +3,8 @@
 Manifest file (JSON, default ``<name>.tgsig.json`` next to the artifact)::
 
     {"format": 1,
-     "manifest": {"format": 1, "kind": "file" | "directory", "name": "<artifact name>",
-                  "created_at": <unix s>,
+     "manifest": {"format": 2, "kind": "file" | "directory", "name": "<artifact name>",
+                  "binding": "<where it was signed: see below>", "created_at": <unix s>,
                   "files": [{"path": "a/b.bin", "size": 12, "sha256": "<hex>"},
                             {"path": "latest", "link": "ckpt-3.pt"}, ...]},
      "key_id": "<16 hex>", "signature": "<base64 Ed25519 over canonical_json(manifest)>"}
@@ -12,7 +12,16 @@ Manifest file (JSON, default ``<name>.tgsig.json`` next to the artifact)::
 Paths are relative POSIX paths inside the artifact, sorted; for a single file the one entry's
 path is the file's name. Symbolic links are recorded with their target and never followed, so
 a link cannot pull a file from outside the tree into the manifest. A manifest file inside the
-tree is never listed. Hashing runs on a thread pool: hashlib releases the GIL on large
+tree is never listed.
+
+Binding (manifest format 2): the signed ``binding`` names where the artifact lives, so a signed
+manifest verifies only the artifact it was made for, never a copy of it (files and manifest)
+placed at another artifact's path: a directory artifact is bound to its folder name
+(``run-7``), a single file to its parent folder and name (``run-7/final.pt``). Moving a run
+folder elsewhere keeps it verifying; copying run 7 over run 8 does not. Callers with another
+naming scheme pass their own ``binding`` to both `sign_path` and `verify_path`. Manifests of
+format 1 bound only the base name, so a file copied between two runs' folders verified; they
+are refused with a tip to re-sign. Hashing runs on a thread pool: hashlib releases the GIL on large
 buffers, so the work spreads across cores.
 """
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import stat
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainguard.core.errors import IntegrityError
 from trainguard.core.fs import FileHash, atomic_output, hash_file
 from trainguard.crypto.errors import BadSignature, ManifestError, ManifestMismatch
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
@@ -38,13 +49,16 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "ManifestMismatch",
+    "ManifestMisplaced",
     "build_manifest",
+    "default_binding",
     "default_manifest_path",
     "sign_path",
     "verify_path",
 ]
 
-FORMAT = 1
+FORMAT = 1  # of the manifest file
+BODY_FORMAT = 2  # of the signed body; 2 added `binding`
 SUFFIX = ".tgsig.json"
 
 
@@ -69,38 +83,58 @@ class FileEntry:
         return cls(path=str(d["path"]), size=int(d["size"]), sha256=str(d["sha256"]))
 
 
+class ManifestMisplaced(IntegrityError):
+    """A correctly signed manifest made for another artifact, or one that binds no place
+    (exit 1)."""
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """What an artifact held when it was signed."""
+    """What an artifact held when it was signed, and where (`binding`)."""
 
     kind: str  # "file" or "directory"
     name: str
     files: tuple[FileEntry, ...]
     created_at: float = 0.0
+    binding: str | None = None  # None only in a format-1 manifest (refused by verify_path)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT,
+            "format": BODY_FORMAT,
             "kind": self.kind,
             "name": self.name,
+            "binding": self.binding,
             "created_at": self.created_at,
             "files": [f.to_json() for f in self.files],
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Manifest:
-        if d.get("format") != FORMAT or d.get("kind") not in ("file", "directory"):
-            raise ManifestError("not a trainguard manifest of format 1")
+        fmt = d.get("format")
+        if fmt not in (1, BODY_FORMAT) or d.get("kind") not in ("file", "directory"):
+            raise ManifestError("not a trainguard manifest of format 1 or 2")
+        if fmt == BODY_FORMAT and not isinstance(d.get("binding"), str):
+            raise ManifestError("a format-2 manifest without its binding")
         return cls(
             kind=str(d["kind"]),
             name=str(d["name"]),
             files=tuple(FileEntry.from_json(f) for f in d["files"]),
             created_at=float(d.get("created_at", 0.0)),
+            binding=str(d["binding"]) if fmt == BODY_FORMAT else None,
         )
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+
+def default_binding(path: Path) -> str:
+    """Where an artifact lives, as its manifest binds it: a folder's own name, or a file's
+    parent folder and name (`os.path.abspath`, so links on the way are not resolved)."""
+    p = Path(os.path.abspath(path))
+    if p.is_dir() and not p.is_symlink():
+        return p.name
+    return f"{p.parent.name}/{p.name}"
 
 
 def default_manifest_path(path: Path) -> Path:
@@ -177,7 +211,10 @@ def build_manifest(
         for (rel, _), digest in zip(files, digests, strict=True)
     ]
     entries.extend(links.values())
-    return Manifest(kind, path.name, tuple(sorted(entries, key=lambda e: e.path)), clock())
+    return Manifest(
+        kind, path.name, tuple(sorted(entries, key=lambda e: e.path)), clock(),
+        default_binding(path),
+    )
 
 
 def sign_path(
@@ -187,10 +224,14 @@ def sign_path(
     *,
     workers: int = 0,
     clock: Callable[[], float] = time.time,
+    binding: str | None = None,
 ) -> Path:
-    """Build and sign the manifest of `path`; write it to `out` (default beside it)."""
+    """Build and sign the manifest of `path`, bound to `binding` (default `default_binding`);
+    write it to `out` (default beside it)."""
     out = Path(out) if out is not None else default_manifest_path(path)
     manifest = build_manifest(path, workers=workers, exclude=(out,), clock=clock)
+    if binding is not None:
+        manifest = dataclasses.replace(manifest, binding=binding)
     body = manifest.to_json()
     doc = {
         "format": FORMAT,
@@ -220,15 +261,36 @@ def load_signed(manifest_path: Path, verify_key: VerifyKey) -> Manifest:
 
 
 def verify_path(
-    path: Path, verify_key: VerifyKey, manifest: Path | None = None, *, workers: int = 0
+    path: Path,
+    verify_key: VerifyKey,
+    manifest: Path | None = None,
+    *,
+    workers: int = 0,
+    binding: str | None = None,
 ) -> Manifest:
-    """Check the signature of `path`'s manifest, then re-hash `path` against it.
+    """Check the signature of `path`'s manifest and that it was made for `path` (its binding,
+    default `default_binding(path)`), then re-hash `path` against it.
 
-    Returns the signed manifest. Raises `BadSignature` (manifest not signed by `verify_key`) or
+    Returns the signed manifest. Raises `BadSignature` (manifest not signed by `verify_key`),
+    `ManifestMisplaced` (signed for another artifact, or format 1 that binds no place) or
     `ManifestMismatch` naming the missing, extra and changed files.
     """
     mpath = Path(manifest) if manifest is not None else default_manifest_path(path)
     signed = load_signed(mpath, verify_key)
+    expected = binding if binding is not None else default_binding(path)
+    if signed.binding is None:
+        raise ManifestMisplaced(
+            f"manifest {mpath} is of format 1, which does not bind the artifact's place, so a "
+            "copy of it verifies at another artifact's path",
+            tip=f"review {path}, then re-sign it with `trainguard sign {path}`",
+        )
+    if signed.binding != expected:
+        raise ManifestMisplaced(
+            f"manifest {mpath} was signed for {signed.binding!r}, not for {expected!r}: it "
+            "belongs to another artifact (copied or moved in place of this one)",
+            tip="do not use this artifact; restore the right one from a trusted copy, or "
+            f"re-sign it after review with `trainguard sign {path}`",
+        )
     if not Path(path).exists() and not Path(path).is_symlink():
         raise ManifestMismatch([e.path for e in signed.files], [], [], what=str(path))
     current = build_manifest(path, workers=workers, exclude=(mpath,))

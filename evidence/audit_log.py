@@ -36,8 +36,10 @@ from trainguard.evidence.audit_chain import (
     CHECKPOINT_KIND,
     FORMAT_VERSION,
     GENESIS,
+    GENESIS_KIND,
     AuditEntry,
     AuditTampered,
+    Cadence,
     Checkpoint,
     Row,
     VerifyReport,
@@ -45,6 +47,7 @@ from trainguard.evidence.audit_chain import (
     verify_entries,
     verify_segment,
 )
+from trainguard.evidence.audit_genesis import Genesis, make_genesis
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -232,8 +235,14 @@ class AuditLog:
             seqs: list[int] = []
             rows: list[Row] = []
             for kind, actor, data in prepared:
-                seq += 1
                 t = float(self._clock())
+                if self._stale_tail(seq, t, cp_seq, rows):
+                    # Sign what waited since the last signature before adding to it, so no
+                    # unsigned run spans more than checkpoint_seconds of entries, even on a
+                    # node where no agent signs on a timer (the cadence `verify` enforces).
+                    seq, prev = self._checkpoint_row(seq, prev, rows)
+                    cp_seq, cp_time = seq, t
+                seq += 1
                 digest = entry_hash(prev, seq, t, self.node, actor, kind, data)
                 rows.append((seq, t, self.node, actor, kind, data, prev, digest))
                 seqs.append(seq)
@@ -247,6 +256,72 @@ class AuditLog:
             conn.execute("ROLLBACK")
             raise
         return seqs
+
+    def write_genesis(self, signer: SigningKey, *, cluster: str) -> tuple[Genesis, str]:
+        """Append the signed genesis: entry 1 of an empty log, or (a log made before genesis
+        existed) a legacy genesis after its entries. Returns it and its chain hash."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute(
+                    "SELECT 1 FROM entries WHERE kind = ? LIMIT 1", (GENESIS_KIND,)
+                ).fetchone():
+                    raise UsageError(
+                        f"the audit log {self.path} already has a genesis",
+                        tip="nothing to do: `trainguard audit verify` checks it",
+                    )
+                seq, prev = self._tail()
+                t = float(self._clock())
+                genesis = make_genesis(
+                    signer, cluster=cluster, node=self.node, seq=seq + 1, prev_hash=prev,
+                    created_at=t, legacy=seq > 0,
+                )
+                data = canonical_json(genesis.to_dict()).decode()
+                actor = "trainguard-init"
+                digest = entry_hash(prev, seq + 1, t, self.node, actor, GENESIS_KIND, data)
+                conn.execute(
+                    "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)",
+                    (seq + 1, t, self.node, actor, GENESIS_KIND, data, prev, digest),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return genesis, digest.hex()
+
+    def genesis(self) -> tuple[Genesis, int, str] | None:
+        """The genesis entry (its data, seq and chain hash), or None for a log without one."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT seq, data, hash FROM entries WHERE kind = ? ORDER BY seq LIMIT 1",
+                (GENESIS_KIND,),
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            return Genesis.from_dict(json.loads(row[1])), int(row[0]), bytes(row[2]).hex()
+        except (IntegrityError, ValueError):
+            return None
+
+    def hashes_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        """The chain hash of each entry in `seqs` that the log holds."""
+        out: dict[int, str] = {}
+        wanted = sorted(set(int(s) for s in seqs))
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            sql = f"SELECT seq, hash FROM entries WHERE seq IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            for seq, h in self._rows(sql, chunk):  # type: ignore[misc]
+                out[int(seq)] = bytes(h).hex()
+        return out
+
+    def checkpoints_after(self, seq: int) -> list[tuple[int, Checkpoint]]:
+        """Signed checkpoints in entries after `seq`: (the checkpoint entry's seq, checkpoint)."""
+        sql = "SELECT seq, data FROM entries WHERE kind = ? AND seq > ? ORDER BY seq"
+        out = []
+        for s, data in self._rows(sql, (CHECKPOINT_KIND, int(seq))):  # type: ignore[misc]
+            out.append((int(s), Checkpoint.from_dict(json.loads(data))))
+        return out
 
     def checkpoint(self, *, force: bool = False) -> Checkpoint | None:
         """Append a signed checkpoint now if entries are unsigned and one is due (or `force`)."""
@@ -285,14 +360,28 @@ class AuditLog:
         return (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
 
     def _last_checkpoint_info(self) -> tuple[int, float]:
+        # A genesis is signed too: the cadence counts from it like from a checkpoint.
         row = self._conn.execute(
-            "SELECT seq, time FROM entries WHERE kind = ? ORDER BY seq DESC LIMIT 1",
-            (CHECKPOINT_KIND,),
+            "SELECT seq, time FROM entries WHERE kind IN (?, ?) ORDER BY seq DESC LIMIT 1",
+            (CHECKPOINT_KIND, GENESIS_KIND),
         ).fetchone()
         if row is not None:
             return int(row[0]), float(row[1])
         first = self._conn.execute("SELECT time FROM entries ORDER BY seq LIMIT 1").fetchone()
         return 0, float(first[0]) if first else self._clock()
+
+    def _stale_tail(self, seq: int, t: float, cp_seq: int, pending: list[Row]) -> bool:
+        if self._signer is None or seq <= cp_seq:
+            return False
+        first = next((r[1] for r in pending if r[0] == cp_seq + 1), None)
+        if first is None:
+            row = self._conn.execute(
+                "SELECT time FROM entries WHERE seq = ?", (cp_seq + 1,)
+            ).fetchone()
+            if row is None:
+                return False
+            first = float(row[0])
+        return t - first >= self.checkpoint_seconds
 
     def _checkpoint_due(self, seq: int, t: float, cp_seq: int, cp_time: float) -> bool:
         if self._signer is None:
@@ -301,9 +390,10 @@ class AuditLog:
 
     def _checkpoint_row(self, seq: int, prev: bytes, rows: list[Row]) -> tuple[int, bytes]:
         assert self._signer is not None
-        unsigned = Checkpoint(self.node, seq, prev.hex(), self._signer.key_id, "")
+        every, seconds = self.checkpoint_every, float(self.checkpoint_seconds)
+        unsigned = Checkpoint(self.node, seq, prev.hex(), self._signer.key_id, "", every, seconds)
         sig = self._signer.sign(unsigned.payload()).hex()
-        cp = Checkpoint(self.node, seq, prev.hex(), self._signer.key_id, sig)
+        cp = Checkpoint(self.node, seq, prev.hex(), self._signer.key_id, sig, every, seconds)
         data = canonical_json(cp.to_dict()).decode()
         t = float(self._clock())
         seq += 1
@@ -386,10 +476,16 @@ class AuditLog:
         return None if row is None else Checkpoint.from_dict(json.loads(row[0]))
 
     def verify(
-        self, verify_key: VerifyKey | None, *, trusted_checkpoint: Checkpoint | None = None
+        self,
+        verify_key: VerifyKey | None,
+        *,
+        trusted_checkpoint: Checkpoint | None = None,
+        require_genesis: bool = False,
+        cadence: Cadence | None = None,
     ) -> VerifyReport:
         """Check the whole chain and every checkpoint signature; raise `AuditTampered` naming
-        the first bad seq. With `trusted_checkpoint` (saved earlier), also detect a rollback."""
+        the first bad seq. With `trusted_checkpoint` (saved earlier), also detect a rollback;
+        `require_genesis` and `cadence` as in `verify_entries`."""
         if trusted_checkpoint is not None and verify_key is not None:
             try:
                 trusted_checkpoint.verify(verify_key)
@@ -399,7 +495,12 @@ class AuditLog:
                 ) from exc
         rows = self.raw_rows()
         return verify_entries(
-            rows, verify_key, trusted_checkpoint=trusted_checkpoint, anchor=GENESIS
+            rows,
+            verify_key,
+            trusted_checkpoint=trusted_checkpoint,
+            anchor=GENESIS,
+            require_genesis=require_genesis,
+            cadence=cadence,
         )
 
     def export_segment(self, first_seq: int = 1, last_seq: int | None = None) -> dict[str, Any]:

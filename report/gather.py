@@ -38,6 +38,9 @@ _CHECK_STATUS = {
 }
 
 
+WitnessLookup = Callable[[str], "tuple[list[Any], list[str]]"]
+
+
 @dataclass(frozen=True)
 class RemoteNode:
     url: str
@@ -47,9 +50,13 @@ class RemoteNode:
 
 
 def _verify_log(name: str, segment: dict[str, Any], verify_key: Any, state: ReportState,
-                now: float) -> tuple[list[EvidenceItem], bool, str, int | None, bool]:
-    """Verify a log segment against the node key and the checkpoint the last report saved."""
+                now: float, config: Config,
+                witnesses: WitnessLookup | None = None) -> tuple[list[EvidenceItem], bool, str, int | None, bool]:
+    """Verify a log segment against the node key (signed genesis, checkpoint cadence), the
+    checkpoint the last report saved, and the copies of its checkpoints kept by witnesses."""
     from trainguard.evidence.audit_log import AuditTampered, Checkpoint, verify_segment
+    from trainguard.evidence.audit_witness import compare_with_copies
+    from trainguard.evidence.embedded import audit_config
 
     saved = state.nodes.get(name, {}).get("checkpoint")
     trusted = Checkpoint.from_dict(saved) if saved else None
@@ -57,43 +64,66 @@ def _verify_log(name: str, segment: dict[str, Any], verify_key: Any, state: Repo
     last_seq = int(entries[-1]["seq"]) if entries else 0
     rolled_back = trusted is not None and last_seq < trusted.seq
     items: list[EvidenceItem] = []
+    copies, unreachable = witnesses(name) if witnesses is not None else ([], [])
+    compared = 0
     try:
-        rep = verify_segment(segment, verify_key, trusted_checkpoint=trusted)
+        rep = verify_segment(segment, verify_key, trusted_checkpoint=trusted, require_genesis=True,
+                             cadence=audit_config(config).cadence())
         ok, detail = True, f"{rep.entries} entries, {rep.checkpoints} signed checkpoint(s), chain intact"
+        hashes = {int(e["seq"]): str(e["hash"]) for e in entries}
+        compared = compare_with_copies(copies, log_id=rep.genesis.log_id if rep.genesis else None,
+                                       last_seq=rep.last_seq, hashes=hashes, verify_key=verify_key)
+        if compared:
+            detail += f"; matches {compared} checkpoint copies held off-node"
         cp = rep.last_checkpoint
         if cp is not None:
             state.nodes.setdefault(name, {})["checkpoint"] = cp.to_dict()
     except AuditTampered as exc:
         ok, detail, cp = False, exc.message, None
-        rolled_back = rolled_back or "roll" in exc.message.lower()
+        low = exc.message.lower()
+        rolled_back = rolled_back or "roll" in low or "rewritten" in low or "replaced" in low \
+            or "forked" in low
     except TrainguardError as exc:
         ok, detail, cp = False, exc.message, None
     items.append(_item("audit-chain", name, EvidenceStatus.PASS if ok else EvidenceStatus.FAIL,
-                       "audit log hash chain and signed checkpoints", detail,
+                       "audit log hash chain, signed genesis and checkpoints", detail,
                        remediation="investigate with `trainguard audit verify` on the node", now=now))
-    if trusted is not None:
+    if trusted is not None or copies:
+        seen = [f"the previous report saw checkpoint at entry {trusted.seq}"] if trusted else []
+        seen += [f"{c.source} holds {len(c.checkpoints)} checkpoint copies" for c in copies]
         items.append(_item("audit-rollback", name, EvidenceStatus.FAIL if rolled_back else EvidenceStatus.PASS,
-                           "log did not go backwards since the last report",
-                           f"previous report saw checkpoint at entry {trusted.seq}; the log now ends at {last_seq}",
-                           remediation="the node's log was rolled back or replaced: treat as an incident", now=now))
+                           "log did not go backwards or get rewritten since copies left the node",
+                           "; ".join(seen) + f"; the log now ends at {last_seq}",
+                           remediation="the node's log was rolled back, rewritten or replaced: treat as "
+                                       "an audit-tampered incident", now=now))
+    for source in unreachable:
+        items.append(_item("audit-rollback", name, EvidenceStatus.WARN, "witness not compared", source,
+                           remediation="bring the witness back and report again", now=now))
     return items, ok, detail, (cp.seq if cp is not None else None), rolled_back
 
 
 def gather_local(home: Home, config: Config, state: ReportState, *, now: float,
-                 run_checks: bool = True) -> NodeEvidence:
+                 run_checks: bool = True, witnesses: WitnessLookup | None = None) -> NodeEvidence:
+    from trainguard.agent.api.witness import push_quietly
     from trainguard.crypto.signing import VerifyKey
     from trainguard.evidence.embedded import open_embedded_log
 
     name = config.node.name
+    key = VerifyKey.load(home.node_verify_key)
     auditlog = open_embedded_log(home, config)
     try:
-        # Sign the tail first, so everything the report relies on is covered by a signature
-        # (a no-op when the newest entry is already a checkpoint).
-        auditlog.checkpoint(force=True)
         segment = auditlog.export_segment()
+        items, ok, detail, cp_seq, rolled = _verify_log(name, segment, key, state, now, config, witnesses)
+        if ok:
+            # Sign the verified tail (never an unverified one) and send it off-node, so what
+            # this report relied on is covered by a signature and a copy.
+            cp = auditlog.checkpoint(force=True)
+            if cp is not None:
+                state.nodes.setdefault(name, {})["checkpoint"] = cp.to_dict()
+                cp_seq = cp.seq
+            push_quietly(home, config, auditlog)
     finally:
         auditlog.close()
-    items, ok, detail, cp_seq, rolled = _verify_log(name, segment, VerifyKey.load(home.node_verify_key), state, now)
     entries = segment["entries"]
     if run_checks:
         items += check_items(home, config, name, now)
@@ -102,7 +132,8 @@ def gather_local(home: Home, config: Config, state: ReportState, *, now: float,
     return _node(name, "local", entries, items, ok, detail, cp_seq, rolled, now)
 
 
-def gather_remote(node: RemoteNode, state: ReportState, *, now: float) -> NodeEvidence:
+def gather_remote(node: RemoteNode, state: ReportState, *, now: float, config: Config,
+                  witnesses: WitnessLookup | None = None) -> NodeEvidence:
     """Pull a remote agent's log over mTLS; pin its signing key the first time it is seen."""
     from trainguard.agent.api.client import AgentClient
     from trainguard.crypto.signing import VerifyKey
@@ -125,11 +156,46 @@ def gather_remote(node: RemoteNode, state: ReportState, *, now: float) -> NodeEv
                            "the node presents a different signing key than the one pinned by earlier reports",
                            remediation="confirm the node was re-initialised on purpose, then remove its entry from the report state",
                            now=now))
-    log_ev, ok, detail, cp_seq, rolled = _verify_log(name, segment, key, state, now)
+    log_ev, ok, detail, cp_seq, rolled = _verify_log(name, segment, key, state, now, config, witnesses)
     items = items + log_ev
     for r in status.get("checks", []) or []:
         items.append(_check_item(name, r, now))
     return _node(name, node.url, segment["entries"], items, ok, detail, cp_seq, rolled, now)
+
+
+def witness_lookup(home: Home, config: Config, remotes: Sequence[RemoteNode]) -> WitnessLookup:
+    """Where the report finds copies of a node's checkpoints: this node's own witness store,
+    the [audit] witness, and every --node agent (each may witness the others)."""
+    from trainguard.agent.api.client import AgentClient
+    from trainguard.agent.api.witness import WitnessStore
+    from trainguard.evidence.audit_witness import WitnessCopies
+    from trainguard.evidence.embedded import audit_config
+
+    pki = home.pki_dir
+    sources = [RemoteNode(u, pki / "node.crt", pki / "node.key", pki / "ca.crt")
+               for u in [audit_config(config).witness] if u]
+    sources += [r for r in remotes if r.url not in {s.url for s in sources}]
+    local_store = home.state_dir / "witness.db"
+
+    def lookup(node: str) -> tuple[list[WitnessCopies], list[str]]:
+        copies: list[WitnessCopies] = []
+        unreachable: list[str] = []
+        if node != config.node.name and local_store.exists():
+            store = WitnessStore(local_store)
+            try:
+                copies.append(WitnessCopies.from_wire(store.copies(node), "the witness on this node"))
+            finally:
+                store.close()
+        for src in sources:
+            try:
+                with AgentClient.remote(src.url, src.cert, src.key, src.ca, timeout=15.0) as client:
+                    raw = client.call("witness-copies", node=node)
+                copies.append(WitnessCopies.from_wire(raw, f"witness {src.url}"))
+            except TrainguardError as exc:
+                unreachable.append(f"witness {src.url}: {exc.message}")
+        return [c for c in copies if c.log_id or c.checkpoints or c.conflicts], unreachable
+
+    return lookup
 
 
 def _node(name: str, source: str, entries: list[dict[str, Any]], items: list[EvidenceItem], ok: bool,
@@ -192,13 +258,14 @@ def build_report(home: Home, config: Config, remotes: Sequence[RemoteNode] = (),
     now = clock()
     state = ReportState.load(home.state_dir / "report-state.json")
     nodes: list[NodeEvidence] = []
+    witnesses = witness_lookup(home, config, remotes)
     if include_local:
         progress(f"gathering evidence from the local node {config.node.name}")
-        nodes.append(gather_local(home, config, state, now=now))
+        nodes.append(gather_local(home, config, state, now=now, witnesses=witnesses))
     for r in remotes:
         progress(f"gathering evidence from {r.url}")
         try:
-            nodes.append(gather_remote(r, state, now=now))
+            nodes.append(gather_remote(r, state, now=now, config=config, witnesses=witnesses))
         except TrainguardError as exc:
             item = _item("audit-chain", r.url, EvidenceStatus.FAIL, "node unreachable", exc.message, now=now)
             nodes.append(NodeEvidence(r.url, r.url, False, exc.message, 0, None, False, (item,)))

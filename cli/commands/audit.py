@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="verify, read and report on the audit log")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     _register_verify(audit_sub)
+    _register_seal_genesis(audit_sub)
     _register_log(audit_sub)
     _register_report(audit_sub)
 
@@ -31,10 +32,17 @@ def _register_verify(audit_sub: argparse._SubParsersAction) -> None:  # type: ig
         "verify",
         help="check the hash chain and checkpoint signatures (exit 1 names the first bad entry)",
         description=(
-            "Verify every entry's hash chain and every signed checkpoint against the node key. "
-            "With --checkpoint FILE (saved earlier with --save-checkpoint, ideally off the node), "
-            "also detect a log that was rolled back or truncated."
+            "Verify every entry's hash chain, the genesis and every signed checkpoint against "
+            "the node key, and that no run of entries went unsigned longer than the [audit] "
+            "cadence allows. Then sign the tail, send the checkpoints to the [audit] witness and "
+            "compare the log with the witness's copies. With --checkpoint FILE (saved earlier "
+            "with --save-checkpoint, ideally off the node), also detect a rollback."
         ),
+    )
+    p.add_argument(
+        "--no-witness",
+        action="store_true",
+        help="verify the local log alone, without the [audit] witness (reported in the output)",
     )
     p.add_argument("--checkpoint", type=Path, help="a checkpoint saved earlier: detect rollback")
     p.add_argument(
@@ -47,6 +55,21 @@ def _register_verify(audit_sub: argparse._SubParsersAction) -> None:  # type: ig
         "--segment", type=Path, help="verify an exported segment (JSON) instead of the log"
     )
     p.set_defaults(func=_verify)
+
+
+def _register_seal_genesis(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = audit_sub.add_parser(
+        "seal-genesis",
+        help="once, on a home made before signed genesis: verify the log and sign its genesis",
+        description=(
+            "A home created before trainguard signed a genesis entry has a log that `audit "
+            "verify` fails. This verifies that log (chain, checkpoint signatures, checkpoint "
+            "count cadence), then appends a legacy genesis signed by the node key that covers "
+            "every older entry through the hash chain, and records it in "
+            "state/audit-genesis.json. Run it only on a log you trust to be this node's."
+        ),
+    )
+    p.set_defaults(func=_seal_genesis)
 
 
 def _register_log(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -82,18 +105,13 @@ def parse_since(value: str, now: float) -> float:
 def _open_log(ctx: Context) -> Any:
     from trainguard.evidence.embedded import open_embedded_log
 
-    home = ctx.home.require()
-    if not home.audit_db.exists():
-        raise UsageError(
-            f"no audit log at {home.audit_db}",
-            tip="restore state/audit.db from a backup of this home; a home made by "
-            "`trainguard init` always has one",
-        )
-    return open_embedded_log(home, ctx.config)
+    # A missing or replaced log is refused there (exit 2, audit-tampered), never recreated.
+    return open_embedded_log(ctx.home.require(), ctx.config)
 
 
 def _verify(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.evidence.audit_log import AuditLogUnreadable, verify_segment
+    from trainguard.evidence.audit_log import verify_segment
+    from trainguard.evidence.embedded import audit_config
 
     # An exported segment checked against a given key needs no home (an auditor's laptop);
     # everything else reads this home, so a missing home is named before any key file.
@@ -105,16 +123,20 @@ def _verify(args: argparse.Namespace, ctx: Context) -> int:
         )
     key = _load_key(args.pubkey, ctx)
     trusted = _read_checkpoint(args.checkpoint) if args.checkpoint else None
+    # An auditor's laptop (segment + key, no home) holds the segment to the default cadence.
+    cfg = audit_config(ctx.config) if args.segment is None or args.pubkey is None else None
+    cadence = (cfg or _default_audit_config()).cadence()
+    witness: dict[str, Any] | None = None
     if args.segment:
         segment = _read_json(args.segment, "segment", _SEGMENT_TIP, garbled=_bad_segment)
-        report = verify_segment(segment, key, trusted_checkpoint=trusted)
+        report = verify_segment(
+            segment, key, trusted_checkpoint=trusted, require_genesis=True, cadence=cadence
+        )
     else:
-        try:
-            with _open_log(ctx) as log:
-                report = log.verify(key, trusted_checkpoint=trusted)
-        except AuditLogUnreadable as exc:  # a log that cannot be read is a failed verification
-            raise exc.as_tampered() from exc
+        report, witness = _verify_home_log(ctx, key, trusted, no_witness=args.no_witness)
     data = {"ok": True, "key_id": key.key_id, **report.to_dict()}
+    if witness is not None:
+        data["witness"] = witness
     if args.save_checkpoint and report.last_checkpoint is not None:
         _save_checkpoint(args.save_checkpoint, report.last_checkpoint.to_dict())
         data["saved_checkpoint"] = str(args.save_checkpoint)
@@ -122,6 +144,107 @@ def _verify(args: argparse.Namespace, ctx: Context) -> int:
         ctx.info(f"nothing saved to {args.save_checkpoint}: the log has no signed checkpoint yet")
     ctx.emit(data, _verify_text)
     return 0
+
+
+def _default_audit_config() -> Any:
+    from trainguard.evidence.config import AuditConfig
+
+    return AuditConfig()
+
+
+def _verify_home_log(
+    ctx: Context, key: Any, trusted: Any, *, no_witness: bool
+) -> tuple[Any, dict[str, Any] | None]:
+    """Verify the home's log (genesis record, chain, cadence), sign its tail, and compare it
+    with the witness copies. Every failure is a failed verification (exit 1)."""
+    from trainguard.evidence.audit_genesis import RESTORE_TIP, AuditLogMissing, AuditLogReplaced
+    from trainguard.evidence.audit_log import AuditLogInvalid, AuditLogUnreadable
+    from trainguard.evidence.embedded import (
+        audit_config,
+        check_genesis_record,
+        open_embedded_log,
+        record_tampering,
+    )
+
+    home = ctx.home.require()
+    cfg = audit_config(ctx.config)
+    if not home.audit_db.exists():  # the same incident as any other command's refusal
+        msg = AuditLogMissing(home.audit_db).message
+        record_tampering(home, ctx.config, msg)
+        raise AuditLogInvalid(msg + " (audit-tampered)", tip=RESTORE_TIP)
+    try:
+        with open_embedded_log(home, ctx.config, check_genesis=False) as log:
+            try:
+                check_genesis_record(home, log)
+            except AuditLogReplaced as exc:
+                record_tampering(home, ctx.config, exc.message)
+                raise AuditLogInvalid(exc.message + " (audit-tampered)", tip=RESTORE_TIP) from exc
+            report = log.verify(
+                key, trusted_checkpoint=trusted, require_genesis=True, cadence=cfg.cadence()
+            )
+            report = _sign_tail(log, report)
+            witness = None if no_witness else _compare_witness(ctx, home, log, report, key)
+    except AuditLogUnreadable as exc:  # a log that cannot be read is a failed verification
+        raise exc.as_tampered() from exc
+    if no_witness and cfg.witness:
+        witness = {"witness": cfg.witness, "compared": False, "reason": "--no-witness"}
+    return report, witness
+
+
+def _sign_tail(log: Any, report: Any) -> Any:
+    """Sign the verified tail now (only after it verified, so a forged tail is never signed)."""
+    import dataclasses
+
+    cp = log.checkpoint(force=True)
+    if cp is None:
+        return report
+    seq = report.last_seq + 1
+    (row,) = list(log.raw_rows(seq, seq))
+    return dataclasses.replace(
+        report,
+        entries=report.entries + 1,
+        checkpoints=report.checkpoints + 1,
+        last_seq=seq,
+        last_hash=bytes(row[7]).hex(),
+        last_checkpoint=cp,
+        unsigned_tail=0,
+    )
+
+
+def _compare_witness(ctx: Context, home: Any, log: Any, report: Any, key: Any) -> dict[str, Any] | None:
+    from trainguard.agent.api.witness import fetch_copies, push_checkpoints
+    from trainguard.core.errors import AgentError, IntegrityError
+    from trainguard.evidence.audit_witness import compare_with_copies
+    from trainguard.evidence.embedded import audit_config
+
+    url = audit_config(ctx.config).witness
+    if not url:
+        return None
+    try:
+        pushed = push_checkpoints(home, ctx.config, log, recheck=True)
+        copies = fetch_copies(home, url, ctx.config.node.name)
+    except AgentError as exc:
+        raise IntegrityError(
+            f"cannot compare the log with its witness {url}: {exc.message}",
+            tip="bring the witness back (or fix [audit] witness); `audit verify --no-witness` "
+            "checks the local log alone",
+        ) from exc
+    hashes = log.hashes_at([c.seq for c in copies.checkpoints])
+    compared = compare_with_copies(
+        [copies],
+        log_id=report.genesis.log_id if report.genesis else None,
+        last_seq=report.last_seq,
+        hashes=hashes,
+        verify_key=key,
+    )
+    if pushed is not None and pushed.conflicts:
+        raise IntegrityError(
+            f"the witness {url} holds another history of this log "
+            f"({pushed.conflicts[0].get('reason')})",
+            tip="treat this node's log as rewritten; compare it with the witness copies",
+        )
+    return {"witness": url, "compared": True, "checkpoints_compared": compared,
+            "sent": pushed.sent if pushed else 0}
 
 
 _CHECKPOINT_TIP = "pass a file saved earlier with `trainguard audit verify --save-checkpoint FILE`"
@@ -215,7 +338,58 @@ def _verify_text(d: dict[str, Any]) -> str:
         lines.append(
             f"{d['unsigned_tail']} entries after the last checkpoint are protected by the chain only"
         )
+    g = d.get("genesis")
+    if g:
+        lines.append(
+            f"genesis: log {g['log_id']} at entry {g['seq']}"
+            + (" (sealed after older entries)" if g["legacy"] else "")
+        )
+    w = d.get("witness")
+    if w and w.get("compared"):
+        lines.append(
+            f"witness {w['witness']}: {w['checkpoints_compared']} checkpoint copies match"
+        )
+    elif w:
+        lines.append(f"witness {w['witness']} NOT compared ({w['reason']})")
     return "\n".join(lines)
+
+
+def _seal_genesis(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.core.errors import TrainguardError
+    from trainguard.crypto.signing import SigningKey
+    from trainguard.evidence.audit_chain import Cadence
+    from trainguard.evidence.embedded import (
+        audit_config,
+        genesis_record_path,
+        open_embedded_log,
+        seal_genesis,
+    )
+
+    home = ctx.home.require()
+    key = _load_key(None, ctx)
+    try:
+        signer = SigningKey.load(home.node_signing_key)
+    except TrainguardError as exc:
+        raise UsageError(
+            f"sealing the genesis needs the node signing key: {exc.message}",
+            tip="run it as the user that owns the home (root under systemd)",
+        ) from exc
+    if genesis_record_path(home).exists():
+        raise UsageError("this home's audit log already has a signed genesis",
+                         tip="nothing to do; `trainguard audit verify` checks it")
+    with open_embedded_log(home, ctx.config, check_genesis=False) as log:
+        if log.genesis() is not None:
+            raise UsageError("the audit log already has a genesis but the home has no record of it",
+                             tip="restore state/audit-genesis.json from a backup of this home")
+        # The old writer signed by count only: hold the history to that before vouching for it.
+        cadence = Cadence(audit_config(ctx.config).cadence().max_entries, float("inf"))
+        report = log.verify(key, cadence=cadence)
+    genesis = seal_genesis(home, ctx.config, signer)
+    data = {"sealed": True, "log_id": genesis.log_id, "genesis_seq": genesis.seq,
+            "legacy_entries": report.entries}
+    ctx.emit(data, lambda d: f"sealed: genesis of log {d['log_id']} at entry {d['genesis_seq']}, "
+                             f"covering {d['legacy_entries']} older entries")
+    return 0
 
 
 def _log(args: argparse.Namespace, ctx: Context) -> int:

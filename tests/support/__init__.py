@@ -28,4 +28,10 @@ def make_home(root: Path, *, node: str = "node-1", keyring: bool = True) -> Home
     key.save(home.node_signing_key)
     if not home.node_verify_key.exists():
         key.public_key().save(home.node_verify_key)
+    # As `trainguard init` does: the audit log with its signed genesis (opening a home whose
+    # log is missing is refused as tampering).
+    from trainguard.core.config import load_config
+    from trainguard.evidence.embedded import create_home_log
+
+    create_home_log(home, load_config(home.config_path), key)
     return home

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
 import re
 import tempfile
 from dataclasses import dataclass
@@ -122,21 +121,30 @@ def clock_sync(ctx: CheckContext) -> Outcome:
 _EXPOSURE = re.compile(r"Overall exposure level for \S+:\s*([0-9.]+)")
 
 
-def _unit_text(ctx: CheckContext) -> tuple[str, str] | None:
-    """(text, where) of the agent unit: the installed one, else what the agent would install."""
+_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
+              "/lib/systemd/system")
+
+
+def _unit_text(ctx: CheckContext) -> tuple[str, str, list[str]] | None:
+    """(text, where, drop-ins) of the installed agent unit with its drop-ins appended in the
+    order systemd applies them (lexical by file name, /etc before /run before /usr/lib), or
+    None when no unit is installed. Local overrides are what runs, so they are what is scored."""
     name = ctx.checks.agent_unit
-    for d in ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"):
-        p = ctx.path(f"{d}/{name}")
-        if p.is_file():
-            return p.read_text(encoding="utf-8"), str(p)
-    try:
-        unit = importlib.import_module("trainguard.agent.systemd.unit")
-    except ModuleNotFoundError as exc:
-        if exc.name != "trainguard.agent.systemd.unit":
-            raise
+    main = next((ctx.path(f"{d}/{name}") for d in _UNIT_DIRS if ctx.path(f"{d}/{name}").is_file()),
+                None)
+    if main is None:
         return None
-    text = unit.render_unit(unit.UnitOptions(home=ctx.home.root))
-    return str(text), "the unit `trainguard agent install-unit` writes (not installed)"
+    dropins: dict[str, Path] = {}
+    for d in reversed(_UNIT_DIRS):  # a file in /etc masks one of the same name further down
+        folder = ctx.path(f"{d}/{name}.d")
+        if folder.is_dir():
+            for conf in folder.glob("*.conf"):
+                dropins[conf.name] = conf
+    ordered = [dropins[k] for k in sorted(dropins)]
+    text = main.read_text(encoding="utf-8")
+    for conf in ordered:
+        text += "\n" + conf.read_text(encoding="utf-8")
+    return text, str(main), [str(c) for c in ordered]
 
 
 @register_check(
@@ -150,15 +158,19 @@ def agent_unit_hardening(ctx: CheckContext) -> Outcome:
         return Outcome.not_applicable("systemd-analyze is not installed (no systemd here)")
     found = _unit_text(ctx)
     if found is None:
-        return Outcome.not_applicable("no agent unit is installed or can be rendered")
-    text, where = found
+        return Outcome.warn(
+            "the agent unit is not installed",
+            {"unit": "not installed", "searched": list(_UNIT_DIRS)},
+            "install it with `trainguard agent install-unit` and run the agent under systemd",
+        )
+    text, where, dropins = found
     limit = float(ctx.checks.max_unit_exposure)
     with tempfile.TemporaryDirectory(prefix="tg-unit-") as tmp:
         path = Path(tmp) / ctx.checks.agent_unit
         path.write_text(text, encoding="utf-8")
         code, out, err = ctx.runner(["systemd-analyze", "security", "--offline=yes", str(path)], 30.0)
     m = _EXPOSURE.search(out)
-    evidence: dict[str, Any] = {"unit": where, "max_exposure": limit}
+    evidence: dict[str, Any] = {"unit": where, "dropins": dropins, "max_exposure": limit}
     if m is None:
         evidence["stderr"] = err.strip()[-400:]
         return Outcome.error(f"systemd-analyze gave no exposure score (exit {code})", evidence)

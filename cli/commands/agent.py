@@ -71,6 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     unit.add_argument("--watchdog", type=int, default=60, metavar="SECONDS", help="WatchdogSec")
     unit.add_argument(
+        "--man-dir", type=Path, default=Path("/usr/local/share/man/man1"), metavar="DIR",
+        help="where to install the trainguard(1) man page the unit's Documentation= names",
+    )
+    unit.add_argument(
         "--credential",
         action="append",
         default=[],
@@ -206,6 +210,26 @@ def _install_unit(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(
             f"cannot write {path}: {exc.strerror or exc}", tip="use --print, or another --path"
         ) from exc
-    ctx.emit({"path": str(path)}, f"wrote {path}")
+    man = _install_manpage(args.man_dir)
+    ctx.emit({"path": str(path), "manpage": str(man) if man else None},
+             f"wrote {path}" + (f" and {man}" if man else ""))
     ctx.info("next: systemctl daemon-reload && systemctl enable --now trainguard-agent")
     return 0
+
+
+def _install_manpage(folder: Path) -> Path | None:
+    """Write trainguard.1 (generated from this CLI) into `folder`; None with a warning when the
+    folder cannot be written (the unit still works; `man trainguard` does not)."""
+    from trainguard.cli.main import _version, build_parser
+    from trainguard.cli.manpage import render_manpage
+    from trainguard.core.fs import write_private
+
+    path = folder / "trainguard.1"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_private(path, render_manpage(build_parser(), version=_version()).encode(), mode=0o644)
+    except OSError as exc:
+        logging.getLogger("trainguard.agent").warning(
+            "man page not installed at %s: %s", path, exc.strerror or exc)
+        return None
+    return path

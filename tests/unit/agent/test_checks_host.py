@@ -204,8 +204,31 @@ def test_no_gpu_is_not_applicable(home: Home, tmp_path: Path) -> None:
     assert run(ctx(home, tmp_path), "gpu-foreign-processes").status is Status.NOT_APPLICABLE
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-def test_shipped_unit_is_scored_when_none_is_installed(home: Home, tmp_path: Path) -> None:
-    r = run(ctx(home, tmp_path, runner=subprocess_runner), "agent-unit-hardening")
-    assert "not installed" in r.evidence["unit"]
-    assert r.status is Status.PASS, r.summary
+def test_a_missing_unit_says_not_installed_not_pass(home: Home, tmp_path: Path) -> None:
+    """Regression: with no unit installed the check scored the unit the agent would install
+    and said "pass"; nothing hardened runs then."""
+    ok = {"systemd-analyze": (0, ANALYZE.format("1.9"), "")}
+    r = run(ctx(home, tmp_path, outputs=ok), "agent-unit-hardening")
+    assert r.status is Status.WARN and r.evidence["unit"] == "not installed"
+    assert "not installed" in r.summary
+
+
+def test_drop_ins_are_scored_with_the_unit(home: Home, tmp_path: Path) -> None:
+    """A local override that loosens the sandbox is what runs, so it is what is scored."""
+    _installed(tmp_path, "[Service]\nExecStart=/bin/true\nProtectSystem=strict\n")
+    d = tmp_path / "etc/systemd/system/trainguard-agent.service.d"
+    d.mkdir()
+    (d / "50-debug.conf").write_text("[Service]\nProtectSystem=no\n")
+    (d / "10-first.conf").write_text("[Service]\nPrivateTmp=no\n")
+    seen: list[str] = []
+
+    def runner(cmd: list[str], timeout: float) -> tuple[int, str, str]:
+        seen.append(Path(cmd[-1]).read_text())
+        return 0, ANALYZE.format("1.9"), ""
+
+    r = run(ctx(home, tmp_path, runner=runner), "agent-unit-hardening")
+    assert r.status is Status.PASS and [Path(p).name for p in r.evidence["dropins"]] == [
+        "10-first.conf", "50-debug.conf"]
+    text = seen[0]
+    assert text.index("ProtectSystem=strict") < text.index("PrivateTmp=no") < text.index(
+        "ProtectSystem=no")

@@ -186,6 +186,10 @@ class AgentServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        for task in list(self._tasks):  # idle connections: end them, do not leak their tasks
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._writer_task is not None:
             assert self._pending is not None
             while not self._pending.empty():  # flush what was accepted before stopping
@@ -200,6 +204,9 @@ class AgentServer:
     async def _handle_unix(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._track(task)
         sock = writer.get_extra_info("socket")
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

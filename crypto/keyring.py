@@ -32,7 +32,6 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from trainguard.core.clock import Clock, Random
 from trainguard.core.errors import TrainguardError
 from trainguard.core.fs import read_private, write_private
 from trainguard.core.home import RESTORE_KEY_TIP, Home
@@ -58,9 +58,6 @@ _FORMAT = 1
 _DEK_AAD = b"trainguard/dek/v1"
 _SMALL_MAGIC = b"TGK1"
 _SMALL_HEAD = struct.Struct(">4s8sI")  # magic, kek id, version
-
-Random = Callable[[int], bytes]
-
 
 @dataclass(frozen=True)
 class KekInfo:
@@ -100,7 +97,7 @@ class Keyring:
         keys_dir: Path,
         meta: dict[str, Any],
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         rng: Random = os.urandom,
         credentials_dir: Path | None = None,
     ) -> None:
@@ -118,7 +115,7 @@ class Keyring:
         cls,
         keys_dir: Path,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         rng: Random = os.urandom,
     ) -> Keyring:
         """Create a keyring with KEK v1 in `keys_dir`; refuses to overwrite an existing one."""
@@ -144,7 +141,7 @@ class Keyring:
         cls,
         keys_dir: Path,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         rng: Random = os.urandom,
         credentials_dir: Path | None = None,
     ) -> Keyring:
@@ -335,7 +332,7 @@ class Keyring:
 def open_keyring(
     home: Home,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Clock = time.time,
     rng: Random = os.urandom,
 ) -> Keyring:
     """The keyring of `home`: metadata from ``keys/``, each KEK from the home's systemd

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from trainguard.core.clock import Random
 from trainguard.core.fs import atomic_output
 from trainguard.crypto.errors import KeyringError, RetiredKeyError, SealedStreamError
 from trainguard.crypto.keyring import Keyring
@@ -28,7 +29,6 @@ from trainguard.crypto.sealed.format import (
     MAGIC,
     TAG_SIZE,
     Header,
-    Random,
     SegmentOpener,
     SegmentSealer,
     read_exact,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from trainguard.core.clock import Random
 from trainguard.crypto.config import MAX_SEGMENT_SIZE
 from trainguard.crypto.errors import DecryptionError, SealedStreamError
 from trainguard.crypto.keyring import WRAPPED_DEK_BYTES, Keyring, WrappedDek
@@ -32,8 +33,6 @@ _MUTABLE = struct.Struct(">IH")  # KEK version, wrapped-DEK length
 AAD_SIZE = _FIXED.size  # 91
 HEADER_SIZE = _FIXED.size + _MUTABLE.size + WRAPPED_DEK_BYTES  # 157
 _KDF_INFO = b"trainguard/sealed/v1"
-
-Random = Callable[[int], bytes]
 
 
 class DekUnwrapper(Protocol):

@@ -50,6 +50,7 @@ import os
 from types import TracebackType
 from typing import BinaryIO
 
+from trainguard.core.clock import Random
 from trainguard.crypto.errors import SealedStreamError
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.sealed.files import (
@@ -71,7 +72,6 @@ from trainguard.crypto.sealed.format import (
     TAG_SIZE,
     DataKey,
     DekUnwrapper,
-    Random,
     SegmentOpener,
     SegmentSealer,
     read_exact,

@@ -1,18 +1,32 @@
-"""A miner-like GPU pattern (FakeNvml) and an exfiltration burst (a fake /proc/net/dev) flow
-through the real TelemetryCollector, the Scorer and the daemon's cycle into incidents."""
+"""Detections through the daemon's real cycles (`Agent.cycle`), with fake NVML and /proc:
+
+* a miner-like GPU pattern and an exfiltration burst (telemetry -> Scorer -> incidents);
+* registered training jobs: a `train.launch` entry names a real launcher process, whose real
+  child holds one GPU; the same miner-like pattern there is spared, on an unregistered process
+  it is flagged, and once the job's processes exit the GPU is watched again;
+* training telemetry (`train.telemetry`, as the launcher forwards it): a loss spike and a rank
+  whose updates stay out of line become `byzantine-worker` incidents;
+* the multivariate node detector (`[anomaly] node_telemetry = true`): quiet on normal load after
+  its first fit, an incident when the GPUs train as before but something pegs the CPUs (a CPU
+  miner: no per-GPU or network detector watches that).
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import make_home
 from trainguard.agent.daemon import Agent
 from trainguard.agent.detection import Scorer
 from trainguard.agent.telemetry.collector import FakeNvml, TelemetryCollector
 from trainguard.core.config import load_config
 from trainguard.core.home import Home
-from trainguard.crypto.signing import SigningKey
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +41,15 @@ class FakeProc:
         (root / "net").mkdir(parents=True)
         (root / "meminfo").write_text("MemTotal: 65536000 kB\nMemAvailable: 32768000 kB\n")
         self.ticks = 0
+        self.busy = 0
         self.tx = 0
 
-    def advance(self, tx_bytes: int) -> None:
+    def advance(self, tx_bytes: int, busy: float = 0.5) -> None:
         self.ticks += 1000
+        self.busy += int(4000 * busy)
         self.tx += tx_bytes
-        (self.root / "stat").write_text(f"cpu  {self.ticks} 0 {self.ticks} {self.ticks * 2} 0 0 0 0\n")
+        idle = 4 * self.ticks - self.busy
+        (self.root / "stat").write_text(f"cpu  {self.busy} 0 0 {idle} 0 0 0 0\nbtime 1\n")
         (self.root / "net" / "dev").write_text(
             "Inter-|   Receive                                                |  Transmit\n"
             " face |bytes    packets errs drop fifo frame compressed multicast|bytes ...\n"
@@ -50,12 +67,7 @@ class Clock:
 
 
 def _home(root: Path) -> Home:
-    home = Home(root)
-    home.create_dirs()
-    home.config_path.write_text('[node]\nname = "gpu-node-7"\n')
-    home.config_path.chmod(0o600)
-    SigningKey.generate().save(home.node_signing_key)
-    return home
+    return make_home(root, node="gpu-node-7", keyring=False)
 
 
 def test_miner_and_exfiltration_become_incidents(tmp_path: Path):
@@ -90,3 +102,164 @@ def test_miner_and_exfiltration_become_incidents(tmp_path: Path):
     exfil = next(e for e in entries if e.data["kind"] == "exfiltration")
     assert exfil.data["evidence"]["channel"] == "net"
     assert len(incidents) == len(entries)
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+
+
+def _launcher() -> tuple[subprocess.Popen[str], int]:
+    """A stand-in for `trainguard train`: a process whose child is the job's worker."""
+    code = ("import subprocess, sys, time\n"
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+            "print(w.pid, flush=True)\n"
+            "time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def _miner_like(fake: FakeNvml, gpu: int, pid: int, rng: np.random.Generator) -> None:
+    fake.set(gpu, util_pct=99 + rng.normal(0, 0.3), power_w=320 + rng.normal(0, 1),
+             mem_used_bytes=6 * GIB, processes=[(pid, 6 * GIB, "python3")])
+
+
+def _incidents(agent: Agent, kind: str) -> list[dict]:
+    return [e.data for e in agent.audit.entries(kind="incident") if e.data["kind"] == kind]
+
+
+def test_registered_job_is_spared_an_unregistered_miner_is_flagged(tmp_path: Path):
+    home = _home(tmp_path / "home")
+    config = load_config(home.config_path, {})
+    clock, proc, fake = Clock(), FakeProc(tmp_path / "proc"), FakeNvml(devices=2)
+    rng = np.random.default_rng(1)
+    telemetry = TelemetryCollector(nvml=fake, proc_root=proc.root, clock=clock)
+    agent = Agent(home, config, clock=clock, checks=lambda h, c: [], telemetry=telemetry,
+                  scorer=Scorer(config, clock=clock))
+    launcher, worker = _launcher()
+    miner, newcomer = _sleeper(), None
+    try:
+        # what `trainguard train` records after its preflight (the embedded log's shape), and a
+        # forged one through the API that claims the miner for another account
+        agent.audit.append("train.launch", "alice", {"job": "job-1", "launcher_pid": launcher.pid})
+        agent.audit.append("train.launch", "uid:4242(mallory)", {
+            "job": "cover", "launcher_pid": miner.pid, "submitted_by": f"uid:{os.getuid() + 1}"})
+        for _ in range(150):
+            clock.now += 10.0
+            _miner_like(fake, 0, worker, rng)
+            _miner_like(fake, 1, miner.pid, rng)
+            proc.advance(int(2e7))
+            assert not agent.cycle().errors
+        flagged = {i["evidence"]["gpu"]: i["evidence"] for i in _incidents(agent, "gpu-misuse")}
+        assert list(flagged) == [1] and flagged[1]["pids"] == [miner.pid]
+        assert {launcher.pid, worker} <= agent.feeds.jobs.pids()
+        registered = [e.data for e in agent.audit.entries(kind="agent.job-registered")]
+        refused = [e.data for e in agent.audit.entries(kind="agent.job-refused")]
+        assert [r["job"] for r in registered] == ["job-1"]
+        assert refused == [{"job": "cover", "launch_seq": refused[0]["launch_seq"],
+                            "reason": "the launcher does not run under the submitting account"}]
+
+        # the job ends: its PIDs are dropped, and what holds GPU 0 next is judged on its own
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        newcomer = _sleeper()
+        for _ in range(30):
+            clock.now += 10.0
+            _miner_like(fake, 0, newcomer.pid, rng)
+            _miner_like(fake, 1, miner.pid, rng)
+            proc.advance(int(2e7))
+            assert not agent.cycle().errors
+        assert agent.feeds.jobs.jobs == [] and worker not in agent.feeds.jobs.pids()
+        gpu0 = [i["evidence"] for i in _incidents(agent, "gpu-misuse") if i["evidence"]["gpu"] == 0]
+        assert [e["pids"] for e in gpu0] == [[newcomer.pid]]
+    finally:
+        agent.close()
+        for p in (miner, newcomer):
+            if p is not None:
+                p.kill()
+                p.wait()
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+
+
+def test_training_telemetry_spikes_and_outlier_ranks_become_incidents(tmp_path: Path):
+    home = _home(tmp_path / "home")
+    config = load_config(home.config_path, {})
+    clock, fake, proc = Clock(), FakeNvml(devices=1), FakeProc(tmp_path / "proc")
+    telemetry = TelemetryCollector(nvml=fake, proc_root=proc.root, clock=clock)
+    agent = Agent(home, config, clock=clock, checks=lambda h, c: [], telemetry=telemetry,
+                  scorer=Scorer(config, clock=clock))
+    rng = np.random.default_rng(2)
+    try:
+        for step in range(120):
+            loss = 2.0 * np.exp(-step / 200) + rng.normal(0, 0.02)
+            ratios = [1.0 + rng.normal(0, 0.05) for _ in range(4)]
+            cosines = [0.9 + rng.normal(0, 0.02) for _ in range(4)]
+            if step == 80:
+                loss = 40.0  # a poisoned batch
+            if 95 <= step < 99:
+                ratios[3], cosines[3] = 12.0, -0.4  # rank 3 sends scaled, flipped updates
+            agent.audit.append("train.telemetry", "uid:1000(trainer)", {
+                "job": "job-7", "step": step, "loss": float(loss),
+                "grad_norm": float(1.0 + rng.normal(0, 0.05)), "step_time": 0.1,
+                "update_norm_ratio": ratios, "update_cosine": cosines,
+                "submitted_by": "uid:1000"})
+            if step % 10 == 9:
+                clock.now += 10.0
+                proc.advance(int(2e7))
+                assert not agent.cycle().errors
+        found = [(i["severity"], i["evidence"]["signal"], i["evidence"]["rank"],
+                  i["evidence"]["step"]) for i in _incidents(agent, "byzantine-worker")]
+    finally:
+        agent.close()
+    assert found == [("medium", "loss", None, 80), ("high", "update", 3, 97)]
+
+
+@pytest.mark.slow
+def test_node_telemetry_detector_quiet_on_normal_load_then_flags_pegged_cpus(
+    tmp_path: Path,
+):
+    home = _home(tmp_path / "home")
+    with home.config_path.open("a") as f:
+        f.write("[agent]\ncycle_seconds = 10\n[anomaly]\nnode_telemetry = true\n")
+    config = load_config(home.config_path, {})
+    clock, proc, fake = Clock(), FakeProc(tmp_path / "proc"), FakeNvml(devices=2)
+    telemetry = TelemetryCollector(nvml=fake, proc_root=proc.root, clock=clock)
+    agent = Agent(home, config, clock=clock, checks=lambda h, c: [], telemetry=telemetry)
+    assert agent.scorer.node is not None  # built from [anomaly], calibrated to 1/day at 10 s
+    assert agent.scorer.node.cfg.interval_s == 10.0
+    rng = np.random.default_rng(3)
+
+    def training(i: int, busy: float | None = None) -> None:
+        dip = i % 40 < 3  # a pause for eval/checkpoint now and then
+        for g in range(2):
+            fake.set(g, util_pct=float(np.clip((30 if dip else 94) + rng.normal(0, 2), 0, 100)),
+                     power_w=(140 if dip else 300) + rng.normal(0, 12),
+                     mem_used_bytes=int((60 + rng.normal(0, 0.5)) * GIB),
+                     processes=[(5000 + g, 60 * GIB, "python3")])
+        proc.advance(int(rng.lognormal(np.log(3e7), 0.2)),
+                     busy=busy if busy is not None else 0.35 + rng.normal(0, 0.03))
+
+    try:
+        normal = []
+        for i in range(500):
+            clock.now += 10.0
+            training(i)
+            normal += agent.cycle().incidents
+        assert agent.scorer.node.threshold < float("inf")  # fitted after 360 samples
+        assert normal == []
+        broken = []
+        for i in range(500, 503):  # the GPUs train as before while something pegs the CPUs
+            clock.now += 10.0
+            training(i, busy=0.97)
+            broken += agent.cycle().incidents
+        node = [i for i in _incidents(agent, "gpu-misuse")
+                if i["evidence"]["reason"].startswith("node telemetry")]
+    finally:
+        agent.close()
+    assert len(broken) == 1 and len(node) == 1  # then held back by the incident cooldown
+    evidence = node[0]["evidence"]
+    assert evidence["most_unusual"] == "host_cpu_pct"
+    assert evidence["false_alarms_per_day"] == 1.0 and evidence["score"] >= evidence["threshold"]

@@ -154,6 +154,12 @@ class Agent:
             metrics = AgentMetrics(config.node.name, audit=self.audit, home=home, clock=clock)
         self.metrics = metrics
         self.scorer = _default_scorer(config, clock) if scorer == "default" else scorer
+        from trainguard.agent.followers import AgentFeeds  # audit follower, jobs, cert renewal
+
+        self.feeds = AgentFeeds.start(
+            home, config.node.name, self.audit, self.scorer, clock=clock,
+            on_renewed=lambda: self.tls.reload(force=True) if self.tls is not None else None,
+        )
         self._load_config = config_loader or (lambda: load_config(home.config_path, {}))
         self.started = clock()
         self.cycles = 0
@@ -187,6 +193,7 @@ class Agent:
             log.exception("telemetry cycle failed")
             report.errors.append(f"telemetry: {type(exc).__name__}: {exc}")
             detections = []
+        detections += self.feeds.cycle(report.errors)  # access, training jobs, cert renewal
         report.detections = len(detections)
         for d in detections:
             kind = getattr(d.kind, "value", d.kind)

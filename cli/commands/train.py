@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,9 @@ def handle(args: argparse.Namespace, ctx: Context) -> int:
         "nproc": args.nproc, "nnodes": args.nnodes, "resume": args.resume,
         "principal": preflight.principal, "mfa_age_s": preflight.mfa_age_s,
         "os_user": getpass.getuser(), "aggregation": plan.config.aggregation.method.value,
+        # the node agent treats this process and its descendants (torchrun, the workers) as a
+        # registered training job, so the GPU-misuse detector does not flag them
+        "launcher_pid": os.getpid(),
         "preflight": [s.name + ":" + s.status.value for s in preflight.steps],
     }
     if plan.config.simulate.active:

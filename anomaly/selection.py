@@ -17,8 +17,9 @@ Protocol (`select`):
   (`DetectorSpec.within_latency_budget`); the best overall is reported next to it. Its threshold
   is re-chosen on all files by the same rule; both are frozen in
   `trainguard.anomaly.config.SELECTED_DETECTOR`.
-* Published detectors (`trainguard.anomaly.reference`) and the previous default at its shipped
-  threshold are scored on the same held-out groups at their fixed thresholds, for the table.
+* Published detectors (`trainguard.anomaly.reference`) and the stream detector at the threshold
+  it shipped with (when the stream is a candidate) are scored on the same held-out groups at
+  their fixed thresholds, for the table.
 
 Scores are cached per detector (without threshold or calibration), so probation calibration
 variants and ensembles of cached members cost no second pass over the data.
@@ -32,6 +33,7 @@ from datetime import UTC
 from typing import Any
 
 import numpy as np
+from trainguard.anomaly.config import StreamConfig
 from trainguard.anomaly.detectors import (
     DetectorSpec,
     calibrated,
@@ -220,6 +222,13 @@ def select(
                                        _objective(loco + lofo[:-1]), final,
                                        spec.within_latency_budget))
     refs = []
+    shipped = DetectorSpec("stream", StreamConfig().threshold)
+    if any(replace(sp, label="", threshold=shipped.threshold) == shipped for sp in specs):
+        # the detector as it shipped before selection, at its own fixed threshold
+        curves = {f.name: FileCurve(f, score_file(shipped, f, cache)) for f in files}
+        loco, lofo = _evaluate(curves, lambda _train: shipped.threshold)
+        refs.append(CandidateResult(f"stream as shipped ({shipped.threshold}, fixed)", loco,
+                                    lofo, None, shipped.threshold))
     for name, (threshold, scores) in (references or {}).items():
         by_name = {f.name: f for f in files if f.name in scores}
         curves = {n: FileCurve(by_name[n], scores[n]) for n in by_name}

@@ -79,7 +79,11 @@ def test_select_prints_every_fold_for_every_candidate_and_the_choice(cli, tmp_pa
         assert [f["group"] for f in c["lofo"]] == ["catA", "catB", "catC", "all"]
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"]["name"])
     assert chosen["within_latency_budget"]
-    assert [r["name"] for r in sel["references"]] == ["oracle"]
+    refs = [r["name"] for r in sel["references"]]
+    assert refs == ["stream as shipped (0.72, fixed)", "oracle"]
+    oracle = sel["references"][1]["loco"]
+    assert [(f["detected"], f["windows"], f["fp_rows"]) for f in oracle] == [
+        (2, 2, 0), (1, 1, 0), (0, 0, 0)]
     text = cli("anomaly", "eval", "--nab", nab, "--select", "--home", tmp_path / "h")
     assert text.code == 0
     assert "LOCO catA" in text.stdout and "chosen" in text.stdout

@@ -82,6 +82,13 @@ def test_select_reports_every_fold_and_prefers_candidates_within_the_latency_bud
     assert d["chosen"]["name"] == "fast" and len(d["candidates"]) == 2
 
 
+def test_the_shipped_stream_detector_is_listed_at_its_fixed_threshold():
+    rep = select(_tiny_corpus(), [DetectorSpec("stream", 0.72, label="stream")])
+    shipped = [r for r in rep.references if r.name.startswith("stream as shipped")]
+    assert len(shipped) == 1 and shipped[0].threshold == 0.72
+    assert all(f.threshold == 0.72 for f in shipped[0].loco)
+
+
 def test_the_spikes_of_the_tiny_corpus_are_found_in_held_out_folds():
     rep = select(_tiny_corpus(), [DetectorSpec("stream", 0.72, (("warmup", 100),))])
     pooled = rep.candidates[0].lofo[-1].test

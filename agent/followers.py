@@ -88,6 +88,8 @@ def access_event(entry: AuditEntry) -> AccessEvent | None:
     if kind is None:
         return None
     data = entry.data
+    if entry.kind == "mfa-failed" and data.get("purpose") == "login":
+        return None  # the same attempt is recorded as login-failed: count it once
     if entry.kind == "access-what-if":
         user = _text(data.get("claimed_actor")) or entry.actor
     else:

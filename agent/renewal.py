@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 
 RENEWED_KIND = "pki.node-renewed"
 DUE_KIND = "pki.renewal-due"
-# ClusterCA.issue backdates notBefore and extends notAfter by its clock-skew allowance (5 min
-# each), so a certificate spans its lifetime plus 10 minutes; the renewal keeps the lifetime.
-_ISSUE_PADDING = dt.timedelta(minutes=10)
+# ClusterCA.issue backdates notBefore by its clock-skew allowance (5 min) and ends the
+# certificate `lifetime` after the issue time, so a certificate spans its lifetime plus 5
+# minutes; the renewal keeps the lifetime (a test pins this against crypto.pki).
+_ISSUE_PADDING = dt.timedelta(minutes=5)
 
 
 class _Sink(Protocol):

@@ -316,8 +316,12 @@ class Agent:
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
         wake = asyncio.Event()
-        self._wake_deliveries = lambda: loop.call_soon_threadsafe(wake.set)
-        self.engine.on_enqueue = self._wake_deliveries
+
+        def wake_deliveries() -> None:  # called from the worker threads that queue webhooks
+            loop.call_soon_threadsafe(wake.set)
+
+        self._wake_deliveries = wake_deliveries
+        self.engine.on_enqueue = wake_deliveries
         await self._start_listeners()
         self.audit.append(
             "agent.start",

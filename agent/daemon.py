@@ -402,7 +402,6 @@ class Agent:
             revoked=self.tls.revoked if self.tls is not None else None,
         )
         from trainguard.agent.api.sessions import SessionOps
-
         from trainguard.agent.api.witness import WitnessOps
 
         extensions = [

@@ -7,8 +7,9 @@ handshake sees a certificate revoked while the agent runs. `revoked()` checks th
 against the same parsed CRL once more after the handshake (`ApiAuthorizer.tls_principal`), so
 one stale context can never let a revoked certificate through. `reload()` (SIGHUP) forces both.
 
-A CRL that disappears or fails to parse or verify never undoes a revocation: the last good one
-stays in force and the problem is logged and reported through `on_change`.
+A CRL that disappears, fails to parse or verify, or is older than the one in force (a lower
+CRL number: a rolled-back copy) never undoes a revocation: the last good one stays in force and
+the problem is logged and reported through `on_change`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ServerTls:
         self._stat: tuple[int, int, int] | None = None
         self._sha256: str | None = None
         self._revoked: frozenset[int] = frozenset()
+        self._number = -1
         self._ctx = server_context(cert, key, ca, None)
         self.reload(force=True)
 
@@ -95,25 +97,33 @@ class ServerTls:
             if digest == self._sha256 and not force:
                 return False
             try:
-                revoked = self._parse(raw)
+                number, revoked = self._parse(raw)
+                if number < self._number:
+                    raise ValueError(f"CRL number {number} is older than {self._number}")
                 ctx = server_context(self._cert, self._key, self._ca, self._crl)
             except (ValueError, ssl.SSLError, OSError) as exc:
                 self._problem(f"CRL refused ({exc}); the last good one stays in force")
                 return False
             changed = digest != self._sha256
             self._revoked, self._ctx, self._sha256 = revoked, ctx, digest
+            self._number = number
         if changed:
             log.info("CRL loaded: %d revoked certificates", len(revoked))
             self._on_change("api.crl-loaded", {"revoked": len(revoked), "sha256": digest})
         return changed
 
-    def _parse(self, raw: bytes) -> frozenset[int]:
+    def _parse(self, raw: bytes) -> tuple[int, frozenset[int]]:
+        """(CRL number, revoked serials) of a CRL signed by the cluster CA."""
         crl = x509.load_pem_x509_crl(raw)
         ca = x509.load_pem_x509_certificate(self._ca.read_bytes())
         key = ca.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
             raise ValueError("its signature does not verify with the cluster CA")
-        return frozenset(r.serial_number for r in crl)
+        try:
+            number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        except x509.ExtensionNotFound:
+            number = 0
+        return number, frozenset(r.serial_number for r in crl)
 
     def _problem(self, message: str) -> None:
         log.error("%s (%s)", message, self._crl)

@@ -47,7 +47,7 @@ def _folder_of(path: PurePosixPath, folders: list[Path]) -> tuple[Path, tuple[st
 def _open_below(folder: Path, parts: tuple[str, ...], stack: ExitStack) -> tuple[int, int, str]:
     """(parent dir fd, file fd, file name), opened without following any symlink."""
     try:
-        cur = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        cur = os.open(folder, _DIR_FLAGS)  # resolved at load: a symlink now is a swap
     except OSError as exc:
         raise QuarantineRefused(f"refused: artifact folder unusable: {exc.strerror}") from exc
     stack.callback(os.close, cur)

@@ -36,6 +36,7 @@ from trainguard.crypto.signing import SigningKey
 from trainguard.evidence.audit_log import AuditLog
 from trainguard.evidence.response.engine import IncidentEngine
 
+
 class Served:
     """An AgentServer on its own event-loop thread, as the daemon runs it."""
 
@@ -348,4 +349,30 @@ def test_sighup_reload_applies_a_crl_even_when_mtime_and_size_are_unchanged(
     ClusterCA.open(pki).revoke("n2", "node")
     os.utime(ca.crl_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # a copy that kept the old mtime
     assert tls.reload(force=True)  # what SIGHUP does
+    assert len(tls.revoked_serials) == 1
+
+
+def test_a_rolled_back_crl_never_undoes_a_revocation(tmp_path: Path) -> None:
+    import time
+
+    from trainguard.crypto.pki import ClusterCA
+
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o700)
+    ca = ClusterCA.create(pki, "c1")
+    srv_cert, srv_key = _issue(ca, pki, "node-1", "node")
+    _issue(ca, pki, "n2", "node")
+    old = ca.crl_path.read_bytes()  # signed by the CA, but from before the revocation
+    changes: list[str] = []
+    tls = ServerTls(
+        srv_cert, srv_key, ca.ca_path, ca.crl_path, on_change=lambda k, d: changes.append(k)
+    )
+    ClusterCA.open(pki, clock=lambda: time.time() + 100).revoke("n2", "node")
+    tls.context()
+    assert len(tls.revoked_serials) == 1
+    ca.crl_path.write_bytes(old)
+    tls.context()
+    assert len(tls.revoked_serials) == 1 and changes[-1] == "api.crl-refused"
+    ca.crl_path.unlink()  # a deleted CRL does not undo it either
+    tls.context()
     assert len(tls.revoked_serials) == 1

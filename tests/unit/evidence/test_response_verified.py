@@ -408,3 +408,14 @@ def test_remote_reports_cannot_exhaust_or_preempt_the_agents_own_incidents(
     finally:
         engine.close()
         log.close()
+
+
+def test_quarantine_refuses_when_the_artifact_folder_was_swapped_for_a_symlink(
+    home: Home, tmp_path: Path
+) -> None:
+    lay = _layout(tmp_path)
+    lay.models.rename(tmp_path / "models-real")
+    lay.models.symlink_to(lay.outside)  # the configured (resolved) folder now points elsewhere
+    res = _quarantine(home, lay, str(lay.models / "bad.pkl"))
+    assert not res.ok and "artifact folder unusable" in res.detail
+    assert (lay.outside / "bad.pkl").read_bytes() == UNSAFE

@@ -376,3 +376,24 @@ def test_a_rolled_back_crl_never_undoes_a_revocation(tmp_path: Path) -> None:
     ca.crl_path.unlink()  # a deleted CRL does not undo it either
     tls.context()
     assert len(tls.revoked_serials) == 1
+
+
+def test_server_set_fields_cannot_be_forged_and_a_mixed_batch_is_refused_whole(
+    served: Served,
+) -> None:
+    node = PRINCIPALS[CallerKind.NODE]
+    reply = served.dispatch(
+        {"op": "event", "kind": "train.forge", "data": {"submitted_by": "uid:0", "x": 1}}, node
+    )
+    assert reply["ok"]
+    entry = next(iter(served.log.entries(kind="train.forge")))
+    assert entry.data["submitted_by"] == node.name and "claimed_actor" not in entry.data
+    batch = [
+        {"kind": "train.ok-part", "data": {}},
+        {"kind": "audit.checkpoint", "data": {}},
+    ]
+    assert served.dispatch({"op": "events", "events": batch}, node)["code"] == "denied"
+    assert not list(served.log.entries(kind="train.ok-part"))
+    for bad in ("Audit.checkpoint", "audit.checkpoint ", "аudit.checkpoint", "train.x\n"):
+        reply = served.dispatch({"op": "event", "kind": bad, "data": {}}, node)
+        assert reply["code"] == "bad-request", bad

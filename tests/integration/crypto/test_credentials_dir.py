@@ -84,6 +84,14 @@ def test_every_kek_command_works_with_the_kek_only_in_the_credentials_dir(
     assert (home / "keys" / "kek-v2.key").is_file()
     r = cli("unseal", tmp_path / "s.tgs", tmp_path / "back2.bin", "--home", home, env=creds)
     assert r.code == 0, r.stderr
+    # rewrap (unwraps under v1 from the credential, wraps under v2), then retire v1
+    r = cli("key", "rewrap", tmp_path / "s.tgs", "--home", home, "--format", "json", env=creds)
+    assert r.code == 0, r.stderr
+    r = cli("key", "retire", "--below", "2", tmp_path / "s.tgs", "--home", home, env=creds)
+    assert r.code == 0, r.stderr
+    r = cli("unseal", tmp_path / "s.tgs", tmp_path / "back3.bin", "--home", home, env=creds)
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "back3.bin").read_bytes() == plain.read_bytes()
 
     # posture check and the audit report (KEK age, the log's checkpoints)
     r = cli("check", "--id", "kek-age", "--home", home, "--format", "json", env=creds)

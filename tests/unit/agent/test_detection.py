@@ -108,3 +108,46 @@ def test_importing_the_scorer_pulls_in_neither_sklearn_nor_torch():
             "print('sklearn' in sys.modules, 'torch' in sys.modules, 'skops' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_training_records_spikes_ranks_and_garbage():
+    clock = Clock()
+    scorer = Scorer(AnomalyConfig(), clock=clock)
+    rng = np.random.default_rng(5)
+    found = []
+    for step in range(60):
+        loss = 40.0 if step == 50 else 1.0 + rng.normal(0, 0.01)
+        found += scorer.observe_training("j", {"step": step, "loss": loss, "grad_norm": None}, 0.0)
+    assert [(d.kind, d.severity, d.evidence["signal"], d.evidence["step"]) for d in found] == [
+        (IncidentKind.BYZANTINE_WORKER, Severity.MEDIUM, "loss", 50)]
+    # values that are not numbers are skipped, never guessed
+    for bad in ({"step": "61", "loss": 1e9}, {"step": True, "loss": 1e9},
+                {"step": 62, "loss": "1e9"}, {"step": 63, "update_norm_ratio": [1, "x"],
+                                              "update_cosine": [1, 1]}):
+        assert scorer.observe_training("j", bad, 0.0) == []
+    # a world size change restarts the rank monitor instead of failing
+    for step in range(70, 76):
+        n = 2 if step < 73 else 3
+        assert scorer.observe_training("j", {"step": step, "update_norm_ratio": [1.0] * n,
+                                             "update_cosine": [1.0] * n}, 0.0) == []
+
+
+def test_training_detectors_are_bounded_and_freed():
+    from trainguard.agent.detection import MAX_JOBS
+
+    scorer = Scorer(None)
+    for k in range(MAX_JOBS + 10):
+        scorer.observe_training(f"job-{k}", {"step": 1, "loss": 1.0}, 0.0)
+    assert len(scorer._jobs) == MAX_JOBS and "job-0" not in scorer._jobs
+    scorer.forget_job(f"job-{MAX_JOBS + 9}")
+    assert len(scorer._jobs) == MAX_JOBS - 1
+
+
+def test_node_detector_only_when_enabled_and_then_calibrated_to_the_cycle():
+    code = ("import sys; from trainguard.agent.detection import Scorer;"
+            "from trainguard.anomaly.config import AnomalyConfig as A;"
+            "s = Scorer(A()); print('sklearn' in sys.modules, s.node is None);"
+            "s = Scorer(A(node_telemetry=True, node_false_alarms_per_day=2.0), interval_s=15.0);"
+            "print('sklearn' in sys.modules, s.node.cfg.false_alarms_per_day, s.node.cfg.interval_s)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True", "2.0", "15.0"]

@@ -99,7 +99,7 @@ class Manifest:
     binding: str | None = None  # None only in a format-1 manifest (refused by verify_path)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "format": BODY_FORMAT,
             "kind": self.kind,
             "name": self.name,
@@ -107,6 +107,10 @@ class Manifest:
             "created_at": self.created_at,
             "files": [f.to_json() for f in self.files],
         }
+        if self.binding is None:  # a caller that binds the place itself (the trainer's store)
+            del body["binding"]
+            body["format"] = 1
+        return body
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Manifest:

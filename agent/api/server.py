@@ -12,7 +12,11 @@ identity, their kinds must be on the caller kind's allow-list (`trainguard.agent
 numbers must be finite: ``NaN``, ``Infinity`` and overflowing literals such as ``1e999`` are
 refused with code ``non-finite-number`` (strict JSON consumers of the log cannot read them).
 Incidents submitted here are recorded with the caller's provenance: the response engine never
-acts on a remote report's paths or PIDs (`trainguard.evidence.response.verify`).
+acts on a remote report's paths or PIDs (`trainguard.evidence.response.verify`). Each remote
+identity (node or user certificate) has a request budget (`RemoteQuota`: a token bucket, one
+token per request and per event in a batch); past it, requests get code ``rate-limited`` and
+one ``api.rate-limited`` entry per identity per minute, so a peer can neither flood this node's
+log nor its event loop (local callers are not limited).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import re
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,11 +40,11 @@ from trainguard.agent.api.auth import ApiAuthorizer, ApiPrincipal, CallerKind
 from trainguard.agent.config import AgentConfig
 from trainguard.core.errors import AccessDenied, AgentError, TrainguardError
 from trainguard.evidence.audit_log import AuditLog
-from trainguard.evidence.incidents import parse_kind
+from trainguard.evidence.incidents import AGENT_ACTOR, parse_kind
 from trainguard.evidence.response.engine import IncidentEngine
 from trainguard.evidence.response.verify import Provenance
 
-__all__ = ["OPS", "AgentServer", "ApiError", "ApiExtension", "Handler"]
+__all__ = ["OPS", "AgentServer", "ApiError", "ApiExtension", "Handler", "RemoteQuota"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ _MAX_BATCH = 512
 _MAX_EVENTS_PER_REQUEST = 1000
 _MAX_EXPORT = 20_000  # entries per export reply; the client pages
 _MAX_NAME = 200
+_REMOTE_RATE = 500.0  # tokens per second per remote identity
+_REMOTE_BURST = 20_000.0
+_NOTE_EVERY_SECONDS = 60.0
 _IDLE_SECONDS = 300.0
 _MAX_DEPTH = 32  # nesting of submitted data; deeper is refused, never a RecursionError
 _KIND = re.compile(r"[a-z0-9][a-z0-9._:-]{0,199}")
@@ -72,6 +80,36 @@ class ApiExtension(Protocol):
     so registering an op is one entry in the extension's table."""
 
     def ops(self) -> Mapping[str, tuple[str, Handler]]: ...
+
+
+class RemoteQuota:
+    """A token bucket per remote identity (refilled at `rate` per second up to `burst`)."""
+
+    def __init__(
+        self,
+        rate: float = _REMOTE_RATE,
+        burst: float = _REMOTE_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+        self._noted: dict[str, float] = {}
+
+    def take(self, name: str, n: float = 1.0) -> bool:
+        now = self._clock()
+        tokens, at = self._buckets.get(name, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        ok = tokens >= n
+        self._buckets[name] = (tokens - n if ok else tokens, now)
+        return ok
+
+    def should_note(self, name: str) -> bool:
+        """True at most once per minute per identity (for the audit entry)."""
+        now = self._clock()
+        if now - self._noted.get(name, float("-inf")) < _NOTE_EVERY_SECONDS:
+            return False
+        self._noted[name] = now
+        return True
 
 
 class ApiError(AgentError):
@@ -117,7 +155,14 @@ class AgentServer:
         self._writer_task: asyncio.Task[None] | None = None
         self._incident_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"requests": 0, "errors": 0, "denied": 0, "tls_rejected": 0}
+        self.stats = {
+            "requests": 0,
+            "errors": 0,
+            "denied": 0,
+            "tls_rejected": 0,
+            "rate_limited": 0,
+        }
+        self.quota = RemoteQuota()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -302,6 +347,7 @@ class AgentServer:
     async def _dispatch(self, line: bytes, principal: ApiPrincipal) -> dict[str, Any]:
         self.stats["requests"] += 1
         try:
+            self._charge(principal, 1)
             req = _parse(line)
             if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                 raise ApiError("bad-request", 'expected {"op": ...}')
@@ -314,6 +360,9 @@ class AgentServer:
                 raise ApiError("bad-request", f"unknown op {op[:40]!r}")
             self.authorizer.check(principal, action, self.audit)
             return {"ok": True, "result": await handler(req, principal)}
+        except _RateLimited:
+            self.stats["rate_limited"] += 1
+            return _error("rate-limited", "too many requests from this identity; slow down")
         except AccessDenied:
             self.stats["denied"] += 1
             log.warning("API request denied for %s", principal.name)
@@ -340,6 +389,18 @@ class AgentServer:
             "export": self._op_export,
         }
 
+    def _charge(self, p: ApiPrincipal, n: int) -> None:
+        if p.transport != "tls" or self.quota.take(p.name, n):
+            return
+        if self.quota.should_note(p.name):
+            log.warning("API requests from %s over the rate limit", p.name)
+            self._submit_nowait(
+                "api.rate-limited",
+                AGENT_ACTOR,
+                {"caller": p.name, "rate": self.quota.rate, "burst": self.quota.burst},
+            )
+        raise _RateLimited
+
     # ---- ops -----------------------------------------------------------------------------
 
     async def _op_status(self, req: dict[str, Any], p: ApiPrincipal) -> Any:
@@ -354,6 +415,7 @@ class AgentServer:
         items = req.get("events")
         if not isinstance(items, list) or not 0 < len(items) <= _MAX_EVENTS_PER_REQUEST:
             raise ApiError("bad-request", f"events must be a list of 1-{_MAX_EVENTS_PER_REQUEST}")
+        self._charge(p, len(items))
         events = [_event(i if isinstance(i, dict) else {}, p) for i in items]
         self.authorizer.check_event_kinds(p, {e[0] for e in events}, self.audit)
         seqs = await asyncio.gather(*(self._append(e) for e in events))
@@ -458,6 +520,10 @@ _PROVENANCE: dict[CallerKind, Provenance] = {
     CallerKind.NODE: Provenance.REMOTE,
     CallerKind.USER: Provenance.REMOTE,
 }
+
+
+class _RateLimited(Exception):
+    pass
 
 
 class _NonFinite(ValueError):

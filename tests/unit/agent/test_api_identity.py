@@ -397,3 +397,27 @@ def test_server_set_fields_cannot_be_forged_and_a_mixed_batch_is_refused_whole(
     for bad in ("Audit.checkpoint", "audit.checkpoint ", "аudit.checkpoint", "train.x\n"):
         reply = served.dispatch({"op": "event", "kind": bad, "data": {}}, node)
         assert reply["code"] == "bad-request", bad
+
+
+def test_a_flooding_node_is_rate_limited_without_flooding_the_log(served: Served) -> None:
+    from trainguard.agent.api.server import RemoteQuota
+
+    now = [0.0]
+    served.server.quota = RemoteQuota(rate=1.0, burst=5.0, clock=lambda: now[0])
+    node, admin = PRINCIPALS[CallerKind.NODE], PRINCIPALS[CallerKind.LOCAL_ADMIN]
+    try:
+        before = served.log.last_seq()
+        codes = [
+            served.dispatch({"op": "event", "kind": "audit.checkpoint", "data": {}}, node)["code"]
+            for _ in range(50)
+        ]
+        assert codes[:5] == ["denied"] * 5 and set(codes[5:]) == {"rate-limited"}
+        big = [{"kind": "train.x", "data": {}}] * 10
+        now[0] += 3.0  # 3 tokens back: a batch of 10 events is over budget
+        assert served.dispatch({"op": "events", "events": big}, node)["code"] == "rate-limited"
+        assert served.dispatch({"op": "status"}, admin)["ok"]  # local callers are not limited
+        served.call(asyncio.sleep(0.2))
+        new = [e.kind for e in served.log.entries() if e.seq > before]
+        assert new.count("api.denied") == 5 and new.count("api.rate-limited") == 1
+    finally:
+        served.server.quota = RemoteQuota()

@@ -143,6 +143,8 @@ class Square(Attack):
         if target is not None:
             raise AdversarialError("the Square attack is untargeted; do not pass target")
 
+    cpu_chunk = 1 << 30  # whole batches: the frozen forward is most efficient on big ones
+
     def _prepare(self, x: Tensor) -> None:
         self._forward = inference_forward(self.model, x) if self.fast else self.model
 

@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from trainguard.evidence.response.verify import ObservedProcess, process_start_ticks
+from trainguard.evidence.response.verify import ArtifactDir, ObservedProcess, process_start_ticks
 
 __all__ = ["AgentVerifier"]
 
@@ -70,7 +71,7 @@ class AgentVerifier:
                 return None  # telemetry stalled: nothing counts as observed now
             return self._seen.get(pid)
 
-    def artifact_dirs(self) -> Sequence[Path]:
+    def artifact_dirs(self) -> Sequence[ArtifactDir]:
         return self._dirs
 
     def scan_verdict(self, f: IO[bytes], size: int) -> str:
@@ -79,12 +80,13 @@ class AgentVerifier:
         return scan_fileobj(f, size).verdict.value
 
 
-def _resolve_dirs(dirs: Iterable[str]) -> list[Path]:
-    out: list[Path] = []
+def _resolve_dirs(dirs: Iterable[str]) -> list[ArtifactDir]:
+    out: list[ArtifactDir] = []
     for d in dirs:
         p = Path(d)
         if not p.is_absolute():
             log.warning("artifact folder %s is not absolute: quarantine will not act in it", d)
             continue
-        out.append(p.resolve())
+        normal = PurePosixPath(os.path.normpath(d))
+        out.append(ArtifactDir(normal, p.resolve()))
     return out

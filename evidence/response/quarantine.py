@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from trainguard.core.fs import hash_fd
-from trainguard.evidence.response.verify import LocalVerifier
+from trainguard.evidence.response.verify import ArtifactDir, LocalVerifier
 
 __all__ = ["QuarantineRefused", "quarantine_file"]
 
@@ -33,14 +33,15 @@ class QuarantineRefused(Exception):
     """The file is not one this agent may move; the message says why (it starts "refused")."""
 
 
-def _folder_of(path: PurePosixPath, folders: list[Path]) -> tuple[Path, tuple[str, ...]]:
+def _folder_of(path: PurePosixPath, folders: list[ArtifactDir]) -> tuple[Path, tuple[str, ...]]:
     for folder in folders:
-        try:
-            rel = path.relative_to(PurePosixPath(folder))
-        except ValueError:
-            continue
-        if rel.parts:
-            return folder, rel.parts
+        for name in (folder.configured, PurePosixPath(folder.resolved)):
+            try:
+                rel = path.relative_to(name)
+            except ValueError:
+                continue
+            if rel.parts:
+                return folder.resolved, rel.parts
     raise QuarantineRefused("refused: not inside a configured artifact folder")
 
 
@@ -86,7 +87,7 @@ def quarantine_file(
     if ".." in path.parts or "." in raw.split("/"):
         raise QuarantineRefused("refused: '..' or '.' in the path")
     home = home_root.resolve()
-    folders = [f for f in verifier.artifact_dirs() if not f.is_relative_to(home)]
+    folders = [f for f in verifier.artifact_dirs() if not f.resolved.is_relative_to(home)]
     folder, parts = _folder_of(path, folders)
     with ExitStack() as stack:
         parent, fd, name = _open_below(folder, parts, stack)

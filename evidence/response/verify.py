@@ -29,10 +29,11 @@ import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
 __all__ = [
+    "ArtifactDir",
     "LocalVerifier",
     "ObservedProcess",
     "PidReused",
@@ -61,6 +62,15 @@ class ObservedProcess:
     foreign: bool  # not an allowed training process (the agent's own judgement)
 
 
+@dataclass(frozen=True)
+class ArtifactDir:
+    """A folder whose files `quarantine` may move: the path as configured (what evidence names)
+    and as resolved at load (what is opened, so a symlink swapped in later is refused)."""
+
+    configured: PurePosixPath
+    resolved: Path
+
+
 class LocalVerifier(Protocol):
     """The agent's own view of this node, for the actions that change it."""
 
@@ -68,8 +78,8 @@ class LocalVerifier(Protocol):
         """The process as last observed on this node's GPUs, or None."""
         ...
 
-    def artifact_dirs(self) -> Sequence[Path]:
-        """Absolute, resolved folders whose files `quarantine` may move."""
+    def artifact_dirs(self) -> Sequence[ArtifactDir]:
+        """The absolute folders whose files `quarantine` may move."""
         ...
 
     def scan_verdict(self, f: IO[bytes], size: int) -> str:

@@ -389,7 +389,8 @@ def test_verifier_counts_only_fresh_observations_of_named_foreign_processes() ->
     init = v.gpu_process(1)
     assert init is not None and not init.foreign
     assert v.gpu_process(2**22 + 7) is None  # no such process: nothing to pin
-    assert [str(d) for d in v.artifact_dirs()] == ["/models"]  # relative folders are ignored
+    # relative folders are ignored
+    assert [str(d.configured) for d in v.artifact_dirs()] == ["/models"]
     now[0] += 36.0  # the telemetry loop stalled: nothing counts as observed any more
     assert v.gpu_process(me) is None
     v.observe(

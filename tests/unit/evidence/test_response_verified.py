@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 import pytest
@@ -29,6 +29,7 @@ from trainguard.evidence.response.actions import ActionContext, run_action
 from trainguard.evidence.response.config import HooksConfig
 from trainguard.evidence.response.engine import IncidentEngine
 from trainguard.evidence.response.verify import (
+    ArtifactDir,
     ObservedProcess,
     Provenance,
     process_start_ticks,
@@ -49,8 +50,8 @@ class Verifier:
     def gpu_process(self, pid: int) -> ObservedProcess | None:
         return self.procs.get(pid)
 
-    def artifact_dirs(self) -> list[Path]:
-        return self.dirs
+    def artifact_dirs(self) -> list[ArtifactDir]:
+        return [ArtifactDir(PurePosixPath(d), d) for d in self.dirs]
 
     def scan_verdict(self, f: IO[bytes], size: int) -> str:
         return scan_fileobj(f, size).verdict.value
@@ -419,3 +420,18 @@ def test_quarantine_refuses_when_the_artifact_folder_was_swapped_for_a_symlink(
     res = _quarantine(home, lay, str(lay.models / "bad.pkl"))
     assert not res.ok and "artifact folder unusable" in res.detail
     assert (lay.outside / "bad.pkl").read_bytes() == UNSAFE
+
+
+def test_quarantine_accepts_the_folder_as_configured_through_an_admins_symlink(
+    home: Home, tmp_path: Path
+) -> None:
+    """`[checks] model_dirs` may name a folder through a symlink the admin set up (/data ->
+    /mnt/data); the check's evidence names files that way. The resolved folder is what opens."""
+    lay = _layout(tmp_path / "real")
+    alias = tmp_path / "data"
+    alias.symlink_to(lay.models)
+    ctx = ActionContext(home=home, verifier=Verifier())
+    ctx.verifier.artifact_dirs = lambda: [ArtifactDir(PurePosixPath(alias), lay.models.resolve())]  # type: ignore[union-attr, method-assign]
+    res = run_action("quarantine", ctx, _incident(path=str(alias / "sub" / "bad.pkl")))
+    assert res.ok, res.detail
+    assert not (lay.models / "sub" / "bad.pkl").exists()

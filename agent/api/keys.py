@@ -88,9 +88,9 @@ class KeyService:
     def _ring(self) -> Any:
         with self._lock:
             if self._keyring is None:
-                from trainguard.crypto.keyring import Keyring
+                from trainguard.crypto.keyring import open_keyring
 
-                self._keyring = Keyring.open(self._home.keys_dir)
+                self._keyring = open_keyring(self._home)  # honours the systemd credential
             return self._keyring
 
     def data_key(self) -> dict[str, Any]:
@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    serve(Home(args.home), args.socket, until=done.is_set)
+    # an entry point: $CREDENTIALS_DIRECTORY (inherited from the launcher) may hold the KEK
+    serve(Home.resolve(args.home, os.environ), args.socket, until=done.is_set)
     return 0
 
 

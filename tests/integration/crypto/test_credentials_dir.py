@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -134,3 +137,32 @@ def test_without_the_credential_commands_say_the_kek_is_unavailable(
 
     r = cli("train", DIGITS, "--home", home, "--nproc", "1", "--skip-deps-verify")
     assert r.code != 0 and "KEK version 1" in r.stderr
+
+
+def test_the_trainers_key_process_takes_the_kek_from_the_credential(
+    site, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Without a running agent the launcher starts this process for checkpoint keys; it inherits
+    # the launcher's environment, $CREDENTIALS_DIRECTORY included.
+    from trainguard.trainer.keys import KeyClient
+
+    home, _uri, creds = site
+    sock = Path(tempfile.mkdtemp(prefix="tg-keys-")) / "keys.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainguard.agent.api.keys", "--home", str(home),
+         "--socket", str(sock)],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env={**cli_env, **creds},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        client = KeyClient(sock)
+        key = client.data_key()
+        assert client.unwrap_dek(key.wrapped) == key.dek
+        client.close()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import enum
 import json
 import sys
@@ -124,3 +125,26 @@ class Context:
         """Progress and summaries: always stderr, so stdout stays machine-readable."""
         self.stderr.write(message.rstrip("\n") + "\n")
         self.stderr.flush()
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: still works, says once on stderr what to use instead."""
+
+    def __init__(self, *args: Any, replacement: str = "", **kwargs: Any) -> None:
+        self.replacement = replacement
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        sys.stderr.write(f"warning: {option_string} is deprecated; use {self.replacement}\n")
+        setattr(namespace, self.dest, values)
+
+
+def project_flag(parser: argparse.ArgumentParser, *, help: str, required: bool = False,  # noqa: A002
+                 default: str | None = None, dest: str = "domain") -> None:
+    """`--project NAME` (a policy domain), one flag for the concept in every command;
+    `--domain` stays as a deprecated alias."""
+    parser.add_argument("--project", dest=dest, metavar="PROJECT", required=required,
+                        default=default, help=help)
+    parser.add_argument("--domain", dest=dest, metavar="PROJECT", action=_DeprecatedFlag,
+                        replacement="--project", help=argparse.SUPPRESS)

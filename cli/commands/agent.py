@@ -13,7 +13,7 @@ from trainguard.core.errors import UsageError
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("agent", help="run and manage the node agent")
-    agent_sub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", required=True)
+    agent_sub = p.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
 
     run = agent_sub.add_parser(
         "run",

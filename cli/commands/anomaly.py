@@ -36,7 +36,7 @@ from trainguard.core.errors import UsageError
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("anomaly", help="anomaly detection on metric files",
                        description="Run trainguard's anomaly detectors on files.")
-    inner = p.add_subparsers(dest="anomaly_command", metavar="SUBCOMMAND")
+    inner = p.add_subparsers(dest="anomaly_command", metavar="COMMAND")
     d = inner.add_parser(
         "detect", help="score a timestamp,value CSV (NAB layout) row by row",
         description="Write timestamp,value,score,alert for every input row; each decision uses "
@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f = inner.add_parser("fit", help="fit an IsolationForest on a baseline CSV",
                          description="Fit an IsolationForest on windowed features of a numeric "
                          "CSV (a baseline period) and save it with skops.")
-    f.add_argument("csv", type=Path, metavar="CSV")
-    f.add_argument("--out", type=Path, required=True, metavar="MODEL.skops")
+    f.add_argument("csv", type=Path, metavar="CSV", help="baseline rows (timestamp plus metric columns)")
+    f.add_argument("--out", type=Path, required=True, metavar="MODEL.skops", help="where to save the model")
     f.add_argument("--columns", help="comma-separated columns (default: all but timestamp)")
     f.add_argument("--target-fpr", type=float, help="false-positive rate on the baseline")
     f.add_argument("--window", type=int, help="rows per windowed feature")
@@ -75,8 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = inner.add_parser("score", help="score a CSV with a fitted model",
                          description="Score every row of a numeric CSV with a model from "
                          "`anomaly fit` (loaded through skops' trusted-types check).")
-    s.add_argument("csv", type=Path, metavar="CSV")
-    s.add_argument("--model", type=Path, required=True, metavar="MODEL.skops")
+    s.add_argument("csv", type=Path, metavar="CSV", help="rows to score (the model's columns)")
+    s.add_argument("--model", type=Path, required=True, metavar="MODEL.skops", help="a model from `anomaly fit`")
     s.set_defaults(func=score)
     p.set_defaults(func=lambda args, ctx: _usage(p))
 

@@ -20,7 +20,7 @@ from trainguard.core.fs import atomic_output
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="verify, read and report on the audit log")
-    audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
     _register_verify(audit_sub)
     _register_seal_genesis(audit_sub)
     _register_log(audit_sub)

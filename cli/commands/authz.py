@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trainguard.cli.context import Context
+from trainguard.cli.context import Context, project_flag
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("authz", help="check access decisions")
     s = p.add_subparsers(dest="authz_command", metavar="COMMAND", required=True)
     c = s.add_parser("check", help="decide one request; exit 0 allow, 1 deny")
-    c.add_argument("--user", required=True, metavar="NAME")
-    c.add_argument("--action", required=True)
-    c.add_argument("--resource", required=True)
-    c.add_argument("--domain", help="project (default: the config's default_domain)")
+    c.add_argument("--user", required=True, metavar="NAME",
+                   help="whose request (yourself, or another user as a policy-only what-if)")
+    c.add_argument("--action", required=True, metavar="ACTION", help="e.g. train:launch")
+    c.add_argument("--resource", required=True, metavar="RESOURCE", help="e.g. /checkpoints/run-1")
+    project_flag(c, help="project (default: the config's default_domain)")
     c.add_argument("--otp", metavar="CODE", help="TOTP or recovery code for step-up MFA")
     c.set_defaults(func=_check)
 

@@ -20,7 +20,7 @@ ACTOR = "cli"
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("deps", help="lock, verify and audit the installed Python dependencies")
-    inner = p.add_subparsers(dest="deps_command", metavar="ACTION", required=True)
+    inner = p.add_subparsers(dest="deps_command", metavar="COMMAND", required=True)
     lock = inner.add_parser("lock", help="hash every installed file into a signed lock")
     lock.add_argument("--out", type=Path, help="lock file (default: <home>/state/deps.lock.json)")
     lock.set_defaults(func=run_lock)

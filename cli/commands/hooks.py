@@ -18,7 +18,7 @@ from trainguard.evidence.incidents import IncidentKind
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("hooks", help="list and test incident hooks")
-    hooks_sub = p.add_subparsers(dest="hooks_command", metavar="SUBCOMMAND", required=True)
+    hooks_sub = p.add_subparsers(dest="hooks_command", metavar="COMMAND", required=True)
     ls = hooks_sub.add_parser(
         "list", help="hooks in hooks.d, built-in actions per kind, webhook queue"
     )
@@ -32,8 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "report what they would do; webhooks are really sent. Exit 1 if a hook or action failed."
         ),
     )
-    test.add_argument("kind", choices=[k.value for k in IncidentKind], metavar="KIND")
-    test.add_argument("--severity", default="low", choices=["low", "medium", "high", "critical"])
+    test.add_argument("kind", choices=[k.value for k in IncidentKind], metavar="KIND",
+                      help="incident kind to simulate: " + ", ".join(k.value for k in IncidentKind))
+    test.add_argument("--severity", default="low", choices=["low", "medium", "high", "critical"],
+                      help="severity of the test incident (default %(default)s)")
     test.set_defaults(func=_test)
 
 

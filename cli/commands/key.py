@@ -22,7 +22,7 @@ from trainguard.crypto.config import CryptoConfig
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("key", help="list, rotate, rewrap and retire key-encryption keys")
-    s = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
+    s = p.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
     s.add_parser("list", help="list KEK versions and whether rotation is due").set_defaults(
         func=run_list
     )
@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rw = s.add_parser(
         "rewrap", help="rewrap sealed files (or folders of them) under the current KEK"
     )
-    rw.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    rw.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                    help="sealed files, or folders searched for them")
     _otp_flag(rw)
     rw.set_defaults(func=run_rewrap)
     rt = s.add_parser("retire", help="stop decrypting under KEK versions below V and delete them")

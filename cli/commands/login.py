@@ -14,7 +14,7 @@ from trainguard.core.errors import UsageError
 
 def register(sub: Any) -> None:
     p = sub.add_parser("login", help="log in with a second factor; other commands use the session")
-    p.add_argument("--user", required=True, metavar="NAME")
+    p.add_argument("--user", required=True, metavar="NAME", help="the trainguard user to log in as")
     p.add_argument("--otp", metavar="CODE", help="TOTP or recovery code (prompted when omitted)")
     p.set_defaults(func=_login)
 

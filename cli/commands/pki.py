@@ -16,11 +16,12 @@ from trainguard.core.fs import write_private
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("pki", help="issue, revoke and list cluster certificates")
-    s = p.add_subparsers(dest="pki_command", metavar="SUBCOMMAND", required=True)
+    s = p.add_subparsers(dest="pki_command", metavar="COMMAND", required=True)
 
     issue = s.add_parser("issue", help="issue a node or user certificate (mTLS identity)")
-    issue.add_argument("name")
-    issue.add_argument("--kind", choices=["node", "user"], required=True)
+    issue.add_argument("name", metavar="NAME", help="node or user name (the SPIFFE id's last part)")
+    issue.add_argument("--kind", choices=["node", "user"], required=True,
+                       help="node (agents, trainers, FL sites) or user (people, API clients)")
     issue.add_argument(
         "--out", type=Path, default=Path("."), help="folder for NAME.crt, NAME.key, ca.crt"
     )
@@ -29,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     issue.set_defaults(func=run_issue)
 
     revoke = s.add_parser("revoke", help="revoke every certificate of NAME and rewrite the CRL")
-    revoke.add_argument("name")
-    revoke.add_argument("--kind", choices=["node", "user"], default=None)
+    revoke.add_argument("name", metavar="NAME", help="whose certificates to revoke")
+    revoke.add_argument("--kind", choices=["node", "user"], default=None,
+                        help="only this kind (default: both)")
     revoke.set_defaults(func=run_revoke)
 
     lst = s.add_parser("list", help="list issued certificates")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trainguard.cli.context import Context
+from trainguard.cli.context import Context, project_flag
 
 
 def _ac(ctx: Context) -> Any:
@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     s = p.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
 
     show = s.add_parser("show", help="rules and role links (of one project and '*')")
-    show.add_argument("--domain", help="project; default: every project")
+    project_flag(show, help="project; default: every project")
     show.set_defaults(func=_show)
 
     for name, fn in (("grant", _grant), ("revoke", _revoke)):
@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
         c.add_argument("role", metavar="ROLE", help="a role (a new name creates a role) or a user")
         c.add_argument("action", metavar="ACTION", help="an action, 'area:*' or '*'")
         c.add_argument("resource", metavar="RESOURCE", help="a path, '*' allowed at the end")
-        c.add_argument("--domain", required=True, help="project, or '*' for every project")
+        project_flag(c, required=True, help="project, or '*' for every project")
         c.add_argument("--deny", action="store_true", help="an explicit deny (deny wins)")
         c.add_argument("--otp", metavar="CODE", help="TOTP or recovery code for step-up MFA")
         c.set_defaults(func=fn)

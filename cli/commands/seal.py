@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Encrypt IN into OUT (AES-256-GCM segments, DEK wrapped by the current "
         "KEK). Use - for stdin or stdout.",
     )
-    p.add_argument("input", metavar="IN")
-    p.add_argument("output", metavar="OUT")
+    p.add_argument("input", metavar="IN", help="file to seal, - for stdin")
+    p.add_argument("output", metavar="OUT", help="sealed output (appears only when complete), - for stdout")
     p.add_argument(
         "--segment-size",
         type=int,
@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Verify and decrypt IN into OUT. Use - for stdin or stdout; on stdout the "
         "output can stop short if the stream is damaged (exit 1).",
     )
-    u.add_argument("input", metavar="IN")
-    u.add_argument("output", metavar="OUT")
+    u.add_argument("input", metavar="IN", help="sealed file, - for stdin")
+    u.add_argument("output", metavar="OUT", help="plaintext output (written only once verified), - for stdout")
     u.set_defaults(func=run_unseal)
 
 

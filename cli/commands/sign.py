@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Write a manifest of {path, size, sha256} for every file under PATH, signed "
         "with the node's Ed25519 key (default: PATH.tgsig.json next to PATH).",
     )
-    p.add_argument("path", type=Path, metavar="PATH")
-    p.add_argument("--out", type=Path, default=None, metavar="MANIFEST")
+    p.add_argument("path", type=Path, metavar="PATH", help="file or folder to sign")
+    p.add_argument("--out", type=Path, default=None, metavar="MANIFEST",
+                   help="manifest to write (default: PATH.tgsig.json next to PATH)")
     p.set_defaults(func=run_sign)
     v = sub.add_parser(
         "verify",
@@ -27,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Check the manifest's signature, re-hash PATH and name missing, extra and "
         "changed files (exit 1).",
     )
-    v.add_argument("path", type=Path, metavar="PATH")
-    v.add_argument("--manifest", type=Path, default=None, metavar="MANIFEST")
+    v.add_argument("path", type=Path, metavar="PATH", help="file or folder to verify")
+    v.add_argument("--manifest", type=Path, default=None, metavar="MANIFEST",
+                   help="signed manifest (default: PATH.tgsig.json next to PATH)")
     v.add_argument(
         "--key", type=Path, default=None, help="Ed25519 public key PEM (default: this node's)"
     )

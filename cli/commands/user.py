@@ -10,7 +10,7 @@ import argparse
 import time
 from typing import Any
 
-from trainguard.cli.context import Context
+from trainguard.cli.context import Context, project_flag
 
 
 def _ac(ctx: Context) -> Any:
@@ -29,9 +29,10 @@ def register(sub: Any) -> None:
     s = p.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
 
     a = s.add_parser("add", help="add a user with a role in a project")
-    a.add_argument("name")
-    a.add_argument("--role", required=True)
-    a.add_argument("--domain", help="project (default: the config's default_domain; '*' = all)")
+    a.add_argument("name", metavar="NAME", help="the new user's name")
+    a.add_argument("--role", required=True, metavar="ROLE",
+                   help="admin, ml-engineer, researcher, auditor, or a role of the policy")
+    project_flag(a, help="project (default: the config's default_domain; '*' = all)")
     a.add_argument("--uid", type=int, metavar="UID",
                    help="the OS account (numeric uid) that may log in as this user through the "
                         "agent; without one the user can log in only where the home is readable")
@@ -39,7 +40,7 @@ def register(sub: Any) -> None:
     a.set_defaults(func=_add)
 
     m = s.add_parser("map", help="map a user to the OS account (uid) that may log in as it")
-    m.add_argument("name")
+    m.add_argument("name", metavar="NAME", help="the user to map")
     g = m.add_mutually_exclusive_group(required=True)
     g.add_argument("--uid", type=int, metavar="UID", help="numeric uid, e.g. from `id -u NAME`")
     g.add_argument("--unmap", action="store_true", help="remove the mapping")
@@ -47,7 +48,7 @@ def register(sub: Any) -> None:
     m.set_defaults(func=_map)
 
     e = s.add_parser("enrol", help="create a TOTP secret; prints the otpauth URI and a QR code")
-    e.add_argument("name")
+    e.add_argument("name", metavar="NAME", help="the user to enrol")
     _otp_flag(e)
     e.set_defaults(func=_enrol)
 
@@ -60,7 +61,7 @@ def register(sub: Any) -> None:
         ("recovery-codes", _recovery, "issue 10 new single-use recovery codes (shown once)"),
     ):
         c = s.add_parser(name, help=text)
-        c.add_argument("name")
+        c.add_argument("name", metavar="NAME", help="the user")
         _otp_flag(c)
         c.set_defaults(func=fn)
 

@@ -522,8 +522,8 @@ def test_authz_check_unknown_names_are_usage_errors(cli, logged_in: Site) -> Non
     base = ("authz", "check", "--home", logged_in.home, "--user", "root", "--resource", "/d")
     cases = [
         (("--action", "nosuch:thing"), "unknown action"),
-        (("--action", "dataset:read", "--domain", "nosuchproject"), "unknown project"),
-        (("--action", "dataset:read", "--domain", "Bad Project!"), "invalid project"),
+        (("--action", "dataset:read", "--project", "nosuchproject"), "unknown project"),
+        (("--action", "dataset:read", "--project", "Bad Project!"), "invalid project"),
     ]
     for extra, expect in cases:
         assert expect in assert_fails(cli(*base, *extra), 2, logged_in), extra
@@ -535,7 +535,7 @@ def test_user_commands_without_a_session_are_denied(cli, site: Site) -> None:  #
     for argv in (
         ("user", "add", "bob", "--role", "researcher"),
         ("user", "enrol", "root"),
-        ("policy", "grant", "researcher", "dataset:read", "/d/*", "--domain", "default"),
+        ("policy", "grant", "researcher", "dataset:read", "/d/*", "--project", "default"),
     ):
         r = cli(*argv, *h)
         assert "not logged in" in assert_fails(r, 1, site)
@@ -567,7 +567,7 @@ def test_hand_edited_policy_is_refused_and_audited(cli, logged_in: Site) -> None
         ("policy", "show"),
         ("authz", "check", "--user", "root", "--action", "dataset:read", "--resource", "/d"),
         ("user", "add", "bob", "--role", "researcher", "--otp", site.code(1)),
-        ("policy", "grant", "researcher", "dataset:read", "/d/*", "--domain", "default"),
+        ("policy", "grant", "researcher", "dataset:read", "/d/*", "--project", "default"),
     ):
         line = assert_fails(cli(*argv, *h), 2, site)
         assert "does not match its signature" in line, argv

@@ -53,7 +53,7 @@ def test_every_kek_command_works_with_the_kek_only_in_the_credentials_dir(
     assert r.code == 0, r.stderr
 
     # user add + enrol (encrypts the new secret), and that user's login (decrypts it)
-    r = cli("user", "add", "alice", "--role", "researcher", "--domain", "vision",
+    r = cli("user", "add", "alice", "--role", "researcher", "--project", "vision",
             "--home", home, env=creds)
     assert r.code == 0, r.stderr
     r = cli("user", "enrol", "alice", "--home", home, "--format", "json", env=creds)
@@ -63,7 +63,7 @@ def test_every_kek_command_works_with_the_kek_only_in_the_credentials_dir(
     assert r.code == 0, r.stderr
 
     # policy edits are signed after the step-up of root's fresh login
-    r = cli("policy", "grant", "researcher", "dataset:read", "/data/*", "--domain", "vision",
+    r = cli("policy", "grant", "researcher", "dataset:read", "/data/*", "--project", "vision",
             "--home", home, env=creds)
     assert r.code == 0, r.stderr
     r = cli("policy", "sign", "--home", home, "--otp", _code(root_uri, 1), env=creds)

@@ -59,7 +59,7 @@ def system(cli, tmp_path: Path) -> Iterator[dict[str, object]]:  # type: ignore[
     assert init.code == 0, init.stderr
     root_uri = init.json()["admin"]["otpauth_uri"]
     assert cli("login", "--home", home, "--user", "root", "--otp", _code(root_uri)).code == 0
-    added = cli("user", "add", "bob", "--role", "researcher", "--domain", "default",
+    added = cli("user", "add", "bob", "--role", "researcher", "--project", "default",
                 "--uid", str(NOBODY), "--home", home, "--format", "json")
     assert added.code == 0, added.stderr
     assert added.json()["uid"] == NOBODY
@@ -112,10 +112,10 @@ def test_a_mapped_account_logs_in_through_the_agent_and_gets_what_the_policy_all
     assert login.returncode == 0, login.stderr
     assert json.loads(login.stdout)["via"] == "agent"
     allowed = nobody("authz", "check", "--user", "bob", "--action", "dataset:read",
-                     "--resource", "/datasets/x", "--domain", "default")
+                     "--resource", "/datasets/x", "--project", "default")
     assert allowed.returncode == 0, allowed.stderr
     denied = nobody("authz", "check", "--user", "bob", "--action", "key:rotate",
-                    "--resource", "/keys", "--domain", "default")
+                    "--resource", "/keys", "--project", "default")
     assert denied.returncode == 1
     # The token the agent signed is useless without the agent: nobody cannot verify or mint one.
     token_files = list(Path(str(system["nobody_home"])).rglob("*.session"))

@@ -44,7 +44,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
 
     assert (
         cli(
-            "user", "add", "alice", "--role", "researcher", "--domain", "vision", "--home", home
+            "user", "add", "alice", "--role", "researcher", "--project", "vision", "--home", home
         ).code
         == 0
     )
@@ -68,7 +68,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
             action,
             "--resource",
             resource,
-            "--domain",
+            "--project",
             domain,
             "--format",
             "json",
@@ -88,7 +88,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
         "researcher",
         "dataset:read",
         "/data/restricted/*",
-        "--domain",
+        "--project",
         "vision",
         "--deny",
         "--home",
@@ -98,7 +98,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
     assert check("dataset:read", "/data/restricted/x") == 1  # deny wins over the default allow
     assert check("dataset:read", "/data/imagenet") == 0
 
-    r = cli("policy", "show", "--domain", "vision", "--home", home, "--format", "json")
+    r = cli("policy", "show", "--project", "vision", "--home", home, "--format", "json")
     assert {
         "subject": "researcher",
         "domain": "vision",
@@ -114,7 +114,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
         "researcher",
         "*",
         "*",
-        "--domain",
+        "--project",
         "vision",
         "--home",
         home,
@@ -123,7 +123,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
     assert r.code == 1 and "denied" in r.stderr
     assert (
         cli(
-            "user", "add", "eve", "--role", "admin", "--domain", "*", "--home", home, env=alice_env
+            "user", "add", "eve", "--role", "admin", "--project", "*", "--home", home, env=alice_env
         ).code
         == 1
     )
@@ -140,7 +140,7 @@ def test_users_roles_decisions_and_policy_edits(cli, site, tmp_path: Path) -> No
         "checkpoint:write",
         "--resource",
         "/ckpt/1",
-        "--domain",
+        "--project",
         "vision",
         "--format",
         "json",
@@ -186,7 +186,7 @@ def test_hand_edited_policy_fails_until_an_admin_resigns_it(cli, site) -> None:
         "audit:read",
         "--resource",
         "/a",
-        "--domain",
+        "--project",
         "*",
     )
     assert r.code == 2 and "signature" in r.stderr and "policy sign" in r.stderr
@@ -206,7 +206,7 @@ def test_hand_edited_policy_fails_until_an_admin_resigns_it(cli, site) -> None:
         "audit:read",
         "--resource",
         "/a",
-        "--domain",
+        "--project",
         "*",
     )
     assert r.code == 0
@@ -216,7 +216,7 @@ def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, c
     home, root_uri = site
     bob_env = {"XDG_CONFIG_HOME": str(tmp_path / "bob-config")}
     assert (
-        cli("user", "add", "bob", "--role", "ml-engineer", "--domain", "nlp", "--home", home).code
+        cli("user", "add", "bob", "--role", "ml-engineer", "--project", "nlp", "--home", home).code
         == 0
     )
     bob_uri = cli("user", "enrol", "bob", "--home", home, "--format", "json").json()["otpauth_uri"]
@@ -258,7 +258,7 @@ def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, c
         "dataset:read",
         "--resource",
         "/d",
-        "--domain",
+        "--project",
         "nlp",
         env=bob_env,
     )
@@ -284,7 +284,7 @@ def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, c
         "train:launch",
         "--resource",
         "/jobs/1",
-        "--domain",
+        "--project",
         "nlp",
         env=bob_env,
     )
@@ -294,9 +294,9 @@ def test_sessions_lockout_unlock_and_recovery_codes(cli, site, tmp_path: Path, c
 def test_enrol_prints_a_terminal_qr_code(cli, site) -> None:
     home, _ = site
     assert (
-        cli("user", "add", "carol", "--role", "auditor", "--domain", "*", "--home", home).code == 0
+        cli("user", "add", "carol", "--role", "auditor", "--project", "*", "--home", home).code == 0
     )
     r = cli("user", "enrol", "carol", "--home", home)
     assert r.code == 0 and "otpauth://totp/" in r.stdout and "█" in r.stdout
-    r = cli("user", "add", "dave", "--role", "wizard", "--domain", "x", "--home", home)
+    r = cli("user", "add", "dave", "--role", "wizard", "--project", "x", "--home", home)
     assert r.code == 2 and "unknown role" in r.stderr

@@ -293,9 +293,8 @@ class Scorer:
 def _cycle_seconds(config: AnomalyConfig | Config | None) -> float:
     from trainguard.agent.config import AgentConfig
 
-    if isinstance(config, Config):
-        return config.section(AgentConfig).cycle_seconds
-    return AgentConfig.cycle_seconds
+    agent = config.section(AgentConfig) if isinstance(config, Config) else AgentConfig()
+    return float(agent.cycle_seconds)
 
 
 def _number(value: object) -> float | None:

@@ -161,7 +161,7 @@ class AuditFollower:
             return []
         if entry.kind == FINISH_KIND:
             job = entry.data.get("job")
-            if self.jobs.finished(job) is not None:
+            if self.jobs.finished(entry.data) is not None:
                 log.info("training job %s finished", job)
             if self.scorer is not None and isinstance(job, str):
                 self.scorer.forget_job(job)

@@ -17,7 +17,9 @@ What keeps a forged or stale launch event from hiding a miner:
   one submitted by another node (a SPIFFE identity) names a PID on that node and is ignored here;
   one written straight into the home's log (no ``submitted_by``) came from an account that holds
   the home and is trusted;
-* ``train.finish`` for the job, or the launcher exiting, unregisters it.
+* the launcher exiting unregisters the job; ``train.finish`` does too, but only from whoever
+  submitted the launch (else any trainer could unregister another user's job and have its
+  GPUs flagged).
 
 A descendant whose parent chain reaches the launcher is included only if it started after the
 launcher (PIDs are never reused while the process holding them lives).
@@ -58,6 +60,7 @@ class RegisteredJob:
     launcher_pid: int
     start_ticks: int
     seq: int
+    submitter: str | None = None  # `submitted_by` of the launch (None: written in the home)
 
 
 class JobRegistry:
@@ -102,13 +105,22 @@ class JobRegistry:
             return None, "the PID was reused after the launch event"
         if job not in self._jobs and len(self._jobs) >= MAX_JOBS:
             return None, f"more than {MAX_JOBS} live jobs"
-        registered = RegisteredJob(job, pid, proc.start_ticks, seq)
+        registered = RegisteredJob(job, pid, proc.start_ticks, seq,
+                                   submitted if isinstance(submitted, str) else None)
         self._jobs[job] = registered
         return registered, "registered"
 
-    def finished(self, job: object) -> RegisteredJob | None:
-        """Unregister a job (``train.finish``); returns it when it was registered."""
-        return self._jobs.pop(job, None) if isinstance(job, str) else None
+    def finished(self, data: Mapping[str, Any]) -> RegisteredJob | None:
+        """Unregister the job of a ``train.finish`` entry when the same submitter launched
+        it; returns the job when it was unregistered."""
+        job = data.get("job")
+        registered = self._jobs.get(job) if isinstance(job, str) else None
+        if registered is None:
+            return None
+        submitted = data.get("submitted_by")
+        if registered.submitter != (submitted if isinstance(submitted, str) else None):
+            return None
+        return self._jobs.pop(registered.job)
 
     def pids(self) -> frozenset[int]:
         """The PIDs of every live registered job: each launcher and its descendants. Jobs whose

@@ -54,12 +54,16 @@ def test_launcher_and_descendants_are_registered_until_it_exits(tmp_path: Path) 
     assert jobs.pids() == frozenset() and jobs.jobs == []
 
 
-def test_finish_unregisters(tmp_path: Path) -> None:
+def test_finish_unregisters_only_from_the_launchs_submitter(tmp_path: Path) -> None:
     proc = FakeProc(tmp_path / "proc")
     _tree(proc)
     jobs = JobRegistry(proc.root)
-    jobs.launched(7, BOOT + 55.0, {"job": "j1", "launcher_pid": 100})
-    assert jobs.finished("j1") is not None
+    jobs.launched(7, BOOT + 55.0, {"job": "j1", "launcher_pid": 100, "submitted_by": "uid:1000"})
+    # another trainer account (or node) cannot end this job's registration
+    assert jobs.finished({"job": "j1", "submitted_by": "uid:1001"}) is None
+    assert jobs.finished({"job": "j1"}) is None
+    assert jobs.pids() == {100, 101, 102, 103}
+    assert jobs.finished({"job": "j1", "submitted_by": "uid:1000"}) is not None
     assert jobs.pids() == frozenset()
 
 

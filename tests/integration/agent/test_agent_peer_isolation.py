@@ -145,3 +145,28 @@ def test_remote_incident_naming_a_file_and_a_pid_is_recorded_but_not_acted_on(
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_the_nodes_own_check_still_quarantines_a_verified_unsafe_artifact(
+    agent: Running, cli  # type: ignore[no-untyped-def]
+) -> None:
+    """The other side of the rule: the model-artifacts check (the agent's own cycle, or the CLI
+    on this node, whichever runs first) finds an unsafe pickle in a model folder and reports it
+    over the socket; the agent's own scan confirms it before moving it."""
+    with (agent.home / "trainguard.toml").open("a") as f:
+        f.write('"unsafe-artifact" = ["quarantine"]\n')  # under [hooks.actions]
+    agent.proc.send_signal(signal.SIGHUP)  # the reload rebuilds the engine and its verifier
+    for _ in range(100):
+        if any(e["kind"] == "agent.reload" for e in agent.entries()):
+            break
+        time.sleep(0.1)
+    bad = agent.models / "pretrained.pt"
+    bad.write_bytes(UNSAFE)
+    r = cli("check", "--id", "model-artifacts", "--home", agent.home, "--format", "json")
+    assert r.code in (0, 1), r.stderr  # 0: the agent's cycle had already moved it
+    assert not bad.exists()
+    moved = list((agent.home / "quarantine").iterdir())
+    assert len(moved) == 1 and moved[0].stat().st_mode & 0o777 == 0
+    action = next(e for e in agent.entries() if e["kind"] == "action.quarantine")
+    data = json.loads(action["data"]) if isinstance(action["data"], str) else action["data"]
+    assert data["ok"] is True and data["provenance"] in ("agent", "local")

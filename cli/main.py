@@ -1,5 +1,7 @@
 """`trainguard` entry point: argparse root, global flags, one error handler, exit codes.
 
+Shell completion: `eval "$(register-python-argcomplete trainguard)"` (argcomplete).
+
 Exit codes (DESIGN "CLI contract"): 0 clean, 1 findings or denied, 2 usage or config error,
 3 internal. Data goes to stdout, logs and diagnostics to stderr; tracebacks only with -v.
 """
@@ -120,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Examples shown under each command's --help; a test runs every one of them (in a folder with
+# data.csv, data/ and model.pt, against a fresh home in $TRAINGUARD_HOME), so they stay true.
+EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
+    (): ("trainguard check", "trainguard --format json audit verify"),
+    ("seal",): ("trainguard seal data.csv data.csv.tgs",
+                "tar c data | trainguard seal - - > data.tar.tgs"),
+    ("unseal",): ("trainguard unseal data.csv.tgs copy.csv",),
+    ("scan",): ("trainguard scan model.pt", "trainguard scan --format json model.pt"),
+    ("sign",): ("trainguard sign data",),
+    ("verify",): ("trainguard verify data",),
+    ("key", "list"): ("trainguard key list",),
+    ("audit", "verify"): ("trainguard audit verify",),
+    ("audit", "log"): ("trainguard audit log --kind 'key-*' --limit 20",),
+    ("check",): ("trainguard check --id home-modes", "trainguard check --list"),
+}
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -140,6 +159,17 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                     text = str(helps[name])
                     child.description = text[0].upper() + text[1:] + "."
                 _describe(child)
+    _add_examples(parser)
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    words = tuple(parser.prog.split()[1:])
+    examples = EXAMPLES.get(words)
+    if examples:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        lines = "\n".join(f"  $ {e}" for e in examples)
+        parser.epilog = f"{parser.epilog}\n\n" if parser.epilog else ""
+        parser.epilog += f"examples:\n{lines}"
 
 
 def _configure_logging(verbose: int, *, daemon: bool) -> None:
@@ -157,6 +187,10 @@ def _configure_logging(verbose: int, *, daemon: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # shell completion (argcomplete)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", 0) or 0
     daemon = getattr(args, "command", None) == "agent" and getattr(args, "agent_command", "") == "run"

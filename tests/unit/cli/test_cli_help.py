@@ -56,3 +56,18 @@ def test_one_flag_per_concept_project_with_domain_as_a_deprecated_alias() -> Non
         old = parser.parse_args(["policy", "show", "--domain", "vision"])
     assert old.domain == "vision" and "--domain is deprecated; use --project" in err.getvalue()
     assert "--domain" not in parser._subparsers._group_actions[0].choices["user"].format_help()
+
+
+def test_shell_completion_offers_commands_and_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n",
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out), "COMP_LINE": "trainguard ke", "COMP_POINT": "13"}
+    subprocess.run([sys.executable, "-m", "trainguard.cli.main"], env=env, timeout=60,
+                   capture_output=True)
+    assert out.read_text().split() == ["key"]
+    env.update(COMP_LINE="trainguard key rotate --o", COMP_POINT="25")
+    subprocess.run([sys.executable, "-m", "trainguard.cli.main"], env=env, timeout=60,
+                   capture_output=True)
+    assert "--otp" in out.read_text().split()

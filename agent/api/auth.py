@@ -39,6 +39,7 @@ import functools
 import logging
 import os
 import pwd
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -202,8 +203,14 @@ def _holds(caller: CallerKind, action: str) -> bool:
     return "*" in actions or action in actions
 
 
+@functools.lru_cache(maxsize=64)
+def _pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)")
+
+
 def kind_matches(kind: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(kind, p) for p in patterns)
+    """True when `kind` matches one of the fnmatch `patterns` (case-sensitive)."""
+    return _pattern(tuple(patterns)).match(kind) is not None
 
 
 def is_reserved(kind: str) -> bool:

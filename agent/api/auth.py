@@ -113,18 +113,17 @@ RESERVED_KINDS: tuple[str, ...] = (
 # Security decisions and key/identity changes: today the node's own CLI records them (it runs
 # as root or the agent's uid and holds the home); nobody else may.
 OPERATOR_KINDS: tuple[str, ...] = (
-    "login",
-    "login-*",
-    "session-*",
-    "policy-*",
-    "user-*",
-    "mfa-*",
-    "recovery-*",
-    "totp-*",
-    "access-*",
-    "key-*",
-    "cert-*",
-    "home-*",
+    "login*",
+    "session*",
+    "policy*",
+    "user*",
+    "mfa*",
+    "recovery*",
+    "totp*",
+    "access*",
+    "key*",
+    "cert*",
+    "home*",
 )
 
 # Data-plane telemetry and job events from a trainer (local, or another node's launcher).

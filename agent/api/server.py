@@ -13,10 +13,11 @@ numbers must be finite: ``NaN``, ``Infinity`` and overflowing literals such as `
 refused with code ``non-finite-number`` (strict JSON consumers of the log cannot read them).
 Incidents submitted here are recorded with the caller's provenance: the response engine never
 acts on a remote report's paths or PIDs (`trainguard.evidence.response.verify`). Each remote
-identity (node or user certificate) has a request budget (`RemoteQuota`: a token bucket, one
-token per request and per event in a batch); past it, requests get code ``rate-limited`` and
-one ``api.rate-limited`` entry per identity per minute, so a peer can neither flood this node's
-log nor its event loop (local callers are not limited).
+identity (node or user certificate), and each local account that is not the node's own, has a
+request budget (`RemoteQuota`: a token bucket, one token per request and per event in a batch);
+past it, requests get code ``rate-limited`` and one ``api.rate-limited`` entry per identity per
+minute, so nobody else can flood this node's log or its event loop (root, the agent's uid and
+``allowed_uids`` are not limited).
 """
 
 from __future__ import annotations
@@ -390,7 +391,7 @@ class AgentServer:
         }
 
     def _charge(self, p: ApiPrincipal, n: int) -> None:
-        if p.transport != "tls" or self.quota.take(p.name, n):
+        if p.caller not in _LIMITED or self.quota.take(p.name, n):
             return
         if self.quota.should_note(p.name):
             log.warning("API requests from %s over the rate limit", p.name)
@@ -511,6 +512,10 @@ def _name(req: Mapping[str, Any], key: str) -> str:
         raise ApiError("bad-request", f"{key} must be a non-empty string of at most {_MAX_NAME}")
     return value
 
+
+# callers with a request budget: other nodes, user certificates, and local accounts that are not
+# the node's own (the shared socket lets any local user connect)
+_LIMITED = frozenset({CallerKind.NODE, CallerKind.USER, CallerKind.LOCAL_OTHER})
 
 _PROVENANCE: dict[CallerKind, Provenance] = {
     CallerKind.AGENT: Provenance.AGENT,

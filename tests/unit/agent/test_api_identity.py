@@ -415,9 +415,12 @@ def test_a_flooding_node_is_rate_limited_without_flooding_the_log(served: Served
         big = [{"kind": "train.x", "data": {}}] * 10
         now[0] += 3.0  # 3 tokens back: a batch of 10 events is over budget
         assert served.dispatch({"op": "events", "events": big}, node)["code"] == "rate-limited"
-        assert served.dispatch({"op": "status"}, admin)["ok"]  # local callers are not limited
+        assert served.dispatch({"op": "status"}, admin)["ok"]  # the node's own are not limited
+        other = PRINCIPALS[CallerKind.LOCAL_OTHER]  # any local user on the shared socket is
+        codes = [served.dispatch({"op": "status"}, other)["code"] for _ in range(8)]
+        assert codes[:5] == ["denied"] * 5 and set(codes[5:]) == {"rate-limited"}
         served.call(asyncio.sleep(0.2))
         new = [e.kind for e in served.log.entries() if e.seq > before]
-        assert new.count("api.denied") == 5 and new.count("api.rate-limited") == 1
+        assert new.count("api.denied") == 10 and new.count("api.rate-limited") == 2
     finally:
         served.server.quota = RemoteQuota()

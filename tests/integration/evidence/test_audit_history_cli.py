@@ -122,6 +122,19 @@ def test_deleted_audit_db_is_audit_tampered_not_recreated(cli, home: Path, tmp_p
     assert cli("audit", "verify", "--home", home).code == 0
 
 
+def test_emptied_log_or_whole_state_folder_is_refused(cli, home: Path) -> None:  # noqa: ANN001
+    db = home / "state" / "audit.db"
+    db.write_bytes(b"")  # SQLite would open an empty file as a fresh, empty log
+    r = cli("audit", "log", "--home", home)
+    assert r.code == 2 and "no genesis" in r.stderr
+    assert cli("audit", "verify", "--home", home).code == 1
+    for f in (home / "state").iterdir():  # the log and the home's record of it, all gone
+        f.unlink()
+    r = cli("hooks", "test", "gpu-misuse", "--home", home)
+    assert r.code == 2 and "missing" in r.stderr
+    assert not db.exists()
+
+
 def test_replaced_audit_db_is_refused(cli, home: Path, tmp_path: Path) -> None:  # noqa: ANN001
     other = tmp_path / "other"
     _init(cli, other)  # same node and cluster names, another init: another log
@@ -287,3 +300,27 @@ def test_unreachable_witness_fails_verify_unless_told(cli, home: Path) -> None: 
     assert "--no-witness" in r.stderr
     r = cli("audit", "verify", "--home", home, "--no-witness", "--format", "json")
     assert r.code == 0 and r.json()["witness"]["compared"] is False
+
+
+@pytest.mark.slow
+def test_agent_cycle_sends_checkpoints_to_the_witness(cli, home: Path, witness) -> None:  # noqa: ANN001
+    """The agent, not only `audit verify`, ships checkpoints off the node, and a witness outage
+    costs nothing: what was not acknowledged is sent on the next cycle."""
+    w, addr = witness
+    _events(cli, home, 2)
+    pki = home / "pki"
+
+    def held() -> int:
+        with AgentClient.remote(addr, pki / "node.crt", pki / "node.key", pki / "ca.crt") as c:
+            return len(c.call("witness-copies", node="n1")["checkpoints"])
+
+    assert held() == 0
+    r = cli("agent", "run", "--once", "--home", home, "--format", "json")
+    assert r.code in (0, 1), r.stderr
+    first = held()
+    assert first >= 2
+    sent = json.loads((home / "state" / "witness-sent.json").read_text())
+    assert sent["witness"] == addr and sent["seq"] > 0
+    _events(cli, home, 2)
+    assert cli("agent", "run", "--once", "--home", home).code in (0, 1)
+    assert held() > first

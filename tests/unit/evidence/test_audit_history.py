@@ -237,7 +237,7 @@ def test_replaced_log_and_forked_history_are_caught_by_the_witness(tmp_path: Pat
 
 # ---- properties ------------------------------------------------------------------------------
 
-MUTATIONS = st.sampled_from(["delete", "insert", "reorder", "edit", "drop-checkpoint"])
+MUTATIONS = st.sampled_from(["delete", "insert", "reorder", "edit", "renumber", "drop-checkpoint"])
 
 
 @settings(max_examples=80, deadline=None,
@@ -269,12 +269,14 @@ def test_any_change_of_covered_history_without_the_key_fails(
         rows[i], rows[j] = rows[j], rows[i]
     elif mutation == "edit":
         rows[i] = (*rows[i][:3], "mallory", *rows[i][4:])  # type: ignore[assignment]
+    elif mutation == "renumber":  # every seq from i on shifted, as after a deletion
+        rows[i:] = [(r[0] + 1, *r[1:]) for r in rows[i:]]  # type: ignore[misc]
     else:
         cps = [k for k, r in enumerate(rows[:covered]) if r[4] == CHECKPOINT_KIND]
         if not cps:
             return
         del rows[data.draw(st.sampled_from(cps))]
-    if recompute:
+    if recompute and mutation != "renumber":  # rechaining renumbers 1..n: undoes a renumber
         rows = _rechain(rows)
     with pytest.raises(AuditTampered):
         _verify(rows, trusted_checkpoint=held)

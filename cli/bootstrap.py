@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ def init_home(
     force: bool = False,
     audit_factory: Callable[[Home], AuditSink] | None = None,
     clock: Callable[[], float] = time.time,
+    environ: Mapping[str, str],
 ) -> InitResult:
     """Create every piece of a fresh home. Raises UsageError if one exists and not `force`.
 
@@ -81,7 +82,7 @@ def init_home(
         existed = False
         log.warning("moved the existing home aside to %s", moved)
     try:
-        return _build(home, cluster, node, admin, moved, audit_factory, clock)
+        return _build(home, cluster, node, admin, moved, audit_factory, clock, environ)
     except BaseException as exc:
         # A half-made home would block the next `init` ("already exists") and lack its
         # policy or keys, so nothing of it stays; a home moved aside comes back.
@@ -117,6 +118,7 @@ def _build(
     moved: Path | None,
     audit_factory: Callable[[Home], AuditSink] | None,
     clock: Callable[[], float],
+    environ: Mapping[str, str],
 ) -> InitResult:
     from trainguard.crypto.keyring import Keyring
     from trainguard.crypto.pki import ClusterCA
@@ -143,7 +145,7 @@ def _build(
     from trainguard.core.config import load_config
     from trainguard.evidence.embedded import create_home_log
 
-    genesis = create_home_log(home, load_config(home.config_path), signer)
+    genesis = create_home_log(home, load_config(home.config_path, environ), signer)
     created = [
         str(home.config_path),
         f"{home.keys_dir} (KEK v{keyring.current_version})",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import os
 import tomllib
 import types
 import typing
@@ -281,9 +280,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Load and validate `path` (missing file = all defaults) plus environment overrides."""
-    env = os.environ if environ is None else environ
+def load_config(path: Path, environ: Mapping[str, str]) -> Config:
+    """Load and validate `path` (missing file = all defaults) plus the overrides in `environ`
+    (an entry point passes its environment; library code never reads it)."""
     problems: list[str] = []
     data: dict[str, Any] = {}
     if path.exists():
@@ -294,7 +293,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         except UnicodeDecodeError as exc:
             raise ConfigError(["not UTF-8 text"], source=str(path)) from exc
     _move_keys(data)
-    overrides = _env_overrides(env)
+    overrides = _env_overrides(environ)
     _move_keys(overrides)
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         admin=args.admin or _default_admin(),
         force=args.force,
         audit_factory=lambda home: open_sink(home, ctx.config),
+        environ=ctx.environ,
     )
     data: dict[str, Any] = asdict(result)
     ctx.emit(data, _text)

@@ -33,5 +33,5 @@ def make_home(root: Path, *, node: str = "node-1", keyring: bool = True) -> Home
     from trainguard.core.config import load_config
     from trainguard.evidence.embedded import create_home_log
 
-    create_home_log(home, load_config(home.config_path), key)
+    create_home_log(home, load_config(home.config_path, {}), key)
     return home

@@ -346,9 +346,10 @@ class Agent:
         finally:
             self.notifier.stopping()
             watchdog.cancel()
-            deliveries.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await deliveries
+            stop.set()  # the delivery task finishes the sends in flight, then ends
+            grace = 2 * self.engine.hooks.webhook_timeout_seconds + 1.0
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(deliveries, grace)
             self._wake_deliveries = None
             await self._shutdown()
         return 0

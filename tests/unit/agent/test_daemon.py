@@ -301,7 +301,7 @@ def test_webhook_retries_run_on_their_own_schedule_not_once_per_cycle(short_home
             if agent.engine.queue.counts()["delivered"] == 1:
                 break
             await asyncio.sleep(0.05)
-        assert agent.cycles == 1
+        assert agent.cycles <= 1  # delivered without a second cycle (the first may still run)
         assert len(seen) == 3 and agent.engine.queue.counts() == {"pending": 0, "delivered": 1}
         assert len(list(agent.audit.entries(kind="webhook.delivered"))) == 1
         stop.set()

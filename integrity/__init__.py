@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from trainguard.core.errors import IntegrityError
+from trainguard.core.errors import IntegrityError as IntegrityError  # re-exported
 
 _EXPORTS: dict[str, str] = {
     "UnsignedCheckpoint": "artifacts",

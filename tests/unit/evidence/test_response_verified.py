@@ -435,3 +435,13 @@ def test_quarantine_accepts_the_folder_as_configured_through_an_admins_symlink(
     res = run_action("quarantine", ctx, _incident(path=str(alias / "sub" / "bad.pkl")))
     assert res.ok, res.detail
     assert not (lay.models / "sub" / "bad.pkl").exists()
+
+
+def test_without_an_agent_quarantine_refuses_as_unverified(home: Home, tmp_path: Path) -> None:
+    """The CLI or trainer handling an incident while no agent runs has no verifier."""
+    lay = _layout(tmp_path)
+    res = run_action(
+        "quarantine", ActionContext(home=home), _incident(path=str(lay.models / "bad.pkl"))
+    )
+    assert not res.ok and res.detail.startswith("refused: unverified")
+    assert (lay.models / "bad.pkl").read_bytes() == UNSAFE

@@ -163,6 +163,7 @@ class Agent:
         self._load_config = config_loader or (lambda: load_config(home.config_path, {}))
         self.started = clock()
         self.cycles = 0
+        self.progress_at = time.monotonic()
         self.last_cycle: CycleReport | None = None
         self._last_checks = float("-inf")
         self.server: AgentServer | None = None
@@ -210,6 +211,7 @@ class Agent:
         except (TrainguardError, OSError) as exc:
             report.errors.append(f"{type(exc).__name__}: {exc}")
         self.cycles += 1
+        self.progress_at = time.monotonic()  # what the watchdog vouches for
         self.last_cycle = report
         return report
 
@@ -354,12 +356,27 @@ class Agent:
             await self._shutdown()
         return 0
 
+    def stall_deadline(self) -> float:
+        """How long a cycle (checks, telemetry, scoring) may take before the agent counts as
+        stalled: two cycle intervals plus the longest a posture check may run."""
+        return 2 * self.agent_config.cycle_seconds + 120.0
+
     async def _watchdog(self, stop: asyncio.Event) -> None:
+        """Ping systemd's watchdog only while cycles complete: a hung check or telemetry read
+        stops the pings, and systemd restarts the agent (a timer alone would prove nothing)."""
         interval = self.notifier.watchdog_interval
         if interval is None:
             return
+        stalled = False
         while not stop.is_set():
-            self.notifier.watchdog()
+            behind = time.monotonic() - self.progress_at
+            if behind <= self.stall_deadline():
+                self.notifier.watchdog()
+                stalled = False
+            elif not stalled:
+                stalled = True
+                log.error("agent cycle stalled for %.0f s: watchdog pings stopped", behind)
+                self.notifier.notify(STATUS=f"stalled: no completed cycle for {behind:.0f} s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

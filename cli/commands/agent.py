@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,11 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.emit(summary, _once_text)
         return 0
     notifier = Notifier.from_environ(ctx.environ)
+    # sd_notify(unset_environment=1): hooks, checks and every other child must not talk to
+    # systemd in the agent's name (a child could otherwise send READY=1 or keep the watchdog
+    # alive for a stalled agent).
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(name, None)
     environ = dict(ctx.environ)
     agent = Agent(
         ctx.home,

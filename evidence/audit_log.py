@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -47,7 +48,12 @@ from trainguard.evidence.audit_chain import (
     verify_entries,
     verify_segment,
 )
-from trainguard.evidence.audit_genesis import Genesis, make_genesis
+from trainguard.evidence.audit_genesis import (
+    AuditLogMissing,
+    AuditLogReplaced,
+    Genesis,
+    make_genesis,
+)
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -117,6 +123,14 @@ class AuditLogUnavailable(UsageError):
     """The audit log exists but SQLite cannot use it now (locked, no permission, I/O error)."""
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _db_error(path: Path, exc: sqlite3.DatabaseError) -> UsageError:
     """SQLite's own failure as a trainguard error: damage (exit 1 under verify, else 2) or an
     environment problem such as a lock held past the busy timeout or a permission (exit 2)."""
@@ -151,6 +165,10 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self._lock = threading.RLock()
+        self._identity = _file_identity(path)
+        # Told (with the reason) when the file was deleted or swapped under this open log;
+        # the embedded log keeps that as an audit-tampered incident.
+        self.on_lost: Callable[[str], None] | None = None
 
     @classmethod
     def open(
@@ -226,7 +244,23 @@ class AuditLog:
             except sqlite3.DatabaseError as exc:  # damaged or unusable file: never exit 3
                 raise _db_error(self.path, exc) from exc
 
+    def _check_file(self) -> None:
+        """Refuse to write once the file was deleted or swapped since it was opened: SQLite
+        would keep writing into the unlinked inode, evidence nobody would ever read."""
+        current = _file_identity(self.path)
+        if current is not None and current == self._identity:
+            return
+        exc: UsageError = (
+            AuditLogMissing(self.path)
+            if current is None
+            else AuditLogReplaced(self.path, "the file was swapped while it was open")
+        )
+        if self.on_lost is not None:
+            self.on_lost(exc.message)
+        raise exc
+
     def _append_locked(self, prepared: list[tuple[str, str, str]]) -> list[int]:
+        self._check_file()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -328,6 +362,7 @@ class AuditLog:
         if self._signer is None:
             return None
         with self._lock:
+            self._check_file()
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -196,6 +196,7 @@ def open_embedded_log(home: Home, config: Config, *, check_genesis: bool = True)
         record_tampering(home, config, exc.message)
         raise exc
     audit = _open(home, config, _load_signer(home))
+    audit.on_lost = lambda reason: record_tampering(home, config, reason)
     if not check_genesis:
         return audit
     try:

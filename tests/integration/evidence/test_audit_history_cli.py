@@ -324,3 +324,24 @@ def test_agent_cycle_sends_checkpoints_to_the_witness(cli, home: Path, witness) 
     _events(cli, home, 2)
     assert cli("agent", "run", "--once", "--home", home).code in (0, 1)
     assert held() > first
+
+
+@pytest.mark.slow
+def test_log_deleted_under_a_running_agent_is_audit_tampered(cli, witness) -> None:  # noqa: ANN001
+    """The agent holds the log open; deleting the file must not leave it writing evidence into
+    an unlinked inode that nobody will read."""
+    from trainguard.core.errors import TrainguardError
+
+    w, _addr = witness  # a running agent
+    client = AgentClient(Home(w), timeout=10)
+    client.record("train.step", "x", {"step": 1})  # works while the file is there
+    for f in w.glob("state/audit.db*"):
+        f.unlink()
+    with pytest.raises(TrainguardError, match="missing"):
+        client.record("train.step", "x", {"step": 2})
+    client.close()
+    pending = (w / "state" / "audit-tampered.jsonl").read_text().splitlines()
+    assert pending and json.loads(pending[0])["kind"] == "audit-tampered"
+    assert not (w / "state" / "audit.db").exists()
+    r = cli("audit", "verify", "--home", w)
+    assert r.code == 1 and "missing" in r.stderr

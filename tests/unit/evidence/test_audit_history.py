@@ -351,3 +351,24 @@ def test_witness_store_pins_per_node_and_keeps_conflicts(tmp_path: Path) -> None
     assert res["conflicts"] and "log replaced" in res["conflicts"][0]["reason"]
     assert store.copies("node-a")["conflicts"]
     assert store.copies("node-b")["checkpoints"] == []
+
+
+def test_log_deleted_or_swapped_while_open_refuses_writes(tmp_path: Path) -> None:
+    """SQLite keeps writing into an unlinked file: an open log (the agent's) must notice."""
+    path = tmp_path / "a.db"
+    log = _log(path)
+    lost: list[str] = []
+    log.on_lost = lost.append
+    log.append("x", "a", {})
+    for f in tmp_path.glob("a.db*"):
+        f.unlink()
+    with pytest.raises(Exception, match="missing") as err:
+        log.append("x", "a", {})
+    assert err.value.exit_code == 2 and lost and "missing" in lost[0]
+    with pytest.raises(Exception, match="missing"):
+        log.checkpoint(force=True)
+    other = _log(tmp_path / "b.db")
+    other.close()
+    (tmp_path / "b.db").rename(path)  # another log moved into its place
+    with pytest.raises(Exception, match="swapped"):
+        log.append("x", "a", {})

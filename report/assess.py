@@ -24,6 +24,14 @@ from trainguard.report.model import (
 
 WEIGHTS = {"low": 1.0, "medium": 2.0, "high": 3.0, "critical": 5.0}
 
+# The one sentence every format prints in its header (kept next to the rule it states).
+SCORING_METHOD = (
+    "Score = 100 x the severity-weighted share of decided controls that are satisfied "
+    "(weights: " + ", ".join(f"{k} {v:g}" for k, v in WEIGHTS.items()) + "); a control with any "
+    "failed, erroring or warning evidence counts as not satisfied; manual and not-applicable "
+    "controls are excluded from the score."
+)
+
 
 def _matches(source: str, item: EvidenceItem) -> bool:
     return item.source == source

@@ -78,9 +78,14 @@ class ReportState:
 
 def _item(source: str, node: str, status: EvidenceStatus, title: str, detail: str,
           data: dict[str, Any] | None = None, remediation: str | None = None,
-          now: float | None = None) -> EvidenceItem:
+          now: float | None = None, seqs: Iterable[Any] = ()) -> EvidenceItem:
     return EvidenceItem(source, node, status, title, detail, iso(now if now is not None else time.time()),
-                        data or {}, remediation)
+                        data or {}, remediation, tuple(sorted({int(s) for s in seqs if s is not None})))
+
+
+def _seq(e: Entry) -> int | None:
+    s = e.get("seq")
+    return int(s) if s is not None else None
 
 
 def _latest(entries: Sequence[Entry], kinds: Iterable[str]) -> Entry | None:
@@ -101,8 +106,22 @@ def _data(e: Entry) -> dict[str, Any]:
     return dict(d or {})
 
 
+def is_synthetic(e: Entry) -> bool:
+    """A test incident from `hooks test`: marked by the incident engine in the entry itself
+    (never from the reporter's evidence, which another node or user controls)."""
+    return e["kind"] == INCIDENT_KIND and _data(e).get("synthetic") is True
+
+
+def synthetic_incidents(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """The test incidents the report leaves out of its evidence and score, to name them."""
+    return [{"seq": _seq(e), "kind": _data(e).get("kind"), "time": iso(float(e["time"])),
+             "node": _data(e).get("node", e.get("node"))}
+            for e in entries if is_synthetic(e)]
+
+
 def incidents_from(entries: Sequence[Entry]) -> list[dict[str, Any]]:
-    """Every incident with the hooks and actions that ran for it."""
+    """Every real incident (synthetic ones left out) with its audit entry's seq and the hooks
+    and actions that ran for it."""
     handled: dict[str, list[str]] = {}
     for e in entries:
         kind = e["kind"]
@@ -114,11 +133,11 @@ def incidents_from(entries: Sequence[Entry]) -> list[dict[str, Any]]:
             handled.setdefault(inc, []).append(name if ok else f"{name} (failed)")
     out = []
     for e in entries:
-        if e["kind"] != INCIDENT_KIND:
+        if e["kind"] != INCIDENT_KIND or is_synthetic(e):
             continue
         d = _data(e)
         out.append({
-            "id": d.get("id"), "kind": d.get("kind"), "severity": d.get("severity"),
+            "seq": _seq(e), "id": d.get("id"), "kind": d.get("kind"), "severity": d.get("severity"),
             "node": d.get("node", e.get("node")), "time": iso(float(d.get("time") or e["time"])),
             "evidence": d.get("evidence", {}), "hooks": handled.get(str(d.get("id")), []),
         })
@@ -134,13 +153,18 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
         status = EvidenceStatus.WARN if unhandled else EvidenceStatus.PASS
         items.append(_item("incidents", node, status, f"{len(incidents)} incident(s) recorded",
                            f"{len(incidents) - len(unhandled)} handled by hooks or actions, "
-                           f"{len(unhandled)} without a hook", now=now))
+                           f"{len(unhandled)} without a hook"
+                           + (" (audit seq " + ", ".join(str(i["seq"]) for i in unhandled) + ")"
+                              if unhandled else ""),
+                           now=now, seqs=[i["seq"] for i in incidents]))
     decisions = [e for e in entries if e["kind"] in ACCESS_KINDS]
     if decisions:
         denied = sum(1 for e in decisions if e["kind"] == "access-denied")
         items.append(_item("access-decisions", node, EvidenceStatus.PASS,
                            f"{len(decisions)} access decisions audited",
-                           f"{denied} denied, {len(decisions) - denied} allowed", now=now))
+                           f"{denied} denied, {len(decisions) - denied} allowed, audit seq "
+                           f"{_seq(decisions[0])} to {_seq(decisions[-1])}", now=now,
+                           seqs=[_seq(e) for e in decisions if e["kind"] == "access-denied"]))
     deps = _latest(entries, DEPS_KINDS)
     if deps is not None:
         d = _data(deps)
@@ -148,7 +172,8 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
         items.append(_item("deps", node, EvidenceStatus.PASS if clean else EvidenceStatus.FAIL,
                            "dependency verification", f"{'no drift' if clean else 'drift'} at {iso(deps['time'])}: "
                            + json.dumps({k: v for k, v in d.items() if k in ('changed', 'missing', 'extra', 'distributions', 'files')})[:300],
-                           remediation="review the drift named by `trainguard deps verify`, reinstall, re-lock", now=now))
+                           remediation="review the drift named by `trainguard deps verify`, reinstall, re-lock", now=now,
+                           seqs=[_seq(deps)]))
     vulns = _latest(entries, AUDIT_DEPS_KINDS)
     if vulns is not None:
         d = _data(vulns)
@@ -162,7 +187,7 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
                            f"{d.get('source')} at {iso(vulns['time'])}: {n} vulnerable"
                            + (f": {named}" if named else ""),
                            remediation="upgrade to the fixed versions, re-lock, audit again",
-                           now=now))
+                           now=now, seqs=[_seq(vulns)]))
     items.extend(artifact_items(node, entries, incidents, now))
     items.extend(training_items(node, entries, incidents, now))
     rob = [e for e in entries if e["kind"] in ROBUSTNESS_KINDS]
@@ -175,7 +200,8 @@ def log_items(node: str, entries: Sequence[Entry], now: float) -> list[EvidenceI
                            f"clean accuracy {float(d.get('clean_accuracy') or 0):.1%}; worst case {worst}; "
                            f"gradient-masking checks failed: {', '.join(failed) or 'none'}",
                            remediation="a failed gradient-masking check means the robust accuracy is not "
-                                       "trustworthy; evaluate with stronger attacks (apgd, more restarts)", now=now))
+                                       "trustworthy; evaluate with stronger attacks (apgd, more restarts)", now=now,
+                           seqs=[_seq(rob[-1])]))
     return items
 
 
@@ -194,7 +220,9 @@ def artifact_items(node: str, entries: Sequence[Entry], incidents: list[dict[str
                   f"{len(scans)} scan(s) recorded, {scanned_unsafe} unsafe file(s) found by them; "
                   f"{len(unsafe_incidents)} unsafe-artifact incident(s), {len(contained)} quarantined",
                   remediation="quarantine or delete the unsafe files named by `trainguard scan`; "
-                              "map unsafe-artifact to the quarantine action in [hooks.actions]", now=now)]
+                              "map unsafe-artifact to the quarantine action in [hooks.actions]", now=now,
+                  seqs=[*(_seq(e) for e in scans if _data(e).get("unsafe")),
+                        *(i["seq"] for i in unsafe_incidents)])]
 
 
 def training_items(node: str, entries: Sequence[Entry], incidents: list[dict[str, Any]], now: float) -> list[EvidenceItem]:
@@ -204,11 +232,13 @@ def training_items(node: str, entries: Sequence[Entry], incidents: list[dict[str
         tampered = [i for i in incidents if i["kind"] in ("checkpoint-tampered", "membership-failure", "replica-divergence")]
         items.append(_item("training", node, EvidenceStatus.PASS, f"{len(runs)} training event(s)",
                            "authenticated membership, sealed and signed checkpoints; "
-                           f"{len(tampered)} integrity incident(s) detected and refused", now=now))
+                           f"{len(tampered)} integrity incident(s) detected and refused", now=now,
+                           seqs=[i["seq"] for i in tampered]))
     byz = [i for i in incidents if i["kind"] == "byzantine-worker"]
     if byz:
         items.append(_item("byzantine", node, EvidenceStatus.PASS, f"{len(byz)} Byzantine worker incident(s)",
-                           "flagged by per-rank update statistics under robust aggregation", now=now))
+                           "flagged by per-rank update statistics under robust aggregation", now=now,
+                           seqs=[i["seq"] for i in byz]))
     return items
 
 

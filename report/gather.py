@@ -22,6 +22,7 @@ from trainguard.report.evidence import (
     iso,
     log_items,
     robustness_points,
+    synthetic_incidents,
     training_runs,
 )
 from trainguard.report.mapping import load_controls
@@ -200,9 +201,15 @@ def witness_lookup(home: Home, config: Config, remotes: Sequence[RemoteNode]) ->
 
 def _node(name: str, source: str, entries: list[dict[str, Any]], items: list[EvidenceItem], ok: bool,
           detail: str, cp_seq: int | None, rolled: bool, now: float) -> NodeEvidence:
+    first = last = None
+    synthetic: list[dict[str, Any]] = []
     if ok:
         items += log_items(name, entries, now)
         incidents, rob, runs = incidents_from(entries), robustness_points(entries), training_runs(entries)
+        synthetic = synthetic_incidents(entries)
+        if entries:
+            times = [float(e["time"]) for e in entries]
+            first, last = iso(min(times)), iso(max(times))
     else:
         # An unverified log proves nothing: say so instead of deriving evidence from it.
         incidents, rob, runs = [], [], []
@@ -210,7 +217,7 @@ def _node(name: str, source: str, entries: list[dict[str, Any]], items: list[Evi
             items.append(_item(source_name, name, EvidenceStatus.FAIL, "evidence from an unverified log",
                                f"not derived: the node's audit log failed verification ({detail})", now=now))
     return NodeEvidence(name, source, ok, detail, len(entries), cp_seq, rolled, tuple(items),
-                        tuple(incidents), tuple(rob), tuple(runs))
+                        tuple(incidents), tuple(rob), tuple(runs), first, last, tuple(synthetic))
 
 
 def _check_item(node: str, r: dict[str, Any], now: float) -> EvidenceItem:

@@ -8,8 +8,23 @@ Evidence comes from sources (report/evidence.py); the control mapping
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+import uuid
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
+
+# Namespace of the report's UUID v5 identifiers (report id, OSCAL uuids).
+REPORT_NS = uuid.UUID("5c3f7a0e-4b8e-4f6e-9a55-7d7c8b1f2a10")
+
+
+def tool_version() -> str:
+    """The installed trainguard's version (the report header names the tool that wrote it)."""
+    try:
+        return metadata.version("trainguard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class EvidenceStatus(enum.StrEnum):
@@ -58,6 +73,7 @@ class EvidenceItem:
     collected: str
     data: dict[str, Any] = field(default_factory=dict)
     remediation: str | None = None
+    seqs: tuple[int, ...] = ()  # the audit entries (sequence numbers) this item derives from
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,9 @@ class NodeEvidence:
     incidents: tuple[dict[str, Any], ...] = ()
     robustness: tuple[dict[str, Any], ...] = ()
     training_runs: tuple[dict[str, Any], ...] = ()
+    first_entry: str | None = None  # ISO time of the first and last audit entry read
+    last_entry: str | None = None
+    synthetic_incidents: tuple[dict[str, Any], ...] = ()  # `hooks test`: left out of evidence
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,38 @@ class Report:
     nodes: tuple[NodeEvidence, ...]
     controls: tuple[ControlAssessment, ...]
     score: float
+    tool_version: str = field(default_factory=tool_version)
+
+    @property
+    def evidence_range(self) -> tuple[str, str] | None:
+        """First and last audit-entry time across the nodes (ISO 8601 UTC), None without any."""
+        firsts = [n.first_entry for n in self.nodes if n.first_entry]
+        lasts = [n.last_entry for n in self.nodes if n.last_entry]
+        return (min(firsts), max(lasts)) if firsts and lasts else None
+
+    @property
+    def report_id(self) -> str:
+        """UUID v5 over the evidence: the same evidence gives the same id, whenever it was
+        gathered (collection and generation times are left out; everything observed is in)."""
+        doc = {
+            "cluster": self.cluster,
+            "nodes": [
+                [n.name, n.source, n.log_verified, n.log_detail, n.entries, n.checkpoint_seq,
+                 n.rolled_back, n.first_entry, n.last_entry, list(n.incidents), list(n.robustness),
+                 list(n.training_runs), list(n.synthetic_incidents),
+                 [[e.source, e.node, e.status.value, e.title, e.detail, e.data, e.remediation,
+                   list(e.seqs)] for e in n.items]]
+                for n in self.nodes
+            ],
+            "controls": [[a.control.id, a.status.value] for a in self.controls],
+            "score": self.score,
+        }
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+        return str(uuid.uuid5(REPORT_NS, "report/" + hashlib.sha256(canonical.encode()).hexdigest()))
+
+    @property
+    def synthetic_incidents(self) -> list[dict[str, Any]]:
+        return [i for n in self.nodes for i in n.synthetic_incidents]
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in ControlStatus}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trainguard.report.header import header
 from trainguard.report.model import Report
 
 
 def report_dict(report: Report) -> dict[str, Any]:
     return {
         "schema": "trainguard-report/1",
+        "header": header(report).to_dict(),
         "generated_at": report.generated_at,
         "cluster": report.cluster,
         "score": report.score,
@@ -24,6 +26,8 @@ def report_dict(report: Report) -> dict[str, Any]:
                 "entries": n.entries,
                 "checkpoint_seq": n.checkpoint_seq,
                 "rolled_back": n.rolled_back,
+                "first_entry": n.first_entry,
+                "last_entry": n.last_entry,
             }
             for n in report.nodes
         ],
@@ -43,6 +47,7 @@ def report_dict(report: Report) -> dict[str, Any]:
                         "title": e.title,
                         "detail": e.detail,
                         "collected": e.collected,
+                        "audit_seqs": list(e.seqs),
                     }
                     for e in a.evidence
                 ],
@@ -50,6 +55,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             for a in report.controls
         ],
         "incidents": report.incidents,
+        "synthetic_incidents_excluded": report.synthetic_incidents,
         "training_runs": report.training_runs,
         "robustness": report.robustness,
     }

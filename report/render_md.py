@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from trainguard.report.model import Report
+from trainguard.report.header import header
+from trainguard.report.model import EvidenceItem, Report
 
 
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _seqs(e: EvidenceItem) -> str:
+    return f" (audit seq {', '.join(map(str, e.seqs))})" if e.seqs else ""
 
 
 class MarkdownFormatter:
@@ -17,19 +22,24 @@ class MarkdownFormatter:
         out = [
             f"# trainguard audit report: cluster {report.cluster}",
             "",
-            f"Generated {report.generated_at}. Score **{report.score:.1f} / 100** "
+            "| field | value |",
+            "|---|---|",
+            *(f"| {label} | {_cell(text)} |" for label, text in header(report).rows()),
+            "",
+            f"Score **{report.score:.1f} / 100** "
             f"({counts['satisfied']} satisfied, {counts['not-satisfied']} not satisfied, "
             f"{counts['manual']} manual, {counts['not-applicable']} not applicable).",
             "",
             "## Nodes",
             "",
-            "| node | source | audit log | entries | last checkpoint | rolled back |",
-            "|---|---|---|---|---|---|",
+            "| node | source | audit log | entries | first entry | last entry | last checkpoint | rolled back |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for n in report.nodes:
             log = "verified" if n.log_verified else f"**FAILED**: {n.log_detail}"
             out.append(
                 f"| {_cell(n.name)} | {_cell(n.source)} | {_cell(log)} | {n.entries} | "
+                f"{n.first_entry or '-'} | {n.last_entry or '-'} | "
                 f"{n.checkpoint_seq if n.checkpoint_seq is not None else '-'} | "
                 f"{'**yes**' if n.rolled_back else 'no'} |"
             )
@@ -44,19 +54,24 @@ class MarkdownFormatter:
             if not a.evidence:
                 out.append("No automated evidence; an assessor must review this control.")
             for e in a.evidence:
-                out.append(f"- **{e.status.value}** [{_cell(e.node)}] {_cell(e.title)}: {_cell(e.detail)}")
+                out.append(f"- **{e.status.value}** [{_cell(e.node)}] {_cell(e.title)}: {_cell(e.detail)}"
+                           f"{_seqs(e)}")
             if a.remediation:
                 out += ["", f"Remediation: {a.remediation}"]
         out += ["", "## Incidents", ""]
         if not report.incidents:
             out.append("No incidents recorded.")
         else:
-            out += ["| time | node | kind | severity | handled by |", "|---|---|---|---|---|"]
+            out += ["| audit seq | time | node | kind | severity | handled by |", "|---|---|---|---|---|---|"]
             for i in report.incidents:
                 out.append(
-                    f"| {_cell(i.get('time'))} | {_cell(i.get('node'))} | {_cell(i.get('kind'))} | "
+                    f"| {_cell(i.get('seq', '-'))} | {_cell(i.get('time'))} | {_cell(i.get('node'))} | "
+                    f"{_cell(i.get('kind'))} | "
                     f"{_cell(i.get('severity'))} | {_cell(', '.join(i.get('hooks', [])) or '-')} |"
                 )
+        if report.synthetic_incidents:
+            out += ["", f"Not shown: {len(report.synthetic_incidents)} synthetic test incident(s) "
+                        "from `trainguard hooks test` (see the header)."]
         out += ["", "## Training runs", ""]
         if not report.training_runs:
             out.append("No training runs recorded.")

@@ -421,15 +421,19 @@ def _log_text(entries: list[dict[str, Any]]) -> str:
 def _register_report(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = audit_sub.add_parser(
         "report",
-        help="write the audit report (HTML, Markdown, JSON, OSCAL)",
+        help="write the audit report (HTML, Markdown, JSON, OSCAL, PDF)",
         description=(
             "Gather evidence from this node and, with --node, from remote agents over mTLS; "
             "verify each node's audit log; map everything to NIST SP 800-53 r5 controls and "
-            "MITRE ATLAS techniques. Exit 1 when a control is not satisfied or a log fails."
+            "MITRE ATLAS techniques. OSCAL writes the assessment results and the assessment plan "
+            "they import; pdf prints the HTML report with headless Chromium (install `chromium`). "
+            "Synthetic incidents from `hooks test` are left out of the evidence and the score. "
+            "Exit 1 when a control is not satisfied or a log fails."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("trainguard-report"), help="output folder")
-    p.add_argument("--formats", default="html,md,json,oscal", help="comma-separated: html,md,json,oscal")
+    p.add_argument("--formats", default=_default_formats(),
+                   help="comma-separated: html,md,json,oscal,pdf (default: html,md,json,oscal)")
     p.add_argument("--node", action="append", default=[], metavar="URL",
                    help="remote agent (tls://HOST:PORT); repeat for more nodes")
     p.add_argument("--cert", type=Path, help="client certificate for --node (default: this node's)")
@@ -439,9 +443,16 @@ def _register_report(audit_sub: argparse._SubParsersAction) -> None:  # type: ig
     p.set_defaults(func=run)
 
 
+def _default_formats() -> str:
+    from trainguard.report.formats import DEFAULT_FORMATS
+
+    return DEFAULT_FORMATS
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.report.formats import parse_formats
+    from trainguard.report.formats import ReportFormat, parse_formats
     from trainguard.report.gather import RemoteNode, build_report
+    from trainguard.report.render_pdf import require_chromium
 
     home = ctx.home.require()
     formats = parse_formats(args.formats)
@@ -457,20 +468,26 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     _check_remotes(remotes)
     out: Path = args.out
     _check_out(out)  # before gathering: a wrong --out should not cost a whole evidence pull
+    # Likewise a missing Chromium (exit 2 with the package to install), before any evidence.
+    chromium = require_chromium() if ReportFormat.PDF in formats else None
     report = build_report(home, ctx.config, remotes, include_local=not args.no_local, progress=ctx.info)
-    rendered = {fmt: fmt.formatter() for fmt in formats}
-    paths = _write_all(out, {f: (fm.suffix, fm.render(report)) for f, fm in rendered.items()})
+    if chromium is not None:
+        ctx.info(f"printing the PDF with {chromium}")
+    files = {fmt: fmt.outputs(report, chromium=chromium) for fmt in formats}
+    paths, written = _write_all(out, files)
     counts = report.counts()
     ctx.audit.record("audit-report", "cli", {"score": report.score, "counts": counts, "paths": paths,
                                              "nodes": [n.name for n in report.nodes]})
     failed_nodes = [n.name for n in report.nodes if not n.log_verified or n.rolled_back]
-    data: dict[str, Any] = {"report": paths, "score": report.score, "controls": counts,
+    data: dict[str, Any] = {"report": paths, "files": written, "report_id": report.report_id,
+                            "score": report.score, "controls": counts,
                             "nodes": [{"name": n.name, "log_verified": n.log_verified, "rolled_back": n.rolled_back}
                                       for n in report.nodes]}
 
     def text(d: dict[str, Any]) -> str:
         lines = [f"score {d['score']:.1f}/100: " + ", ".join(f"{v} {k}" for k, v in d["controls"].items())]
-        lines += [f"  {k}: {v}" for k, v in d["report"].items()]
+        lines.append(f"report id {d['report_id']}")
+        lines += [f"  {path}" for path in d["files"]]
         if failed_nodes:
             lines.append("nodes whose log failed verification or went backwards: " + ", ".join(failed_nodes))
         return "\n".join(lines)
@@ -505,18 +522,22 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _write_all(out: Path, texts: dict[Any, tuple[str, str]]) -> dict[str, str]:
+def _write_all(out: Path, files: dict[Any, dict[str, bytes]]) -> tuple[dict[str, str], list[str]]:
     """Write every format or none: on a failure, files written by this run are removed (and
-    the folder, if this run made it), so a half report never passes for a whole one."""
+    the folder, if this run made it), so a half report never passes for a whole one.
+    Returns each format's own file and every file written (OSCAL adds its plan)."""
+    from trainguard.report.formats import BASENAME
+
     made = not out.exists()
     written: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for suffix, text in texts.values():
-            path = out / f"trainguard-report.{suffix}"
-            with atomic_output(path, mode=0o640) as tmp:
-                tmp.write_text(text, encoding="utf-8")
-            written.append(path)
+        for outputs in files.values():
+            for suffix, content in outputs.items():
+                path = out / f"{BASENAME}.{suffix}"
+                with atomic_output(path, mode=0o640) as tmp:
+                    tmp.write_bytes(content)
+                written.append(path)
     except OSError as exc:
         for path in written:
             path.unlink(missing_ok=True)
@@ -527,4 +548,5 @@ def _write_all(out: Path, texts: dict[Any, tuple[str, str]]) -> dict[str, str]:
             f"cannot write the report to {out}: {where}: {exc.strerror or exc}",
             tip="choose a writable --out folder; the files of this run were removed",
         ) from exc
-    return {fmt.value: str(out / f"trainguard-report.{suffix}") for fmt, (suffix, _) in texts.items()}
+    own = {fmt.value: str(out / f"{BASENAME}.{next(iter(outputs))}") for fmt, outputs in files.items()}
+    return own, [str(p) for p in written]

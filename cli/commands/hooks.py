@@ -27,9 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "test",
         help="fire a synthetic incident of KIND through the configured hooks",
         description=(
-            'Record a synthetic incident (evidence {"test": true}) and run every hook in hooks.d '
-            "and the actions configured for KIND. kill, quarantine, revoke and stop-training only "
-            "report what they would do; webhooks are really sent. Exit 1 if a hook or action failed."
+            'Record a synthetic incident (evidence {"test": true}, audit entry marked '
+            '"synthetic": true) and run every hook in hooks.d and the actions configured for KIND. '
+            "kill, quarantine, revoke and stop-training only report what they would do; webhooks "
+            "are really sent. The audit report leaves synthetic incidents out of its evidence, "
+            "incident table and score (it counts them in its header). "
+            "Exit 1 if a hook or action failed."
         ),
     )
     test.add_argument("kind", choices=[k.value for k in IncidentKind], metavar="KIND",
@@ -111,7 +114,8 @@ def _test(args: argparse.Namespace, ctx: Context) -> int:
             engine = IncidentEngine.from_config(home, ctx.config, log)
         try:
             incident = engine.report(
-                args.kind, args.severity, evidence, actor="hooks-test", respond=False
+                args.kind, args.severity, evidence, actor="hooks-test", respond=False,
+                synthetic=True,
             )
             outcomes = engine.respond(incident) if incident.status == "new" else []
         finally:

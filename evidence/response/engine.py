@@ -154,12 +154,16 @@ class IncidentEngine:
         actor: str = AGENT_ACTOR,
         respond: bool = True,
         provenance: Provenance = Provenance.AGENT,
+        synthetic: bool = False,
     ) -> Incident:
         """Record an incident (unless it duplicates a recent one or the rate limit is reached)
         and run hooks and actions for it. Returns the incident with its status.
 
         `provenance` says who reported it, as the caller's transport proved; the API passes
         ``remote`` for other nodes and user certificates, ``local`` for other local processes.
+        `synthetic` marks a test incident (`hooks test`) in the entry itself, outside the
+        caller's evidence, so the report leaves it out of its evidence and score; only
+        in-process callers can set it (the API never does).
         """
         k, sev = parse_kind(kind), parse_severity(severity)
         now = self._clock()
@@ -175,7 +179,8 @@ class IncidentEngine:
         seq = self.audit.append(
             "incident",
             actor,
-            {**incident.to_dict(), "dedup_key": key, "provenance": provenance.value},
+            {**incident.to_dict(), "dedup_key": key, "provenance": provenance.value}
+            | ({"synthetic": True} if synthetic else {}),
         )
         # Kind, severity and where to look: never the evidence, which may name paths or users.
         log.log(LOG_LEVELS[sev], "incident %s: %s (%s) reported by %s; audit entry %d",

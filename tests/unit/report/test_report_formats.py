@@ -138,7 +138,7 @@ def test_oscal_is_valid_for_compliance_trestle() -> None:
 def test_parse_formats() -> None:
     assert parse_formats("html, md,json,oscal,md") == [ReportFormat.HTML, ReportFormat.MD, ReportFormat.JSON, ReportFormat.OSCAL]
     with pytest.raises(UsageError):
-        parse_formats("pdf")
+        parse_formats("docx")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -20,7 +20,9 @@ What each attack meets:
   checkpoint) is longer than the `Cadence` allows (N entries or T seconds). Dropping any
   checkpoint breaks every later one, so a forgery always ends in one long unsigned tail; only a
   tail shorter than the cadence can be forged without the key (a witness copy of a later
-  checkpoint still catches that);
+  checkpoint still catches that). A gap between two checkpoints after the genesis is held to
+  the cadence too (widened to what the checkpoint at either end signed its writer used), so
+  history nobody signed in time fails even once something signs it later;
 * entries deleted, inserted, reordered or edited: the seq run or a hash breaks at that entry;
 * a second genesis spliced in, or a genesis moved: it is refused where it stands;
 * rewritten *with* the key (root on the node): verifies locally; caught only by copies of
@@ -119,6 +121,12 @@ class Checkpoint:
         if self.every is not None:
             body.update(v=2, every=self.every, seconds=self.seconds)
         return bytes(canonical_json(body))
+
+    def promise(self) -> Cadence | None:
+        """The verification cadence its writer signed up to (None for format 1)."""
+        if self.every is None or self.seconds is None:
+            return None
+        return Cadence.derived(self.every, self.seconds)
 
     def verify(self, verify_key: VerifyKey) -> None:
         """Raise `BadSignature` unless the node key signed this checkpoint."""
@@ -241,7 +249,9 @@ def verify_entries(
     bad seq. `anchor` is the prev_hash expected for the first row (GENESIS for a full log; None
     to accept the first row's prev_hash, for an exported segment). With `require_genesis`, the
     log must hold a genesis signed by `verify_key` (entry 1, or a legacy genesis after older
-    entries). With `cadence`, a run of unsigned entries longer than it allows fails."""
+    entries). With `cadence`, a run of unsigned entries longer than it allows fails: the tail,
+    and (after the genesis) any gap between two checkpoints, each widened to the cadence the
+    checkpoint at either end signed."""
     expected_seq: int | None = None
     prev: bytes | None = anchor
     count = checkpoints = 0
@@ -250,8 +260,9 @@ def verify_entries(
     last_cp: Checkpoint | None = None
     genesis: Genesis | None = None
     trusted_seen = trusted_checkpoint is None
-    run = 0  # unsigned entries since the last signed point (genesis or checkpoint)
+    run = run_first = 0  # unsigned entries since the last signed point (genesis or checkpoint)
     run_start = 0.0
+    late: list[tuple[int, float]] = []  # (seq, time) of the run from where it broke `over`
     over: tuple[int, str] | None = None  # where the current unsigned run broke the cadence
     tail_cadence = cadence
     sha256 = hashlib.sha256
@@ -282,26 +293,28 @@ def verify_entries(
         if kind == CHECKPOINT_KIND:
             last_cp = _check_checkpoint(seq, node, data, prev_hash, verify_key)
             checkpoints += 1
-            run, over = 0, None
             if cadence is not None:  # the writer's signed promise may be longer than today's
-                promised = (
-                    None if last_cp.every is None or last_cp.seconds is None
-                    else Cadence.derived(last_cp.every, last_cp.seconds)
-                )
+                promised = last_cp.promise()
+                if over is not None and genesis is not None and tail_cadence is not None:
+                    # A gap between two signatures: held to what either end promised.
+                    _check_gap(late, run_first, run_start, tail_cadence.widened(promised))
                 tail_cadence = cadence.widened(promised)
+            run, over, late = 0, None, []
         elif kind == GENESIS_KIND:
             if genesis is not None:
                 raise AuditTampered(seq, "a second genesis entry (log spliced)")
             genesis = _check_genesis(seq, node, data, prev_hash, verify_key, first=count == 0)
-            run, over = 0, None
+            run, over, late = 0, None, []
         else:
             if run == 0:
-                run_start = t
+                run_start, run_first = t, seq
             run += 1
             if tail_cadence is not None and over is None:
                 over = _over_cadence(
                     seq, run, t - run_start, tail_cadence, timed=genesis is not None
                 )
+            if over is not None:  # only entries from here on can break a wider cadence
+                late.append((seq, t))
         if trusted_checkpoint is not None and seq == trusted_checkpoint.seq:
             if digest.hex() != trusted_checkpoint.hash:
                 raise AuditTampered(seq, "differs from the saved checkpoint (log rewritten)")
@@ -312,9 +325,8 @@ def verify_entries(
         expected_seq = seq + 1
         count += 1
     if over is not None:
-        # Only the tail matters: a run closed by a valid checkpoint is signed history, and
-        # removing a checkpoint breaks every later one, so dropped checkpoints always leave
-        # one long unsigned tail. (Interior runs may also follow an older, longer cadence.)
+        # Dropping a checkpoint breaks every later one, so a forgery without the key always
+        # ends in one long unsigned tail: this is the check that stops it.
         raise AuditTampered(*over)
     if require_genesis and genesis is None:
         raise AuditTampered(
@@ -333,6 +345,15 @@ def verify_entries(
     return VerifyReport(
         count, checkpoints, first_seq, last_seq, last_hash.hex(), last_cp, run, genesis=genesis
     )
+
+
+def _check_gap(
+    late: list[tuple[int, float]], run_first: int, run_start: float, allowed: Cadence
+) -> None:
+    for seq, t in late:
+        bad = _over_cadence(seq, seq - run_first + 1, t - run_start, allowed, timed=True)
+        if bad is not None:
+            raise AuditTampered(*bad)
 
 
 def _over_cadence(

@@ -372,3 +372,19 @@ def test_log_deleted_or_swapped_while_open_refuses_writes(tmp_path: Path) -> Non
     (tmp_path / "b.db").rename(path)  # another log moved into its place
     with pytest.raises(Exception, match="swapped"):
         log.append("x", "a", {})
+
+
+def test_gap_between_checkpoints_longer_than_the_cadence_fails(tmp_path: Path) -> None:
+    """A run of entries nobody signed in time fails even when a checkpoint closes it later."""
+    signed = _log(tmp_path / "a.db", every=5)
+    signed.append_many([("x", "a", {"i": i}) for i in range(4)])
+    unsigned = AuditLog.open(tmp_path / "a.db", "node-a", None, clock=Clock())  # no key
+    unsigned.append_many([("x", "b", {"i": i}) for i in range(12)])
+    assert signed.checkpoint(force=True) is not None  # closes the gap, too late
+    signed.append_many([("x", "a", {"i": i}) for i in range(2)])
+    with pytest.raises(AuditTampered, match="without a signed checkpoint") as err:
+        verify_entries(_rows(signed), PUB, anchor=GENESIS, require_genesis=True,
+                       cadence=Cadence.derived(5, 1e9))
+    assert err.value.seq == 2 + 10  # the gap starts after the genesis: its 11th entry
+    # Entries written under a longer, signed cadence are not held to a shorter one later.
+    verify_entries(_rows(signed), PUB, anchor=GENESIS, cadence=Cadence.derived(100, 1e9))

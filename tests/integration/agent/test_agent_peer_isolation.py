@@ -156,10 +156,12 @@ def test_the_nodes_own_check_still_quarantines_a_verified_unsafe_artifact(
     with (agent.home / "trainguard.toml").open("a") as f:
         f.write('"unsafe-artifact" = ["quarantine"]\n')  # under [hooks.actions]
     agent.proc.send_signal(signal.SIGHUP)  # the reload rebuilds the engine and its verifier
-    for _ in range(100):
+    for _ in range(600):  # applied between cycles: the first one may still be running checks
         if any(e["kind"] == "agent.reload" for e in agent.entries()):
             break
         time.sleep(0.1)
+    else:
+        pytest.fail("the agent did not reload its configuration within 60 s")
     bad = agent.models / "pretrained.pt"
     bad.write_bytes(UNSAFE)
     r = cli("check", "--id", "model-artifacts", "--home", agent.home, "--format", "json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import enum
 import json
 import sys
@@ -23,6 +24,36 @@ if TYPE_CHECKING:
 class OutputFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+# JSON output carries timestamps as ISO-8601 UTC strings: a key that names a time (``time``,
+# ``*_at``, ``created``, ...) with a plausible epoch value (after 2001) is converted in `emit`.
+_TIME_KEYS = frozenset({"time", "created", "collected", "generated", "started", "finished",
+                        "since", "until", "last_checkpoint"})
+_EPOCH_MIN = 1e9
+
+
+def iso_utc(seconds: float) -> str:
+    """``2026-12-03T10:35:16.250Z`` (milliseconds kept when there are any)."""
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    text = stamp.isoformat(timespec="milliseconds" if stamp.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def iso_times(data: Any) -> Any:
+    """A copy of `data` with epoch timestamps under time-naming keys turned into ISO strings."""
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            named = isinstance(k, str) and (k in _TIME_KEYS or k.endswith(("_at", "_time")))
+            if named and isinstance(v, int | float) and not isinstance(v, bool) and v >= _EPOCH_MIN:
+                out[k] = iso_utc(float(v))
+            else:
+                out[k] = iso_times(v)
+        return out
+    if isinstance(data, list | tuple):
+        return [iso_times(v) for v in data]
+    return data
 
 
 def _json_default(obj: Any) -> Any:
@@ -111,7 +142,8 @@ class Context:
     def emit(self, data: Any, text: Callable[[Any], str] | str | None = None) -> None:
         """Write the command's result: JSON as is, or text rendered by `text`."""
         if self.json:
-            json.dump(data, self.stdout, indent=2, sort_keys=False, default=_json_default)
+            json.dump(iso_times(data), self.stdout, indent=2, sort_keys=False,
+                      default=_json_default)
             self.stdout.write("\n")
         else:
             rendered = text(data) if callable(text) else text

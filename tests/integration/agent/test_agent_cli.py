@@ -79,7 +79,7 @@ def test_audit_log_filters(home: Path, cli) -> None:  # type: ignore[no-untyped-
 
 
 def test_hooks_list_and_test(home: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     hook = home / "hooks.d" / "10-sample"
     hook.write_bytes((repo / "evidence" / "response" / "sample_hook.sh").read_bytes())
     hook.chmod(0o700)

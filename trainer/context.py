@@ -34,6 +34,9 @@ class LaunchContextMissing(TrainerError):
     default_tip = ("launch the script with `trainguard train --script PATH` (it sets "
                    f"${ENV_CONTEXT}); plain torchrun runs it unprotected")
 
+    def __str__(self) -> str:  # a user's script prints this in its traceback: say what to do
+        return self.diagnostics()
+
 
 @dataclass(frozen=True)
 class Trust:

@@ -1,4 +1,6 @@
-"""`trainguard train` end to end: init, login with TOTP, preflight, 3 workers, audit trail."""
+"""`trainguard train` end to end: init, login with TOTP, preflight, torchrun workers, audit
+trail; the built-in recipe (CONFIG.toml) and the user's own scripts (--script), plain PyTorch
+and Hugging Face Accelerate."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest
-from support.trainer_jobs import DIGITS
+from support.trainer_jobs import DIGITS, EXAMPLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +59,7 @@ def test_digits_converges_with_three_workers_and_leaves_an_audit_trail(cli, home
     import torch
 
     state = torch.load(weights, weights_only=True)
+    assert "artifact-scan" in steps
     assert state["1.weight"].shape == (64, 64)  # digits_mlp: Flatten, then 64 inputs -> 64 hidden
 
     log = cli("audit", "log", "--home", home, "--format", "json").json()
@@ -68,3 +71,49 @@ def test_digits_converges_with_three_workers_and_leaves_an_audit_trail(cli, home
     assert "train.telemetry" in kinds and "train.finish" in kinds and "train.export" in kinds
     verify = cli("audit", "verify", "--home", home, "--format", "json")
     assert verify.code == 0, verify.stderr
+
+
+@pytest.mark.parametrize("example", ["digits_plain.py", "digits_accelerate.py"])
+def test_script_example_is_protected_end_to_end(cli, home: Path, tmp_path: Path, example: str) -> None:
+    _login(cli, home)
+    ck = tmp_path / "ck"
+    out = cli("train", "--script", EXAMPLES / example, "--home", home, "--nproc", "2",
+              "--checkpoint-dir", ck, "--skip-deps-verify", "--format", "json",
+              "--", "--epochs", "3", "--checkpoint-every", "25")
+    assert out.code == 0, out.stderr
+    result = out.json()
+    assert result["status"] == "completed" and result["script"].endswith(example)
+    assert result["final_accuracy"] >= 0.85
+    assert result["world_size"] == 2 and result["device"] == "cpu" and result["backend"] == "gloo"
+    assert [c["step"] for c in result["checkpoints"]] == [25, 50, 63]
+    assert sorted(p.name for p in ck.glob("*.tgseal")) == [
+        "step-00000025.tgseal", "step-00000050.tgseal", "step-00000063.tgseal"]
+    steps = {s["name"]: s["status"] for s in result["preflight"]["steps"]}
+    assert steps["authorize"] == "passed" and steps["artifact-scan"] == "passed"
+    log = cli("audit", "log", "--home", home, "--format", "json").json()
+    launch = next(e for e in log if e["kind"] == "train.launch")
+    assert launch["data"]["script"].endswith(example)
+    assert launch["data"]["script_args"] == ["--epochs", "3", "--checkpoint-every", "25"]
+    assert [e["kind"] for e in log].count("train.checkpoint") == 3
+
+
+def test_script_outside_trainguard_train_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
+    env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})  # as plain torchrun sets
+    out = subprocess.run([sys.executable, EXAMPLES / "digits_plain.py"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert "not started by `trainguard train`" in out.stderr
+    assert "trainguard train --script" in out.stderr
+
+
+def test_multi_node_without_a_rendezvous_is_a_usage_error(cli, home: Path) -> None:
+    out = cli("train", "--script", EXAMPLES / "digits_plain.py", "--home", home, "--nnodes", "2",
+              "--skip-deps-verify", "--format", "json")
+    assert out.code == 2, out.stderr
+    assert "--rdzv-endpoint" in out.stderr
+    assert not list((home / "state" / "runs").glob("*/torchrun.log"))

@@ -2,15 +2,25 @@
 exponential backoff until the endpoint accepts it, so an outage of any length loses nothing.
 
 Each delivery has an idempotency key (the incident id); enqueueing the same key twice is a no-op,
-and the receiver sees the key in the ``Idempotency-Key`` header, so a retry after a lost reply is
-recognisable: delivery is at least once, and exactly once for a receiver that keeps the keys it
-has accepted. Backoff: ``retry_base_seconds * 2**attempts``, capped at ``retry_max_seconds``;
-nothing is ever dropped (the queue keeps pending deliveries across restarts). The body is signed: ``X-Trainguard-Signature: sha256=<hex>`` is
-HMAC-SHA256 over the exact body bytes with the configured secret.
+and the receiver sees the key as ``webhook-id``, so a retry after a lost reply is recognisable:
+delivery is at least once, and exactly once for a receiver that keeps the ids it has accepted.
+Backoff: ``retry_base_seconds * 2**attempts``, capped at ``retry_max_seconds``; nothing is ever
+dropped (the queue keeps pending deliveries across restarts).
+
+Deliveries are signed in the Standard Webhooks format (https://www.standardwebhooks.com):
+``webhook-id`` (the idempotency key), ``webhook-timestamp`` (integer Unix seconds of this
+attempt, so a retry after a long outage still passes a receiver's freshness check) and
+``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. The secret is the
+content of `webhook_secret_file`: ``whsec_<base64>`` (the Standard Webhooks form; the key is the
+decoded bytes) or any other string (used as the key bytes as they are). A receiver recomputes
+the signature, compares it in constant time, and rejects timestamps more than 5 minutes away
+from its clock and ids it has already accepted: a captured delivery cannot be replayed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -23,19 +33,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainguard.core.errors import UsageError
+
 __all__ = [
+    "ID_HEADER",
     "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
     "DeliveryQueue",
     "Transport",
     "WebhookSender",
-    "sign_body",
+    "sign_webhook",
     "urllib_transport",
+    "webhook_key",
 ]
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Trainguard-Signature"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Standard Webhooks headers
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+_SECRET_PREFIX = b"whsec_"
 
 # (url, body, headers, timeout) -> HTTP status; raises OSError when the endpoint is unreachable.
 Transport = Callable[[str, bytes, Mapping[str, str], float], int]
@@ -57,9 +75,33 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt);
 """
 
 
-def sign_body(secret: bytes, body: bytes) -> str:
-    """The signature header value for `body`: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def webhook_key(secret: bytes) -> bytes:
+    """The HMAC key of a webhook secret: the base64-decoded part of ``whsec_<base64>``, or the
+    secret's bytes as they are.
+
+    Raises:
+        UsageError: the secret says ``whsec_`` but the rest is not base64, or it is empty.
+    """
+    if not secret.startswith(_SECRET_PREFIX):
+        return secret
+    try:
+        key = base64.b64decode(secret[len(_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        key = b""
+    if not key:
+        # Never fall back to unsigned (or to signing with the literal text): fail closed.
+        raise UsageError(
+            "the webhook secret starts with whsec_ but the rest is not base64",
+            tip="write whsec_ followed by the base64 of the key into webhook_secret_file, "
+            "e.g. `echo whsec_$(head -c 32 /dev/urandom | base64)`",
+        )
+    return key
+
+
+def sign_webhook(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 def urllib_transport(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
@@ -170,7 +212,7 @@ class WebhookSender:
         timeout: float = 5.0,
     ) -> None:
         self.queue = queue
-        self._secret = secret
+        self._key = webhook_key(secret) if secret else None
         self._transport = transport
         self._clock = clock
         self._base = base_seconds
@@ -182,13 +224,15 @@ class WebhookSender:
         return float(min(self._max, self._base * (2 ** min(attempts, 30))))
 
     def headers(self, key: str, body: bytes) -> dict[str, str]:
+        timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "trainguard-agent",
-            IDEMPOTENCY_HEADER: key,
+            ID_HEADER: key,
+            TIMESTAMP_HEADER: str(timestamp),
         }
-        if self._secret:
-            headers[SIGNATURE_HEADER] = sign_body(self._secret, body)
+        if self._key:
+            headers[SIGNATURE_HEADER] = sign_webhook(self._key, key, timestamp, body)
         return headers
 
     def drain(self, limit: int = 100) -> tuple[list[str], int]:

@@ -3,6 +3,7 @@ exactly once, signed, in order; nothing is lost across an agent restart."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.server
@@ -16,7 +17,7 @@ from trainguard.crypto.signing import SigningKey
 from trainguard.evidence.audit_log import AuditLog
 from trainguard.evidence.response.config import HooksConfig
 from trainguard.evidence.response.engine import IncidentEngine
-from trainguard.evidence.response.queue import DeliveryQueue, WebhookSender, sign_body
+from trainguard.evidence.response.queue import DeliveryQueue, WebhookSender
 
 SECRET = b"s3cret-webhook-key"
 
@@ -41,13 +42,15 @@ class Endpoint:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-                if self.headers.get("X-Trainguard-Signature") != want:
+                # Standard Webhooks: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">
+                signed = f"{self.headers['webhook-id']}.{self.headers['webhook-timestamp']}."
+                mac = hmac.new(SECRET, signed.encode() + body, hashlib.sha256).digest()
+                if self.headers.get("webhook-signature") != "v1," + base64.b64encode(mac).decode():
                     endpoint.bad_signatures += 1
                 if endpoint.down:
                     self.send_response(503)
                 else:
-                    endpoint.accepted.append(self.headers["Idempotency-Key"])
+                    endpoint.accepted.append(self.headers["webhook-id"])
                     self.send_response(200)
                 self.end_headers()
 
@@ -72,12 +75,6 @@ def _free_port() -> int:
 @pytest.fixture
 def port() -> Iterator[int]:
     yield _free_port()
-
-
-def test_sign_body_is_hmac_sha256() -> None:
-    assert (
-        sign_body(b"k", b"body") == "sha256=" + hmac.new(b"k", b"body", hashlib.sha256).hexdigest()
-    )
 
 
 def test_outage_then_recovery_delivers_each_incident_exactly_once(

@@ -51,6 +51,11 @@ def test_report_writes_four_formats_with_verified_local_log(cli, home: Path, tmp
     assert res.code == (1 if data["controls"]["not-satisfied"] else 0)
     oscal = json.loads((tmp_path / "r" / FORMATS["oscal"]).read_text())
     assert oscal["assessment-results"]["metadata"]["oscal-version"].startswith("1.1")
+    # OSCAL writes its assessment plan next to the results, where import-ap points
+    plan = tmp_path / "r" / oscal["assessment-results"]["import-ap"]["href"]
+    assert plan.is_file() and str(plan) in data["files"]
+    assert json.loads(plan.read_text())["assessment-plan"]["reviewed-controls"]
+    assert len(data["files"]) == len(FORMATS) + 1
     # the report itself is audit evidence
     log = cli("audit", "log", "--home", home, "--kind", "audit-report", "--format", "json")
     assert log.code == 0 and "audit-report" in log.stdout

@@ -133,6 +133,12 @@ def test_oscal_is_valid_for_compliance_trestle() -> None:
     obs_ids = {o.uuid for o in result.observations}
     for f in result.findings:
         assert {r.observation_uuid for r in f.related_observations} <= obs_ids
+    # the plan the results import is valid too, and names the same controls
+    plan_model = pytest.importorskip("trestle.oscal.assessment_plan")
+    plan = ReportFormat.OSCAL.outputs(_report())["oscal-plan.json"]
+    ap = plan_model.AssessmentPlan.model_validate(json.loads(plan)["assessment-plan"])
+    assert {c.control_id for c in ap.reviewed_controls.control_selections[0].include_controls} == reviewed
+    assert doc["assessment-results"]["import-ap"]["href"] == "trainguard-report.oscal-plan.json"
 
 
 def test_parse_formats() -> None:

@@ -33,13 +33,31 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     ctx.info(f"trainguard demo in {workdir}")
     demo = Demo(workdir, progress=ctx.info, env=clean_env())
     result = run_demo(demo)
+    result["operations"] = _deploy_files()
 
     def text(d: dict[str, Any]) -> str:
         lines = ["", "What the demo showed:"]
         lines += [f"  {i}. {s['title']}: {s['summary']}" for i, s in enumerate(d["steps"], 1)]
         lines += ["", "Report:"] + [f"  {k:6} {v}" for k, v in d["report"].items()]
         lines += ["", f"Demo home: {d['home']} (try: trainguard --home {d['home']} audit log)"]
+        ops = d["operations"]
+        lines += ["", "Operating it (README: Operating trainguard):",
+                  f"  Prometheus alert rules: {ops['prometheus_rules']}",
+                  f"  Grafana dashboard:      {ops['grafana_dashboard']}",
+                  "  Metrics: set [agent] metrics_listen = \"127.0.0.1:9839\" and scrape /metrics"]
         return "\n".join(lines)
 
     ctx.emit(result, text)
     return 0
+
+
+def _deploy_files() -> dict[str, str]:
+    """Where the shipped alert rules and dashboard are: the checkout's deploy/ folder (a source
+    install, as `make demo` runs), else where to find them in the source distribution."""
+    root = Path(__file__).resolve().parents[2]
+    found = {
+        "prometheus_rules": root / "deploy" / "prometheus" / "trainguard.rules.yml",
+        "grafana_dashboard": root / "deploy" / "grafana" / "trainguard.json",
+    }
+    return {k: str(v) if v.is_file() else f"deploy/{v.parent.name}/{v.name} in the trainguard source"
+            for k, v in found.items()}

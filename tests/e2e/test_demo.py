@@ -27,6 +27,9 @@ def test_demo_runs_every_step_and_writes_the_report(cli, tmp_path: Path) -> None
     assert any((tmp_path / "demo" / "home" / "quarantine").iterdir())
     # progress went to stderr, step by step
     assert "[1] Create a home" in res.stderr and "[11] Write the audit report" in res.stderr
+    # where the alert rules and the dashboard are (README: Operating trainguard)
+    for path in data["operations"].values():
+        assert Path(path).is_file(), path
 
 
 def test_demo_refuses_a_non_empty_folder(cli, tmp_path: Path) -> None:

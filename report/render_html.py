@@ -23,7 +23,7 @@ table{border-collapse:collapse;width:100%;margin:.5rem 0}
 td,th{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}
 th{background:#f4f4f4}.satisfied{color:#1a7f37}.not-satisfied{color:#cf222e;font-weight:bold}
 .manual{color:#9a6700}.not-applicable{color:#666}.fail,.error{color:#cf222e}.pass{color:#1a7f37}.warn{color:#9a6700}
-.score{font-size:2.4rem;font-weight:bold;margin:.5rem 0}
+.score{font-size:2.4rem;font-weight:bold;margin:.5rem 0}td>span{white-space:nowrap}
 dl.about{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;font-size:.9rem}
 dl.about dt{font-weight:bold}dl.about dd{margin:0}
 tr.evidence td{border-top:none;background:#fbfbfb}

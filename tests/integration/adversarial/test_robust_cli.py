@@ -1,4 +1,4 @@
-"""`trainguard robust train` then `robust eval` on digits through the real CLI."""
+"""`trainguard robust train` then `robust eval` / `robust certify` on digits through the real CLI."""
 
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ def test_train_then_eval_on_digits(cli, tmp_path, trained):
         "0.1,0.3",
         "--attack",
         "all",
+        "--budget",
+        "fast",
         "--steps",
         "5",
         "--limit",
@@ -81,9 +83,10 @@ def test_train_then_eval_on_digits(cli, tmp_path, trained):
     assert r.code in (0, 1), r.stderr
     doc = r.json()
     assert 0.0 <= doc["clean_accuracy"] <= 1.0 and doc["samples"] == 64
-    assert {(p["eps"], p["attack"]) for p in doc["robust"]} == {
-        (e, a) for e in (0.1, 0.3) for a in ("fgsm", "pgd", "apgd")
-    }
+    auto = ("auto/apgd-ce", "auto/apgd-t", "auto/fab-t", "auto/square", "auto")
+    assert [(p["eps"], p["attack"]) for p in doc["robust"]] == [
+        (e, a) for e in (0.1, 0.3) for a in ("fgsm", "pgd", "apgd", *auto)
+    ]
     assert all(0.0 <= p["accuracy"] <= doc["clean_accuracy"] for p in doc["robust"])
     for point in doc["worst_case"]["per_eps"]:
         assert point["accuracy"] <= min(
@@ -95,6 +98,7 @@ def test_train_then_eval_on_digits(cli, tmp_path, trained):
         "iterative-beats-single-step",
         "large-eps-accuracy-near-zero",
         "nonzero-input-gradients",
+        "gradient-free-adds-little",
     }
     assert all(set(c) == {"name", "passed", "detail"} for c in doc["checks"])
     assert r.code == (1 if any(c["passed"] is False for c in doc["checks"]) else 0)
@@ -106,6 +110,197 @@ def test_train_then_eval_on_digits(cli, tmp_path, trained):
     assert log.code == 0, log.stderr
     events = log.json()
     assert events and events[-1]["data"]["weights_sha256"] == doc["weights_sha256"]
+    data = events[-1]["data"]
+    assert data["evidence"] == "empirical" and data["certified"] is None
+    assert data["attacks"] == ["fgsm", "pgd", "apgd", "auto"] and data["budget"] == "fast"
+    assert data["empirical"] == doc["robust"]
+    assert data["worst_case"] == doc["worst_case"]["per_eps"]
+    assert "auto/square:" in r.stderr  # progress of the sequence on stderr
+
+
+def test_default_attack_is_auto_and_eval_can_certify(cli, tmp_path, trained):
+    if not trained.is_file():
+        pytest.skip("needs the model of test_train_then_eval_on_digits")
+    home = tmp_path / "home"
+    assert cli("init", "--home", home, "--admin", "alice", "--node", "n1", env=ONE_THREAD).code == 0
+    r = cli(
+        "robust",
+        "eval",
+        "--model",
+        MODEL,
+        "--weights",
+        trained,
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.1",
+        "--budget",
+        "fast",
+        "--limit",
+        "48",
+        "--certify-sigma",
+        "0.25",
+        "--certify-n",
+        "200",
+        "--home",
+        home,
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code in (0, 1), r.stderr
+    doc = r.json()
+    assert [p["attack"] for p in doc["robust"]][-1] == "auto"
+    cert = doc["certified"]
+    assert cert["method"] == "randomized-smoothing" and cert["sigma"] == 0.25
+    assert cert["per_radius"][0]["radius"] == 0.0
+    log = cli("audit", "log", "--kind", "robustness-eval", "--home", home, "--format", "json")
+    data = log.json()[-1]["data"]
+    assert data["evidence"] == "empirical+certified" and data["certified"] == cert
+
+
+def test_gaussian_training_then_certify(cli, tmp_path):
+    home = tmp_path / "home"
+    assert cli("init", "--home", home, "--admin", "alice", "--node", "n1", env=ONE_THREAD).code == 0
+    weights = tmp_path / "smooth.pt"
+    r = cli(
+        "robust",
+        "train",
+        "--dataset",
+        "digits",
+        "--method",
+        "gaussian",
+        "--sigma",
+        "0.5",
+        "--epochs",
+        "2",
+        "--model",
+        "trainguard.adversarial.models:digits_mlp",
+        "--out",
+        weights,
+        "--home",
+        home,
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code == 0, r.stderr
+    assert r.json()["method"] == "gaussian" and r.json()["sigma"] == 0.5
+    r = cli(
+        "robust",
+        "certify",
+        "--model",
+        "trainguard.adversarial.models:digits_mlp",
+        "--weights",
+        weights,
+        "--dataset",
+        "digits",
+        "--sigma",
+        "0.5",
+        "--n",
+        "300",
+        "--n0",
+        "30",
+        "--radii",
+        "0,0.5,1",
+        "--limit",
+        "40",
+        "--home",
+        home,
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code == 0, r.stderr
+    cert = r.json()["certified"]
+    accs = [p["accuracy"] for p in cert["per_radius"]]
+    assert [p["radius"] for p in cert["per_radius"]] == [0.0, 0.5, 1.0]
+    assert accs == sorted(accs, reverse=True) and accs[0] > 0.5
+    assert "certified 40/40 samples" in r.stderr
+    text = cli(
+        "robust",
+        "certify",
+        "--model",
+        "trainguard.adversarial.models:digits_mlp",
+        "--weights",
+        weights,
+        "--dataset",
+        "digits",
+        "--sigma",
+        "0.5",
+        "--n",
+        "50",
+        "--limit",
+        "4",
+        "--home",
+        home,
+        env=ONE_THREAD,
+    )
+    assert text.code == 0 and "radius 0.5" in text.stdout
+    log = cli("audit", "log", "--kind", "robustness-eval", "--home", home, "--format", "json")
+    data = log.json()[-1]["data"]
+    assert data["evidence"] == "certified" and data["norm"] == "l2" and data["empirical"] == []
+
+
+def test_l2_adversarial_training_and_flag_errors(cli, tmp_path):
+    home = tmp_path / "home"
+    r = cli(
+        "robust",
+        "train",
+        "--dataset",
+        "digits",
+        "--method",
+        "pgd",
+        "--norm",
+        "l2",
+        "--eps",
+        "1.0",
+        "--steps",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "l2.pt",
+        "--home",
+        home,
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code == 0, r.stderr
+    assert r.json()["norm"] == "l2"
+    r = cli(
+        "robust",
+        "train",
+        "--dataset",
+        "digits",
+        "--method",
+        "pgd",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "x.pt",
+        "--home",
+        home,
+        env=ONE_THREAD,
+    )
+    assert r.code == 2 and "needs --eps" in r.stderr
+    r = cli(
+        "robust",
+        "eval",
+        "--model",
+        MODEL,
+        "--weights",
+        tmp_path / "l2.pt",
+        "--dataset",
+        "digits",
+        "--attack",
+        "pgd,bogus",
+        "--home",
+        home,
+        env=ONE_THREAD,
+    )
+    assert r.code == 2 and "unknown attack 'bogus'" in r.stderr
 
 
 def test_malicious_weights_are_refused_before_loading(cli, tmp_path):

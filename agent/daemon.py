@@ -419,12 +419,15 @@ class Agent:
             self_pid=os.getpid(),
             revoked=self.tls.revoked if self.tls is not None else None,
         )
+        from trainguard.agent.api.keys import KeyOps
         from trainguard.agent.api.sessions import SessionOps
         from trainguard.agent.api.witness import WitnessOps
 
         extensions = [
-            SessionOps(self.home, self.config, self.audit, clock=self.clock),
+            SessionOps(self.home, self.config, self.audit, clock=self.clock,
+                       engine=lambda: self.engine),
             WitnessOps(self.audit, self.engine),
+            KeyOps(self.home),
         ]
         self.server = AgentServer(
             self.audit, self.engine, cfg, authorizer, status=self.status, extensions=extensions

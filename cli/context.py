@@ -116,9 +116,14 @@ class Context:
         from trainguard.policy.versions import AuditLedger
 
         home = self.home.require()
+        from trainguard.agent.api.client import report_incident
+
         ledger = AuditLedger(open_embedded_log(home, self.config))
-        return AccessControl.open(home, self.config, self.audit, environ=self.environ,
-                                  ledger=ledger)
+        ac = AccessControl.open(home, self.config, self.audit, environ=self.environ,
+                                ledger=ledger)
+        ac.report_incident = lambda kind, severity, evidence: report_incident(
+            home, self.config, kind, severity, evidence)
+        return ac
 
     def gate(self) -> Any:
         """Who decides logins and authorizations for this account: `access()` when the home is

@@ -143,12 +143,19 @@ class AccessControl:
             self._users_checked = True
         return self._users
 
+    # Where a `policy-tampered` incident goes (kind, severity, evidence): the CLI passes the
+    # agent's (or the embedded) incident engine, the agent its own. Without one the tampering is
+    # still an audit entry and an error, just not an incident with hooks.
+    report_incident: Callable[[str, str, Mapping[str, Any]], Any] | None = None
+
+    def _incident(self, evidence: Mapping[str, Any]) -> None:
+        if self.report_incident is not None:
+            self.report_incident(IncidentKind.POLICY_TAMPERED.value, "critical", dict(evidence))
+
     def _tampered(self, name: str, path: str, current: int, recorded: int, *, tip: str) -> None:
-        self.audit.record(
-            IncidentKind.POLICY_TAMPERED.value,
-            "trainguard",
-            {"path": path, "reason": f"{name} version {current} is older than {recorded}"},
-        )
+        evidence = {"path": path, "reason": f"{name} version {current} is older than {recorded}"}
+        self.audit.record(IncidentKind.POLICY_TAMPERED.value, "trainguard", evidence)
+        self._incident(evidence)
         raise PolicyTampered(path, tip=tip)
 
     def note_versions(self, actor: str) -> None:
@@ -185,7 +192,12 @@ class AccessControl:
     @property
     def rules(self) -> PolicyRules:
         if self._rules is None:
-            rules, version = self.policy_file.load_versioned(self.verify_key, self.audit)
+            try:
+                rules, version = self.policy_file.load_versioned(self.verify_key, self.audit)
+            except PolicyTampered:
+                self._incident({"path": str(self.policy_file.path),
+                                "reason": "does not match its signature"})
+                raise
             recorded = self.ledger.highest("policy")
             if version < recorded:
                 self._tampered(

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,24 @@ class SessionOps:
     """The ``auth.*`` ops of one agent (an `ApiExtension`)."""
 
     def __init__(
-        self, home: Home, config: Config, audit: AuditLog, *, clock: Callable[[], float] = time.time
+        self,
+        home: Home,
+        config: Config,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], float] = time.time,
+        engine: Callable[[], Any] | None = None,
     ) -> None:
+        # The agent's current IncidentEngine (a getter: a reload replaces it): tampering found
+        # here is an incident with hooks, not only an audit entry.
+        self.engine = engine
         self.home = home
         self.config = config
         self.audit = audit
         self.clock = clock
-        self._lock = threading.Lock()  # one decision at a time: SQLite and the policy cache
+        # One thread for every decision: the user store's SQLite connection and the policy
+        # cache belong to it (SQLite objects may not cross threads), and decisions serialise.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
         self._base: AccessControl | None = None
         self._policy_mtime: int | None = None
 
@@ -92,6 +103,10 @@ class SessionOps:
                 ledger=AuditLedger(self.audit),
             )
             self._policy_mtime = mtime
+            if self.engine is not None:
+                current = self.engine
+                self._base.report_incident = lambda kind, severity, evidence: current().report(
+                    kind, severity, evidence)
         node = self.config.node
         ac = self._base.with_sessions(
             MemorySessionStore(token, cluster=node.cluster, node=node.name)
@@ -104,13 +119,12 @@ class SessionOps:
             raise ApiError("bad-request", "sessions are for local accounts (the unix socket)")
 
         def guarded() -> dict[str, Any]:
-            with self._lock:
-                try:
-                    return work()
-                except tuple(REFUSALS.values()) as exc:
-                    return {"refused": _refusal(exc)}
+            try:
+                return work()
+            except tuple(REFUSALS.values()) as exc:
+                return {"refused": _refusal(exc)}
 
-        return await asyncio.to_thread(guarded)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, guarded)
 
     # ---- ops ----------------------------------------------------------------------------
 

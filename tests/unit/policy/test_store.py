@@ -153,3 +153,22 @@ def test_every_signed_change_raises_the_policy_version(env: Env, admin: AccessCo
     after = [d["version"] for k, _, d in env.audit.events
              if k == "state-version" and d["name"] == "policy"]
     assert after[len(versions):] == [versions[-1] + 1, versions[-1] + 2]
+
+
+def test_rollback_and_hand_edits_are_reported_as_incidents(env: Env, admin: AccessControl) -> None:
+    pf = PolicyFile(env.home)
+    before = pf.path.read_bytes()
+    admin.add_user("bob", "admin", "*", actor="root")
+    pf.path.write_bytes(before)
+    reported: list[tuple[str, str, dict]] = []
+    ac = env.ac()
+    ac.report_incident = lambda kind, sev, ev: reported.append((kind, sev, dict(ev)))
+    with pytest.raises(PolicyTampered):
+        ac.require("audit:read", "/x", "*")
+    _edit(env, "g, mallory, admin, *")
+    ac = env.ac()
+    ac.report_incident = lambda kind, sev, ev: reported.append((kind, sev, dict(ev)))
+    with pytest.raises(PolicyTampered):
+        ac.require("audit:read", "/x", "*")
+    assert [(k, s) for k, s, _ in reported] == [("policy-tampered", "critical")] * 2
+    assert "older than" in reported[0][2]["reason"]

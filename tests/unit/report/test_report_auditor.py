@@ -294,3 +294,29 @@ def test_printed_pdf_contains_every_findings_evidence(tmp_path: Path) -> None:
         if a.remediation:
             assert squash(a.remediation) in printed
     assert squash(report.report_id) in printed and squash(SCORING_METHOD) in printed
+
+
+# ---- synthetic incidents in the log ------------------------------------------------------------
+
+
+def _entry(seq: int, kind: str, data: dict[str, object], t: float = 1_700_000_000.0) -> dict[str, object]:
+    return {"seq": seq, "time": t + seq, "node": "n1", "actor": "agent", "kind": kind, "data": data}
+
+
+def test_only_the_engines_mark_makes_an_incident_synthetic() -> None:
+    from trainguard.report.evidence import incidents_from, log_items, synthetic_incidents
+
+    real = {"id": "a", "kind": "gpu-misuse", "severity": "high", "node": "n1", "time": 1_700_000_003.0,
+            # a reporter cannot hide a real incident by calling its own evidence a test
+            "evidence": {"test": True, "synthetic": True}}
+    test = {"id": "b", "kind": "exfiltration", "severity": "low", "node": "n1", "time": 1_700_000_005.0,
+            "evidence": {"test": True}, "synthetic": True}
+    entries = [_entry(3, "incident", real), _entry(4, "hook.run", {"incident": "a", "hook": "kill", "returncode": 0}),
+               _entry(5, "incident", test), _entry(6, "hook.run", {"incident": "b", "hook": "page", "returncode": 0})]
+    incidents = incidents_from(entries)
+    assert [(i["seq"], i["id"], i["hooks"]) for i in incidents] == [(3, "a", ["kill"])]
+    assert [(s["seq"], s["kind"]) for s in synthetic_incidents(entries)] == [(5, "exfiltration")]
+    (item,) = [i for i in log_items("n1", entries, 1_700_000_010.0) if i.source == "incidents"]
+    assert item.title == "1 incident(s) recorded" and item.seqs == (3,)
+    only_test = log_items("n1", entries[2:], 1_700_000_010.0)
+    assert not [i for i in only_test if i.source == "incidents"]  # no evidence, no score change

@@ -477,7 +477,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     paths, written = _write_all(out, files)
     counts = report.counts()
     ctx.audit.record("audit-report", "cli", {"score": report.score, "counts": counts, "paths": paths,
-                                             "nodes": [n.name for n in report.nodes]})
+                                             "nodes": [n.name for n in report.nodes],
+                                             "report_id": report.report_id})
     failed_nodes = [n.name for n in report.nodes if not n.log_verified or n.rolled_back]
     data: dict[str, Any] = {"report": paths, "files": written, "report_id": report.report_id,
                             "score": report.score, "controls": counts,

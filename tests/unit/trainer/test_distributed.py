@@ -22,7 +22,7 @@ def _init(rank: int, store_path: str) -> None:
 
 
 def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: bool,
-                 exclude: bool = False) -> None:
+                 exclude: bool = False, compress: str = "none") -> None:
     from torch.nn.parallel import DistributedDataParallel
     from trainguard.trainer.aggregation import HookState, robust_hook
     from trainguard.trainer.config import Aggregation, AggregationSection, Attack, SimulateSection
@@ -34,7 +34,10 @@ def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: boo
         model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
         ddp = DistributedDataParallel(model)
         attack = AttackPlan.from_config(SimulateSection(byzantine_ranks=[2], attack=Attack.SIGN_FLIP)) if byz else None
-        state = HookState(AggregationSection(method=Aggregation(method), momentum=0.0),
+        from trainguard.trainer.config import Compress
+
+        state = HookState(AggregationSection(method=Aggregation(method), momentum=0.0,
+                                             compress=Compress(compress)),
                           rank=rank, world_size=WORLD, attack=attack)
         if exclude:
             state.excluded.add(2)
@@ -45,7 +48,8 @@ def _hook_worker(rank: int, store_path: str, out_dir: str, method: str, byz: boo
             model.zero_grad()
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
             stats = state.finish_step()
-        torch.save({"grads": [p.grad.clone() for p in model.parameters()], "cosine": stats.cosine},
+        torch.save({"grads": [p.grad.clone() for p in model.parameters()], "cosine": stats.cosine,
+                    "bytes": state.bytes_sent},
                    Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -157,3 +161,23 @@ def test_excluded_rank_no_longer_moves_the_mean(tmp_path: Path) -> None:
     flat = torch.cat([g.flatten() for g in results[0]["grads"]])
     honest = torch.stack([_local_grads(0), _local_grads(1)]).mean(dim=0)
     assert torch.allclose(flat, honest, atol=1e-6)  # the sign-flipping rank 2 is ignored
+
+
+@pytest.mark.parametrize("method", ["mean", "median"])
+def test_bf16_compression_halves_the_bytes_and_keeps_the_aggregate(tmp_path: Path, method: str) -> None:
+    from trainguard.trainer.aggregation import aggregate_rows
+    from trainguard.trainer.config import Aggregation, AggregationSection
+
+    full, half = tmp_path / "full", tmp_path / "half"
+    full.mkdir()
+    half.mkdir()
+    _spawn(_hook_worker, full, method, False, False, "none")
+    _spawn(_hook_worker, half, method, False, False, "bf16")
+    f = torch.load(full / "rank0.pt", weights_only=True)
+    h = torch.load(half / "rank0.pt", weights_only=True)
+    assert h["bytes"] * 2 == f["bytes"] > 0
+    flat_h = torch.cat([g.flatten() for g in h["grads"]])
+    expected = aggregate_rows(torch.stack([_local_grads(r) for r in range(WORLD)]),
+                              AggregationSection(method=Aggregation(method)))
+    assert flat_h.dtype == torch.float32
+    assert torch.allclose(flat_h, expected, rtol=2e-2, atol=2e-3)  # bfloat16 keeps ~3 digits

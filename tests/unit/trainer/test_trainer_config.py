@@ -74,3 +74,12 @@ def test_impossible_combinations_are_refused_before_launch() -> None:
     cfg = load_train_config(EXAMPLE, ['aggregation.method="trimmed-mean"', "aggregation.trim=1"])
     assert cross_check(cfg, 3) == []
     assert cross_check(cfg, 2)
+
+
+@pytest.mark.parametrize("method", ["median", "trimmed-mean", "centered-clip", "krum"])
+def test_powersgd_with_a_robust_rule_is_refused_at_load(method: str) -> None:
+    with pytest.raises(TrainConfigError, match="powersgd works with method = mean only"):
+        load_train_config(EXAMPLE, [f'aggregation.method="{method}"', 'aggregation.compress="powersgd"'])
+    cfg = load_train_config(EXAMPLE, [f'aggregation.method="{method}"', 'aggregation.compress="bf16"'])
+    assert cfg.aggregation.compress.value == "bf16"
+    assert load_train_config(EXAMPLE, ['aggregation.compress="powersgd"']).aggregation.compress.value == "powersgd"

@@ -84,3 +84,14 @@ def test_auto_finds_at_least_as_much_as_the_best_single_attack_on_a_trained_mode
         best_single = min(acc["fgsm"], acc["pgd"], acc["apgd"])
         assert acc["auto"] <= best_single, acc
     assert not report.suspicious, report.checks
+
+
+def test_sequence_runs_on_a_three_class_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(24, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = AutoAttack(model, 0.3, budget="fast").run(x, y)
+    assert torch.equal(result.robust_after["apgd-t"], result.robust_after["apgd-ce"])
+    assert result.robust.sum() < 24

@@ -175,7 +175,8 @@ def witness_lookup(home: Home, config: Config, remotes: Sequence[RemoteNode]) ->
     pki = home.pki_dir
     sources = [RemoteNode(u, pki / "node.crt", pki / "node.key", pki / "ca.crt")
                for u in [audit_config(config).witness] if u]
-    sources += [r for r in remotes if r.url not in {s.url for s in sources}]
+    seen = {s.url.removeprefix("tls://").rstrip("/") for s in sources}
+    sources += [r for r in remotes if r.url.removeprefix("tls://").rstrip("/") not in seen]
     local_store = home.state_dir / "witness.db"
 
     def lookup(node: str) -> tuple[list[WitnessCopies], list[str]]:

@@ -345,3 +345,47 @@ def test_log_deleted_under_a_running_agent_is_audit_tampered(cli, witness) -> No
     assert not (w / "state" / "audit.db").exists()
     r = cli("audit", "verify", "--home", w)
     assert r.code == 1 and "missing" in r.stderr
+
+
+@pytest.mark.slow
+def test_report_of_a_remote_node_compares_it_with_the_witness_copies(
+    cli, cli_env: dict[str, str], home: Path, witness, tmp_path: Path  # noqa: ANN001
+) -> None:
+    """`audit report --node URL` on the witness: the node's log, pulled over mTLS, is checked
+    against the copies this witness holds, so a rewrite with the node's own key is flagged."""
+    w, _addr = witness
+    _events(cli, home, 2)
+    assert cli("audit", "verify", "--home", home).code == 0  # copies now on the witness
+    port = _free_port()
+    with (home / "trainguard.toml").open("a") as f:
+        f.write(f'\n[agent]\nlisten = "127.0.0.1:{port}"\nadmin_names = ["auditor"]\n')
+    auditor = tmp_path / "auditor"
+    assert cli("pki", "issue", "auditor", "--kind", "user", "--out", auditor, "--home", w).code == 0
+    args = ("--node", f"tls://127.0.0.1:{port}", "--cert", auditor / "auditor.crt",
+            "--key", auditor / "auditor.key", "--ca", w / "pki" / "ca.crt", "--no-local",
+            "--formats", "json", "--format", "json")
+    proc = subprocess.Popen([sys.executable, "-m", "trainguard.cli.main", "agent", "run", "--home", str(home)],
+                            env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if AgentClient(Home(home), timeout=2).ping() and _listening(port):
+                break
+            time.sleep(0.1)
+        ok = cli("audit", "report", "--home", w, "--out", tmp_path / "r1", *args)
+        assert ok.code in (0, 1), ok.stderr
+        node = ok.json()["nodes"][0]
+        assert node["name"] == "n1" and node["log_verified"] is True, ok.stdout
+        full = json.loads((tmp_path / "r1" / "trainguard-report.json").read_text())
+        assert "checkpoint copies held off-node" in json.dumps(full)
+        _resign_rewrite(home / "state" / "audit.db", home / "keys" / "node.ed25519", seq=4)
+        # Forget what the first report saw: only the witness copies can catch the rewrite now.
+        (w / "state" / "report-state.json").unlink()
+        bad = cli("audit", "report", "--home", w, "--out", tmp_path / "r2", *args)
+        assert bad.code == 1
+        node = bad.json()["nodes"][0]
+        assert node["log_verified"] is False and node["rolled_back"] is True
+        full = json.loads((tmp_path / "r2" / "trainguard-report.json").read_text())
+        assert "copy held by the witness on this node" in json.dumps(full)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

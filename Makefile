@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,accelerate]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,accelerate,federated]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,7 +2,10 @@
 gradient-masking checks of ``checks.py`` (Athalye, Carlini & Wagner 2018; Carlini et al. 2019).
 
 Robust accuracy counts a sample as robust only if it is classified correctly both clean and
-under the attack, so the worst case over attacks is never above any single attack.
+under the attack, so the worst case over attacks is never above any single attack. The
+``auto`` kind is the AutoAttack standard sequence (``autoattack.py``); it reports one entry per
+component (``auto/apgd-ce`` ... ``auto/square``: robust accuracy after that step) and its
+final figure as ``auto``.
 """
 
 from __future__ import annotations

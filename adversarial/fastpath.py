@@ -9,7 +9,9 @@ which makes the activations follow; the values never change, only their order in
 and each weight is put back in its own layout afterwards. A probe forward pass on two
 samples must give the same logits both ways, or nothing is changed (a model that calls
 ``.view`` on activations, for instance). About a fifth less CPU time per PGD step on the
-reference CNNs (tests/bench/bench_attacks.py).
+reference CNNs (tests/bench/bench_attacks.py). The weights' storage is swapped during the
+call: do not attack a model whose parameters another thread or a DDP wrapper is using at
+the same moment (the trainer's adversarial step does not use these attacks).
 
 Frozen forward:
 Gradient-free work calls the model thousands of times without autograd. On CPU the model

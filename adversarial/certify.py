@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from scipy.stats import beta as beta_dist  # scipy ships with scikit-learn, a dependency
 from torch import Tensor, nn
 from trainguard.adversarial.attacks import eval_mode
 from trainguard.adversarial.errors import AdversarialError
@@ -77,6 +76,10 @@ class CertifyConfig:
 
 def clopper_pearson_lower(successes: Tensor, trials: int, alpha: float) -> Tensor:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion."""
+    # scipy ships with scikit-learn (a dependency); imported here, as importing
+    # trainguard.adversarial (the trainer does) should not pay for scipy.stats
+    from scipy.stats import beta as beta_dist
+
     k = successes.detach().cpu().double().numpy()
     lower = beta_dist.ppf(alpha, k, trials - k + 1)
     out = torch.as_tensor(lower, dtype=torch.float64).nan_to_num(0.0)  # k = 0 gives nan

@@ -61,7 +61,12 @@ from trainguard.core.errors import TrainguardError
 from trainguard.core.fs import atomic_output
 from trainguard.crypto.keyring import Keyring, WrappedDek
 from trainguard.crypto.manifest import FileEntry, Manifest
-from trainguard.crypto.sealed.stream import DataKey, SealedReader, SealedWriter
+from trainguard.crypto.sealed.stream import (
+    DEFAULT_SEGMENT_SIZE,
+    DataKey,
+    SealedReader,
+    SealedWriter,
+)
 from trainguard.crypto.signing import SigningKey, canonical_json
 from trainguard.trainer.checkpoint import DOMAIN, _verify_signature
 from trainguard.trainer.context import Trust
@@ -176,10 +181,10 @@ class _Sink:
 class _SealingStream(io.RawIOBase):
     """What DCP writes into: seals into `raw` and reports plaintext offsets (DCP's tell())."""
 
-    def __init__(self, raw: BinaryIO, key: DataKey) -> None:
+    def __init__(self, raw: BinaryIO, key: DataKey, segment_size: int) -> None:
         super().__init__()
         self.sink = _Sink(raw)
-        self._sealer = SealedWriter(cast(BinaryIO, self.sink), key)
+        self._sealer = SealedWriter(cast(BinaryIO, self.sink), key, segment_size=segment_size)
 
     def write(self, data: Any) -> int:  # type: ignore[override]
         return self._sealer.write(data)
@@ -212,9 +217,11 @@ class _SealingStream(io.RawIOBase):
 class _SealedFileSystem(FileSystem):
     """DCP's local file system with every stream sealed (write) or verified and unsealed (read)."""
 
-    def __init__(self, keys: SealingKeys, *, sync: bool = True) -> None:
+    def __init__(self, keys: SealingKeys, *, sync: bool = True,
+                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         self._keys = keys
         self._sync = sync
+        self._segment_size = segment_size
         self._lock = threading.Lock()
         self.digests: dict[str, tuple[int, str]] = {}  # written: name -> (size, sha256)
         self.expected: dict[str, FileEntry] | None = None  # read: the verified manifest
@@ -227,7 +234,7 @@ class _SealedFileSystem(FileSystem):
         if mode == "wb":
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             with os.fdopen(os.open(p, flags, 0o600), "wb") as raw:
-                stream = _SealingStream(raw, self._keys.data_key())
+                stream = _SealingStream(raw, self._keys.data_key(), self._segment_size)
                 try:
                     yield stream
                 except BaseException:
@@ -504,9 +511,19 @@ class SealedDcpReader(dcp.FileSystemReader):
         self.fs: _SealedFileSystem = _SealedFileSystem(keys)
         self._verify = verify
         self.info: StepInfo | None = None
+        self.refusal: str | None = None  # DCP turns read_metadata's exception into its own
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        try:
+            return self._read_metadata()
+        except _Refused as exc:
+            self.refusal = self.refusal or str(exc)
+            raise
+
+    def _read_metadata(self) -> Metadata:
         folder = Path(self.path)
+        if self.refusal is not None:  # DCP retries with the rank-local name: same answer
+            raise _Refused(self.refusal)
         try:
             info = verify_step(folder, self._verify, hash_all=False)
         except CheckpointTampered as exc:
@@ -533,10 +550,10 @@ class SealedDcpReader(dcp.FileSystemReader):
 # ---- a folder of steps ------------------------------------------------------------------------
 
 
-def _refusal(folder: Path, exc: BaseException) -> CheckpointTampered:
+def _refusal(folder: Path, exc: BaseException, known: str | None = None) -> CheckpointTampered:
     """One `CheckpointTampered` for a failed load, however DCP wrapped the cause."""
-    causes: list[BaseException] = [exc]
-    if isinstance(exc, CheckpointException):
+    causes: list[BaseException] = [_Refused(known)] if known else [exc]
+    if not known and isinstance(exc, CheckpointException):
         causes = [pair[0] if isinstance(pair, tuple) else pair for pair in exc.failures.values()]
     for cause in causes:
         if isinstance(cause, (_Refused, CheckpointTampered)):
@@ -601,9 +618,9 @@ class DcpCheckpoints:
         try:
             dcp.load(state, storage_reader=reader, process_group=self._pg)
         except (CheckpointException, _Refused, TrainguardError) as exc:
-            raise _refusal(folder, exc) from None
+            raise _refusal(folder, exc, reader.refusal) from None
         except (RuntimeError, OSError, ValueError, EOFError, AssertionError) as exc:
-            raise _refusal(folder, exc) from exc
+            raise _refusal(folder, exc, reader.refusal) from exc
         assert reader.info is not None
         return reader.info
 

@@ -144,6 +144,7 @@ class Guard:
         self._started_at_step = 0
         self._result_status: tuple[str, str | None] | None = None
         self.resumed_from: int | None = None
+        self.resumed_signer: str | None = None  # who signed the checkpoint this rank loaded
         self.checkpoints: list[int] = []
         self.flagged: dict[int, int] = {}
         self.metrics: dict[str, Any] = {}
@@ -236,8 +237,9 @@ class Guard:
         step = int(chosen[0])
         if step <= 0:
             return None
-        payload, _info = self._store.load(self._store.path_for(step))
+        payload, info = self._store.load(self._store.path_for(step))
         _load_in_place(state, payload["state"])
+        self.resumed_signer = info.signer
         self.resumed_from = self._last_step = self._started_at_step = step
         self._begin(step)
         return step
@@ -368,7 +370,7 @@ class Guard:
             return
         self.run.write_json(self.run.result_file, {
             "status": status, "reason": reason, "steps": self._last_step,
-            "resumed_from_step": self.resumed_from,
+            "resumed_from_step": self.resumed_from, "resumed_signer": self.resumed_signer,
             "checkpoints_this_attempt": self.checkpoints,
             "flagged_ranks": sorted(self.flagged),
             "excluded_ranks": sorted(self._hook.excluded) if self._hook else [],

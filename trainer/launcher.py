@@ -324,7 +324,8 @@ def collect_result(
     restarts = sum(1 for e in follower.events if e["kind"] == "resume")
     steps_timed = [t["step_time"] for t in follower.telemetry if t.get("step_time")]
     cfg = plan.config
-    known = {"status", "reason", "steps", "resumed_from_step", "checkpoints_this_attempt",
+    known = {"status", "reason", "steps", "resumed_from_step", "resumed_signer",
+             "checkpoints_this_attempt",
              "flagged_ranks", "excluded_ranks", "attempt", "world_size", "aggregation",
              "timing", "compress", "bytes_sent", "device", "backend"}
     return {
@@ -336,6 +337,7 @@ def collect_result(
         "final_accuracy": result.get("final_accuracy"),
         "steps": result.get("steps"),
         "resumed_from_step": result.get("resumed_from_step"),
+        "resumed_signer": result.get("resumed_signer"),
         "world_size": result.get("world_size"),
         "attempts": int(result.get("attempt", 0)) + 1,
         "aggregation": {"method": cfg.aggregation.method.value,

@@ -55,7 +55,8 @@ def _spy(calls: list[tuple[str, list[str]]]) -> None:
         setattr(dist, name, lambda *a, _n=name, **k: calls.append((_n, ["object"])))
 
 
-def _worker(rank: int, tmp: str, port: int, key_socket: str) -> None:
+def _worker(rank: int, tmp: str, port: int, key_socket: str, world: int = WORLD,
+            meta: bool = True) -> None:
     from trainguard.trainer.guard import Guard
 
     torch.set_num_threads(1)
@@ -69,26 +70,28 @@ def _worker(rank: int, tmp: str, port: int, key_socket: str) -> None:
         ctx = _context(tmp_path, Path(key_socket), settings, resume=resume, job="j1")
         ctx_file = tmp_path / f"ctx-{rank}-{attempt}.json"
         ctx.write(ctx_file)
-        environ = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+        environ = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port + attempt),
                    ENV_CONTEXT: str(ctx_file)}
-        # Anything trainguard creates without an explicit device lands on "meta" and shows up.
-        torch.set_default_device("meta")
+        # Anything trainguard creates without an explicit device lands on "meta" and shows up
+        # (on a GPU the real CUDA device does the same job).
+        if meta:
+            torch.set_default_device("meta")
         with Guard.from_env(environ=environ) as guard:
             torch.manual_seed(attempt)  # a different init on the second attempt: resume must fix it
             model = torch.nn.Sequential(torch.nn.Linear(6, 8, device="cpu"), torch.nn.ReLU(),
                                         torch.nn.Linear(8, 3, device="cpu"))
             ddp = guard.wrap(model)
             opt = torch.optim.AdamW(ddp.parameters(), lr=0.01)
-            counter = torch.zeros(1, device="cpu")
+            counter = torch.zeros(1, device=guard.device)
             state = {"model": ddp, "optim": opt, "counter": counter}
             start = guard.resume(state) or 0
             report[f"resumed_{attempt}"] = start
             report[f"weights_after_resume_{attempt}"] = model[0].weight.detach().sum().item()
             g = torch.Generator(device="cpu").manual_seed(rank)
             for step in range(start + 1, start + 5):
-                x = torch.randn(4, 6, generator=g, device="cpu")
-                y = torch.randint(3, (4,), generator=g, device="cpu")
+                x = torch.randn(4, 6, generator=g, device="cpu").to(guard.device)
+                y = torch.randint(3, (4,), generator=g, device="cpu").to(guard.device)
                 loss = torch.nn.functional.cross_entropy(ddp(x), y)
                 opt.zero_grad()
                 loss.backward()

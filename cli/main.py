@@ -24,6 +24,7 @@ from trainguard.cli.commands import (
     check,
     demo,
     deps,
+    fl,
     hooks,
     init,
     key,
@@ -63,6 +64,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     anomaly,
     robust,
     train,
+    fl,
     demo,
 )
 
@@ -78,12 +80,13 @@ def _add_global_flags(p: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="trainguard home directory (default: $TRAINGUARD_HOME or ~/.trainguard)",
     )
-    p.add_argument(
-        "--format",
-        choices=[f.value for f in OutputFormat],
-        default=argparse.SUPPRESS,
-        help="output format on stdout (default: text)",
-    )
+    if "--format" not in p._option_string_actions:  # `audit log` has its own (stream formats)
+        p.add_argument(
+            "--format",
+            choices=[f.value for f in OutputFormat],
+            default=argparse.SUPPRESS,
+            help="output format on stdout (default: text)",
+        )
     p.add_argument(
         "-v",
         "--verbose",

@@ -76,6 +76,7 @@ _KNOWN_SECTIONS: dict[str, str] = {
     "hooks": "trainguard.evidence.response.config:HooksConfig",
     "audit": "trainguard.evidence.config:AuditConfig",
     "incidents": "trainguard.evidence.config:IncidentsConfig",
+    "export": "trainguard.evidence.export.config:ExportConfig",
     "anomaly": "trainguard.anomaly.config:AnomalyConfig",
 }
 

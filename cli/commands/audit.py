@@ -75,10 +75,22 @@ def _register_seal_genesis(audit_sub: argparse._SubParsersAction) -> None:  # ty
 def _register_log(audit_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = audit_sub.add_parser("log", help="print audit entries")
     p.add_argument(
-        "--since", help="epoch seconds, ISO time (2026-01-31T12:00) or age (30m, 2h, 7d)"
+        "--since",
+        help="epoch seconds, ISO time (2026-01-31T12:00) or age (30m, 2h, 7d); with --follow "
+        "or --format jsonl|ocsf a plain integer is a sequence number: start after entry SEQ",
     )
     p.add_argument("--kind", help="exact kind, or a prefix ending in * (policy.*)")
     p.add_argument("--limit", type=int, default=None, help="at most N entries (the newest)")
+    # Stream formats for SIEMs (trainguard.evidence.export); `--format` replaces the global flag.
+    p.add_argument(
+        "--format", dest="log_format", choices=["text", "json", "jsonl", "ocsf"],
+        default=argparse.SUPPRESS,
+        help="text, json, jsonl (one entry per line) or ocsf (OCSF 1.x events, one per line)",
+    )
+    p.add_argument("--follow", action="store_true",
+                   help="keep printing entries as they are committed (stop with Ctrl-C)")
+    p.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS",
+                   help="with --follow: how often to look for new entries (default 0.5)")
     p.set_defaults(func=_log)
 
 
@@ -397,6 +409,12 @@ def _log(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(
             f"--limit must be at least 1, not {args.limit}", tip="leave it out for all"
         )
+    fmt = getattr(args, "log_format", None) or ctx.format.value
+    if args.follow or fmt in ("jsonl", "ocsf"):
+        from trainguard.cli.audit_stream import log_stream
+
+        return log_stream(args, ctx, fmt, _open_log, _log_text, parse_since)
+    ctx.format = type(ctx.format)(fmt)
     since = parse_since(args.since, time.time()) if args.since else None
     with _open_log(ctx) as log:
         entries = [e.to_dict() for e in log.entries(since=since, kind=args.kind)]

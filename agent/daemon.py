@@ -160,6 +160,12 @@ class Agent:
             home, config.node.name, self.audit, self.scorer, clock=clock,
             on_renewed=lambda: self.tls.reload(force=True) if self.tls is not None else None,
         )
+        from trainguard.evidence.export import ExportConfig, ExportForwarder
+
+        # [export]: the audit log forwarded by seq to a file / syslog (None when not configured)
+        self.exports = ExportForwarder.from_config(
+            home, config.section(ExportConfig), self.audit, clock=clock
+        )
         self._load_config = config_loader or (lambda: load_config(home.config_path, {}))
         self.started = clock()
         self.cycles = 0
@@ -195,6 +201,8 @@ class Agent:
             report.errors.append(f"telemetry: {type(exc).__name__}: {exc}")
             detections = []
         detections += self.feeds.cycle(report.errors)  # access, training jobs, cert renewal
+        if self.exports is not None:
+            self.exports.cycle(report.errors)  # failures are queued and retried, never raised
         report.detections = len(detections)
         for d in detections:
             kind = getattr(d.kind, "value", d.kind)
@@ -458,9 +466,14 @@ class Agent:
         self.audit.checkpoint(force=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        if self.exports is not None:  # forward what is left (agent.stop too); the rest waits queued
+            self.exports.cycle()
+            self.exports.close()
         self.engine.close()
 
     def close(self) -> None:
+        if self.exports is not None:
+            self.exports.close()
         self.engine.close()
         self.audit.close()
 

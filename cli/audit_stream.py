@@ -35,7 +35,7 @@ def _start_after(log: Any, since: str | None, parse_since: Callable[[str, float]
         return int(text)
     t = parse_since(text, time.time())
     first = next(iter(log.entries(since=t, limit=1)), None)
-    return first.seq - 1 if first is not None else log.last_seq()
+    return int(first.seq) - 1 if first is not None else int(log.last_seq())
 
 
 def _renderer(fmt: str, text: Callable[[list[dict[str, Any]]], str]) -> Callable[[AuditEntry], str | None]:

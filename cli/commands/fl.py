@@ -1,0 +1,92 @@
+"""`trainguard fl run CONFIG.toml --sites N`: a federation on this machine (Flower): one server
+and N sites as separate processes on 127.0.0.1, TLS from the cluster CA, every round audited.
+
+Flower, torch and the trainer are imported inside the handler only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from trainguard.cli.context import Context
+from trainguard.core.errors import EXIT_FINDINGS, EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("fl", help="federated learning across sites (Flower)")
+    s = p.add_subparsers(dest="fl_command", required=True, metavar="COMMAND")
+    run = s.add_parser("run", help="run a server and N sites on 127.0.0.1 (laptop, demo, tests)",
+                       usage="trainguard fl run CONFIG.toml [--sites N] [--set KEY=VALUE ...]")
+    run.add_argument("config", type=Path, help="federation config (see trainer/examples/fl-digits.toml)")
+    run.add_argument("--sites", type=int, default=None,
+                     help="number of sites, named site-1..site-N (default: federation.sites)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key with a TOML value (repeatable)")
+    run.add_argument("--user", default=None, help="require this logged-in trainguard user")
+    run.add_argument("--otp", default=None, help="TOTP code for a step-up, if the session needs one")
+    run.add_argument("--project", default="default", help="policy domain (default %(default)s)")
+    run.add_argument("--timeout", type=float, default=None, help="stop the federation after N seconds")
+    run.set_defaults(func=handle_run)
+
+
+def handle_run(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.agent.api.client import report_incident
+    from trainguard.core.errors import UsageError
+    from trainguard.trainer.federated.config import load_fl_config
+    from trainguard.trainer.federated.run import launch_federation, prepare_federation
+    from trainguard.trainer.preflight import check_authorization
+
+    home = ctx.home.require()
+    if args.sites is not None and args.sites < 1:
+        raise UsageError(f"--sites {args.sites}: need at least one site", tip="pass --sites 3")
+    config_path = args.config.expanduser().absolute()
+    # Validate before asking for authorization: a typo should not cost an MFA code.
+    load_fl_config(config_path, [*args.overrides,
+                                 *([f"federation.sites={args.sites}"] if args.sites else [])])
+    audit = ctx.audit
+    step, decision = check_authorization(home, ctx.config, audit, f"/fl/{config_path.stem}",
+                                         args.project, otp=args.otp, user=args.user)
+    plan = prepare_federation(home, config_path, args.overrides, args.sites, audit)
+    cfg = plan.config
+    event: dict[str, Any] = {
+        "run": plan.run_id, "config": str(config_path), "overrides": plan.overrides,
+        "sites": cfg.sites, "rounds": cfg.federation.rounds,
+        "aggregation": cfg.aggregation.method.value, "principal": decision.principal,
+        "mfa_age_s": decision.mfa_age_s, "transport": "tls", "address": plan.address,
+    }
+    if cfg.simulate.active:
+        event["simulate_test_facility"] = True
+        ctx.info("warning: [simulate] is set: chosen sites send poisoned updates (TEST FACILITY)")
+    audit.record("fl.launch", decision.principal, event)
+    ctx.info(f"federation {plan.run_id}: {len(cfg.sites)} sites, {cfg.federation.rounds} rounds, "
+             f"{cfg.aggregation.method.value}, TLS from the cluster CA")
+
+    def report(kind: str, severity: str, evidence: Any) -> Any:
+        return report_incident(home, ctx.config, kind, severity, evidence)
+
+    result = launch_federation(plan, audit, report, principal=decision.principal,
+                               timeout=args.timeout)
+    result["authorize"] = {"principal": decision.principal, "detail": step.detail}
+    audit.record("fl.finish", decision.principal, {
+        "run": plan.run_id, "status": result["status"], "rounds": result["rounds"],
+        "final_accuracy": result["final_accuracy"],
+        "excluded": [s["name"] for s in result["sites"] if s["excluded"]],
+        "incidents": [i["kind"] for i in result["incidents"]],
+    })
+    ctx.emit(result, _render)
+    return EXIT_OK if result["status"] == "completed" and not result["incidents"] else EXIT_FINDINGS
+
+
+def _render(r: dict[str, Any]) -> str:
+    acc = r.get("final_accuracy")
+    lines = [
+        f"federation {r['run_id']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else ""),
+        f"  rounds {r['rounds']}, aggregation {r['aggregation']}"
+        + (f", accuracy {acc:.4f}" if acc is not None else ""),
+    ]
+    lines += [f"  {s['name']}: joined {s['rounds_joined']} rounds"
+              + (", EXCLUDED" if s["excluded"] else "") for s in r["sites"]]
+    lines += [f"  incident {i['kind']}: site {i['site']} (round {i['round']})" for i in r["incidents"]]
+    return "\n".join(lines)

@@ -229,9 +229,11 @@ def _resign_rewrite(db: Path, key_path: Path, seq: int) -> None:
     for s, t, node, actor, kind, data, _p, _h in _rows(db):
         if s == seq:
             data = json.dumps({"rewritten": True})
-        if kind == "audit.checkpoint":
-            unsigned = Checkpoint(node, s - 1, prev.hex(), key.key_id, "")
-            cp = Checkpoint(node, s - 1, prev.hex(), key.key_id, key.sign(unsigned.payload()).hex())
+        if kind == "audit.checkpoint":  # re-signed as the writer signs it (with its cadence)
+            old = Checkpoint.from_dict(json.loads(data))
+            unsigned = Checkpoint(node, s - 1, prev.hex(), key.key_id, "", old.every, old.seconds)
+            sig = key.sign(unsigned.payload()).hex()
+            cp = Checkpoint(node, s - 1, prev.hex(), key.key_id, sig, old.every, old.seconds)
             data = json.dumps(cp.to_dict(), sort_keys=True, separators=(",", ":"))
         digest = entry_hash(prev, s, t, node, actor, kind, data)
         out.append((s, t, node, actor, kind, data, prev, digest))
@@ -277,7 +279,12 @@ def test_witness_copies_are_per_node_and_from_the_certificate(cli, home: Path, w
     r = cli("audit", "verify", "--home", home)
     assert r.code == 0, r.stderr
     pki = home / "pki"
-    genesis = cli("audit", "log", "--home", w, "--format", "json").json()[0]["data"]  # w1's
+    from trainguard.evidence.audit_log import AuditLog
+
+    with AuditLog.open(w / "state" / "audit.db", "w1", None) as wlog:
+        found = wlog.genesis()  # w1's own, validly signed genesis
+    assert found is not None
+    genesis = found[0].to_dict()
     cp = {"node": "w1", "seq": 1, "hash": "00" * 32, "key_id": "x", "signature": "00" * 64}
     with AgentClient.remote(addr, pki / "node.crt", pki / "node.key", pki / "ca.crt") as client:
         with pytest.raises(TrainguardError, match="only its own"):

@@ -1,19 +1,5 @@
-"""Faster model passes on CPU for attacks: channels-last convolutions, and a frozen forward
-for score-only attacks (Square).
+"""A faster forward pass for score-only attacks (Square) on CPU.
 
-Channels-last: a convolutional model fed 1-channel images keeps every activation in NCHW
-(a 1-channel input is contiguous in both layouts, so PyTorch cannot tell), and the CPU
-kernels for NCHW pooling are an order of magnitude slower than the channels-last ones. For
-the length of an attack, ``channels_last`` stores the model's 4-D weights channels-last,
-which makes the activations follow; the values never change, only their order in memory,
-and each weight is put back in its own layout afterwards. A probe forward pass on two
-samples must give the same logits both ways, or nothing is changed (a model that calls
-``.view`` on activations, for instance). About a fifth less CPU time per PGD step on the
-reference CNNs (tests/bench/bench_attacks.py). The weights' storage is swapped during the
-call: do not attack a model whose parameters another thread or a DDP wrapper is using at
-the same moment (the trainer's adversarial step does not use these attacks).
-
-Frozen forward:
 Gradient-free work calls the model thousands of times without autograd. On CPU the model
 frozen to TorchScript with oneDNN layouts and fused convolution, ReLU and pooling kernels
 (``torch.jit.optimize_for_inference``) runs the same network about twice as fast for small
@@ -27,15 +13,14 @@ Certification does not use it: a certificate must be about the model itself.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["channels_last", "inference_forward"]
+__all__ = ["inference_forward"]
 
 log = logging.getLogger(__name__)
 
@@ -69,42 +54,3 @@ def inference_forward(model: nn.Module, example: Tensor) -> Forward:
         log.debug("frozen %s disagrees with eager; using eager", type(model).__name__)
         return model
     return frozen  # type: ignore[no-any-return]
-
-
-def _conv_tensors(model: nn.Module) -> list[Tensor]:
-    """4-D parameters and buffers stored NCHW-contiguous (convolution weights)."""
-    tensors = (*model.parameters(), *model.buffers())
-    return [t for t in tensors if t.dim() == 4 and t.is_contiguous()]
-
-
-@contextlib.contextmanager
-def channels_last(model: nn.Module, x: Tensor) -> Iterator[Tensor]:
-    """For the block: the model's 4-D weights channels-last when that is safe on CPU; yields
-    ``x`` in the layout to feed the model. The model must already be in eval mode."""
-    weights = _conv_tensors(model) if x.device.type == "cpu" and x.dim() == 4 else []
-    if not weights or x.shape[0] == 0:
-        yield x
-        return
-    probe = x[:2]
-    with torch.no_grad():
-        try:
-            ref = model(probe)
-        except Exception:  # noqa: BLE001 - the attack itself will report a broken model
-            yield x
-            return
-    for t in weights:
-        t.data = t.data.contiguous(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            try:
-                ok = _agrees(model(probe.contiguous(memory_format=torch.channels_last)), ref)
-            except Exception as exc:  # noqa: BLE001 - e.g. .view() on an activation
-                log.debug("channels-last forward of %s fails: %s", type(model).__name__, exc)
-                ok = False
-        if not ok:
-            for t in weights:
-                t.data = t.data.contiguous()
-        yield x.contiguous(memory_format=torch.channels_last) if ok else x
-    finally:
-        for t in weights:
-            t.data = t.data.contiguous()

@@ -164,3 +164,30 @@ def test_unsigned_without_a_secret_and_a_broken_whsec_is_refused(home: Home, clo
     with pytest.raises(UsageError, match="not base64") as info:
         _sender(home, clock, secret=b"whsec_not base64!")
     assert "not base64!" not in str(info.value)  # the secret never appears in the error
+
+
+def test_the_readme_receiver_accepts_a_delivery_and_rejects_its_replay(home: Home) -> None:
+    """The verification code the README gives receivers works as documented."""
+    import re
+    import time as real_time
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("**Webhooks.**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code, "the README's Webhooks paragraph has no Python example"
+    scope: dict[str, object] = {}
+    exec(compile(code[1], "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    verify = scope["verify"]
+    sender = _sender(home, real_time.time)  # type: ignore[arg-type]
+    body = b'{"id":"inc-9"}'
+    headers = sender.headers("inc-9", body)
+    seen: set[str] = set()
+    verify(headers, body, SECRET.decode(), seen)  # type: ignore[operator]
+    with pytest.raises(KeyError):
+        verify(headers, body, SECRET.decode(), seen)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="bad signature"):
+        verify(headers, body + b" ", SECRET.decode(), set())  # type: ignore[operator]
+    old = _sender(home, lambda: real_time.time() - 301).headers("inc-9", body)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stale"):
+        verify(old, body, SECRET.decode(), set())  # type: ignore[operator]

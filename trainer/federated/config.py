@@ -128,10 +128,8 @@ def build_fl_config(data: Mapping[str, Any], *, source: str) -> FederationConfig
             problems.append(f"[{name}] must be a table")
         else:
             built[name] = build_section(name, cls, raw, problems)
-    if problems:
-        raise TrainConfigError(problems, source=source)
     cfg = FederationConfig(**built, raw=dict(data))
-    problems = _cross_check(cfg)
+    problems += _cross_check(cfg)  # on what could be built: every problem is reported at once
     if problems:
         raise TrainConfigError(problems, source=source)
     return cfg

@@ -99,6 +99,11 @@ def _finding(entry: AuditEntry, product_version: str) -> dict[str, Any]:
         product_version=product_version,
     )
     created = data.get("time")
+    title, types = f"{kind} on {node}", [kind]
+    if data.get("synthetic"):  # `trainguard hooks test`: say so, so a SIEM can filter it out
+        title += " (synthetic test)"
+        types.append("trainguard-synthetic-test")
+        event["message"] += " (synthetic test from `trainguard hooks test`)"
     event.update(
         {
             "severity": severity.capitalize(),
@@ -106,8 +111,8 @@ def _finding(entry: AuditEntry, product_version: str) -> dict[str, Any]:
             "status": "New",
             "finding_info": {
                 "uid": _text(data.get("id"), f"{entry.node}:{entry.seq}"),
-                "title": f"{kind} on {node}",
-                "types": [kind],
+                "title": title,
+                "types": types,
                 "created_time": int(round(float(created) * 1000))
                 if isinstance(created, int | float)
                 else event["time"],

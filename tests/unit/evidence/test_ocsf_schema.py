@@ -117,6 +117,18 @@ def test_the_schema_excerpt_is_not_vacuous(log: AuditLog) -> None:
             _validator(3003).validate(b)
 
 
+def test_synthetic_test_incidents_say_so(home: Home, log: AuditLog) -> None:
+    engine = IncidentEngine(home, log, node="node-1", clock=lambda: 1_767_225_600.25)
+    try:
+        engine.report("gpu-misuse", "high", {"test": True}, respond=False, synthetic=True)
+    finally:
+        engine.close()
+    (finding,) = _events(log)
+    _validate(finding)
+    assert finding["finding_info"]["title"] == "gpu-misuse on node-1 (synthetic test)"
+    assert "trainguard-synthetic-test" in finding["finding_info"]["types"]
+
+
 def test_entries_without_an_ocsf_class_render_as_nothing(log: AuditLog) -> None:
     seq = log.append("hook.run", "agent", {"hook": "10-notify", "code": 0})
     entry = next(e for e in log.entries() if e.seq == seq)

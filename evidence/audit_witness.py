@@ -2,8 +2,8 @@
 
 The node key protects the log against everyone but root on the node, who holds that key and can
 rewrite and re-sign the whole history so it verifies locally. Every signed checkpoint is therefore
-also sent off-node (a witness peer, `trainguard.agent.api.witness`, and the export stream when
-one is configured). A copy says "entry `seq` of `node`'s log had hash `hash`, signed". The local
+also sent off-node: to a witness peer (`trainguard.agent.api.witness`), and, as log entries, in
+the JSON-lines export stream (``[export]``, read back with `copies_from_export`). A copy says "entry `seq` of `node`'s log had hash `hash`, signed". The local
 log must still agree with every copy:
 
 * a copy whose entry is past the log's end: the log was rolled back or truncated;
@@ -16,6 +16,7 @@ This module is storage- and network-free: callers fetch the copies and the log's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,14 @@ from typing import Any
 from trainguard.core.errors import IntegrityError
 from trainguard.crypto.errors import BadSignature
 from trainguard.crypto.signing import VerifyKey
-from trainguard.evidence.audit_chain import AuditTampered, Checkpoint
+from trainguard.evidence.audit_chain import (
+    CHECKPOINT_KIND,
+    GENESIS_KIND,
+    AuditTampered,
+    Checkpoint,
+)
 
-__all__ = ["WitnessCopies", "compare_with_copies"]
+__all__ = ["WitnessCopies", "compare_with_copies", "copies_from_export"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,35 @@ class WitnessCopies:
     @property
     def max_seq(self) -> int:
         return max((c.seq for c in self.checkpoints), default=0)
+
+
+def copies_from_export(lines: Iterable[str], node: str, source: str) -> WitnessCopies:
+    """The checkpoint copies of `node` in an export stream in JSON lines (``[export]`` with
+    ``jsonl``: every entry, so every ``audit.checkpoint`` and the genesis). Lines of other
+    nodes and of other formats are passed over; a line that is not JSON fails (exit 1), since
+    a damaged export is no evidence either way."""
+    log_id: str | None = None
+    cps: list[Checkpoint] = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise IntegrityError(
+                f"{source}: line {n} is not JSON",
+                tip="pass the JSON-lines files the [export] file destination wrote",
+            ) from exc
+        if not isinstance(obj, dict) or obj.get("node") != node:
+            continue
+        data = obj.get("data")
+        if isinstance(data, str):
+            data = json.loads(data)
+        if obj.get("kind") == CHECKPOINT_KIND and isinstance(data, dict):
+            cps.append(Checkpoint.from_dict(data))
+        elif obj.get("kind") == GENESIS_KIND and isinstance(data, dict):
+            log_id = str(data.get("log_id") or "") or None
+    return WitnessCopies(node, source, log_id, tuple(cps))
 
 
 def compare_with_copies(

@@ -40,6 +40,14 @@ def _register_verify(audit_sub: argparse._SubParsersAction) -> None:  # type: ig
         ),
     )
     p.add_argument(
+        "--copies",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an [export] JSON-lines file (repeatable): compare the log with its checkpoints",
+    )
+    p.add_argument(
         "--no-witness",
         action="store_true",
         help="verify the local log alone, without the [audit] witness (reported in the output)",
@@ -149,6 +157,8 @@ def _verify(args: argparse.Namespace, ctx: Context) -> int:
     data = {"ok": True, "key_id": key.key_id, **report.to_dict()}
     if witness is not None:
         data["witness"] = witness
+    if args.copies:
+        data["export_copies"] = _compare_exports(args.copies, args.segment, ctx, report, key)
     if args.save_checkpoint and report.last_checkpoint is not None:
         _save_checkpoint(args.save_checkpoint, report.last_checkpoint.to_dict())
         data["saved_checkpoint"] = str(args.save_checkpoint)
@@ -259,6 +269,37 @@ def _compare_witness(ctx: Context, home: Any, log: Any, report: Any, key: Any) -
             "sent": pushed.sent if pushed else 0}
 
 
+def _compare_exports(paths: list[Path], segment: Path | None, ctx: Context, report: Any,
+                     key: Any) -> int:
+    """Compare the verified log with the checkpoint copies in exported JSON-lines files."""
+    from trainguard.evidence.audit_witness import compare_with_copies, copies_from_export
+
+    node = report.genesis.node if report.genesis else ctx.config.node.name
+    copies = []
+    for path in paths:
+        try:
+            with path.open(encoding="utf-8") as f:
+                copies.append(copies_from_export(f, node, f"export {path}"))
+        except FileNotFoundError as exc:
+            raise UsageError(f"no such export file: {path}", tip=_EXPORT_TIP) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read export file {path}: {exc}", tip=_EXPORT_TIP) from exc
+    wanted = sorted({c.seq for w in copies for c in w.checkpoints})
+    if segment is not None:
+        raw = _read_json(segment, "segment", _SEGMENT_TIP, garbled=_bad_segment)
+        hashes = {int(e["seq"]): str(e["hash"]) for e in raw.get("entries", [])}
+    else:
+        from trainguard.evidence.embedded import open_embedded_log
+
+        with open_embedded_log(ctx.home.require(), ctx.config) as log:
+            hashes = log.hashes_at(wanted)
+    return compare_with_copies(
+        copies, log_id=report.genesis.log_id if report.genesis else None,
+        last_seq=report.last_seq, hashes=hashes, verify_key=key,
+    )
+
+
+_EXPORT_TIP = "pass the JSON-lines files written by the [export] file destination"
 _CHECKPOINT_TIP = "pass a file saved earlier with `trainguard audit verify --save-checkpoint FILE`"
 _SEGMENT_TIP = "pass a segment exported from a node's audit log (JSON)"
 
@@ -356,6 +397,8 @@ def _verify_text(d: dict[str, Any]) -> str:
             f"genesis: log {g['log_id']} at entry {g['seq']}"
             + (" (sealed after older entries)" if g["legacy"] else "")
         )
+    if "export_copies" in d:
+        lines.append(f"exported copies: {d['export_copies']} checkpoints match")
     w = d.get("witness")
     if w and w.get("compared"):
         lines.append(

@@ -396,3 +396,26 @@ def test_report_of_a_remote_node_compares_it_with_the_witness_copies(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_rewrite_with_the_key_is_caught_by_the_export_stream_copy(cli, home: Path) -> None:  # noqa: ANN001
+    """The JSON-lines export ([export] file) carries every checkpoint off the node as it is
+    written; `audit verify --copies` holds the log to them."""
+    with (home / "trainguard.toml").open("a") as f:
+        f.write('\n[export]\nfile = "export/audit.jsonl"\n')
+    _events(cli, home, 3)
+    assert cli("audit", "verify", "--home", home).code == 0  # signs the tail
+    r = cli("agent", "run", "--once", "--home", home)  # forwards the log to the export file
+    assert r.code in (0, 1), r.stderr
+    exported = home / "export" / "audit.jsonl"
+    assert any('"audit.checkpoint"' in line for line in exported.read_text().splitlines())
+    r = cli("audit", "verify", "--home", home, "--copies", exported, "--format", "json")
+    assert r.code == 0, r.stderr
+    assert r.json()["export_copies"] >= 2
+    _resign_rewrite(home / "state" / "audit.db", home / "keys" / "node.ed25519", seq=4)
+    assert cli("audit", "verify", "--home", home).code == 0  # the limit, again
+    r = cli("audit", "verify", "--home", home, "--copies", exported)
+    assert r.code == 1 and "history rewritten" in r.stderr and "export" in r.stderr
+    (home / "export" / "junk.jsonl").write_text("not json\n")
+    r = cli("audit", "verify", "--home", home, "--copies", home / "export" / "junk.jsonl")
+    assert r.code == 1 and "line 1 is not JSON" in r.stderr

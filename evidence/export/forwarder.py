@@ -12,7 +12,8 @@ cursor (``state/export/<destination>.cursor``: the last audit sequence number qu
    in order and an outage of any length loses nothing.
 
 A fresh destination starts at the beginning of the log. The cursor and the queues survive
-restarts; delivered rows stay in the queue file as a record of what was sent.
+restarts; delivered rows stay in the queue file for `DELIVERED_KEEP_SECONDS` (7 days) as a record
+of what was sent, then are pruned (hourly), so the queue files stay small.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from trainguard.evidence.response.queue import DeliveryQueue
 __all__ = ["Destination", "ExportForwarder", "product_version"]
 
 log = logging.getLogger(__name__)
+
+DELIVERED_KEEP_SECONDS = 7 * 86400
+_PRUNE_EVERY_SECONDS = 3600.0
 
 
 def product_version() -> str:
@@ -86,6 +90,7 @@ class ExportForwarder:
         self._max = max_seconds
         self.max_per_cycle = max_per_cycle
         self._version = product_version()
+        self._pruned_at = float("-inf")
         for d in destinations:
             d.stream = AuditStream(audit, after_seq=d.cursor())
 
@@ -165,10 +170,16 @@ class ExportForwarder:
         """Queue new entries and send what is due for every destination; a failure is appended
         to `errors` and never raised. Returns how many records were sent."""
         sent = 0
+        now = self._clock()
+        prune = now - self._pruned_at >= _PRUNE_EVERY_SECONDS
+        if prune:
+            self._pruned_at = now
         for d in self.destinations:
             try:
                 self.enqueue(d)
                 sent += self.deliver(d)
+                if prune:
+                    d.queue.prune(now - DELIVERED_KEEP_SECONDS)
             except Exception as exc:  # noqa: BLE001 - export must never stop the agent
                 log.exception("export to %s failed", d.exporter.name)
                 if errors is not None:

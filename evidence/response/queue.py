@@ -189,6 +189,17 @@ class DeliveryQueue:
         out.update({str(s): int(n) for s, n in rows})
         return out
 
+    def prune(self, delivered_before: float) -> int:
+        """Forget deliveries delivered before `delivered_before`; pending ones are never touched.
+        Their keys may be queued again afterwards, so only callers whose keys never come back
+        (the exporters' sequence numbers) prune."""
+        with self._lock:
+            cur = self._conn.execute(
+                "DELETE FROM deliveries WHERE state='delivered' AND delivered_at < ?",
+                (delivered_before,),
+            )
+        return int(cur.rowcount)
+
     def next_due(self) -> float | None:
         with self._lock:
             row = self._conn.execute(

@@ -61,6 +61,28 @@ def test_a_restart_resumes_from_the_cursor(home: Home, signer: SigningKey) -> No
         assert seqs == list(range(1, log.last_seq() + 1))
 
 
+def test_delivered_records_are_pruned_after_a_week(home: Home, signer: SigningKey) -> None:
+    clock = [1_767_225_600.0]
+    cfg = ExportConfig(file="export/audit.jsonl")
+    with AuditLog.open(home.audit_db, "node-1", signer) as log:
+        fwd = ExportForwarder.from_config(home, cfg, log, clock=lambda: clock[0])
+        assert fwd is not None
+        fwd.cycle()
+        queue = fwd.destinations[0].queue
+        delivered = queue.counts()["delivered"]
+        assert delivered == log.last_seq() and queue.counts()["pending"] == 0
+        clock[0] += 6 * 86400
+        fwd.cycle()
+        assert queue.counts()["delivered"] == delivered  # kept for a week
+        clock[0] += 2 * 86400
+        log.append("posture.check", "agent", {})
+        fwd.cycle()
+        assert queue.counts() == {"pending": 0, "delivered": 1}  # only the new one is left
+        fwd.close()
+        lines = (home.root / "export" / "audit.jsonl").read_text().splitlines()
+        assert len(lines) == log.last_seq()  # pruning never re-sends
+
+
 def test_no_destination_means_no_forwarder(home: Home, signer: SigningKey) -> None:
     with AuditLog.open(home.audit_db, "node-1", signer) as log:
         assert ExportForwarder.from_config(home, ExportConfig(), log) is None

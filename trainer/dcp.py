@@ -51,10 +51,12 @@ from typing import IO, Any, BinaryIO, Protocol, cast
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
+from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future as TorchFuture
 from trainguard.core.errors import TrainguardError
@@ -564,6 +566,42 @@ def _refusal(folder: Path, exc: BaseException, known: str | None = None) -> Chec
     return CheckpointTampered(f"checkpoint {folder.name}: cannot be unsealed or read ({name})")
 
 
+class _ReusedCpuStager(AsyncStager):
+    """Stages to CPU buffers kept between saves (DCP's own stager reallocates every time, or
+    pins memory, which needs an accelerator). A save in flight is waited for before the next
+    stage overwrites the buffers (`DcpCheckpoints.save`)."""
+
+    _synchronize_after_execute = False
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+        self._layout: object = None
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        layout = _layout(state_dict)
+        if self._cache is None or layout != self._layout:
+            self._cache = _create_cpu_state_dict(state_dict)
+            self._layout = layout
+        return cast(dict[str, Any], _copy_state_dict(state_dict, self._cache))
+
+    def synchronize_staging(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._cache = None
+
+
+def _layout(obj: Any) -> object:
+    """What must match for staged buffers to be reused: keys, types, shapes, dtypes."""
+    if isinstance(obj, Mapping):
+        return tuple((k, _layout(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(_layout(v) for v in obj))
+    if isinstance(obj, torch.Tensor):
+        return (type(obj).__name__, tuple(obj.shape), obj.dtype, obj.device.type)
+    return type(obj).__name__
+
+
 class DcpCheckpoints:
     """Sealed, signed DCP checkpoints of one folder. Every rank calls every method (as DCP).
 
@@ -581,6 +619,7 @@ class DcpCheckpoints:
         self._keys, self._sign, self._verify = keys, sign, verify
         self._keep, self._pg, self._sync, self._clock = keep, process_group, sync_files, clock
         self._pending: Future[Any] | None = None
+        self._stager = _ReusedCpuStager()
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"step-{step:08d}.dcp"
@@ -600,7 +639,8 @@ class DcpCheckpoints:
                                  sync_files=self._sync, keep=self._keep, clock=self._clock)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if async_:
-            fut = dcp.async_save(state, storage_writer=writer, process_group=self._pg)
+            fut = dcp.async_save(state, storage_writer=writer, process_group=self._pg,
+                                 async_stager=self._stager)
             self._pending = cast(Future[Any], fut)
             return self._pending
         dcp.save(state, storage_writer=writer, process_group=self._pg)

@@ -80,6 +80,7 @@ __all__ = [
     "SealedDcpReader",
     "SealedDcpWriter",
     "SealingKeys",
+    "export_single",
     "Signer",
     "Verifier",
     "newest_verified",
@@ -680,3 +681,43 @@ class DcpCheckpoints:
 
     def __repr__(self) -> str:
         return f"DcpCheckpoints({self.directory})"
+
+
+class _ExportKeys:
+    """`CheckpointStore`'s key object from separate data keys and signer."""
+
+    def __init__(self, keys: SealingKeys, sign: Signer) -> None:
+        self._keys, self._sign = keys, sign
+
+    def data_key(self) -> DataKey:
+        return self._keys.data_key()
+
+    def unwrap_dek(self, wrapped: WrappedDek, *, what: str = "data") -> bytes:
+        return self._keys.unwrap_dek(wrapped, what=what)
+
+    def sign(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._sign(body)
+
+
+def export_single(folder: Path, out_dir: Path, keys: SealingKeys, sign: Signer,
+                  verify: Verifier) -> Any:
+    """Gather a verified sharded step into one sealed, signed single-file checkpoint
+    (`trainguard.trainer.checkpoint` layout, ``{"step", "state"}``) in `out_dir`, in one
+    process (no process group), e.g. for evaluation. Returns its `CheckpointInfo`.
+
+    Every file is hashed against the manifest first; the full state is held in memory."""
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    from trainguard.trainer.checkpoint import CheckpointStore
+
+    info = verify_step(folder, verify)
+    state: dict[str, Any] = {}
+    reader = SealedDcpReader(folder, keys, verify)
+    try:
+        _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(),
+                         no_dist=True)
+    except (CheckpointException, _Refused, TrainguardError, RuntimeError, OSError,
+            ValueError) as exc:
+        raise _refusal(folder, exc, reader.refusal) from None
+    store = CheckpointStore(out_dir, _ExportKeys(keys, sign), Trust(), keep=1 << 30)
+    return store.save({"step": info.step, "state": state}, info.step)

@@ -225,3 +225,33 @@ def test_nothing_verifies_means_no_resume(env: Env) -> None:
     os.remove(manifest_path(store.path_for(5)))
     info, refused = store.resume(_blank())
     assert info is None and refused == []
+
+
+def test_export_gathers_a_verified_step_into_one_sealed_signed_file(env: Env, tmp_path: Path) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from trainguard.trainer.checkpoint import CheckpointStore
+    from trainguard.trainer.dcp import export_single
+
+    mesh = init_device_mesh("cpu", (1,))
+    full = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    store = env.store()
+    store.save(4, {"model": {"w": distribute_tensor(full, mesh, [Shard(0)]),
+                             "b": torch.ones(2, dtype=torch.bfloat16)}})
+    keys, sign = LocalKeys(env.keyring), signing_key_signer(env.key)
+    out = tmp_path / "export"
+    info = export_single(store.path_for(4), out, keys, sign, trust_verifier(env.trust))
+    assert info.path.read_bytes().startswith(b"TGSEAL")
+
+    class Keys(LocalKeys):
+        def sign(self, body: dict) -> dict:  # type: ignore[type-arg]
+            return sign(body)
+
+    payload, got = CheckpointStore(out, Keys(env.keyring), env.trust).load(info.path)
+    assert got.step == 4 and payload["step"] == 4
+    assert torch.equal(payload["state"]["model"]["w"], full)
+    assert payload["state"]["model"]["b"].dtype == torch.bfloat16
+    _flip(store.path_for(4) / "__0_0.distcp")
+    with pytest.raises(CheckpointTampered):
+        export_single(store.path_for(4), tmp_path / "export2", keys, sign, trust_verifier(env.trust))
+    assert not (tmp_path / "export2").exists()

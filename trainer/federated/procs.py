@@ -38,6 +38,8 @@ def run_server(spec: dict[str, Any]) -> int:
         with out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    if spec.get("baseline"):
+        return _run_baseline(spec, cfg, write)
     strategy = TrainguardStrategy(cfg, write)
     certs = tuple(Path(spec[k]).read_bytes() for k in ("ca", "cert", "key"))
     start_server(server_address=spec["address"],
@@ -45,6 +47,39 @@ def run_server(spec: dict[str, Any]) -> int:
                                      round_timeout=cfg.federation.round_timeout),
                  strategy=strategy, certificates=certs)  # type: ignore[arg-type]
     write({"done": True, "accuracy": strategy.accuracy, "rounds_joined": strategy.joined})
+    return 0
+
+
+def _run_baseline(spec: dict[str, Any], cfg: Any, write: Any) -> int:
+    """BENCHMARK BASELINE (tests/bench/bench_fl.py): Flower's own FedAvg, no TLS, no monitor;
+    writes only the round number and its seconds."""
+    import time
+
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import ServerConfig, start_server
+    from flwr.server.strategy import FedAvg
+    from trainguard.trainer.federated.model import build_model, get_weights
+
+    class _Timed(FedAvg):  # type: ignore[misc]
+        t0 = 0.0
+
+        def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
+            self.t0 = time.monotonic()
+            return super().configure_fit(server_round, parameters, client_manager)
+
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            out = super().aggregate_fit(server_round, results, failures)
+            write({"round": server_round, "seconds": time.monotonic() - self.t0,
+                   "sites": len(results)})
+            return out
+
+    n = cfg.federation.sites
+    strategy = _Timed(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n,
+                      min_available_clients=n,
+                      initial_parameters=ndarrays_to_parameters(get_weights(build_model(cfg))))
+    start_server(server_address=spec["address"], strategy=strategy,
+                 config=ServerConfig(num_rounds=cfg.federation.rounds,
+                                     round_timeout=cfg.federation.round_timeout))
     return 0
 
 
@@ -56,6 +91,9 @@ def run_site(spec: dict[str, Any]) -> int:
     cfg = _config(spec)
     torch.set_num_threads(cfg.federation.threads)
     client = SiteClient(cfg, spec["site"])
+    if spec.get("baseline"):  # BENCHMARK BASELINE only: no TLS
+        start_client(server_address=spec["address"], client=client.to_client(), insecure=True)
+        return 0
     start_client(server_address=spec["address"], client=client.to_client(),
                  root_certificates=Path(spec["ca"]).read_bytes(), insecure=False,
                  max_wait_time=float(spec.get("max_wait_time", 120.0)))

@@ -50,13 +50,15 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.filesystem import FileSystem
+from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
 from torch.distributed.checkpoint.staging import AsyncStager
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future as TorchFuture
 from trainguard.core.errors import TrainguardError
@@ -189,7 +191,7 @@ class _SealingStream(io.RawIOBase):
         self.sink = _Sink(raw)
         self._sealer = SealedWriter(cast(BinaryIO, self.sink), key, segment_size=segment_size)
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         return self._sealer.write(data)
 
     def tell(self) -> int:
@@ -248,7 +250,7 @@ class _SealedFileSystem(FileSystem):
                 self.digests[p.name] = (stream.sink.size, stream.sink.sha.hexdigest())
         elif mode == "rb":
             self._check(p)
-            with p.open("rb") as raw, SealedReader(cast(BinaryIO, raw), self._keys,
+            with p.open("rb") as src, SealedReader(cast(BinaryIO, src), self._keys,
                                                    what=p.name) as reader:
                 yield reader
         else:
@@ -423,7 +425,7 @@ def newest_verified(directory: Path, verify: Verifier) -> tuple[StepInfo | None,
 # ---- DCP storage writer and reader ------------------------------------------------------------
 
 
-class SealedDcpWriter(dcp.FileSystemWriter):
+class SealedDcpWriter(FileSystemWriter):
     """DCP's `FileSystemWriter` with every file sealed and a signed manifest written last.
 
     Args:
@@ -505,7 +507,7 @@ def _prune(directory: Path, keep: int, current: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-class SealedDcpReader(dcp.FileSystemReader):
+class SealedDcpReader(FileSystemReader):
     """DCP's `FileSystemReader` that verifies the signed manifest before reading anything, reads
     ``.metadata`` through the restricted unpickler, and hashes each shard before unsealing it."""
 
@@ -583,7 +585,8 @@ class _ReusedCpuStager(AsyncStager):
         if self._cache is None or layout != self._layout:
             self._cache = _create_cpu_state_dict(state_dict)
             self._layout = layout
-        return cast(dict[str, Any], _copy_state_dict(state_dict, self._cache))
+        staged: dict[str, Any] = _copy_state_dict(state_dict, self._cache)
+        return staged
 
     def synchronize_staging(self) -> None:
         pass
@@ -640,11 +643,11 @@ class DcpCheckpoints:
                                  sync_files=self._sync, keep=self._keep, clock=self._clock)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if async_:
-            fut = dcp.async_save(state, storage_writer=writer, process_group=self._pg,
+            fut = dcp_async_save(state, storage_writer=writer, process_group=self._pg,
                                  async_stager=self._stager)
             self._pending = cast(Future[Any], fut)
             return self._pending
-        dcp.save(state, storage_writer=writer, process_group=self._pg)
+        dcp_save(state, storage_writer=writer, process_group=self._pg)
         return None
 
     def wait(self) -> None:
@@ -657,7 +660,7 @@ class DcpCheckpoints:
         """Verify and load one step into `state` in place (DCP resharding applies)."""
         reader = SealedDcpReader(folder, self._keys, self._verify)
         try:
-            dcp.load(state, storage_reader=reader, process_group=self._pg)
+            dcp_load(state, storage_reader=reader, process_group=self._pg)
         except (CheckpointException, _Refused, TrainguardError) as exc:
             raise _refusal(folder, exc, reader.refusal) from None
         except (RuntimeError, OSError, ValueError, EOFError, AssertionError) as exc:

@@ -13,6 +13,7 @@ from flwr.common import NDArrays, Scalar
 from trainguard.trainer.config import Attack
 from trainguard.trainer.federated.aggregate import attack_plan
 from trainguard.trainer.federated.config import FederationConfig
+from trainguard.trainer.federated.membership import prove
 from trainguard.trainer.federated.model import (
     build_model,
     get_weights,
@@ -25,8 +26,10 @@ __all__ = ["SiteClient"]
 
 
 class SiteClient(NumPyClient):  # type: ignore[misc]
-    def __init__(self, cfg: FederationConfig, site: str) -> None:
+    def __init__(self, cfg: FederationConfig, site: str,
+                 credentials: tuple[bytes, bytes] | None = None) -> None:
         self.cfg = cfg
+        self.credentials = credentials  # (node cert PEM, node key PEM); never logged
         self.site = site
         self.model = build_model(cfg)
         self.shard = load_shard(cfg, site)
@@ -34,6 +37,14 @@ class SiteClient(NumPyClient):  # type: ignore[misc]
         self.attack = (attack_plan(sim.attack, sim.strength)
                        if site in sim.byzantine_sites and sim.attack in (Attack.SIGN_FLIP, Attack.SCALE)
                        else None)
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        """Answer the server's admission challenge with the node certificate and a proof."""
+        nonce = bytes.fromhex(str(config.get("admission_nonce", "")))
+        if self.credentials is None or len(nonce) < 16:
+            return {"site": self.site}
+        cert_pem, key_pem = self.credentials
+        return {"site": self.site, "cert": cert_pem.decode(), "sig": prove(key_pem, nonce).hex()}
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         rnd = int(config.get("round", 0))

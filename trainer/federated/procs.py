@@ -28,7 +28,7 @@ def _config(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
 def run_server(spec: dict[str, Any]) -> int:
     import torch
     from flwr.server import ServerConfig, start_server
-    from trainguard.trainer.federated.strategy import TrainguardStrategy
+    from trainguard.trainer.federated.strategy import Admission, TrainguardStrategy
 
     torch.set_num_threads(1)
     cfg = _config(spec)
@@ -40,7 +40,8 @@ def run_server(spec: dict[str, Any]) -> int:
 
     if spec.get("baseline"):
         return _run_baseline(spec, cfg, write)
-    strategy = TrainguardStrategy(cfg, write)
+    admission = Admission(ca_pem=Path(spec["ca"]).read_bytes(), crl_pem=Path(spec["crl"]).read_bytes())
+    strategy = TrainguardStrategy(cfg, write, admission)
     certs = tuple(Path(spec[k]).read_bytes() for k in ("ca", "cert", "key"))
     start_server(server_address=spec["address"],
                  config=ServerConfig(num_rounds=cfg.federation.rounds,
@@ -86,11 +87,15 @@ def _run_baseline(spec: dict[str, Any], cfg: Any, write: Any) -> int:
 def run_site(spec: dict[str, Any]) -> int:
     import torch
     from flwr.client import start_client
+    from trainguard.core.fs import read_private
     from trainguard.trainer.federated.client import SiteClient
 
     cfg = _config(spec)
     torch.set_num_threads(cfg.federation.threads)
-    client = SiteClient(cfg, spec["site"])
+    credentials = None
+    if not spec.get("baseline"):
+        credentials = (Path(spec["cert"]).read_bytes(), read_private(Path(spec["key"])))
+    client = SiteClient(cfg, spec["site"], credentials)
     if spec.get("baseline"):  # BENCHMARK BASELINE only: no TLS
         start_client(server_address=spec["address"], client=client.to_client(), insecure=True)
         return 0

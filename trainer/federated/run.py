@@ -89,16 +89,19 @@ def prepare_federation(home: Home, config_path: Path, overrides: list[str], site
     audit.record("cert-issued", "fl", {"name": SERVER_NAME, "kind": "node", "run": run_id})
     base = {"config": str(config_path.absolute()), "overrides": overrides}
     server_spec = run_dir / "server.json"
+    crl = ca.crl_path if ca.crl_path.exists() else ca.write_crl()
     server_spec.write_text(json.dumps({**base, "address": address.replace("localhost", "127.0.0.1"),
                                        "ca": str(ca_crt), "cert": str(cert), "key": str(key),
+                                       "crl": str(crl),
                                        "rounds_log": str(run_dir / "rounds.jsonl")}))
     site_specs = {}
     for site in cfg.sites:
         site_home = _site_home(run_dir / "sites" / site, site)
-        s_ca, _, _ = _issue(ca, site, site_home.pki_dir)
+        s_ca, s_cert, s_key = _issue(ca, site, site_home.pki_dir)
         audit.record("cert-issued", "fl", {"name": site, "kind": "node", "run": run_id})
         spec = run_dir / f"{site}.json"
         spec.write_text(json.dumps({**base, "address": address, "site": site, "ca": str(s_ca),
+                                    "cert": str(s_cert), "key": str(s_key),
                                     "home": str(site_home.root)}))
         site_specs[site] = spec
     return FederationPlan(run_id, run_dir, config_path, overrides, cfg, address, server_spec, site_specs)
@@ -148,6 +151,9 @@ def launch_federation(plan: FederationPlan, audit: AuditSink, report: Reporter,
             if rec.get("done"):
                 state["done"] = rec
                 continue
+            if "admission" in rec:
+                _admission(plan, rec, audit, report, incidents, principal)
+                continue
             records.append(rec)
             _record_round(plan, rec, audit, principal)
             for site in rec["newly_flagged"]:
@@ -177,6 +183,16 @@ def launch_federation(plan: FederationPlan, audit: AuditSink, report: Reporter,
     return _result(plan, records, done, incidents, status, reason)
 
 
+def _admission(plan: FederationPlan, rec: dict[str, Any], audit: AuditSink, report: Reporter,
+               incidents: list[dict[str, Any]], principal: str) -> None:
+    audit.record("fl.admission", principal, {"run": plan.run_id, **rec})
+    if rec["admission"] == "refused":
+        evidence = {"run": plan.run_id, "site": rec["site"], "reason": rec["reason"],
+                    "round": rec["round"]}
+        report("membership-failure", "high", evidence)
+        incidents.append({"kind": "membership-failure", **evidence})
+
+
 def _record_round(plan: FederationPlan, rec: dict[str, Any], audit: AuditSink, principal: str) -> None:
     audit.record("fl.round", principal, {
         "run": plan.run_id, "round": rec["round"], "sites": rec["sites"],
@@ -188,13 +204,15 @@ def _record_round(plan: FederationPlan, rec: dict[str, Any], audit: AuditSink, p
 def _result(plan: FederationPlan, records: list[dict[str, Any]], done: dict[str, Any] | None,
             incidents: list[dict[str, Any]], status: str, reason: str | None) -> dict[str, Any]:
     cfg = plan.config
-    excluded = set(records[-1]["excluded"]) if records else set()
+    refused = {i["site"] for i in incidents if i["kind"] == "membership-failure"}
+    excluded = (set(records[-1]["excluded"]) if records else set()) | refused
     joined = {s: sum(s in r["sites"] for r in records) for s in cfg.sites}
     return {
         "status": status, "reason": reason, "run_id": plan.run_id, "run_dir": str(plan.run_dir),
         "rounds": len(records), "final_accuracy": records[-1]["accuracy"] if records else None,
         "aggregation": cfg.aggregation.method.value,
-        "sites": [{"name": s, "rounds_joined": joined[s], "excluded": s in excluded} for s in cfg.sites],
+        "sites": [{"name": s, "rounds_joined": joined[s], "excluded": s in excluded,
+                   "admitted": s not in refused and joined[s] > 0} for s in cfg.sites],
         "incidents": incidents, "checkpoints": [], "privacy": None,
         "bytes_per_round": [{"round": r["round"], "up": r["bytes_up"], "down": r["bytes_down"]}
                             for r in records],

@@ -1,16 +1,20 @@
 """The Flower strategy: trainguard's robust rules over site updates, per-site statistics,
 flagging and exclusion, central evaluation, and one record per round for the audit log.
 
-Sites name themselves in their fit metrics (``site``); a result from a name that is not on the
-federation's site list is dropped. The server never trusts a site's row to be finite (NaN and
+With `admission` set, a site joins only after proving it holds a key certified by the cluster
+CA (`membership.verify_site`), and its name comes from its certificate; a refused site never
+receives a round. Without it (unit tests, the benchmark baseline) sites name themselves in their
+fit metrics. Either way a result from a name that is not on the site list is dropped. The server never trusts a site's row to be finite (NaN and
 infinities are zeroed before any rule runs).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,7 @@ from flwr.common import (
     EvaluateRes,
     FitIns,
     FitRes,
+    GetPropertiesIns,
     Parameters,
     Scalar,
     ndarrays_to_parameters,
@@ -37,11 +42,20 @@ from trainguard.trainer.federated.model import (
     set_weights,
 )
 
-__all__ = ["TrainguardStrategy"]
+__all__ = ["Admission", "TrainguardStrategy"]
 
 log = logging.getLogger(__name__)
 
 RoundSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the server checks sites against (PEM bytes of the cluster CA and its CRL)."""
+
+    ca_pem: bytes
+    crl_pem: bytes
+    timeout: float = 30.0
 
 
 def _flat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -63,8 +77,11 @@ def _nbytes(p: Parameters) -> int:
 class TrainguardStrategy(Strategy):
     """Robust aggregation over the federation's sites; `on_round` gets one record per round."""
 
-    def __init__(self, cfg: FederationConfig, on_round: RoundSink) -> None:
+    def __init__(self, cfg: FederationConfig, on_round: RoundSink,
+                 admission: Admission | None = None) -> None:
         self.cfg = cfg
+        self.admission = admission
+        self.refused: set[str] = set()  # Flower client ids refused at admission
         self.on_round = on_round
         self.agg = SiteAggregator(cfg.aggregation)
         self.model = build_model(cfg)
@@ -85,11 +102,42 @@ class TrainguardStrategy(Strategy):
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         n = self.cfg.federation.sites
         client_manager.wait_for(n, timeout=int(self.cfg.federation.round_timeout))
+        if self.admission is not None:
+            for cid, proxy in client_manager.all().items():
+                if cid not in self.sites_of and cid not in self.refused:
+                    self._admit(server_round, cid, proxy)
         clients = [c for cid, c in client_manager.all().items()
-                   if self.sites_of.get(cid) not in self.agg.excluded]
+                   if cid not in self.refused and self.sites_of.get(cid) not in self.agg.excluded
+                   and (self.admission is None or cid in self.sites_of)]
         ins = FitIns(parameters, {"round": server_round})
         self._round = {"t0": time.monotonic(), "bytes_down": _nbytes(parameters) * len(clients)}
         return [(c, ins) for c in clients]
+
+    def _admit(self, server_round: int, cid: str, proxy: ClientProxy) -> None:
+        from trainguard.trainer.federated.membership import SiteRefused, verify_site
+
+        assert self.admission is not None
+        nonce = secrets.token_bytes(32)
+        claimed = "?"
+        try:
+            res = proxy.get_properties(GetPropertiesIns({"admission_nonce": nonce.hex()}),
+                                       timeout=self.admission.timeout, group_id=server_round)
+            props = res.properties
+            claimed = str(props.get("site", "?"))[:64]
+            site = verify_site(ca_pem=self.admission.ca_pem, crl_pem=self.admission.crl_pem,
+                               sites=self.joined, cert_pem=str(props.get("cert", "")).encode(),
+                               nonce=nonce, signature=bytes.fromhex(str(props.get("sig", ""))))
+            if site in self.sites_of.values():
+                raise SiteRefused("duplicate")  # a second connection with the same identity
+        except (SiteRefused, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, SiteRefused) else "malformed"
+            self.refused.add(cid)
+            log.warning("site %r refused at admission: %s", claimed, reason)
+            self.on_round({"admission": "refused", "site": claimed, "reason": reason,
+                           "round": server_round})
+            return
+        self.sites_of[cid] = site
+        self.on_round({"admission": "admitted", "site": site, "round": server_round})
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
@@ -97,11 +145,15 @@ class TrainguardStrategy(Strategy):
         updates: dict[str, np.ndarray] = {}
         bytes_up, dropped = 0, []
         for proxy, res in results:
-            site = str(res.metrics.get("site", ""))
+            site = (self.sites_of.get(proxy.cid, "") if self.admission is not None
+                    else str(res.metrics.get("site", "")))
             if site not in self.joined:
                 dropped.append(site)
                 continue
             self.sites_of[proxy.cid] = site
+            if site in updates:
+                dropped.append(site)  # two results under one name: keep the first only
+                continue
             bytes_up += _nbytes(res.parameters)
             updates[site] = _flat(parameters_to_ndarrays(res.parameters)) - base
         sim = self.cfg.simulate

@@ -27,13 +27,13 @@ from trainguard.trainer.context import Trust
 from trainguard.trainer.dcp import (
     DcpCheckpoints,
     LocalKeys,
-    _Refused,
-    _SealedFileSystem,
     load_metadata,
     manifest_path,
     signing_key_signer,
     trust_verifier,
 )
+from trainguard.trainer.dcp.signed import _Refused
+from trainguard.trainer.dcp.storage import _SealedFileSystem
 from trainguard.trainer.errors import CheckpointTampered
 
 

@@ -1,0 +1,294 @@
+"""DCP's file-system writer and reader on sealed streams: every file sealed while written and
+hashed on the way out; nothing read before the step's manifest verified."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future as TorchFuture
+from trainguard.core.fs import atomic_output
+from trainguard.crypto.manifest import FileEntry, Manifest
+from trainguard.crypto.sealed.stream import (
+    DEFAULT_SEGMENT_SIZE,
+    DataKey,
+    SealedReader,
+    SealedWriter,
+)
+from trainguard.trainer.dcp.metadata import load_metadata
+from trainguard.trainer.dcp.signed import (
+    _DIGESTS,
+    _METADATA,
+    _STEP,
+    SealingKeys,
+    Signer,
+    StepInfo,
+    Verifier,
+    _hash,
+    _Refused,
+    list_steps,
+    manifest_path,
+    verify_step,
+)
+from trainguard.trainer.errors import CheckpointTampered
+
+# ---- sealed streams on DCP's file system ------------------------------------------------------
+
+
+class _Sink:
+    """The file object a `SealedWriter` writes ciphertext into: `raw`, hashed on the way."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        n = self.raw.write(data)
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass  # flushed once, when the stream is finished
+
+
+class _SealingStream(io.RawIOBase):
+    """What DCP writes into: seals into `raw` and reports plaintext offsets (DCP's tell())."""
+
+    def __init__(self, raw: BinaryIO, key: DataKey, segment_size: int) -> None:
+        super().__init__()
+        self.sink = _Sink(raw)
+        self._sealer = SealedWriter(cast(BinaryIO, self.sink), key, segment_size=segment_size)
+
+    def write(self, data: Any) -> int:
+        return self._sealer.write(data)
+
+    def tell(self) -> int:
+        return self._sealer.tell()
+
+    def fileno(self) -> int:  # DCP fsyncs what is written so far; finish() syncs the rest
+        return self.sink.raw.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, sync: bool) -> None:
+        self._sealer.close()
+        self.sink.raw.flush()
+        if sync:
+            os.fsync(self.sink.raw.fileno())
+
+    def abort(self) -> None:
+        self._sealer.abort()
+
+    def close(self) -> None:  # DCP closes the stream itself; sealing ends in finish()
+        pass
+
+
+class _SealedFileSystem(FileSystem):
+    """DCP's local file system with every stream sealed (write) or verified and unsealed (read)."""
+
+    def __init__(self, keys: SealingKeys, *, sync: bool = True,
+                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+        self._keys = keys
+        self._sync = sync
+        self._segment_size = segment_size
+        self._lock = threading.Lock()
+        self.digests: dict[str, tuple[int, str]] = {}  # written: name -> (size, sha256)
+        self.expected: dict[str, FileEntry] | None = None  # read: the verified manifest
+        self.folder: Path | None = None  # read: the verified step folder
+        self._hashed: set[str] = set()
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[io.IOBase]:
+        p = Path(path)
+        if mode == "wb":
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(p, flags, 0o600), "wb") as raw:
+                stream = _SealingStream(raw, self._keys.data_key(), self._segment_size)
+                try:
+                    yield stream
+                except BaseException:
+                    stream.abort()
+                    raise
+                stream.finish(self._sync)
+            with self._lock:
+                self.digests[p.name] = (stream.sink.size, stream.sink.sha.hexdigest())
+        elif mode == "rb":
+            self._check(p)
+            with p.open("rb") as src, SealedReader(cast(BinaryIO, src), self._keys,
+                                                   what=p.name) as reader:
+                yield reader
+        else:
+            raise ValueError(f"unsupported mode {mode!r}")
+
+    def _check(self, p: Path) -> None:
+        """Hash a file against the verified manifest before any of it is unsealed."""
+        if self.expected is None or p.name not in self.expected or p.parent != self.folder:
+            raise _Refused(f"{p.name} is not a signed file of this checkpoint")
+        with self._lock:
+            if p.name in self._hashed:
+                return
+        entry = self.expected[p.name]
+        got = _hash(p)
+        if got != (entry.size, entry.sha256):
+            raise _Refused(f"{p.parent.name}/{p.name} does not match its signed manifest")
+        with self._lock:
+            self._hashed.add(p.name)
+
+    def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
+        super().rename(path, new_path)
+        with self._lock:
+            if Path(path).name in self.digests:
+                self.digests[Path(new_path).name] = self.digests.pop(Path(path).name)
+
+    def mkdir(self, path: str | os.PathLike[str]) -> None:
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+
+# ---- DCP storage writer and reader ------------------------------------------------------------
+
+
+class SealedDcpWriter(FileSystemWriter):
+    """DCP's `FileSystemWriter` with every file sealed and a signed manifest written last.
+
+    Args:
+        path: the step folder (``<dir>/step-NNNNNNNN.dcp``).
+        keys: data keys (`SealingKeys`); sign: signs the manifest (`Signer`).
+        keep: after signing, the coordinator keeps this many signed steps in the parent folder
+            and removes unfinished older ones (0: prune nothing).
+    """
+
+    def __init__(self, path: Path, keys: SealingKeys, sign: Signer, *, sync_files: bool = True,
+                 thread_count: int = 1, keep: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(path, single_file_per_rank=True, sync_files=sync_files,
+                         thread_count=thread_count, overwrite=True)
+        self.fs: _SealedFileSystem = _SealedFileSystem(keys, sync=sync_files)
+        self._sign = sign
+        self._keep = keep
+        self._clock = clock
+        self.signed: Path | None = None
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        # The coordinator, after every rank created the folder and before any rank writes: a
+        # signed step is never overwritten; files of an unfinished attempt are removed.
+        folder = Path(self.path)
+        if manifest_path(folder).exists():
+            raise _Refused(f"{folder.name} is already a signed checkpoint; save another step")
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        return super().prepare_global_plan(plans)
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> TorchFuture[list[WriteResult]]:
+        results = list(super().write_data(plan, planner).wait())
+        prefix = plan.storage_data.prefix
+        with self.fs._lock:  # noqa: SLF001
+            mine = {n: d for n, d in self.fs.digests.items() if n.startswith(prefix)}
+        results.append(WriteResult(MetadataIndex(_DIGESTS + prefix), 0, mine))
+        fut: TorchFuture[list[WriteResult]] = TorchFuture()
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        digests: dict[str, tuple[int, str]] = {}
+        kept: list[list[WriteResult]] = []
+        for rank_results in results:
+            kept.append([])
+            for wr in rank_results:
+                if wr.index.fqn.startswith(_DIGESTS):
+                    digests.update(wr.storage_data)
+                else:
+                    kept[-1].append(wr)
+        super().finish(metadata, kept)  # the sealed .metadata, through our file system
+        digests[_METADATA] = self.fs.digests[_METADATA]
+        folder = Path(self.path)
+        on_disk = {p.name for p in folder.iterdir()}
+        if on_disk != set(digests):
+            raise _Refused(f"{folder.name}: files appeared that no rank reported; not signed")
+        entries = tuple(FileEntry(n, int(s), str(h)) for n, (s, h) in sorted(digests.items()))
+        body = Manifest("directory", folder.name, entries, self._clock()).to_json()
+        signed = self._sign(body)
+        doc = {"format": 1, "manifest": body, "key_id": signed.get("key_id"),
+               "algorithm": signed["algorithm"], "certificate": signed.get("certificate"),
+               "signature": signed["signature"]}
+        with atomic_output(manifest_path(folder), mode=0o600) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        self.signed = manifest_path(folder)
+        if self._keep:
+            _prune(folder.parent, self._keep, folder)
+
+
+def _prune(directory: Path, keep: int, current: Path) -> None:
+    m = _STEP.match(current.name)
+    now = int(m.group(1)) if m else -1
+    for _step, folder in list_steps(directory)[keep:]:
+        manifest_path(folder).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    for p in directory.iterdir():  # unfinished saves older than this one: crashed attempts
+        s = _STEP.match(p.name)
+        if s and int(s.group(1)) < now and not manifest_path(p).exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class SealedDcpReader(FileSystemReader):
+    """DCP's `FileSystemReader` that verifies the signed manifest before reading anything, reads
+    ``.metadata`` through the restricted unpickler, and hashes each shard before unsealing it."""
+
+    def __init__(self, path: Path, keys: SealingKeys, verify: Verifier) -> None:
+        super().__init__(path)
+        self.fs: _SealedFileSystem = _SealedFileSystem(keys)
+        self._verify = verify
+        self.info: StepInfo | None = None
+        self.refusal: str | None = None  # DCP turns read_metadata's exception into its own
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        try:
+            return self._read_metadata()
+        except _Refused as exc:
+            self.refusal = self.refusal or str(exc)
+            raise
+
+    def _read_metadata(self) -> Metadata:
+        folder = Path(self.path)
+        if self.refusal is not None:  # DCP retries with the rank-local name: same answer
+            raise _Refused(self.refusal)
+        try:
+            info = verify_step(folder, self._verify, hash_all=False)
+        except CheckpointTampered as exc:
+            raise _Refused(exc.message) from None
+        self.info = info
+        self.fs.folder = folder
+        self.fs.expected = dict(info.files)
+        with self.fs.create_stream(folder / _METADATA, "rb") as f:
+            md = load_metadata(cast(IO[bytes], f))
+        for sinfo in (md.storage_data or {}).values():
+            if getattr(sinfo, "relative_path", None) not in info.files:
+                raise _Refused(f"{folder.name}: metadata names a file that is not signed")
+        if md.storage_meta is None:
+            md.storage_meta = StorageMeta()
+        md.storage_meta.load_id = self.load_id
+        return md
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> TorchFuture[None]:
+        if self.fs.expected is None:
+            raise _Refused("shards were requested before the manifest was verified")
+        return super().read_data(plan, planner)

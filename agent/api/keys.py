@@ -10,7 +10,8 @@ Ops (the agent's wire format, `trainguard.agent.api.client`; one JSON object per
   sealed checkpoint, for a caller that verified the checkpoint's signature first.
 * ``checkpoint-sign`` {"manifest"} -> {"algorithm", "key_id", "signature", "certificate"}: a
   signature over ``DOMAIN ‖ canonical_json(manifest)``. Only the manifest of one checkpoint file
-  (``step-NNNNNNNN.tgseal``) is signed, and the domain prefix keeps these signatures from ever
+  (``step-NNNNNNNN.tgseal``) or of one sharded DCP step (``step-NNNNNNNN.dcp``: its
+  ``__R_N.distcp`` shards and ``.metadata``, `trainguard.trainer.dcp`) is signed, and the domain prefix keeps these signatures from ever
   verifying as a policy, a lock or an artifact manifest: the op is not a general signing
   oracle. With a cluster node certificate (``pki/node.crt`` + ``pki/node.key``), the node's
   certificate key signs (ECDSA P-256) and the certificate travels with the signature, so every
@@ -58,11 +59,32 @@ OPS: dict[str, str] = {
     "checkpoint-sign": "checkpoint:sign",
 }
 _CHECKPOINT_NAME = re.compile(r"^step-\d{8}\.tgseal$")
+_DCP_STEP = re.compile(r"^step-\d{8}\.dcp$")  # trainguard.trainer.dcp: one folder per step
+_DCP_FILE = re.compile(r"^(__\d{1,6}_\d{1,6}\.distcp|\.metadata)$")
 _MAX_LINE = 1 << 20
 
 
 class KeyServiceError(TrainguardError):
     """A key-service request was malformed or refused."""
+
+
+def _is_file_checkpoint(manifest: dict[str, Any]) -> bool:
+    files = manifest.get("files")
+    return (manifest.get("kind") == "file"
+            and bool(_CHECKPOINT_NAME.match(str(manifest.get("name", ""))))
+            and isinstance(files, list) and len(files) == 1
+            and isinstance(files[0], dict) and files[0].get("path") == manifest["name"])
+
+
+def _is_dcp_step(manifest: dict[str, Any]) -> bool:
+    """A sharded step folder: DCP's shard files and its `.metadata`, nothing else."""
+    files = manifest.get("files")
+    return (manifest.get("kind") == "directory"
+            and bool(_DCP_STEP.match(str(manifest.get("name", ""))))
+            and isinstance(files, list) and 1 < len(files) <= 1 << 16
+            and all(isinstance(f, dict) and set(f) == {"path", "size", "sha256"}
+                    and _DCP_FILE.match(str(f["path"])) for f in files)
+            and any(f["path"] == ".metadata" for f in files))
 
 
 def _b64(data: bytes) -> str:
@@ -112,12 +134,10 @@ class KeyService:
         from trainguard.crypto.signing import canonical_json
 
         manifest = req.get("manifest")
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        if (not isinstance(manifest, dict) or manifest.get("kind") != "file"
-                or not _CHECKPOINT_NAME.match(str(manifest.get("name", "")))
-                or not isinstance(files, list) or len(files) != 1
-                or not isinstance(files[0], dict) or files[0].get("path") != manifest["name"]):
-            raise KeyServiceError("only the manifest of one checkpoint file is signed")
+        if not isinstance(manifest, dict) or not (_is_file_checkpoint(manifest)
+                                                  or _is_dcp_step(manifest)):
+            raise KeyServiceError("only the manifest of one checkpoint file or one sharded (DCP) "
+                                  "checkpoint step is signed")
         signer = self._get_signer()
         return {**signer.describe(), "signature": _b64(signer.sign(DOMAIN + canonical_json(manifest)))}
 

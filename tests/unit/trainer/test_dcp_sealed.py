@@ -255,3 +255,22 @@ def test_export_gathers_a_verified_step_into_one_sealed_signed_file(env: Env, tm
     with pytest.raises(CheckpointTampered):
         export_single(store.path_for(4), tmp_path / "export2", keys, sign, trust_verifier(env.trust))
     assert not (tmp_path / "export2").exists()
+
+
+def test_through_the_real_key_service(home, keys, tmp_path: Path, group: None) -> None:  # type: ignore[no-untyped-def]
+    """Workers' path: data keys, unwrapping and the manifest signature from the key service
+    (the launcher's key process / the agent); verified with the node's public material."""
+    from trainguard.trainer.keys import KeyServiceUnavailable
+    from trainguard.trainer.launcher import trust_for
+
+    store = DcpCheckpoints(tmp_path / "ck", keys, keys.sign, trust_verifier(trust_for(home)),
+                           sync_files=False)
+    saved = _state(3)
+    store.save(3, saved)
+    state = _blank()
+    info, _ = store.resume(state)
+    assert info is not None and info.step == 3 and _same(saved, state)
+    body = json.loads(manifest_path(store.path_for(3)).read_text())["manifest"]
+    body["files"].append({"path": "notes.txt", "size": 1, "sha256": "0" * 64})
+    with pytest.raises(KeyServiceUnavailable, match="only the manifest of one checkpoint"):
+        keys.sign(body)  # the service signs DCP steps, not arbitrary folders

@@ -192,3 +192,54 @@ def test_keep_prunes_old_checkpoints(home: Home, keys, tmp_path: Path) -> None:
         store.save(_payload(step), step)
     assert [s for s, _ in store.list()] == [3, 2]
     assert not manifest_path(store.path_for(1)).exists()
+
+
+def _with_node_cert(home: Home, cluster: str = "c1"):
+    from trainguard.core.fs import write_private
+    from trainguard.crypto.pki import ClusterCA
+
+    ca = ClusterCA.create(home.pki_dir, cluster)
+    cert, key = ca.issue("node-a", "node")
+    write_private(home.pki_dir / "node.crt", cert, mode=0o644)
+    write_private(home.pki_dir / "node.key", key)
+    ca.write_crl()
+    return ca
+
+
+def test_node_certificate_signatures_verify_on_another_node_until_revoked(
+        home: Home, tmp_path: Path) -> None:
+    """A cluster node signs with its certificate key; another node (other Ed25519 key, same CA
+    and CRL) verifies it; once the certificate is revoked, the CRL refuses it."""
+    import dataclasses
+    import threading
+    import time
+
+    from support import make_home
+    from trainguard.agent.api.keys import serve
+    from trainguard.trainer.keys import KeyClient
+
+    ca = _with_node_cert(home)
+    sock = tmp_path / "k.sock"
+    stop = threading.Event()
+    threading.Thread(target=serve, args=(home, sock), kwargs={"until": stop.is_set}, daemon=True).start()
+    while not sock.exists():
+        time.sleep(0.01)
+    client = KeyClient(sock)
+    try:
+        info = _store(home, client, tmp_path / "ck").save(_payload(4), 4)
+        other = make_home(tmp_path / "node-b")  # its own node key: only the CA can vouch
+        trust = dataclasses.replace(trust_for(other), ca_pem=(home.pki_dir / "ca.crt").read_text(),
+                                    crl_pem=(home.pki_dir / "crl.pem").read_text())
+        remote = CheckpointStore(tmp_path / "ck", client, trust)
+        assert remote.verify(info.path).signer == "spiffe://c1/node/node-a"
+        ca.revoke("node-a")
+        ca.write_crl()
+        revoked = dataclasses.replace(trust, crl_pem=(home.pki_dir / "crl.pem").read_text())
+        with pytest.raises(CheckpointTampered, match="signature does not verify"):
+            CheckpointStore(tmp_path / "ck", client, revoked).verify(info.path)
+        foreign = dataclasses.replace(trust, ca_pem=None)
+        with pytest.raises(CheckpointTampered):
+            CheckpointStore(tmp_path / "ck", client, foreign).verify(info.path)
+    finally:
+        client.close()
+        stop.set()

@@ -25,7 +25,7 @@ from trainguard.trainer.federated.model import (
 __all__ = ["SiteClient"]
 
 
-class SiteClient(NumPyClient):  # type: ignore[misc]
+class SiteClient(NumPyClient):
     def __init__(self, cfg: FederationConfig, site: str,
                  credentials: tuple[bytes, bytes] | None = None) -> None:
         self.cfg = cfg

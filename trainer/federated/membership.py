@@ -84,4 +84,4 @@ def verify_site(*, ca_pem: bytes, crl_pem: bytes, sites: Collection[str], cert_p
         public.verify(signature, DOMAIN + nonce, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise SiteRefused("bad-proof") from exc
-    return node.name
+    return str(node.name)

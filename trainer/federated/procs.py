@@ -61,7 +61,7 @@ def _run_baseline(spec: dict[str, Any], cfg: Any, write: Any) -> int:
     from flwr.server.strategy import FedAvg
     from trainguard.trainer.federated.model import build_model, get_weights
 
-    class _Timed(FedAvg):  # type: ignore[misc]
+    class _Timed(FedAvg):
         t0 = 0.0
 
         def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]

@@ -83,7 +83,9 @@ def prepare_federation(home: Home, config_path: Path, overrides: list[str], site
     ca = ClusterCA.open(home.pki_dir)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     run_dir = home.state_dir / "fl" / run_id
-    (run_dir / "logs").mkdir(parents=True, mode=0o700)
+    for d in (run_dir.parent, run_dir, run_dir / "logs"):  # every level private, not just the last
+        d.mkdir(mode=0o700, exist_ok=d != run_dir)
+        d.chmod(0o700)
     address = f"localhost:{_free_port()}"
     ca_crt, cert, key = _issue(ca, SERVER_NAME, run_dir / "server", dns=("localhost",))
     audit.record("cert-issued", "fl", {"name": SERVER_NAME, "kind": "node", "run": run_id})

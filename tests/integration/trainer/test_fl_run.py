@@ -64,6 +64,9 @@ def test_three_sites_learn_digits_over_tls_and_every_round_is_audited(cli, home:
     # each site got its own home with a certificate from the cluster CA, and a server log that
     # says the gRPC server ran with TLS
     run_dir = Path(r["run_dir"])
+    assert oct(run_dir.parent.stat().st_mode & 0o777) == "0o700"  # <home>/state/fl
+    assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
+    assert oct((run_dir / "server" / "node.key").stat().st_mode & 0o777) == "0o600"
     for site in ("site-1", "site-2", "site-3"):
         assert (run_dir / "sites" / site / "pki" / "node.crt").read_bytes().startswith(b"-----BEGIN")
     assert "SSL is enabled" in (run_dir / "logs" / "server.log").read_text()

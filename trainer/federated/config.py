@@ -36,8 +36,16 @@ from trainguard.trainer.config import (
 )
 from trainguard.trainer.errors import TrainConfigError
 
-__all__ = ["FederationConfig", "FederationSection", "FLSimulateSection", "load_fl_config",
+__all__ = ["FLConfigError", "FederationConfig", "FederationSection", "FLSimulateSection", "load_fl_config",
            "site_names"]
+
+
+class FLConfigError(TrainConfigError):
+    """The federation config is invalid; `problems` lists every problem found (exit 2)."""
+
+    def __init__(self, problems: list[str], *, source: str) -> None:
+        super().__init__(problems, source=source)
+        self.tip = "fix the listed keys (see trainer/examples/fl-digits.toml for every documented key)"
 
 
 def site_names(n: int) -> list[str]:
@@ -117,7 +125,7 @@ def _cross_check(cfg: FederationConfig) -> list[str]:
 
 
 def build_fl_config(data: Mapping[str, Any], *, source: str) -> FederationConfig:
-    """Validate merged TOML data; raises TrainConfigError listing every problem."""
+    """Validate merged TOML data; raises FLConfigError listing every problem."""
     problems: list[str] = []
     built: dict[str, Any] = {}
     for name, raw in data.items():
@@ -131,7 +139,7 @@ def build_fl_config(data: Mapping[str, Any], *, source: str) -> FederationConfig
     cfg = FederationConfig(**built, raw=dict(data))
     problems += _cross_check(cfg)  # on what could be built: every problem is reported at once
     if problems:
-        raise TrainConfigError(problems, source=source)
+        raise FLConfigError(problems, source=source)
     return cfg
 
 
@@ -140,7 +148,7 @@ def load_fl_config(path: Path, overrides: Iterable[str] = ()) -> FederationConfi
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise TrainConfigError([f"no such file {path}"], source=str(path)) from exc
+        raise FLConfigError([f"no such file {path}"], source=str(path)) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TrainConfigError([f"not valid TOML: {exc}"], source=str(path)) from exc
+        raise FLConfigError([f"not valid TOML: {exc}"], source=str(path)) from exc
     return build_fl_config(merge_overrides(data, overrides), source=str(path))

@@ -103,4 +103,4 @@ def test_a_bad_config_is_refused_with_every_problem_before_asking_for_mfa(cli, h
     out = cli("fl", "run", FL, "--home", home, "--sites", "3", "--set", 'aggregation.method="krum"',
               "--set", 'simulate.byzantine_sites=["site-9"]', "--format", "json")
     assert out.code == 2
-    assert "krum" in out.stderr and "site-9" in out.stderr
+    assert "krum" in out.stderr and "site-9" in out.stderr and "fl-digits.toml" in out.stderr

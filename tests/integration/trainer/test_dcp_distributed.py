@@ -1,5 +1,6 @@
 """Sealed DCP checkpoints across real processes on gloo: DTensor state saved at world size 2
-resumes at world sizes 1 and 3 (DCP resharding); an asynchronous save lets the step loop run on
+resumes at world sizes 1 and 3 (DCP resharding); an FSDP2 model with its optimizer resumes at
+2 and 1 ranks; an asynchronous save lets the step loop run on
 and signs only when every rank finished; a rank killed during an asynchronous save leaves the
 previous step as the newest that verifies.
 
@@ -83,6 +84,21 @@ def _worker(role: str, rank: int, world: int, port: int, root: Path) -> None:
         want = _expected(info.step if info else -1)
         out["equal"] = all(torch.equal(full[k], want[k]) and full[k].dtype == want[k].dtype
                            for k in want)
+    elif role in ("fsdp-save", "fsdp-load"):
+        fsdp = DcpCheckpoints(root / "fsdp", LocalKeys(Keyring.open(root / "keys")),
+                              signing_key_signer(key), trust_verifier(trust))
+        app = _FsdpApp(mesh, seed=0 if role == "fsdp-save" else 99)
+        if role == "fsdp-save":
+            for step in range(3):
+                g = torch.Generator().manual_seed(step * 100 + rank)
+                app.model(torch.randn(4, 8, generator=g)).sum().backward()
+                app.optim.step()
+                app.optim.zero_grad()
+            fsdp.save(3, {"app": app})
+        else:
+            info, _ = fsdp.resume({"app": app})
+            out["step"] = info.step if info else None
+        out["fingerprint"] = app.fingerprint()
     elif role == "crash":
         store.save(3, sharded(3))
         big = {f"t{i}": distribute_tensor(torch.randn(512, 1024), mesh, [Shard(0)])
@@ -100,6 +116,45 @@ def _worker(role: str, rank: int, world: int, port: int, root: Path) -> None:
     dist.barrier()
     dist.destroy_process_group()
     print(json.dumps(out), flush=True)
+
+
+class _FsdpApp:
+    """An FSDP2 (`fully_shard`) model and its optimizer as one DCP `Stateful` (DCP's recipe)."""
+
+    def __init__(self, mesh, seed: int) -> None:  # type: ignore[no-untyped-def]
+        import torch
+        from torch.distributed.fsdp import fully_shard
+
+        torch.manual_seed(seed)
+        self.model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                         torch.nn.Linear(16, 4))
+        for layer in self.model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=1e-2)
+
+    def state_dict(self) -> dict:  # type: ignore[type-arg]
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optim = get_state_dict(self.model, self.optim)
+        return {"model": model, "optim": optim}
+
+    def load_state_dict(self, sd: dict) -> None:  # type: ignore[type-arg]
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.optim, model_state_dict=sd["model"],
+                       optim_state_dict=sd["optim"])
+
+    def fingerprint(self) -> list[float]:
+        """Sums of every full parameter and Adam moment (collectives: all ranks call it)."""
+        out = [round(float(p.full_tensor().double().sum()), 6) for p in self.model.parameters()]
+        for p in self.model.parameters():
+            st = self.optim.state.get(p, {})
+            for k in ("exp_avg", "exp_avg_sq"):
+                if k in st:
+                    out.append(round(float(st[k].full_tensor().double().sum()), 6))
+        return out
 
 
 # ---- the tests --------------------------------------------------------------------------------
@@ -165,6 +220,17 @@ def test_rank_killed_during_async_save_leaves_the_previous_step_newest(root: Pat
     assert best is not None and best.step == 3
     loaded = _run("load", 1, root)
     assert loaded[0]["step"] == 3 and loaded[0]["equal"]
+
+
+def test_fsdp2_model_and_optimizer_resume_at_two_and_one_ranks(root: Path) -> None:
+    saved = _run("fsdp-save", 2, root)
+    want = saved[0]["fingerprint"]
+    assert len(want) == 12  # 4 parameters, each with 2 Adam moments
+    assert all(r["fingerprint"] == want for r in saved)
+    for world in (2, 1):
+        loaded = _run("fsdp-load", world, root)
+        assert [r["step"] for r in loaded] == [3] * world
+        assert all(r["fingerprint"] == want for r in loaded), (world, loaded, want)
 
 
 if __name__ == "__main__":

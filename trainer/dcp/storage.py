@@ -153,6 +153,10 @@ class _SealedFileSystem(FileSystem):
         with self._lock:
             self._hashed.add(p.name)
 
+    def mark_hashed(self, name: str) -> None:
+        with self._lock:
+            self._hashed.add(name)
+
     def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
         super().rename(path, new_path)
         with self._lock:
@@ -278,6 +282,7 @@ class SealedDcpReader(FileSystemReader):
         self.info = info
         self.fs.folder = folder
         self.fs.expected = dict(info.files)
+        self.fs.mark_hashed(_METADATA)  # verify_step hashed it
         with self.fs.create_stream(folder / _METADATA, "rb") as f:
             md = load_metadata(cast(IO[bytes], f))
         for sinfo in (md.storage_data or {}).values():

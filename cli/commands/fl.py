@@ -30,8 +30,66 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--timeout", type=float, default=None, help="stop the federation after N seconds")
     run.set_defaults(func=handle_run)
 
+    srv = s.add_parser("server", help="run the federation's server (sites join with `fl site`)",
+                       usage="trainguard fl server CONFIG.toml --listen HOST:PORT [--name DNS ...]")
+    srv.add_argument("config", type=Path, help="federation config")
+    srv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on")
+    srv.add_argument("--name", dest="names", action="append", default=[], metavar="DNS",
+                     help="DNS name the sites connect to (repeatable; default localhost)")
+    srv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key with a TOML value (repeatable)")
+    srv.add_argument("--user", default=None, help="require this logged-in trainguard user")
+    srv.add_argument("--otp", default=None, help="TOTP code for a step-up, if the session needs one")
+    srv.add_argument("--project", default="default", help="policy domain (default %(default)s)")
+    srv.add_argument("--timeout", type=float, default=None, help="stop after N seconds")
+    srv.set_defaults(func=handle_server)
 
-def handle_run(args: argparse.Namespace, ctx: Context) -> int:
+    site = s.add_parser("site", help="run one site: train on this site's data, join the server",
+                        usage="trainguard fl site CONFIG.toml --site NAME --server HOST:PORT "
+                              "[--cert F --key F --ca F]")
+    site.add_argument("config", type=Path, help="federation config (the same file as the server's)")
+    site.add_argument("--site", required=True, metavar="NAME", help="this site's name (site-N)")
+    site.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's address")
+    site.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key with a TOML value (repeatable)")
+    for flag, default in (("--cert", "node.crt"), ("--key", "node.key"), ("--ca", "ca.crt")):
+        site.add_argument(flag, type=Path, default=None,
+                          help=f"from `pki issue NAME --kind node` (default: <home>/pki/{default})")
+    site.set_defaults(func=handle_site)
+
+
+def handle_server(args: argparse.Namespace, ctx: Context) -> int:
+    args.sites = None
+    return handle_run(args, ctx, server_only=True)
+
+
+def handle_site(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.core.errors import UsageError
+    from trainguard.trainer.federated.config import load_fl_config
+    from trainguard.trainer.federated.procs import run_site
+
+    config_path = args.config.expanduser().absolute()
+    cfg = load_fl_config(config_path, args.overrides)
+    if args.site not in cfg.sites:
+        raise UsageError(f"site {args.site!r} is not among {cfg.sites}",
+                         tip="pass --site site-N with N up to federation.sites")
+    pki = ctx.home.pki_dir
+    paths = {k: (getattr(args, k) or pki / d).expanduser().absolute()
+             for k, d in (("cert", "node.crt"), ("key", "node.key"), ("ca", "ca.crt"))}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UsageError(f"missing TLS files: {', '.join(missing)}",
+                         tip=f"on the CA's home: trainguard pki issue {args.site} --kind node --out DIR")
+    ctx.info(f"{args.site}: joining {args.server} over TLS (server verified against {paths['ca']})")
+    spec = {"config": str(config_path), "overrides": args.overrides, "address": args.server,
+            "site": args.site, **{k: str(v) for k, v in paths.items()}}
+    code = run_site(spec)
+    ctx.emit({"site": args.site, "server": args.server, "status": "finished"},
+             lambda d: f"{d['site']}: federation finished")
+    return code
+
+
+def handle_run(args: argparse.Namespace, ctx: Context, *, server_only: bool = False) -> int:
     from trainguard.agent.api.client import report_incident
     from trainguard.core.errors import UsageError
     from trainguard.trainer.federated.config import load_fl_config
@@ -48,7 +106,12 @@ def handle_run(args: argparse.Namespace, ctx: Context) -> int:
     audit = ctx.audit
     step, decision = check_authorization(home, ctx.config, audit, f"/fl/{config_path.stem}",
                                          args.project, otp=args.otp, user=args.user)
-    plan = prepare_federation(home, config_path, args.overrides, args.sites, audit)
+    if server_only:
+        plan = prepare_federation(home, config_path, args.overrides, None, audit,
+                                  listen=args.listen, server_names=tuple(args.names or ["localhost"]),
+                                  local_sites=False)
+    else:
+        plan = prepare_federation(home, config_path, args.overrides, args.sites, audit)
     cfg = plan.config
     event: dict[str, Any] = {
         "run": plan.run_id, "config": str(config_path), "overrides": plan.overrides,

@@ -76,8 +76,14 @@ def _site_home(root: Path, site: str) -> Home:
 
 
 def prepare_federation(home: Home, config_path: Path, overrides: list[str], sites: int | None,
-                       audit: AuditSink) -> FederationPlan:
-    """Validate the config, create the run folder, site homes and TLS files, write the specs."""
+                       audit: AuditSink, *, listen: str | None = None,
+                       server_names: tuple[str, ...] = ("localhost",),
+                       local_sites: bool = True) -> FederationPlan:
+    """Validate the config, create the run folder, site homes and TLS files, write the specs.
+
+    `listen` (HOST:PORT, default a free port on 127.0.0.1) and `server_names` (the DNS names the
+    sites will use, put in the server certificate) are for `fl server`; with `local_sites` off
+    no site home is made here (each site runs `fl site` with its own certificate)."""
     overrides = list(overrides) + ([f"federation.sites={sites}"] if sites is not None else [])
     cfg = load_fl_config(config_path, overrides)
     ca = ClusterCA.open(home.pki_dir)
@@ -86,18 +92,19 @@ def prepare_federation(home: Home, config_path: Path, overrides: list[str], site
     for d in (run_dir.parent, run_dir, run_dir / "logs"):  # every level private, not just the last
         d.mkdir(mode=0o700, exist_ok=d != run_dir)
         d.chmod(0o700)
-    address = f"localhost:{_free_port()}"
-    ca_crt, cert, key = _issue(ca, SERVER_NAME, run_dir / "server", dns=("localhost",))
+    bind = listen or f"127.0.0.1:{_free_port()}"
+    address = f"localhost:{bind.rpartition(':')[2]}"
+    ca_crt, cert, key = _issue(ca, SERVER_NAME, run_dir / "server", dns=server_names)
     audit.record("cert-issued", "fl", {"name": SERVER_NAME, "kind": "node", "run": run_id})
     base = {"config": str(config_path.absolute()), "overrides": overrides}
     server_spec = run_dir / "server.json"
     crl = ca.crl_path if ca.crl_path.exists() else ca.write_crl()
-    server_spec.write_text(json.dumps({**base, "address": address.replace("localhost", "127.0.0.1"),
+    server_spec.write_text(json.dumps({**base, "address": bind,
                                        "ca": str(ca_crt), "cert": str(cert), "key": str(key),
                                        "crl": str(crl),
                                        "rounds_log": str(run_dir / "rounds.jsonl")}))
     site_specs = {}
-    for site in cfg.sites:
+    for site in cfg.sites if local_sites else []:
         site_home = _site_home(run_dir / "sites" / site, site)
         s_ca, s_cert, s_key = _issue(ca, site, site_home.pki_dir)
         audit.record("cert-issued", "fl", {"name": site, "kind": "node", "run": run_id})

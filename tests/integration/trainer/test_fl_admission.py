@@ -36,8 +36,15 @@ def _run(home, tamper) -> tuple[dict, list, NullSink]:  # type: ignore[no-untype
     return result, reported, sink
 
 
+def _logs(result: dict) -> str:
+    """The tails of the run's process logs, so a failure says why."""
+    logs = Path(result["run_dir"]) / "logs"
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+                     for p in sorted(logs.glob("*.log")))
+
+
 def _assert_site2_refused(result: dict, reported: list, sink: NullSink, reason: str) -> None:
-    assert result["status"] == "completed" and result["rounds"] == 4
+    assert result["status"] == "completed" and result["rounds"] == 4, (result, _logs(result))
     assert [(k, e["site"], e["reason"]) for k, e in reported] == [("membership-failure", "site-2", reason)]
     sites = {s["name"]: s for s in result["sites"]}
     assert sites["site-2"]["rounds_joined"] == 0 and sites["site-2"]["admitted"] is False

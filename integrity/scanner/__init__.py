@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from trainguard.core.errors import IntegrityError
 from trainguard.integrity.scanner.allowlist import Allowance, classify
-from trainguard.integrity.scanner.formats import scan_stream
+from trainguard.integrity.scanner.formats import SCAN_ERRORS, scan_stream
 from trainguard.integrity.scanner.report import (
     FileVerdict,
     Finding,
@@ -80,8 +79,8 @@ def scan_file(path: Path) -> FileVerdict:
             return FileVerdict.from_findings(str(path), "special", [finding])
         try:
             fmt, findings = scan_stream(f, info.st_size)
-        except (OSError, ValueError, EOFError, IndexError, KeyError, struct.error) as exc:
-            # struct/short-read failures on truncated headers: never "safe"
+        except SCAN_ERRORS as exc:
+            # short reads, bad headers, absurd offsets: never "safe"
             log.debug("scan of %s failed", path, exc_info=True)
             fmt, findings = (
                 "unknown",
@@ -96,7 +95,7 @@ def scan_fileobj(f: IO[bytes], size: int, name: str = "<stream>") -> FileVerdict
     try:
         f.seek(0)
         fmt, findings = scan_stream(f, size)
-    except (OSError, ValueError, EOFError, IndexError, KeyError, struct.error) as exc:
+    except SCAN_ERRORS as exc:
         fmt, findings = (
             "unknown",
             [Finding(FindingKind.PARSE_ERROR, f"unreadable: {type(exc).__name__}: {exc}")],

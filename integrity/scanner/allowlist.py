@@ -12,16 +12,33 @@ Everything else is denied, including the classic gadgets (``builtins.eval/exec/g
 ``os.*``, ``subprocess.*``, ``importlib``, ``runpy``, ``pip``, ``webbrowser``, ``torch.load``,
 ``numpy.load``, ``functools.partial``, ``operator.attrgetter``, ``torch.storage._load_from_bytes``).
 Names are compared exactly after the Python 2 name mapping that the unpickler applies itself.
+Third-party entries are concrete classes (or the few functions kept as data) named by their own
+``__module__`` and ``__qualname__``, the name a pickle writes, never a re-export: scikit-learn's
+and torch.nn's lists are curated per library version (`_sklearn_names`, `_torch_names`), and
+the tests check each entry resolves in the installed version to an estimator, transformer,
+documented helper type or layer class defined in that very module.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import enum
+import functools
+import logging
 
-from trainguard.integrity.scanner._sklearn_names import SKLEARN_CLASS_NAMES
+from trainguard.integrity.scanner._sklearn_names import SKLEARN_ALLOWLISTS
+from trainguard.integrity.scanner._torch_names import TORCH_NN_MODULE_CLASSES
 
-__all__ = ["Allowance", "classify", "normalize", "CALLABLE_GLOBALS", "REFERENCE_GLOBALS"]
+__all__ = [
+    "Allowance",
+    "CALLABLE_GLOBALS",
+    "REFERENCE_GLOBALS",
+    "classify",
+    "normalize",
+    "sklearn_allowlist",
+]
+
+log = logging.getLogger(__name__)
 
 
 class Allowance(enum.Enum):
@@ -129,43 +146,6 @@ _SCIPY = [
     for fmt in ("csr", "csc", "coo", "bsr", "dia", "dok", "lil")
     for kind in ("matrix", "array")
 ] + ["scipy.interpolate._bsplines.BSpline"]
-# Internal scikit-learn types (Cython extension classes and their unpickle helpers) that fitted
-# estimators pickle; collected from real pickles of every estimator in scikit-learn 1.9.
-_SKLEARN_INTERNAL = (
-    [
-        "sklearn.tree._tree.Tree",
-        "sklearn.neighbors._kd_tree.KDTree",
-        "sklearn.neighbors._kd_tree.newObj",
-        "sklearn.neighbors._ball_tree.BallTree",
-        "sklearn.neighbors._ball_tree.newObj",
-        "sklearn.utils._bunch.Bunch",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    ]
-    + [
-        f"sklearn.metrics._dist_metrics.{m}{bits}"
-        for bits in ("", "32", "64")
-        for m in (
-            "EuclideanDistance SEuclideanDistance ManhattanDistance ChebyshevDistance "
-            "MinkowskiDistance MahalanobisDistance HammingDistance CanberraDistance "
-            "BrayCurtisDistance JaccardDistance MatchingDistance DiceDistance KulsinskiDistance "
-            "RogersTanimotoDistance RussellRaoDistance SokalMichenerDistance SokalSneathDistance "
-            "HaversineDistance"
-        ).split()
-    ]
-    + [
-        f"sklearn.linear_model._sgd_fast.{n}"
-        for n in "Hinge ModifiedHuber Log SquaredLoss Huber EpsilonInsensitive SquaredEpsilonInsensitive SquaredHinge".split()
-    ]
-    + [
-        f"sklearn._loss._loss.Cy{n}"
-        for n in (
-            "HalfSquaredError AbsoluteError PinballLoss HuberLoss HalfPoissonLoss HalfGammaLoss "
-            "HalfTweedieLoss HalfTweedieLossIdentity HalfBinomialLoss ExponentialLoss "
-            "HalfMultinomialLoss"
-        ).split()
-    ]
-)
-
 CALLABLE_GLOBALS: frozenset[str] = frozenset(
     [f"torch.{n}" for n in _TORCH_STORAGES + _TORCH_CONSTANTS]
     + [f"torch._utils.{n}" for n in _TORCH_REBUILD]
@@ -186,7 +166,7 @@ CALLABLE_GLOBALS: frozenset[str] = frozenset(
     + _BUILTINS
     + _STDLIB
     + _SCIPY
-    + _SKLEARN_INTERNAL
+    + sorted(TORCH_NN_MODULE_CLASSES)
     + ["joblib.numpy_pickle.NumpyArrayWrapper"]
 )
 
@@ -202,16 +182,6 @@ REFERENCE_GLOBALS: frozenset[str] = frozenset(
     + ["scipy._lib.array_api_compat.numpy._aliases.asarray"]
 )
 
-# Modules under sklearn whose names must not even be referenced (network, files, testing).
-_SKLEARN_DENY = (
-    "sklearn.datasets",
-    "sklearn.utils._testing",
-    "sklearn.externals",
-    "sklearn.utils._show_versions",
-    "sklearn.utils.parallel",
-    "sklearn.utils._joblib",
-)
-
 
 def normalize(module: str, name: str, protocol: int) -> tuple[str, str]:
     """Apply the Python 2 -> 3 renames that `pickle.Unpickler(fix_imports=True)` applies."""
@@ -223,23 +193,45 @@ def normalize(module: str, name: str, protocol: int) -> tuple[str, str]:
     return module, name
 
 
-# Names that, re-exported by some sklearn module (`from importlib import import_module`), would
-# hand an attacker a gadget even as a mere reference.
+def _version_key(text: str) -> tuple[int, int]:
+    parts = text.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+@functools.lru_cache(maxsize=1)
+def sklearn_allowlist() -> tuple[frozenset[str], frozenset[str]]:
+    """(call, reference) names for the installed scikit-learn: the list curated for its
+    major.minor version, else the newest older one (names a version lacks cannot be imported)."""
+    from importlib import metadata
+
+    versions = sorted(SKLEARN_ALLOWLISTS)
+    try:
+        installed = _version_key(metadata.version("scikit-learn"))
+    except metadata.PackageNotFoundError:
+        return SKLEARN_ALLOWLISTS[versions[-1]]
+    if installed in SKLEARN_ALLOWLISTS:
+        return SKLEARN_ALLOWLISTS[installed]
+    older = [v for v in versions if v <= installed] or versions[:1]
+    log.warning(
+        "no scikit-learn allowlist curated for %s.%s; using the one for %s.%s",
+        *installed, *older[-1],
+    )  # fmt: skip
+    return SKLEARN_ALLOWLISTS[older[-1]]
+
+
+# Names that would hand an attacker a gadget even as a mere data reference.
 _GADGET_NAMES = frozenset(
     "system popen spawn exec eval compile getattr setattr delattr import_module open load loads "
     "run call check_call check_output execfile input globals locals vars breakpoint urlopen "
-    "urlretrieve remove rmtree unlink partial attrgetter itemgetter methodcaller signature "
-    "Popen NamedTemporaryFile TemporaryDirectory Thread Process Memory Request NumpyPickler "
-    "NumpyUnpickler Parallel Path PathLike StringIO BytesIO".split()
+    "urlretrieve remove rmtree unlink partial attrgetter itemgetter methodcaller signature".split()
 )
 
 
 def _gadget_name(name: str) -> bool:
     return name.startswith("__") or name in _GADGET_NAMES or name.startswith(("spawn", "exec"))
-
-
-def _is_class_name(name: str) -> bool:
-    return name[:1].isupper() and name.isidentifier()
 
 
 def classify(module: str, name: str) -> Allowance:
@@ -249,29 +241,16 @@ def classify(module: str, name: str) -> Allowance:
         return Allowance.CALL
     if full in REFERENCE_GLOBALS:
         return Allowance.REFERENCE
-    top = module.split(".", 1)[0]
-    if top == "sklearn" and "." not in name and name.isidentifier():
-        if name in SKLEARN_CLASS_NAMES:
+    if module == "sklearn" or module.startswith("sklearn."):
+        call, reference = sklearn_allowlist()
+        if full in call:
             return Allowance.CALL
-        if module.startswith(_SKLEARN_DENY) or (
-            _gadget_name(name) and not name.startswith("__pyx_unpickle_")
-        ):
-            return Allowance.DENY
-        # Estimator helpers (_CFNode, _CalibratedClassifier, kernels, optimizers) and the
-        # Cython unpickle helpers, which only allocate the (separately checked) type.
-        if (
-            _is_class_name(name.lstrip("_"))
-            or name == "newObj"
-            or name.startswith("__pyx_unpickle_")
-        ):
-            return Allowance.CALL
-        if name[:1].islower() or name.startswith("_"):
+        if full in reference:
             return Allowance.REFERENCE
-    # Full-model pickles keep activation functions as attributes (TransformerEncoderLayer).
+        return Allowance.DENY
+    # Full-model pickles keep activation functions as attributes (TransformerEncoderLayer):
+    # functions of torch.nn.functional, allowed as data only (a call is a finding).
     if module in ("torch.nn.functional", "torch._C._nn") and name.isidentifier():
         if name[:1].islower() and not _gadget_name(name):
             return Allowance.REFERENCE
-    # Full-model pickles (torch.save(model)) hold the built-in layer classes.
-    if module.startswith("torch.nn.modules.") and "." not in name and _is_class_name(name):
-        return Allowance.CALL
     return Allowance.DENY

@@ -230,3 +230,155 @@ def safetensors(
         header["__metadata__"] = metadata
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + b"\x00" * data_len
+
+
+# -- the bypasses of issue #21 -------------------------------------------------------------------
+
+
+def hex_int_then(payload: bytes) -> bytes:
+    """A protocol-0 stream opening with INT in hex (base 0 for CPython: 0x1 is 1), popped, then
+    the payload: a base-10 reader fails at offset 0."""
+    return b"I0x1\n0" + payload
+
+
+def computed_magic() -> bytes:
+    """torch's legacy magic number computed by REDUCE (builtins.int(hex string, 16)): the walk
+    cannot know the value, torch.load compares it and reads on."""
+    return b"cbuiltins\nint\n(S'1950a86a20f9469cfc6c'\nI16\ntR."
+
+
+def legacy_torch_p0(main_pickle: bytes, *, magic: bytes | None = None) -> bytes:
+    """A legacy torch file whose later pickles are protocol 0 (no PROTO opcode)."""
+    return (
+        (magic if magic is not None else pickle.dumps(0x1950A86A20F9469CFC6C, protocol=0))
+        + pickle.dumps(1001, protocol=0)
+        + pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=0)
+        + main_pickle
+        + pickle.dumps([], protocol=0)
+    )
+
+
+def npy_with_descr(descr: str, payload: bytes, shape: str = "(1,)") -> bytes:
+    """A version 1.0 .npy whose header dict has the given descr literal, then `payload`."""
+    header = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}"
+    header = header.ljust(((len(header) + 11) // 64 + 1) * 64 - 11) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload
+
+
+def _local_header(name: bytes, data: bytes, flags: int = 0) -> bytes:
+    return (
+        struct.pack(
+            "<4sHHHHHIIIHH", b"PK\x03\x04", 20, flags, 0, 0, 0, zlib.crc32(data), len(data),
+            len(data), len(name), 0,
+        )
+        + name
+        + data
+    )  # fmt: skip
+
+
+def _central_record(name: bytes, data: bytes, offset: int, flags: int = 0) -> bytes:
+    return (
+        struct.pack(
+            "<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 20, flags, 0, 0, 0, zlib.crc32(data),
+            len(data), len(data), len(name), 0, 0, 0, 0, 0, offset,
+        )
+        + name
+    )  # fmt: skip
+
+
+def _zip64_end(count: int, cd_size: int, cd_offset: int) -> bytes:
+    return struct.pack(
+        "<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, cd_offset
+    )
+
+
+def _locator(offset: int) -> bytes:
+    return struct.pack("<4sIQI", b"PK\x06\x07", 0, offset, 1)
+
+
+def _end(count: int, cd_size: int, cd_offset: int) -> bytes:
+    return struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, 0)
+
+
+def zip64_archive(members: Iterable[tuple[str, bytes]], *, relocate: bool = False) -> bytes:
+    """A zip with a zip64 end record and locator, as torch.save writes one; with `relocate`,
+    16 bytes separate the zip64 end record from the locator, which points to it."""
+    out, central = io.BytesIO(), io.BytesIO()
+    items = list(members)
+    for name, data in items:
+        offset = out.tell()
+        out.write(_local_header(name.encode(), data))
+        central.write(_central_record(name.encode(), data, offset))
+    cd, cd_offset = central.getvalue(), out.tell()
+    out.write(cd)
+    record_at = out.tell()
+    out.write(_zip64_end(len(items), len(cd), cd_offset))
+    if relocate:
+        out.write(b"\x00" * 16)
+    out.write(_locator(record_at))
+    out.write(_end(len(items), len(cd), cd_offset))
+    return out.getvalue()
+
+
+def zip64_locator_decoy(
+    real: Iterable[tuple[str, bytes]], decoy: Iterable[tuple[str, bytes]]
+) -> bytes:
+    """The zip64 bypass: a decoy zip64 end record sits where a fixed-position reader looks
+    (just before the locator) and lists the `decoy` members; the locator's offset leads to the
+    real record, whose directory lists `real`. The real members sit after junk bytes, out of
+    reach of a local-header walk from offset 0. torch's reader (miniz) follows the locator."""
+    out = io.BytesIO()
+    decoy_items, real_items = list(decoy), list(real)
+    decoy_dir, real_dir = io.BytesIO(), io.BytesIO()
+    for name, data in decoy_items:
+        offset = out.tell()
+        out.write(_local_header(name.encode(), data))
+        decoy_dir.write(_central_record(name.encode(), data, offset))
+    out.write(b"JUNKJUNK")
+    for name, data in real_items:
+        offset = out.tell()
+        out.write(_local_header(name.encode(), data))
+        real_dir.write(_central_record(name.encode(), data, offset))
+    real_cd, real_cd_at = real_dir.getvalue(), out.tell()
+    out.write(real_cd)
+    real_record_at = out.tell()
+    out.write(_zip64_end(len(real_items), len(real_cd), real_cd_at))
+    decoy_cd, decoy_cd_at = decoy_dir.getvalue(), out.tell()
+    out.write(decoy_cd)
+    out.write(_zip64_end(len(decoy_items), len(decoy_cd), decoy_cd_at))
+    out.write(_locator(real_record_at))
+    out.write(_end(0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF))
+    return out.getvalue()
+
+
+def zip64_absurd_offset(field: str = "locator") -> bytes:
+    """A zip64 archive with one offset set to 2**64 - 1: the locator's pointer to the zip64
+    end record, or that record's central-directory offset or size."""
+    blob = zip64_archive([("archive/data.pkl", benign_data_pkl())])
+    if field == "locator":
+        at = blob.rindex(b"PK\x06\x07") + 8
+    else:
+        at = blob.rindex(b"PK\x06\x06") + {"cd_size": 40, "cd_offset": 48}[field]
+    return blob[:at] + b"\xff" * 8 + blob[at + 8 :]
+
+
+def tar_archive(members: Iterable[tuple[str, bytes]], *, gz: bool = False) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def seven_zip(members: Iterable[tuple[str, bytes]]) -> bytes:
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as archive:
+        for name, data in members:
+            archive.writestr(data, name)
+    return buf.getvalue()

@@ -59,3 +59,94 @@ def test_function_attributes_are_references_only() -> None:
         classify("sklearn.feature_selection._univariate_selection", "f_classif")
         is Allowance.REFERENCE
     )
+
+
+# -- curated third-party names ---------------------------------------------------------------------
+
+
+def _curated_version_is_installed() -> bool:
+    from importlib import metadata
+
+    from trainguard.integrity.scanner._sklearn_names import SKLEARN_ALLOWLISTS
+    from trainguard.integrity.scanner.allowlist import _version_key
+
+    return _version_key(metadata.version("scikit-learn")) in SKLEARN_ALLOWLISTS
+
+
+def test_every_allowed_sklearn_name_is_an_estimator_transformer_or_documented_helper() -> None:
+    """Each allowed scikit-learn name resolves, in the installed scikit-learn, to something
+    defined in the very module it is referenced from (no re-exports such as
+    multiprocessing.connection.Client) that is an estimator or transformer (BaseEstimator), a
+    documented helper type (a helper family's subclass or a listed internal type), a Cython
+    unpickle helper, or, in the reference tier, one of the listed functions."""
+    pytest.importorskip("sklearn")
+    import inspect
+
+    from sklearn.base import BaseEstimator
+    from trainguard.integrity.scanner import _sklearn_curate as curate
+    from trainguard.integrity.scanner.allowlist import sklearn_allowlist
+
+    call, reference = sklearn_allowlist()
+    exact = _curated_version_is_installed()
+    bases = []
+    for base_full in curate.HELPER_FAMILIES.values():
+        base = curate.defined_here(base_full)
+        if base is not None:
+            bases.append(base)
+    problems = []
+    for full in sorted(call):
+        obj = curate.defined_here(full)
+        if obj is None:
+            if exact:
+                problems.append(f"{full}: not defined in its module")
+            continue  # absent from this version: a pickle cannot import it here either
+        if full in curate.UNPICKLE_HELPERS:
+            continue
+        if not inspect.isclass(obj):
+            problems.append(f"{full}: not a class")
+        elif not (
+            issubclass(obj, BaseEstimator)
+            or any(issubclass(obj, b) for b in bases)
+            or full in curate.HELPER_TYPES
+        ):
+            problems.append(f"{full}: neither an estimator nor a documented helper type")
+    for full in sorted(reference):
+        obj = curate.defined_here(full)
+        if obj is None:
+            if exact:
+                problems.append(f"{full}: not defined in its module")
+            continue
+        if inspect.isclass(obj) or not callable(obj) or full not in curate.REFERENCE_CANDIDATES:
+            problems.append(f"{full}: not a listed function")
+    assert problems == []
+
+
+def test_every_estimator_of_the_installed_sklearn_is_allowed() -> None:
+    pytest.importorskip("sklearn")
+    if not _curated_version_is_installed():
+        pytest.skip("no allowlist curated for this scikit-learn version")
+    from sklearn.utils import all_estimators
+
+    missing = [
+        f"{c.__module__}.{c.__qualname__}"
+        for _, c in all_estimators()
+        if classify(c.__module__, c.__qualname__) is not Allowance.CALL
+    ]
+    assert missing == []
+
+
+def test_torch_layer_names_are_module_classes_defined_in_their_module() -> None:
+    torch = pytest.importorskip("torch")
+    from trainguard.integrity.scanner import _sklearn_curate as curate
+    from trainguard.integrity.scanner._torch_names import TORCH_NN_MODULE_CLASSES
+
+    problems = []
+    for full in sorted(TORCH_NN_MODULE_CLASSES):
+        obj = curate.defined_here(full)
+        if obj is None:
+            continue  # not in this torch: cannot be imported here either
+        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+            problems.append(full)
+    assert problems == []
+    assert classify("torch.nn.modules.activation", "F") is Allowance.DENY  # a module re-export
+    assert classify("torch.nn.modules.linear", "Linear") is Allowance.CALL

@@ -132,7 +132,7 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("seal",): ("trainguard seal data.csv data.csv.tgs",
                 "tar c data | trainguard seal - - > data.tar.tgs"),
     ("unseal",): ("trainguard unseal data.csv.tgs copy.csv",),
-    ("scan",): ("trainguard scan model.pt", "trainguard scan --format json model.pt"),
+    ("scan",): ("trainguard scan model.pt", "trainguard scan --format json data"),
     ("sign",): ("trainguard sign data",),
     ("verify",): ("trainguard verify data",),
     ("key", "list"): ("trainguard key list",),

@@ -1,9 +1,16 @@
 """`trainguard scan PATH...`: judge model, checkpoint and pickle files without loading them.
 
-Exit codes: 0 when every file is safe; 1 when any file is unsafe *or* could not be judged
-("error" verdict: truncated, malformed or unsupported input is never reported safe); 2 on usage
-errors (no path given). `--format json` prints {"files": [{"path", "verdict", "format",
-"findings": [...]}], "summary": {...}}.
+Exit codes: 0 when every file is safe (or skipped); 1 when any file is unsafe *or* could not be
+judged ("error" verdict: truncated, malformed or unsupported input is never reported safe); 2 on
+usage errors (no path given). `--format json` prints {"files": [{"path", "verdict", "format",
+"findings": [...]}], "summary": {...}, "skipped": [{"path", "reason"}]}.
+
+Skipped: a file found while walking a folder that no loader reads as a model, i.e. its only
+reading is as a text pickle (no PROTO opcode) and that reading fails on a malformed opcode, not by
+running out of input, with nothing unsafe before the failure (a CSV, a README, a licence text). A
+truncated or binary pickle is a damaged model and stays an error. Loading it fails before anything runs, so it is neither a model to
+judge nor an error to chase; it is listed as skipped. A file named on the command line is always
+judged, and `require_safe` and the posture checks never skip: skipped is not safe.
 """
 
 from __future__ import annotations
@@ -33,13 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from trainguard.integrity.scanner import scan_path
+    from trainguard.integrity.scanner import ScanReport, scan_path
 
     report = scan_path(*args.paths)
+    named = {p.resolve() for p in args.paths if not p.is_dir()}
+    skipped = [f for f in report.files if _not_a_model(f) and Path(f.path).resolve() not in named]
+    report = ScanReport(tuple(f for f in report.files if f not in skipped))
     data = report.to_json()
+    data["skipped"] = [{"path": f.path, "reason": "not a model: every loader fails on it (a "
+                        "malformed pickle, nothing unsafe before the failure)"} for f in skipped]
     ctx.emit(data, _text)
     summary = data["summary"]
-    ctx.info(f"{summary['safe']} safe, {summary['unsafe']} unsafe, {summary['error']} error")
+    ctx.info(f"{summary['safe']} safe, {summary['unsafe']} unsafe, {summary['error']} error, "
+             f"{len(skipped)} skipped (not models)")
     if args.audit:
         ctx.audit.record(
             "scan",
@@ -54,6 +67,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return 0 if report.clean else 1
 
 
+def _not_a_model(f: Any) -> bool:
+    """Text-like files only: a binary pickle (PROTO first) or one that merely ran out of input
+    is a damaged model, which stays an error."""
+    from trainguard.integrity.scanner.report import FindingKind, Verdict
+
+    if f.verdict is not Verdict.ERROR or f.format != "pickle" or not f.findings:
+        return False
+    if not all(x.kind is FindingKind.PARSE_ERROR for x in f.findings):
+        return False
+    if any("ran out of input" in x.message or "truncated" in x.message for x in f.findings):
+        return False
+    try:
+        with open(f.path, "rb") as fh:
+            head = fh.read(1)
+    except OSError:
+        return False
+    return head != b"\x80"
+
+
 def _text(data: dict[str, Any]) -> str:
     lines = []
     for f in data["files"]:
@@ -61,4 +93,6 @@ def _text(data: dict[str, Any]) -> str:
         for finding in f["findings"][:10]:
             where = f" at {finding['location']}" if finding["location"] else ""
             lines.append(f"         {finding['kind']}: {finding['message']}{where}")
+    for s in data.get("skipped", []):
+        lines.append(f"SKIP   {s['path']} ({s['reason']})")
     return "\n".join(lines)

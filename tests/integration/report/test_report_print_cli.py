@@ -100,7 +100,7 @@ def test_pdf_and_oscal_plan_from_a_real_home(cli, tmp_path: Path) -> None:
     result = ar["results"][0]
     assert result["start"] == full["header"]["scope"]["evidence_from"]
     assert result["end"] == full["header"]["scope"]["evidence_to"]
-    assert result["start"] < result["end"]
+    assert result["start"] <= result["end"]  # second resolution: equal when the evidence is that recent
     trestle_ap = pytest.importorskip("trestle.oscal.assessment_plan")
     plan = json.loads((out / ar["import-ap"]["href"]).read_text())["assessment-plan"]
     trestle_ap.AssessmentPlan.model_validate(plan)

@@ -5,7 +5,8 @@ Layout in the checkpoint folder::
     step-00000100.tgseal             sealed stream (trainguard.crypto.sealed) holding a torch.save
                                      zip of {"step": N, "state": {...}}
     step-00000100.tgseal.tgsig.json  a trainguard.crypto.manifest signed manifest of that file
-                                     (kind "file", its name, size and SHA-256), plus "algorithm"
+                                     (kind "file", its name, size and SHA-256, and as its
+                                     "binding" the job it belongs to), plus "algorithm"
                                      and, on a cluster, the signing node's "certificate"
 
 Keys: the data key of each checkpoint and the signature come from the key service (the agent,
@@ -141,7 +142,8 @@ class CheckpointStore:
                     torch.save(payload, cast(IO[bytes], sealed))
         del data_key  # sealed: the data key is not needed again in this process
         entry = FileEntry(path.name, hashing.size, hashing.sha.hexdigest())
-        body = Manifest("file", path.name, (entry,), self._clock()).to_json()
+        # binding: the job these checkpoints belong to (`context.job_identity`; None outside a job)
+        body = Manifest("file", path.name, (entry,), self._clock(), self._trust.job).to_json()
         signed = self._keys.sign(body)
         doc = {"format": 1, "manifest": body, "key_id": signed.get("key_id"),
                "algorithm": signed["algorithm"], "certificate": signed.get("certificate"),
@@ -173,6 +175,15 @@ class CheckpointStore:
         entry = manifest.files[0] if len(manifest.files) == 1 else None
         if manifest.kind != "file" or manifest.name != path.name or entry is None or entry.path != path.name:
             raise CheckpointTampered(f"checkpoint {path.name}: manifest names another file")
+        if self._trust.job is not None and manifest.binding != self._trust.job:
+            # Validly signed but made for another job (copied in), or unbound (a format-1
+            # manifest from before checkpoints named their job): never resumed into this job.
+            raise CheckpointTampered(
+                f"checkpoint {path.name}: " + ("its manifest names no job" if manifest.binding is None
+                                               else f"signed for another job ({manifest.binding})")
+                + f", not this one ({self._trust.job})",
+                tip="a checkpoint is resumed only by the job that wrote it (same project, script "
+                    "and checkpoint folder name); start without --resume or use that job's folder")
         try:
             actual = hash_file(path, follow_symlinks=False)
         except OSError as exc:

@@ -7,12 +7,21 @@ derived for this job only, never a KEK), where the key service listens (the agen
 the launcher's own key process), the checkpoint folder, whether to resume, the guard settings
 (the ``[aggregation]``, ``[checkpoint]``, ``[consistency]``, ``[telemetry]`` and ``[simulate]``
 tables) and the public material checkpoints are verified with (this node's Ed25519 public key,
-the cluster CA certificate and CRL). Workers never open the home's ``keys/`` folder.
+the cluster CA certificate and CRL) with the job identity its checkpoints are bound to.
+Workers never open the home's ``keys/`` folder.
+
+Job identity (`job_identity`): the project, the job's source file name (the script, or the
+built-in recipe's config) and the checkpoint folder's name. It stays the same across torchrun
+restarts, `--resume` relaunches and nodes (a shared folder may be mounted at another path, so
+only its name counts), and differs for another project's or script's checkpoints. Checkpoint
+manifests carry it as their signed ``binding``; a checkpoint bound to another job, or to none
+(written before manifests named their job), is refused when a job resumes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +30,7 @@ from typing import Any
 from trainguard.core.fs import read_private, write_private
 from trainguard.trainer.errors import TrainerError
 
-__all__ = ["ENV_CONTEXT", "LaunchContext", "LaunchContextMissing", "Trust"]
+__all__ = ["ENV_CONTEXT", "LaunchContext", "LaunchContextMissing", "Trust", "job_identity"]
 
 ENV_CONTEXT = "TRAINGUARD_LAUNCH_CONTEXT"
 FORMAT = 1
@@ -46,6 +55,16 @@ class Trust:
     ca_pem: str | None = None  # the cluster CA (signatures with a node certificate)
     crl_pem: str | None = None
     cluster: str | None = None
+    # The job identity (`job_identity`) checkpoints are bound to: written into every manifest
+    # and required on load. None only outside a job (a tool reading one given file).
+    job: str | None = None
+
+
+def job_identity(project: str, source: os.PathLike[str] | str, checkpoint_dir: os.PathLike[str] | str) -> str:
+    """The identity a job's checkpoints are bound to (see the module docstring)."""
+    body = {"project": project, "source": os.path.basename(os.fspath(source)),
+            "checkpoints": os.path.basename(os.path.abspath(os.fspath(checkpoint_dir)))}
+    return "trainguard-job/v1 " + json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ audit log) while the job runs, so the embedded SQLite log keeps one writer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -37,7 +38,7 @@ from trainguard.trainer.config import (
     load_train_config,
     merge_overrides,
 )
-from trainguard.trainer.context import ENV_CONTEXT, LaunchContext, Trust
+from trainguard.trainer.context import ENV_CONTEXT, LaunchContext, Trust, job_identity
 from trainguard.trainer.errors import JobFailed, TrainConfigError
 from trainguard.trainer.rundir import RunDir
 
@@ -86,6 +87,7 @@ class JobPlan:
     job_key: bytes = field(repr=False)
     home: Home
     created: float
+    job_binding: str  # `context.job_identity`: what this job's checkpoint manifests are bound to
     script: Path | None = None  # None: the built-in recipe
     script_args: tuple[str, ...] = ()
 
@@ -148,10 +150,14 @@ def prepare_job(
     script: Path | None = None,
     script_args: Sequence[str] = (),
     checkpoint_dir: Path | None = None,
+    project: str = "default",
     clock: Callable[[], float] = time.time,
 ) -> JobPlan:
     """Validate the config (a file for the built-in recipe; defaults plus `--set` for a
-    script) and create the 0700 run folder. Nothing secret is written yet."""
+    script) and create the 0700 run folder. Nothing secret is written yet. The job's
+    checkpoints are bound to `project`, the script's (or config's) file name and the
+    checkpoint folder's name (`job_identity`), so `--resume` of the same job finds them and
+    a checkpoint copied in from another job is refused."""
     options.check()
     if script is not None:
         cfg = build_config(merge_overrides({}, overrides), source="--set", base_dir=Path.cwd())
@@ -167,6 +173,7 @@ def prepare_job(
     problems = cross_check(cfg, world_hint)
     if problems:
         raise TrainConfigError(problems, source=source)
+    binding = job_identity(project, source, ckpt)
     job_id = options.job_id or new_job_id()
     run = RunDir(home.state_dir / "runs" / job_id)
     run.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -175,9 +182,12 @@ def prepare_job(
         "job_id": job_id, "home": str(home.root), "config_path": str(config_path or ""),
         "script": str(script or ""), "script_args": list(script_args), "config": dict(cfg.raw),
         "checkpoint_dir": str(ckpt), "resume": options.resume, "created": created,
+        "project": project, "job_identity": binding,
     })
-    return JobPlan(job_id, cfg, run, options, world_hint, ckpt, job_key(job_id), home, created,
-                   script, tuple(script_args))
+    return JobPlan(job_id=job_id, config=cfg, run=run, options=options,
+                   world_size_hint=world_hint, checkpoint_dir=ckpt, job_key=job_key(job_id),
+                   home=home, created=created, job_binding=binding, script=script,
+                   script_args=tuple(script_args))
 
 
 def trust_for(home: Home) -> Trust:
@@ -195,7 +205,8 @@ def write_context(plan: JobPlan, key_socket: Path) -> Path:
         job_id=plan.job_id, run_dir=plan.run.root, job_key=plan.job_key, key_socket=key_socket,
         checkpoint_dir=plan.checkpoint_dir, resume=plan.options.resume, created=plan.created,
         stop_file=plan.home.state_dir / "stop-training.json", settings=dict(plan.config.raw),
-        trust=trust_for(plan.home), kind="script" if plan.script else "config")
+        trust=dataclasses.replace(trust_for(plan.home), job=plan.job_binding),
+        kind="script" if plan.script else "config")
     ctx.write(plan.context_file)
     return plan.context_file
 
@@ -382,7 +393,8 @@ def export_weights(plan: JobPlan, home: Home, out: Path) -> dict[str, Any]:
     from trainguard.crypto.keyring import open_keyring
     from trainguard.trainer.checkpoint import CheckpointStore
 
-    store = CheckpointStore(plan.checkpoint_dir, open_keyring(home), trust_for(home))
+    trust = dataclasses.replace(trust_for(home), job=plan.job_binding)
+    store = CheckpointStore(plan.checkpoint_dir, open_keyring(home), trust)
     outcome = store.load_newest()
     if outcome.state is None or outcome.info is None:
         raise JobFailed("no verified checkpoint to export", tip="run the job first")

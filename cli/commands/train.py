@@ -102,7 +102,8 @@ def handle(args: argparse.Namespace, ctx: Context) -> int:
     ckpt = args.checkpoint_dir.expanduser().absolute() if args.checkpoint_dir else None
     plan = prepare_job(home, config_path, args.overrides, options,
                        lambda job_id: keyring.derive_key("job:" + job_id),
-                       script=script, script_args=script_args, checkpoint_dir=ckpt)
+                       script=script, script_args=script_args, checkpoint_dir=ckpt,
+                       project=args.project)
     audit = ctx.audit
     preflight = run_preflight(home, ctx.config, audit, resource=f"/train/{job_path.stem}",
                               project=args.project, otp=args.otp, user=args.user,

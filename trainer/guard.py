@@ -4,6 +4,7 @@
 
     with Guard.from_env() as guard:          # process group, device, membership proof
         model = guard.wrap(model)            # DDP + aggregation hook + update monitoring
+                                             # (an FSDP2/TP-sharded module passes through)
         state = {"model": model, "optim": optimizer, "sched": scheduler}
         step = guard.resume(state) or 0      # newest checkpoint that verifies, loaded in place
         while step < total:
@@ -12,6 +13,12 @@
             guard.step(step, loss=loss)      # telemetry, replica hash, stop requests
             if step % 100 == 0:
                 guard.save(step, state)      # sealed + signed, every tensor dtype
+
+Replicated state (DDP) is checkpointed as one sealed file written by rank 0; sharded state
+(DTensors of FSDP2, HSDP, tensor parallelism, or per-rank pipeline stages) as a sealed DCP step
+written by every rank (`trainguard.trainer.dcp`), decided per save from the state itself
+(`trainguard.trainer.dcp.sharding`). `resume` takes the newest step of either kind that
+verifies. ``save(..., async_=True)`` returns once the state is copied off the live tensors.
 
 Every call is made on every rank (like torch.distributed.checkpoint); the guard decides where
 I/O happens: rank 0 writes checkpoints and telemetry, local rank 0 of each node writes incidents
@@ -37,7 +44,9 @@ import os
 import signal
 import time
 from collections.abc import Mapping, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +58,14 @@ from trainguard.trainer.checkpoint import CheckpointStore
 from trainguard.trainer.config import TrainConfig, build_config
 from trainguard.trainer.consistency import check_replicas
 from trainguard.trainer.context import LaunchContext
+from trainguard.trainer.dcp import (
+    DcpCheckpoints,
+    list_steps,
+    manifest_path,
+    trust_verifier,
+    verify_step,
+)
+from trainguard.trainer.dcp.sharding import holds_dtensors, is_sharded_state
 from trainguard.trainer.errors import (
     CheckpointTampered,
     MembershipError,
@@ -149,6 +166,11 @@ class Guard:
         self.flagged: dict[int, int] = {}
         self.metrics: dict[str, Any] = {}
         self._closed = False
+        self._verify = trust_verifier(ctx.trust)
+        self._dcp: DcpCheckpoints | None = None  # built at the first sharded save or resume
+        self._parallelism = "none"  # after wrap: "ddp", "sharded" or "partitioned"
+        self._pending: tuple[int, Future[Any]] | None = None  # an asynchronous save in flight
+        self._writer: ThreadPoolExecutor | None = None  # rank 0's thread for async file saves
 
     # -- construction -----------------------------------------------------------------------
 
@@ -187,10 +209,24 @@ class Guard:
 
     # -- the model ----------------------------------------------------------------------------
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move `model` to `guard.device` and wrap it in DDP with the aggregation hook."""
+    def wrap(self, model: torch.nn.Module, *, data_parallel: bool = True) -> torch.nn.Module:
+        """Move `model` to `guard.device` and wrap it in DDP with the aggregation hook.
+
+        A module that is already sharded (FSDP2 `fully_shard`, HSDP, tensor parallel: its
+        parameters are DTensors) is returned as it is: FSDP / DTensor reduce its gradients
+        inside the shard group, so neither the robust aggregation hook nor the replica hash
+        applies; telemetry, stop requests and sealed checkpoints do. With
+        ``data_parallel=False`` (a pipeline stage: one part of a model partitioned across
+        ranks) the module is moved to `guard.device` and returned without DDP."""
         from torch.nn.parallel import DistributedDataParallel
 
+        if holds_dtensors(model) or not data_parallel:
+            self._parallelism = "sharded" if holds_dtensors(model) else "partitioned"
+            if self._parallelism == "partitioned":
+                model = model.to(self.device)
+            self._model = model
+            return model
+        self._parallelism = "ddp"
         model = model.to(self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=ids)
@@ -218,41 +254,123 @@ class Guard:
     def resume(self, state: MutableMapping[str, Any]) -> int | None:
         """Load the newest checkpoint that verifies into `state` in place; its step, or None.
 
-        Rank 0 picks the checkpoint (refused ones are reported as checkpoint-tampered) and
-        sends its step; every rank then verifies and loads that same file itself."""
+        Both kinds count: single sealed files and sealed DCP steps (the newest step wins).
+        Rank 0 picks the candidate (refused ones are reported as checkpoint-tampered) and
+        broadcasts its step and kind; every rank then verifies and loads it itself (a DCP step
+        collectively, with DCP's resharding, so a different world size loads it too). A DCP
+        step refused while loading is reported and the next older one is tried."""
         self._state = state
-        chosen = torch.zeros(1, dtype=torch.int64, device=self.device)
-        if self.is_main and self._may_resume():
-            outcome = self._store.load_newest()
-            for path, reason in outcome.refused:
-                self.incident(IncidentKind.CHECKPOINT_TAMPERED, Severity.HIGH,
-                              {"checkpoint": str(path), "reason": reason})
-            if outcome.info is not None:
-                chosen[0] = outcome.info.step
-                self.run.append("events", {"kind": "resume", "step": outcome.info.step,
-                                           "checkpoint": str(outcome.info.path),
-                                           "sha256": outcome.info.sha256,
-                                           "signer": outcome.info.signer})
-        dist.broadcast(chosen, src=0)
-        step = int(chosen[0])
-        if step <= 0:
-            return None
-        payload, info = self._store.load(self._store.path_for(step))
-        _load_in_place(state, payload["state"])
-        self.resumed_signer = info.signer
-        self.resumed_from = self._last_step = self._started_at_step = step
-        self._begin(step)
-        return step
+        refused: set[Path] = set()
+        while True:
+            chosen = torch.zeros(2, dtype=torch.int64, device=self.device)
+            if self.is_main and self._may_resume():
+                found = self._newest_candidate(refused)
+                if found is not None:
+                    chosen[0], chosen[1] = found
+            dist.broadcast(chosen, src=0)
+            step, kind = int(chosen[0]), int(chosen[1])
+            if step <= 0:
+                return None
+            if kind == _FILE:
+                payload, info = self._store.load(self._store.path_for(step))
+                _load_in_place(state, payload["state"])
+                signer, path, sha = info.signer, info.path, info.sha256
+            else:
+                store = self._dcp_store()
+                path = store.path_for(step)
+                try:
+                    signer = store.load(path, state).signer  # type: ignore[arg-type]
+                except CheckpointTampered as exc:  # DCP raises it on every rank together
+                    self._refuse(path, exc.message, refused)
+                    continue
+                sha = _manifest_sha256(path)
+            if self.is_main:
+                self.run.append("events", {"kind": "resume", "step": step, "checkpoint": str(path),
+                                           "sha256": sha, "signer": signer})
+            self.resumed_signer = signer
+            self.resumed_from = self._last_step = self._started_at_step = step
+            self._begin(step)
+            return step
 
-    def save(self, step: int, state: MutableMapping[str, Any]) -> None:
-        """Write a sealed, signed checkpoint of `state` at `step` (rank 0 writes; all call)."""
-        self._state = state
+    def _newest_candidate(self, refused: set[Path]) -> tuple[int, int] | None:
+        """Rank 0: (step, kind) of the newest checkpoint of either kind that verifies here."""
+        candidates = [(step, _DCP, folder) for step, folder in list_steps(self._store.directory)]
+        candidates += [(step, _FILE, path) for step, path in self._store.list()]
+        for step, kind, path in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
+            if path in refused:
+                continue
+            try:
+                if kind == _FILE:
+                    self._store.load(path)
+                else:  # signature, file set, sizes, .metadata; each shard is hashed on load
+                    verify_step(path, self._verify, hash_all=False)
+            except CheckpointTampered as exc:
+                self._refuse(path, exc.message, refused)
+                continue
+            return step, kind
+        return None
+
+    def _refuse(self, path: Path, reason: str, refused: set[Path]) -> None:
+        refused.add(path)
         if self.is_main:
+            log.warning("refusing %s: %s", path, reason)
+            self.incident(IncidentKind.CHECKPOINT_TAMPERED, Severity.HIGH,
+                          {"checkpoint": str(path), "reason": reason})
+
+    def _dcp_store(self) -> DcpCheckpoints:
+        """Sealed DCP steps in the job's checkpoint folder (collective on first use: DCP runs
+        on a gloo group of its own, so an asynchronous save never shares the training group)."""
+        if self._dcp is None:
+            group = dist.new_group(backend="gloo")
+            self._dcp = DcpCheckpoints(self.context.checkpoint_dir, self._keys, self._keys.sign,
+                                       self._verify, keep=self.config.checkpoint.keep,
+                                       process_group=group)
+        return self._dcp
+
+    def save(self, step: int, state: MutableMapping[str, Any], *, async_: bool = False) -> None:
+        """Write a sealed, signed checkpoint of `state` at `step` (every rank calls it).
+
+        Replicated state: one file that rank 0 writes. Sharded state (DTensors, or ranks
+        holding different entries): a DCP step that every rank writes, the signed manifest
+        last. With `async_`, returns once the state is copied off the live tensors; the step
+        counts when its manifest is written (a crash before that leaves the previous step the
+        newest). A save still in flight is waited for first."""
+        self._state = state
+        self._settle(block=True)
+        if is_sharded_state(state, self.device):
+            future = self._dcp_store().save(step, state, async_=async_)  # type: ignore[arg-type]
+            if future is None:
+                self._record_checkpoint(step, self._dcp_store().path_for(step), None)
+            else:
+                self._pending = (step, future)
+        elif self.is_main:
             payload = {"step": step, "state": _state_dict(state)}
-            info = self._store.save(payload, step)
-            self.run.append("events", {"kind": "checkpoint", "step": step,
-                                       "path": str(info.path), "sha256": info.sha256})
+            if async_:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="trainguard-save")
+                self._pending = (step, self._writer.submit(self._store.save, _cpu_copy(payload), step))
+            else:
+                info = self._store.save(payload, step)
+                self._record_checkpoint(step, info.path, info.sha256)
         self.checkpoints.append(step)
+
+    def _settle(self, *, block: bool) -> None:
+        """Record an asynchronous save that finished (with `block`, wait for it); raises what
+        the save raised."""
+        if self._pending is None or (not block and not self._pending[1].done()):
+            return
+        (step, future), self._pending = self._pending, None
+        result = future.result()
+        if hasattr(result, "sha256"):  # a single file (CheckpointInfo)
+            self._record_checkpoint(step, result.path, result.sha256)
+        else:
+            self._record_checkpoint(step, self._dcp_store().path_for(step), None)
+
+    def _record_checkpoint(self, step: int, path: Path, sha256: str | None) -> None:
+        if self.is_main:
+            self.run.append("events", {"kind": "checkpoint", "step": step, "path": str(path),
+                                       "sha256": sha256 or _manifest_sha256(path),
+                                       "format": "file" if sha256 else "dcp"})
 
     # -- every step ---------------------------------------------------------------------------
 
@@ -261,12 +379,14 @@ class Guard:
         now = time.perf_counter()
         step_time, self._last_time = now - self._last_time, now
         self._after_hook(step)
+        self._settle(block=False)
         self._last_step = step
         self._maybe_kill(step)
         every = max(1, self.config.telemetry.every)
         if step % every == 0:
             self._telemetry(step, loss, step_time)
-        if self.config.consistency.every and step % self.config.consistency.every == 0:
+        if (self.config.consistency.every and step % self.config.consistency.every == 0
+                and self._parallelism in ("none", "ddp")):
             self.check_replicas()
         if step % every == 0 and self._stop_requested():
             if self._state is not None and (not self.checkpoints or self.checkpoints[-1] != step):
@@ -301,18 +421,25 @@ class Guard:
                                       "grad_norm": self._grad_norm(), "step_time": step_time}
             if self._hook is not None:
                 record["bytes_sent"] = self._hook.bytes_sent
+            if self._parallelism in ("sharded", "partitioned"):
+                record["grad_norm_of"] = "rank 0's shard"
             self.run.append("telemetry", record)
 
     def _grad_norm(self) -> float | None:
         if self._model is None:
             return None
-        norms = [p.grad.detach().norm() for p in self._model.parameters() if p.grad is not None]
+        # Local shards only: a DTensor's norm would be a collective that rank 0 runs alone.
+        norms = [_local(p.grad).detach().norm() for p in self._model.parameters()
+                 if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
 
     def check_replicas(self) -> str:
         """All ranks agree on a SHA-256 of the parameters, or the job stops (replica-divergence)."""
         if self._model is None:
             raise TrainerError("check_replicas() needs guard.wrap(model) first")
+        if self._parallelism != "ddp":
+            raise TrainerError(f"check_replicas() compares whole replicas; this model is {self._parallelism}",
+                               tip="replica hashes apply to DDP-wrapped models only")
         try:
             return check_replicas(self._model, device=self.device)
         except ReplicaDivergence as exc:
@@ -376,6 +503,7 @@ class Guard:
             "excluded_ranks": sorted(self._hook.excluded) if self._hook else [],
             "attempt": self.env.restart_count, "world_size": self.world_size,
             "aggregation": self.config.aggregation.method.value,
+            "parallelism": self._parallelism,
             "compress": self.config.aggregation.compress.value,
             "bytes_sent": self.bytes_sent, "device": str(self.device), "backend": self.backend,
             "timing": {"train_seconds": time.perf_counter() - self._t0,
@@ -387,12 +515,15 @@ class Guard:
         """Write the result (completed) and leave the process group together."""
         if self._closed:
             return
+        self._settle(block=True)
         if self._result_status is None:
             self._finish("completed", None)
         self._leave(barrier=True)
 
     def _leave(self, *, barrier: bool) -> None:
         self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         if isinstance(self._keys, KeyClient):
             self._keys.close()
         if not dist.is_initialized():
@@ -424,6 +555,35 @@ class Guard:
     def __repr__(self) -> str:
         return (f"Guard(job={self.job_id}, rank={self.rank}/{self.world_size}, "
                 f"device={self.device}, backend={self.backend})")
+
+
+_FILE, _DCP = 1, 2  # checkpoint kinds, as rank 0 broadcasts them on resume
+
+
+def _manifest_sha256(folder: Path) -> str:
+    from trainguard.core.fs import hash_file
+
+    return hash_file(manifest_path(folder)).sha256
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy that the training loop cannot change: tensors copied to CPU, the rest deep-copied."""
+    import copy
+
+    from torch.utils._pytree import tree_map
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor):
+            return leaf.detach().to("cpu", copy=True)
+        return copy.deepcopy(leaf)
+
+    return tree_map(one, obj)
 
 
 def _state_dict(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,11 @@ from typing import Any, cast
 import torch
 from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import (
+    DefaultLoadPlanner,
+    _EmptyStateDictLoadPlanner,
+)
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
@@ -52,6 +57,47 @@ def _refusal(folder: Path, exc: BaseException, known: str | None = None) -> Chec
                 f"checkpoint {folder.name}: checkpoint {folder.name}: ", f"checkpoint {folder.name}: "))
     name = type(causes[0]).__name__ if causes else type(exc).__name__
     return CheckpointTampered(f"checkpoint {folder.name}: cannot be unsealed or read ({name})")
+
+
+def _load_object(value: Any) -> Any:
+    """A non-tensor entry (an optimizer's hyper-parameters, a scheduler's counters): DCP's own
+    planner unpickles it with ``weights_only=False``; here only after the scanner's allowlist
+    and with ``weights_only=True``, like every other trainguard load."""
+    from trainguard.integrity.scanner import UnsafeArtifact, require_safe_fileobj
+
+    size = value.seek(0, 2)
+    value.seek(0)
+    try:
+        require_safe_fileobj(value, size, "a non-tensor checkpoint entry")
+    except UnsafeArtifact as exc:
+        raise _Refused("a non-tensor entry is not plain data") from exc
+    value.seek(0)
+    return torch.load(value, weights_only=True)
+
+
+def _set_loaded(planner: DefaultLoadPlanner, read_item: ReadItem, value: Any) -> None:
+    """`DefaultLoadPlanner.load_bytes` with `_load_object` in place of its pickle load."""
+    from torch.distributed.checkpoint._traverse import set_element
+
+    obj = _load_object(value)
+    if planner.flatten_state_dict:
+        set_element(planner.original_state_dict, planner.mappings[read_item.dest_index.fqn], obj)
+    else:
+        planner.state_dict[read_item.dest_index.fqn] = obj
+
+
+class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner; non-tensor entries read by `_load_object`."""
+
+    def load_bytes(self, read_item: ReadItem, value: Any) -> None:
+        _set_loaded(self, read_item, value)
+
+
+class _WeightsOnlyEmptyPlanner(_EmptyStateDictLoadPlanner):
+    """`export_single`'s planner (it builds the state from the metadata), same rule."""
+
+    def load_bytes(self, read_item: ReadItem, value: Any) -> None:
+        _set_loaded(self, read_item, value)
 
 
 class _ReusedCpuStager(AsyncStager):
@@ -145,7 +191,8 @@ class DcpCheckpoints:
         """Verify and load one step into `state` in place (DCP resharding applies)."""
         reader = SealedDcpReader(folder, self._keys, self._verify)
         try:
-            dcp_load(state, storage_reader=reader, process_group=self._pg)
+            dcp_load(state, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(),
+                     process_group=self._pg)
         except (CheckpointException, _Refused, TrainguardError) as exc:
             raise _refusal(folder, exc, reader.refusal) from None
         except (RuntimeError, OSError, ValueError, EOFError, AssertionError) as exc:
@@ -194,7 +241,6 @@ def export_single(folder: Path, out_dir: Path, keys: SealingKeys, sign: Signer,
     process (no process group), e.g. for evaluation. Returns its `CheckpointInfo`.
 
     Every file is hashed against the manifest first; the full state is held in memory."""
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
     from trainguard.trainer.checkpoint import CheckpointStore
 
@@ -202,7 +248,7 @@ def export_single(folder: Path, out_dir: Path, keys: SealingKeys, sign: Signer,
     state: dict[str, Any] = {}
     reader = SealedDcpReader(folder, keys, verify)
     try:
-        _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(),
+        _load_state_dict(state, storage_reader=reader, planner=_WeightsOnlyEmptyPlanner(),
                          no_dist=True)
     except (CheckpointException, _Refused, TrainguardError, RuntimeError, OSError,
             ValueError) as exc:

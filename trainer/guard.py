@@ -413,11 +413,13 @@ class Guard:
                 self._hook.excluded.add(r)
 
     def _telemetry(self, step: int, loss: torch.Tensor | float | None, step_time: float) -> None:
-        value = float("nan") if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-        packed = torch.tensor([value], dtype=torch.float64, device=self.device)
+        # The mean over the ranks that have a loss (in a pipeline only the last stage has one).
+        value = 0.0 if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        packed = torch.tensor([value, float(loss is not None)], dtype=torch.float64, device=self.device)
         dist.all_reduce(packed)
         if self.is_main:
-            record: dict[str, Any] = {"step": step, "loss": float(packed[0]) / self.world_size,
+            mean = float(packed[0]) / float(packed[1]) if packed[1] else float("nan")
+            record: dict[str, Any] = {"step": step, "loss": mean,
                                       "grad_norm": self._grad_norm(), "step_time": step_time}
             if self._hook is not None:
                 record["bytes_sent"] = self._hook.bytes_sent

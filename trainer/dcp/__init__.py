@@ -30,12 +30,14 @@ authenticates every segment as it is read. Any failure is `CheckpointTampered`.
 
 Modules: `signed` (keys, signers, the step manifest and its verification), `metadata` (the
 restricted unpickler), `storage` (DCP writer and reader on sealed streams), `store`
-(`DcpCheckpoints`, `export_single`).
+(`DcpCheckpoints`, `export_single`), `sharding` (is a state sharded? `Guard.save` asks it;
+`AppState`, DCP's model + optimizer Stateful).
 """
 
 from __future__ import annotations
 
 from trainguard.trainer.dcp.metadata import load_metadata
+from trainguard.trainer.dcp.sharding import AppState, holds_dtensors, is_sharded_state
 from trainguard.trainer.dcp.signed import (
     LocalKeys,
     SealingKeys,
@@ -53,6 +55,7 @@ from trainguard.trainer.dcp.storage import SealedDcpReader, SealedDcpWriter
 from trainguard.trainer.dcp.store import DcpCheckpoints, export_single
 
 __all__ = [
+    "AppState",
     "DcpCheckpoints",
     "LocalKeys",
     "SealedDcpReader",
@@ -62,6 +65,8 @@ __all__ = [
     "StepInfo",
     "Verifier",
     "export_single",
+    "holds_dtensors",
+    "is_sharded_state",
     "list_steps",
     "load_metadata",
     "manifest_path",

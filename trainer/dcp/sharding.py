@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["holds_dtensors", "is_sharded_state", "layout_of"]
+__all__ = ["AppState", "holds_dtensors", "is_sharded_state", "layout_of"]
 
 
 def _is_distributed_tensor(value: object) -> bool:
@@ -69,3 +69,28 @@ def is_sharded_state(state: Mapping[str, Any], device: torch.device, group: Any 
 def holds_dtensors(module: torch.nn.Module) -> bool:
     """True for a module already sharded by FSDP2, HSDP or tensor parallelism."""
     return any(_is_distributed_tensor(p) for p in module.parameters())
+
+
+class AppState:
+    """A model and its optimizer as one DCP `Stateful`, keyed by parameter names (DCP's own
+    recipe: `get_state_dict` / `set_state_dict`). Use it for sharded and pipeline models, where
+    a plain ``optimizer.state_dict()`` is keyed by parameter index (it collides across pipeline
+    stages) and is empty before the first step (a resume would not restore the moments)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optim = get_state_dict(self.model, self.optimizer)
+        return {"model": model, "optim": optim}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+
+    def __repr__(self) -> str:
+        return f"AppState({type(self.model).__name__}, {type(self.optimizer).__name__})"

@@ -15,8 +15,8 @@ signing key. The signature covers ``DOMAIN ‖ canonical_json(manifest)`` (see
 `trainguard.agent.api.keys`), so it can never pass for another kind of signed document.
 
 Writing: torch.save goes straight into a `SealedWriter` over a temporary file (no plaintext on
-disk, no in-memory copy of the whole checkpoint) while the ciphertext is hashed on the way
-out; the manifest is signed and both files renamed into place (the signature last, so a
+disk, no in-memory copy of the whole checkpoint): this thread encrypts while two background
+threads hash the ciphertext and write it (no second read of the file); the manifest is signed and both files renamed into place (the signature last, so a
 half-written pair is ignored). Loading: signature (this node's key, or a node certificate that
 chains to the cluster CA and is not revoked), then size and hash, then the sealed stream
 authenticates every segment while it is read; the decrypted stream is judged by the
@@ -79,7 +79,8 @@ def manifest_path(path: Path) -> Path:
 
 
 class _HashingFile:
-    """Hashes what is written through it (the ciphertext), so the file is not read twice."""
+    """Hashes what is written through it, inline (tests build hand-made checkpoints with it;
+    `CheckpointStore.save` hashes on a background thread through `SealedWriter(digest=)`)."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
@@ -135,13 +136,16 @@ class CheckpointStore:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path_for(step)
         data_key = self._keys.data_key()
+        sha = hashlib.sha256()
         with atomic_output(path, mode=0o600) as tmp:
             with tmp.open("wb") as raw:
-                hashing = _HashingFile(raw)
-                with SealedWriter(cast(BinaryIO, hashing), data_key) as sealed:
+                # torch.save serializes and encrypts on this thread; the ciphertext is hashed
+                # and written on two background threads (see SealedWriter)
+                with SealedWriter(cast(BinaryIO, raw), data_key, digest=sha) as sealed:
                     torch.save(payload, cast(IO[bytes], sealed))
+                size = raw.tell()
         del data_key  # sealed: the data key is not needed again in this process
-        entry = FileEntry(path.name, hashing.size, hashing.sha.hexdigest())
+        entry = FileEntry(path.name, size, sha.hexdigest())
         # binding: the job these checkpoints belong to (`context.job_identity`; None outside a job)
         body = Manifest("file", path.name, (entry,), self._clock(), self._trust.job).to_json()
         signed = self._keys.sign(body)

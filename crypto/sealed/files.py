@@ -9,7 +9,6 @@ Outputs to a file object (a pipe) receive one verified segment at a time.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +19,7 @@ from typing import BinaryIO
 
 from trainguard.core.clock import Random
 from trainguard.core.fs import atomic_output
-from trainguard.crypto.errors import KeyringError, RetiredKeyError, SealedStreamError
+from trainguard.crypto.errors import CryptoError, KeyringError, RetiredKeyError, SealedStreamError
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.sealed.format import (
     DEFAULT_SEGMENT_SIZE,
@@ -32,7 +31,15 @@ from trainguard.crypto.sealed.format import (
     SegmentOpener,
     SegmentSealer,
     read_exact,
+    read_header,
     unseal_segments,
+)
+from trainguard.crypto.sealed.pipeline import (
+    Stages,
+    default_workers,
+    pread_exact,
+    pwrite_all,
+    run_parallel,
 )
 
 __all__ = [
@@ -70,74 +77,97 @@ def seal_stream(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     rng: Random = os.urandom,
 ) -> int:
-    """Seal everything readable from `src` into `dst`; returns the plaintext length."""
-    sealer = SegmentSealer(dst, keyring, segment_size, rng)
-    view = memoryview(bytearray(segment_size))
+    """Seal everything readable from `src` into `dst`; returns the plaintext length.
+
+    Reading and encrypting happen on the calling thread while a background thread writes the
+    previous segment (memory: a few segments)."""
+    sealer = SegmentSealer(None, keyring, segment_size, rng)
+    dst.write(sealer.header.pack())
+    ring = [bytearray(segment_size + TAG_SIZE) for _ in range(_RING)]
+    stages = Stages([dst.write], ring, name="seal")
+    plain = memoryview(bytearray(segment_size))
     total = 0
-    while True:
-        n = read_exact(src, view)
-        total += n
-        sealer.seal(view[:n], last=n < segment_size)
-        if n < segment_size:
-            break
+    try:
+        while True:
+            n = read_exact(src, plain)
+            total += n
+            ct = stages.acquire()
+            stages.submit(ct, len(sealer.seal_into(plain[:n], n < segment_size, ct)))
+            if n < segment_size:
+                break
+    except BaseException:
+        stages.abort()
+        raise
+    stages.finish()
     dst.flush()
     return total
 
 
-def _seal_mapped(
-    fd: int, size: int, dst: BinaryIO, keyring: Keyring, segment_size: int, rng: Random
-) -> int:
-    """Seal the first `size` bytes of a regular file straight out of its memory map: one
-    copy fewer than read-then-encrypt, which keeps sealing near file-copy speed."""
-    sealer = SegmentSealer(dst, keyring, segment_size, rng)
-    with _mapped(fd, size) as view:
-        off = 0
-        while True:
-            n = min(segment_size, size - off)
-            sealer.seal(view[off : off + n], last=n < segment_size)
-            off += n
-            if n < segment_size:
-                break
-    dst.flush()
+_RING = 4  # buffers in flight between the caller and a background stage
+
+
+def _seal_regular(src_fd: int, size: int, out: BinaryIO, keyring: Keyring, segment_size: int,
+                  rng: Random, what: str) -> int:
+    """Seal the first `size` bytes of a regular file into a new, still unnamed output file:
+    worker threads each read, encrypt and write whole segments at their own offsets."""
+    sealer = SegmentSealer(None, keyring, segment_size, rng)
+    fd = out.fileno()
+    pwrite_all(fd, memoryview(sealer.header.pack()), 0)
+    count = size // segment_size + 1  # the last segment is the short one (maybe empty)
+    workers = min(default_workers(), count)
+    bufs = [(bytearray(segment_size), bytearray(segment_size + TAG_SIZE), sealer.new_cipher())
+            for _ in range(workers)]
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(src_fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+
+    def one(index: int, worker: int) -> None:
+        plain, ct, cipher = bufs[worker]
+        off = index * segment_size
+        n = min(segment_size, size - off)
+        pv, cv = memoryview(plain)[:n], memoryview(ct)[: n + TAG_SIZE]
+        if pread_exact(src_fd, pv, off) != n:
+            raise CryptoError(f"{what} became shorter while it was sealed; nothing was written",
+                              tip="seal a file nothing is writing to, or pipe it: "
+                              "`trainguard seal - OUT < FILE`")
+        sealer.seal_at(index, pv, index == count - 1, cv, cipher)
+        pwrite_all(fd, cv, HEADER_SIZE + index * (segment_size + TAG_SIZE))
+
+    run_parallel(count, one, workers=workers, name="seal")
     return size
 
 
-def _unseal_mapped(fd: int, size: int, dst: BinaryIO, keyring: Keyring, what: str) -> int:
-    """Verify and decrypt a sealed regular file out of its memory map, segment by segment."""
-    with _mapped(fd, size) as view:
-        opener = SegmentOpener(Header.parse(bytes(view[:HEADER_SIZE]), what), keyring, what)
-        seg = opener.segment_size
-        full, rem = divmod(size - HEADER_SIZE, seg + TAG_SIZE)
-        if rem < TAG_SIZE:  # no short final segment: truncated
-            raise SealedStreamError(what)
-        plain = memoryview(bytearray(seg))
-        off = HEADER_SIZE
-        for index in range(full + 1):
-            last = index == full
-            n = rem if last else seg + TAG_SIZE
-            opener.open_into(index, last, view[off : off + n], plain[: n - TAG_SIZE])
-            dst.write(plain[: n - TAG_SIZE])
-            off += n
-    dst.flush()
+def _unseal_regular(src_fd: int, size: int, out: BinaryIO, keyring: Keyring, what: str) -> int:
+    """Verify and decrypt a sealed regular file into a new, still unnamed output file: worker
+    threads each read, verify and write whole segments at their own offsets. The caller links
+    the output only if every segment verified."""
+    raw = bytearray(HEADER_SIZE)
+    if pread_exact(src_fd, memoryview(raw), 0) != HEADER_SIZE:
+        raise SealedStreamError(what)
+    opener = SegmentOpener(Header.parse(bytes(raw), what), keyring, what)
+    seg = opener.segment_size
+    full, rem = divmod(size - HEADER_SIZE, seg + TAG_SIZE)
+    if rem < TAG_SIZE:  # no short final segment: truncated
+        raise SealedStreamError(what)
+    fd = out.fileno()
+    count = full + 1
+    workers = min(default_workers(), count)
+    bufs = [(bytearray(seg + TAG_SIZE), bytearray(seg), opener.new_cipher())
+            for _ in range(workers)]
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(src_fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+
+    def one(index: int, worker: int) -> None:
+        ct, plain, cipher = bufs[worker]
+        last = index == full
+        n = rem if last else seg + TAG_SIZE
+        cv, pv = memoryview(ct)[:n], memoryview(plain)[: n - TAG_SIZE]
+        if pread_exact(src_fd, cv, HEADER_SIZE + index * (seg + TAG_SIZE)) != n:
+            raise SealedStreamError(what)  # shrank while read: truncated
+        opener.open_into(index, last, cv, pv, cipher)
+        pwrite_all(fd, pv, index * seg)
+
+    run_parallel(count, one, workers=workers, name="unseal")
     return full * seg + rem - TAG_SIZE
-
-
-@contextlib.contextmanager
-def _mapped(fd: int, size: int) -> Iterator[memoryview]:
-    """A read-only map of the first `size` bytes of `fd`, read sequentially.
-
-    An error propagating out of the block keeps slices alive in its traceback's frames, so
-    the map cannot be closed then; it is unmapped when the error is garbage-collected.
-    """
-    m = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-    m.madvise(mmap.MADV_SEQUENTIAL)
-    view = memoryview(m)
-    try:
-        yield view
-    finally:
-        with contextlib.suppress(BufferError):
-            view.release()
-            m.close()
 
 
 @contextlib.contextmanager
@@ -193,17 +223,17 @@ def seal_file(
     """Seal `src` (a path or a readable binary file object) into `dst` (a path or file object).
 
     A path output appears only on success. A regular input file is sealed as of its size
-    when opened (it is memory-mapped: truncating it while it is sealed kills the process
-    with SIGBUS, and no output appears). Returns the plaintext length.
+    when opened, by parallel workers (read, encrypt, write at the segment's offset; memory: two
+    segments per worker); if it shrinks meanwhile, `CryptoError` and no output. Other inputs
+    and file-object outputs are streamed in order. Returns the plaintext length.
     """
     if isinstance(src, str | Path):
         with open(src, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
-            if stat.S_ISREG(st.st_mode) and st.st_size > 0:
-                fd, size = f.fileno(), st.st_size
-                return _to_sink(
-                    dst, 0o644, lambda out: _seal_mapped(fd, size, out, keyring, segment_size, rng)
-                )
+            if stat.S_ISREG(st.st_mode) and isinstance(dst, str | Path):
+                fd, size, what = f.fileno(), st.st_size, f"input {src}"
+                return _to_sink(dst, 0o644, lambda out: _seal_regular(
+                    fd, size, out, keyring, segment_size, rng, what))
             return seal_file(f, dst, keyring, segment_size=segment_size, rng=rng)
     stream = src
     return _to_sink(
@@ -216,18 +246,19 @@ def seal_file(
 def unseal_file(src: Source, dst: Sink, keyring: Keyring) -> int:
     """Verify and decrypt `src` into `dst`; returns the plaintext length.
 
-    A path output (0600) appears only after the whole stream verified. A file-object output
-    receives one verified segment at a time: on failure it may hold a verified prefix, and
+    A path output (0600) appears only after the whole stream verified (a regular input file is
+    unsealed by parallel workers into the still unnamed output). A file-object output receives
+    one verified segment at a time: on failure it may hold a verified prefix, and
     `SealedStreamError` is raised.
     """
     if isinstance(src, str | Path):
         what = f"sealed file {src}"
         with open(src, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
-            if stat.S_ISREG(st.st_mode) and st.st_size >= HEADER_SIZE:
+            if stat.S_ISREG(st.st_mode) and isinstance(dst, str | Path):
                 fd, size = f.fileno(), st.st_size
                 return _to_sink(
-                    dst, 0o600, lambda out: _unseal_mapped(fd, size, out, keyring, what)
+                    dst, 0o600, lambda out: _unseal_regular(fd, size, out, keyring, what)
                 )
             return _to_sink(dst, 0o600, lambda out: _copy_plain(f, out, keyring, what))
     stream = src
@@ -235,10 +266,34 @@ def unseal_file(src: Source, dst: Sink, keyring: Keyring) -> int:
 
 
 def _copy_plain(src: BinaryIO, out: BinaryIO, keyring: Keyring, what: str) -> int:
-    total = 0
-    for chunk in unseal_segments(src, keyring, what):
-        out.write(chunk)
-        total += len(chunk)
+    """Read and verify on this thread; a background thread writes each verified segment."""
+    opener = SegmentOpener(read_header(src, what), keyring, what)
+    seg = opener.segment_size
+    stages = Stages([out.write], [bytearray(seg) for _ in range(_RING)], name="unseal")
+    ct = bytearray(seg + TAG_SIZE)
+    total, index = 0, 0
+    try:
+        while True:
+            n = read_exact(src, memoryview(ct))
+            if n < TAG_SIZE:  # a stream must end in a (short) final segment
+                raise SealedStreamError(what)
+            last = n < len(ct)
+            plain = stages.acquire()
+            try:
+                opener.open_into(index, last, memoryview(ct)[:n], memoryview(plain)[: n - TAG_SIZE])
+            except BaseException:
+                stages.release(plain)
+                raise
+            stages.submit(plain, n - TAG_SIZE)  # verified: only now handed to the writer
+            total += n - TAG_SIZE
+            if last:
+                break
+            index += 1
+    except BaseException:
+        with contextlib.suppress(Exception):  # the verified prefix still goes out
+            stages.finish()
+        raise
+    stages.finish()
     out.flush()
     return total
 

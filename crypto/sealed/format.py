@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -139,14 +139,18 @@ class SegmentOpener:
         dek = header.unwrap(keyring, what)
         self.header = header
         self.segment_size = header.segment_size
-        self._aead = AESGCM(derive_keys(dek, header.context)[0])
+        seg_key = derive_keys(dek, header.context)[0]
+        self._aead = AESGCM(seg_key)
+        self.new_cipher: Callable[[], AESGCM] = lambda: AESGCM(seg_key)  # one per worker thread
         self._aad = header.aad
         self._what = what
 
-    def open_into(self, index: int, last: bool, ct: memoryview, out: memoryview) -> None:
-        """Decrypt `ct` (ciphertext ‖ tag) into `out`; `SealedStreamError` if it fails."""
+    def open_into(self, index: int, last: bool, ct: memoryview, out: memoryview,
+                  cipher: AESGCM | None = None) -> None:
+        """Decrypt `ct` (ciphertext ‖ tag) into `out`; `SealedStreamError` if it fails.
+        Threads working at once pass their own `cipher` (from `new_cipher()`)."""
         try:
-            self._aead.decrypt_into(
+            (cipher or self._aead).decrypt_into(
                 nonce(self.header.nonce_prefix, index, last), ct, self._aad, out
             )
         except InvalidTag as exc:
@@ -154,10 +158,11 @@ class SegmentOpener:
 
 
 class SegmentSealer:
-    """Writes the header of a new stream, then encrypts consecutive segments."""
+    """Writes the header of a new stream, then encrypts consecutive segments. With
+    ``out=None`` nothing is written: the caller writes `header.pack()` and the segments."""
 
     def __init__(
-        self, out: BinaryIO, keyring: Keyring | DataKey, segment_size: int, rng: Random
+        self, out: BinaryIO | None, keyring: Keyring | DataKey, segment_size: int, rng: Random
     ) -> None:
         if not 1 <= segment_size <= MAX_SEGMENT_SIZE:
             raise ValueError(f"segment_size must be 1..{MAX_SEGMENT_SIZE}")
@@ -173,18 +178,31 @@ class SegmentSealer:
         )
         self._aad = self.header.aad
         self._aead = AESGCM(seg_key)
+        self.new_cipher: Callable[[], AESGCM] = lambda: AESGCM(seg_key)  # one per worker thread
         self._out = out
-        self._ct = bytearray(segment_size + TAG_SIZE)
+        self._ct = bytearray(segment_size + TAG_SIZE) if out is not None else bytearray()
         self.index = 0
-        out.write(self.header.pack())
+        if out is not None:
+            out.write(self.header.pack())
 
     def seal(self, plain: memoryview | bytearray, last: bool) -> None:
         """Encrypt the next segment and write it. Only the final segment may be short."""
-        view = memoryview(self._ct)[: len(plain) + TAG_SIZE]
-        n = nonce(self.header.nonce_prefix, self.index, last)
-        self._aead.encrypt_into(n, plain, self._aad, view)
-        self._out.write(view)
+        self._out.write(self.seal_into(plain, last, self._ct))
+
+    def seal_into(self, plain: memoryview | bytearray, last: bool, out: bytearray) -> memoryview:
+        """Encrypt the next segment into `out` (>= len(plain) + TAG_SIZE bytes) without
+        writing it; returns the ciphertext view. Segments must be written in this order."""
+        view = memoryview(out)[: len(plain) + TAG_SIZE]
+        self.seal_at(self.index, plain, last, view)
         self.index += 1
+        return view
+
+    def seal_at(self, index: int, plain: memoryview | bytearray, last: bool,
+                out: memoryview, cipher: AESGCM | None = None) -> None:
+        """Encrypt segment `index` into `out` (exactly len(plain) + TAG_SIZE bytes). Threads
+        working at once pass their own `cipher` (from `new_cipher()`)."""
+        aead = cipher or self._aead
+        aead.encrypt_into(nonce(self.header.nonce_prefix, index, last), plain, self._aad, out)
 
 
 def read_exact(f: BinaryIO, buf: memoryview) -> int:

@@ -45,10 +45,12 @@ Modules: `sealed_format` (header, keys, one segment), this module (the `SealedWr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Callable
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from trainguard.core.clock import Random
 from trainguard.crypto.errors import SealedStreamError
@@ -77,6 +79,7 @@ from trainguard.crypto.sealed.format import (
     read_exact,
     read_header,
 )
+from trainguard.crypto.sealed.pipeline import Stages
 
 __all__ = [
     "AAD_SIZE",
@@ -107,23 +110,54 @@ class SealedWriter:
     `close()` writes the final segment; leaving a ``with`` block by an exception aborts
     instead, and so does dropping an unclosed writer, so a half-written stream never
     verifies. Does not close `fileobj`. `torch.save(obj, writer)` writes straight into it.
+
+    Pipelined: the caller's thread encrypts segment i+1 (whole segments straight out of the
+    caller's buffer, no copy) while background threads write segment i into `fileobj` and,
+    when `digest` (a `hashlib` object) is given, hash the ciphertext (header included) into it
+    on a third thread; AES-GCM, SHA-256 and file writes release the GIL, so they overlap on
+    separate cores. Memory: a ring of four segments. A write error in the background surfaces
+    from the next `write`, `flush` or `close` (the stream is then abandoned: it never verifies).
+    The threads start with the first full segment, so small streams are written inline.
     """
 
     def __init__(
         self,
         fileobj: BinaryIO,
-        keyring: Keyring,
+        keyring: Keyring | DataKey,
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         rng: Random = os.urandom,
+        digest: Any | None = None,
     ) -> None:
-        self._sealer = SegmentSealer(fileobj, keyring, segment_size, rng)
+        self._sealer = SegmentSealer(None, keyring, segment_size, rng)
         self._f = fileobj
         self._seg = segment_size
+        self._sinks: list[Callable[[memoryview], object]] = (
+            [digest.update, fileobj.write] if digest is not None else [fileobj.write]
+        )
+        self._stages: Stages | None = None
         self._buf = bytearray(segment_size)
         self._fill = 0
         self._pos = 0
         self._closed = False
+        header = memoryview(self._sealer.header.pack())
+        for sink in self._sinks:
+            sink(header)
+
+    def _out(self) -> bytearray:
+        if self._stages is None:
+            ring = [bytearray(self._seg + TAG_SIZE) for _ in range(_RING)]
+            self._stages = Stages(self._sinks, ring, name="sealed-writer")
+        return self._stages.acquire()
+
+    def _seal(self, plain: memoryview | bytearray, last: bool) -> None:
+        if last and self._stages is None:  # a small stream: no threads
+            ct = self._sealer.seal_into(plain, True, bytearray(len(plain) + TAG_SIZE))
+            for sink in self._sinks:
+                sink(ct)
+            return
+        out = self._out()
+        self._stages.submit(out, len(self._sealer.seal_into(plain, last, out)))  # type: ignore[union-attr]
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
@@ -132,7 +166,7 @@ class SealedWriter:
         n, pos, seg = len(mv), 0, self._seg
         while pos < n:
             if self._fill == 0 and n - pos >= seg:  # whole segments straight from the caller
-                self._sealer.seal(mv[pos : pos + seg], last=False)
+                self._seal(mv[pos : pos + seg], last=False)
                 pos += seg
                 continue
             take = min(seg - self._fill, n - pos)
@@ -140,26 +174,49 @@ class SealedWriter:
             self._fill += take
             pos += take
             if self._fill == seg:  # a full segment is never the last one
-                self._sealer.seal(self._buf, last=False)
+                self._seal(self._buf, last=False)
                 self._fill = 0
         self._pos += n
         return n
 
     def close(self) -> None:
-        """Seal the final segment and flush `fileobj`."""
+        """Seal the final segment, wait for the background writes and flush `fileobj`."""
         if self._closed:
             return
         self._closed = True
-        self._sealer.seal(memoryview(self._buf)[: self._fill], last=True)
+        try:
+            self._seal(memoryview(self._buf)[: self._fill], last=True)
+        except BaseException:
+            self._abort_stages()
+            raise
+        if self._stages is not None:
+            self._stages.finish()
         self._f.flush()
+
+    def _abort_stages(self) -> None:
+        if self._stages is not None:
+            self._stages.abort()
 
     def abort(self) -> None:
         """Stop without a final segment: what was written will never verify."""
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            self._abort_stages()
 
     def flush(self) -> None:
-        if not self._closed:
-            self._f.flush()
+        """Wait until every sealed segment was handed to `fileobj`, then flush it (a partial
+        segment stays buffered until more data or `close`)."""
+        if self._closed:
+            return
+        if self._stages is not None:
+            held = [self._stages.acquire() for _ in range(_RING)]  # all back: nothing in flight
+            for b in held:
+                self._stages.release(b)
+        self._f.flush()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.abort()
 
     def tell(self) -> int:
         return self._pos
@@ -190,6 +247,9 @@ class SealedWriter:
             self.close()
         else:
             self.abort()
+
+
+_RING = 4  # ciphertext segments in flight between the caller and the background stages
 
 
 class SealedReader(io.RawIOBase):

@@ -48,31 +48,19 @@ from trainguard.trainer.errors import CheckpointTampered
 # ---- sealed streams on DCP's file system ------------------------------------------------------
 
 
-class _Sink:
-    """The file object a `SealedWriter` writes ciphertext into: `raw`, hashed on the way."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: Any) -> int:
-        self.sha.update(data)
-        n = self.raw.write(data)
-        self.size += n
-        return n
-
-    def flush(self) -> None:
-        pass  # flushed once, when the stream is finished
-
-
 class _SealingStream(io.RawIOBase):
-    """What DCP writes into: seals into `raw` and reports plaintext offsets (DCP's tell())."""
+    """What DCP writes into: seals into `raw` and reports plaintext offsets (DCP's tell()).
+
+    DCP's thread serializes and encrypts; two background threads of the `SealedWriter` hash
+    the ciphertext (SHA-256 for the manifest, no second read) and write it into `raw`.
+    """
 
     def __init__(self, raw: BinaryIO, key: DataKey, segment_size: int) -> None:
         super().__init__()
-        self.sink = _Sink(raw)
-        self._sealer = SealedWriter(cast(BinaryIO, self.sink), key, segment_size=segment_size)
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._sealer = SealedWriter(raw, key, segment_size=segment_size, digest=self.sha)
 
     def write(self, data: Any) -> int:
         return self._sealer.write(data)
@@ -81,7 +69,8 @@ class _SealingStream(io.RawIOBase):
         return self._sealer.tell()
 
     def fileno(self) -> int:  # DCP fsyncs what is written so far; finish() syncs the rest
-        return self.sink.raw.fileno()
+        self._sealer.flush()  # every sealed segment handed to `raw` first
+        return self.raw.fileno()
 
     def writable(self) -> bool:
         return True
@@ -91,9 +80,10 @@ class _SealingStream(io.RawIOBase):
 
     def finish(self, sync: bool) -> None:
         self._sealer.close()
-        self.sink.raw.flush()
+        self.raw.flush()
+        self.size = self.raw.tell()
         if sync:
-            os.fsync(self.sink.raw.fileno())
+            os.fsync(self.raw.fileno())
 
     def abort(self) -> None:
         self._sealer.abort()
@@ -130,7 +120,7 @@ class _SealedFileSystem(FileSystem):
                     raise
                 stream.finish(self._sync)
             with self._lock:
-                self.digests[p.name] = (stream.sink.size, stream.sink.sha.hexdigest())
+                self.digests[p.name] = (stream.size, stream.sha.hexdigest())
         elif mode == "rb":
             self._check(p)
             with p.open("rb") as src, SealedReader(cast(BinaryIO, src), self._keys,

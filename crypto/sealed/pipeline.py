@@ -1,0 +1,198 @@
+"""Sealed streams at disk speed: background stages and parallel segment workers (internal).
+
+Every expensive step here (AES-GCM from `cryptography`, SHA-256 from `hashlib`, `os.pread` /
+`os.pwrite` / file writes) releases the GIL, so plain threads overlap them on separate cores:
+
+- `Stages`: an ordered chain of background threads over a small ring of buffers. The caller
+  fills a buffer (e.g. encrypts segment i+1) while the stages hash and write segment i. Memory:
+  the ring (a few segments). An error in any stage is kept, later buffers skip the failed work,
+  and the caller sees the original exception at its next `acquire`, `drain` or `finish`.
+- `run_parallel`: N workers that each take the next segment index and read, encrypt or verify,
+  and write it at its own offset (`pread` / `pwrite`): for a regular file into a regular file,
+  where the output has no name until everything succeeded. The first error stops every worker.
+
+Nothing here knows the format: `files.py` and `stream.py` pass the per-segment work in.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Final
+
+__all__ = ["Stages", "default_workers", "pread_exact", "pwrite_all", "run_parallel"]
+
+_STOP: Final = object()
+
+
+def default_workers() -> int:
+    """Threads for parallel segment work: the CPUs this process may use, 1..4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+class Stages:
+    """Buffers pass through `stages` (each on its own thread) in submission order.
+
+    `acquire()` returns a free buffer (blocking while all are in flight); `submit(buf, n)`
+    hands its first `n` bytes to the first stage; a buffer is free again after the last stage.
+    `finish()` waits for everything submitted and raises the first stage error; `abort()` stops
+    without waiting for the work to be done (still joins the threads).
+    """
+
+    def __init__(self, stages: Sequence[Callable[[memoryview], object]], buffers: Sequence[bytearray],
+                 *, name: str = "sealed") -> None:
+        if not stages or not buffers:
+            raise ValueError("Stages needs at least one stage and one buffer")
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for b in buffers:
+            self._free.put(b)
+        self._queues: list[queue.SimpleQueue[object]] = [queue.SimpleQueue() for _ in stages]
+        self._error: BaseException | None = None
+        self._failed = threading.Event()
+        self._done = False
+        self._threads = [
+            threading.Thread(target=self._run, args=(i, fn), name=f"{name}-stage{i}", daemon=True)
+            for i, fn in enumerate(stages)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, i: int, fn: Callable[[memoryview], object]) -> None:
+        src = self._queues[i]
+        nxt = self._queues[i + 1] if i + 1 < len(self._queues) else None
+        while True:
+            item = src.get()
+            if item is _STOP:
+                if nxt is not None:
+                    nxt.put(_STOP)
+                return
+            buf, n = item  # type: ignore[misc]
+            if not self._failed.is_set():
+                try:
+                    fn(memoryview(buf)[:n])
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the caller thread
+                    if self._error is None:
+                        self._error = exc
+                    self._failed.set()
+            if nxt is not None:
+                nxt.put(item)
+            else:
+                self._free.put(buf)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def failed(self) -> bool:
+        return self._failed.is_set()
+
+    def acquire(self) -> bytearray:
+        """A free buffer; raises the first stage error instead when one happened."""
+        self._raise()
+        buf = self._free.get()
+        self._raise()
+        return buf
+
+    def submit(self, buf: bytearray, n: int) -> None:
+        if self._done:
+            raise ValueError("submit after finish")
+        self._queues[0].put((buf, n))
+
+    def release(self, buf: bytearray) -> None:
+        """Give back a buffer that was acquired but not submitted."""
+        self._free.put(buf)
+
+    def _stop(self) -> None:
+        if not self._done:
+            self._done = True
+            self._queues[0].put(_STOP)
+        for t in self._threads:
+            t.join()
+
+    def finish(self) -> None:
+        """Wait for every submitted buffer to pass all stages; raise the first stage error."""
+        self._stop()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop: queued work is skipped, the threads are joined, errors are dropped."""
+        if self._error is None:
+            self._error = _Aborted()
+        self._failed.set()
+        self._stop()
+
+
+class _Aborted(Exception):
+    """Marks a pipeline that was stopped on purpose (never raised to callers of `abort`)."""
+
+
+def pread_exact(fd: int, buf: memoryview, offset: int) -> int:
+    """Fill `buf` from `fd` at `offset`; returns the bytes read (short only at end of file)."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of `data` to `fd` at `offset` (pwrite may write less than asked)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
+def run_parallel(count: int, work: Callable[[int, int], None], *, workers: int,
+                 name: str = "sealed") -> None:
+    """Call ``work(index, worker)`` for every index in ``range(count)`` on `workers` threads.
+
+    Indices are handed out in increasing order; `worker` (0..workers-1) lets `work` use its own
+    buffers. The first exception stops the other workers (they finish the index in hand) and
+    is raised here once all have stopped.
+    """
+    workers = max(1, min(workers, count))
+    lock = threading.Lock()
+    state = {"next": 0}
+    errors: list[BaseException] = []
+
+    def run(w: int) -> None:
+        while True:
+            with lock:
+                if errors or state["next"] >= count:
+                    return
+                i = state["next"]
+                state["next"] = i + 1
+            try:
+                work(i, w)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by run_parallel
+                with lock:
+                    errors.append(exc)
+                return
+
+    if workers == 1:
+        run(0)
+    else:
+        threads = [threading.Thread(target=run, args=(w,), name=f"{name}-worker{w}", daemon=True)
+                   for w in range(1, workers)]
+        for t in threads:
+            t.start()
+        try:
+            run(0)
+        except BaseException as exc:  # e.g. KeyboardInterrupt in the calling thread
+            with lock:
+                errors.append(exc)
+            raise
+        finally:
+            for t in threads:
+                t.join()
+    if errors:
+        raise errors[0]

@@ -71,11 +71,21 @@ def holds_dtensors(module: torch.nn.Module) -> bool:
     return any(_is_distributed_tensor(p) for p in module.parameters())
 
 
+def _OPTIONS() -> Any:  # noqa: N802 - a constant, built lazily
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Hyper-parameters keyed per parameter name too: the param_groups *list* of a plain
+    # optimizer state dict has the same keys on every pipeline stage and would collide.
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
 class AppState:
     """A model and its optimizer as one DCP `Stateful`, keyed by parameter names (DCP's own
-    recipe: `get_state_dict` / `set_state_dict`). Use it for sharded and pipeline models, where
-    a plain ``optimizer.state_dict()`` is keyed by parameter index (it collides across pipeline
-    stages) and is empty before the first step (a resume would not restore the moments)."""
+    recipe: `get_state_dict` / `set_state_dict`, with the optimizer flattened per parameter
+    name as torchtitan does). Use it for sharded and pipeline models, where a plain
+    ``optimizer.state_dict()`` is keyed by parameter index and group position (it collides
+    across pipeline stages) and is empty before the first step (a resume would not restore
+    the moments)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
@@ -83,14 +93,14 @@ class AppState:
     def state_dict(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model, optim = get_state_dict(self.model, self.optimizer)
+        model, optim = get_state_dict(self.model, self.optimizer, options=_OPTIONS())
         return {"model": model, "optim": optim}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+                       optim_state_dict=state["optim"], options=_OPTIONS())
 
     def __repr__(self) -> str:
         return f"AppState({type(self.model).__name__}, {type(self.optimizer).__name__})"

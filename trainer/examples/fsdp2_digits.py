@@ -12,6 +12,7 @@ marked `# trainguard`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +58,15 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse()
+def train(args: argparse.Namespace, mesh_shape: Callable[[int], tuple[int, ...]]) -> None:
+    """The job on a device mesh of `mesh_shape(world_size)`: 1-D is FSDP2, 2-D is HSDP
+    (replicate over the first dimension, shard over the second)."""
     with Guard.from_env() as guard:  # trainguard: process group, device, membership proof
         torch.manual_seed(0)  # the same initial weights on every rank, before sharding
-        train, test = digits()
-        mesh = init_device_mesh(guard.device.type, (guard.world_size,))
+        train_set, test = digits()
+        shape = mesh_shape(guard.world_size)
+        mesh = init_device_mesh(guard.device.type, shape,
+                                mesh_dim_names=("replicate", "shard")[-len(shape):])
         model = mlp().to(guard.device)
         for layer in model:
             if isinstance(layer, nn.Linear):
@@ -75,8 +79,8 @@ def main() -> None:
         if step:
             guard.report(resumed_checksum=checksum(model))
 
-        sampler = DistributedSampler(train, num_replicas=guard.world_size, rank=guard.rank, seed=0)
-        loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True)
+        sampler = DistributedSampler(train_set, num_replicas=guard.world_size, rank=guard.rank, seed=0)
+        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True)
         while step < args.steps:
             sampler.set_epoch(step // len(loader))
             for x, y in loader:
@@ -94,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    train(parse(), lambda world: (world,))

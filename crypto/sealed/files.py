@@ -115,24 +115,27 @@ def _seal_regular(src_fd: int, size: int, out: BinaryIO, keyring: Keyring, segme
     pwrite_all(fd, memoryview(sealer.header.pack()), 0)
     count = size // segment_size + 1  # the last segment is the short one (maybe empty)
     workers = min(default_workers(), count)
-    bufs = [(bytearray(segment_size), bytearray(segment_size + TAG_SIZE), sealer.new_cipher())
-            for _ in range(workers)]
+    plains = [memoryview(bytearray(segment_size)) for _ in range(workers)]
+    ciphers = [sealer.new_cipher() for _ in range(workers)]
     with contextlib.suppress(OSError):
         os.posix_fadvise(src_fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
 
-    def one(index: int, worker: int) -> None:
-        plain, ct, cipher = bufs[worker]
+    def produce(index: int, worker: int, ct: bytearray) -> memoryview:
         off = index * segment_size
         n = min(segment_size, size - off)
-        pv, cv = memoryview(plain)[:n], memoryview(ct)[: n + TAG_SIZE]
+        pv, cv = plains[worker][:n], memoryview(ct)[: n + TAG_SIZE]
         if pread_exact(src_fd, pv, off) != n:
             raise CryptoError(f"{what} became shorter while it was sealed; nothing was written",
                               tip="seal a file nothing is writing to, or pipe it: "
                               "`trainguard seal - OUT < FILE`")
-        sealer.seal_at(index, pv, index == count - 1, cv, cipher)
+        sealer.seal_at(index, pv, index == count - 1, cv, ciphers[worker])
+        return cv
+
+    def consume(index: int, cv: memoryview) -> None:
         pwrite_all(fd, cv, HEADER_SIZE + index * (segment_size + TAG_SIZE))
 
-    run_parallel(count, one, workers=workers, name="seal")
+    run_parallel(count, produce, consume, workers=workers, buffer_size=segment_size + TAG_SIZE,
+                 name="seal")
     return size
 
 
@@ -151,22 +154,24 @@ def _unseal_regular(src_fd: int, size: int, out: BinaryIO, keyring: Keyring, wha
     fd = out.fileno()
     count = full + 1
     workers = min(default_workers(), count)
-    bufs = [(bytearray(seg + TAG_SIZE), bytearray(seg), opener.new_cipher())
-            for _ in range(workers)]
+    cts = [memoryview(bytearray(seg + TAG_SIZE)) for _ in range(workers)]
+    ciphers = [opener.new_cipher() for _ in range(workers)]
     with contextlib.suppress(OSError):
         os.posix_fadvise(src_fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
 
-    def one(index: int, worker: int) -> None:
-        ct, plain, cipher = bufs[worker]
+    def produce(index: int, worker: int, plain: bytearray) -> memoryview:
         last = index == full
         n = rem if last else seg + TAG_SIZE
-        cv, pv = memoryview(ct)[:n], memoryview(plain)[: n - TAG_SIZE]
+        cv, pv = cts[worker][:n], memoryview(plain)[: n - TAG_SIZE]
         if pread_exact(src_fd, cv, HEADER_SIZE + index * (seg + TAG_SIZE)) != n:
             raise SealedStreamError(what)  # shrank while read: truncated
-        opener.open_into(index, last, cv, pv, cipher)
+        opener.open_into(index, last, cv, pv, ciphers[worker])
+        return pv
+
+    def consume(index: int, pv: memoryview) -> None:
         pwrite_all(fd, pv, index * seg)
 
-    run_parallel(count, one, workers=workers, name="unseal")
+    run_parallel(count, produce, consume, workers=workers, buffer_size=seg, name="unseal")
     return full * seg + rem - TAG_SIZE
 
 

@@ -7,9 +7,10 @@ Every expensive step here (AES-GCM from `cryptography`, SHA-256 from `hashlib`, 
   fills a buffer (e.g. encrypts segment i+1) while the stages hash and write segment i. Memory:
   the ring (a few segments). An error in any stage is kept, later buffers skip the failed work,
   and the caller sees the original exception at its next `acquire`, `drain` or `finish`.
-- `run_parallel`: N workers that each take the next segment index and read, encrypt or verify,
-  and write it at its own offset (`pread` / `pwrite`): for a regular file into a regular file,
-  where the output has no name until everything succeeded. The first error stops every worker.
+- `run_parallel`: N workers that each take the next segment index and read and encrypt or
+  verify it (`pread`, AES-GCM), while the calling thread writes each finished segment at its
+  own offset (`pwrite`): for a regular file into a new output that has no name until
+  everything succeeded. The first error stops every worker.
 
 Nothing here knows the format: `files.py` and `stream.py` pass the per-segment work in.
 """
@@ -20,7 +21,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, cast
 
 __all__ = ["Stages", "default_workers", "pread_exact", "pwrite_all", "run_parallel"]
 
@@ -151,48 +152,77 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         done += os.pwrite(fd, data[done:], offset + done)
 
 
-def run_parallel(count: int, work: Callable[[int, int], None], *, workers: int,
-                 name: str = "sealed") -> None:
-    """Call ``work(index, worker)`` for every index in ``range(count)`` on `workers` threads.
+def run_parallel(count: int, produce: Callable[[int, int, bytearray], memoryview],
+                 consume: Callable[[int, memoryview], object], *, workers: int,
+                 buffer_size: int, name: str = "sealed") -> None:
+    """``produce(index, worker, buf)`` for every index in ``range(count)`` on `workers` threads
+    (reading and encrypting or verifying in parallel), ``consume(index, view)`` on the calling
+    thread as results arrive (writing: one writer, because writes to one file serialize in the
+    kernel and parallel writers only spin on its lock).
 
-    Indices are handed out in increasing order; `worker` (0..workers-1) lets `work` use its own
-    buffers. The first exception stops the other workers (they finish the index in hand) and
-    is raised here once all have stopped.
+    Indices are handed out in increasing order; each worker has two buffers of `buffer_size`,
+    so it works on the next index while the caller writes its last one. Memory: 2 x workers
+    buffers. The first exception, in a worker or in `consume`, stops everything and is raised
+    here once every worker has stopped; nothing is consumed after it.
     """
     workers = max(1, min(workers, count))
     lock = threading.Lock()
     state = {"next": 0}
-    errors: list[BaseException] = []
+    stop = threading.Event()
+    done: queue.SimpleQueue[tuple[int, int, bytearray | None, object]] = queue.SimpleQueue()
+    free: list[queue.SimpleQueue[bytearray]] = [queue.SimpleQueue() for _ in range(workers)]
+    for q in free:
+        for _ in range(2):
+            q.put(bytearray(buffer_size))
 
     def run(w: int) -> None:
         while True:
             with lock:
-                if errors or state["next"] >= count:
-                    return
                 i = state["next"]
                 state["next"] = i + 1
-            try:
-                work(i, w)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by run_parallel
-                with lock:
-                    errors.append(exc)
+            if i >= count or stop.is_set():
+                done.put((-1, w, None, None))
                 return
+            buf = free[w].get()
+            try:
+                view = produce(i, w, buf)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+                done.put((-2, w, buf, exc))
+                return
+            done.put((i, w, buf, view))
 
-    if workers == 1:
-        run(0)
-    else:
-        threads = [threading.Thread(target=run, args=(w,), name=f"{name}-worker{w}", daemon=True)
-                   for w in range(1, workers)]
+    threads = [threading.Thread(target=run, args=(w,), name=f"{name}-worker{w}", daemon=True)
+               for w in range(workers)]
+    for t in threads:
+        t.start()
+    error: BaseException | None = None
+    running = workers
+    try:
+        while running:
+            i, w, buf, result = done.get()
+            if i == -1:
+                running -= 1
+                continue
+            if i == -2:
+                running -= 1
+                error = error or cast(BaseException, result)
+                stop.set()
+            elif error is None:
+                try:
+                    consume(i, cast(memoryview, result))
+                except BaseException as exc:  # noqa: BLE001 - raised below
+                    error = exc
+                    stop.set()
+            if buf is not None:
+                free[w].put(buf)
+    except BaseException:  # e.g. KeyboardInterrupt: the workers stop at their next index
+        stop.set()
+        for q in free:
+            for _ in range(2):
+                q.put(bytearray(0))  # nobody waits on a buffer forever
+        raise
+    finally:
         for t in threads:
-            t.start()
-        try:
-            run(0)
-        except BaseException as exc:  # e.g. KeyboardInterrupt in the calling thread
-            with lock:
-                errors.append(exc)
-            raise
-        finally:
-            for t in threads:
-                t.join()
-    if errors:
-        raise errors[0]
+            t.join()
+    if error is not None:
+        raise error

@@ -22,6 +22,7 @@ from trainguard.cli.commands import (
     audit,
     authz,
     check,
+    checkpoint,
     demo,
     deps,
     fl,
@@ -64,6 +65,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     anomaly,
     robust,
     train,
+    checkpoint,
     fl,
     demo,
 )

@@ -6,9 +6,10 @@ from trainguard.trainer.federated.config import (
     FederationConfig,
     FederationSection,
     FLSimulateSection,
+    PrivacySection,
     load_fl_config,
     site_names,
 )
 
-__all__ = ["FLSimulateSection", "FederationConfig", "FederationSection", "load_fl_config",
-           "site_names"]
+__all__ = ["FLSimulateSection", "FederationConfig", "FederationSection", "PrivacySection",
+           "load_fl_config", "site_names"]

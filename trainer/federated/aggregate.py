@@ -54,6 +54,7 @@ class SiteAggregator:
 
     cfg: AggregationSection
     rule_factory: Callable[[int], Any] = default_rule
+    monitor: bool = True  # off: statistics are still reported, nobody is flagged
     streak: dict[str, int] = field(default_factory=dict)
     reported: list[str] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
@@ -99,7 +100,7 @@ class SiteAggregator:
         center = robust.coordinate_median(x)
         c_norm = float(torch.linalg.vector_norm(center))
         cosine = (x @ center) / torch.clamp(norms * c_norm, min=1e-30) if c_norm > 0 else torch.ones_like(norms)
-        if len(sites) < 3:
+        if len(sites) < 3 or not self.monitor:
             # With one or two rows the median says nothing about who is the outlier.
             flagged: set[int] = set()
         else:

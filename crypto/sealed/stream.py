@@ -285,6 +285,14 @@ class SealedReader(io.RawIOBase):
         self._load(self._count - 1)
 
     def _load(self, index: int) -> None:
+        self._cached = -1  # the buffer is overwritten even when verification fails
+        self._cached_len = self._decrypt_into(index, memoryview(self._plain))
+        self._cached = index
+
+    def _decrypt_into(self, index: int, out: memoryview) -> int:
+        """Read, verify and decrypt segment `index` into the start of `out` (at least one
+        segment long); returns its plaintext length. `SealedStreamError` if it fails (`out`
+        is then zeroed: no unverified plaintext is left in the caller's buffer)."""
         seg = self._opener.segment_size
         last = index == self._count - 1
         plen = self._size - index * seg if last else seg
@@ -292,9 +300,12 @@ class SealedReader(io.RawIOBase):
         view = memoryview(self._ct)[: plen + TAG_SIZE]
         if read_exact(self._f, view) != len(view):
             raise SealedStreamError(self._what)
-        self._cached = -1  # the buffer is overwritten even when verification fails
-        self._opener.open_into(index, last, view, memoryview(self._plain)[:plen])
-        self._cached, self._cached_len = index, plen
+        try:
+            self._opener.open_into(index, last, view, out[:plen])
+        except SealedStreamError:
+            out[:plen] = bytes(plen)  # AES-GCM decrypts before the tag check: wipe it
+            raise
+        return plen
 
     @property
     def size(self) -> int:
@@ -310,6 +321,11 @@ class SealedReader(io.RawIOBase):
         seg, done = self._opener.segment_size, 0
         while done < len(out) and self._pos < self._size:
             index, off = divmod(self._pos, seg)
+            if off == 0 and index != self._cached and len(out) - done >= seg:
+                n = self._decrypt_into(index, out[done:])  # a whole segment: no extra copy
+                done += n
+                self._pos += n
+                continue
             if index != self._cached:
                 self._load(index)
             take = min(len(out) - done, self._cached_len - off)

@@ -338,3 +338,18 @@ def test_seal_and_unseal_of_a_large_file_keep_rss_small(tmp_path: Path) -> None:
     base, peak = map(int, out.stdout.split())
     assert peak - base < 32, f"peak RSS grew {peak - base} MiB for a {mib} MiB file"
     assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+
+
+def test_reader_leaves_no_unverified_plaintext_in_the_callers_buffer(keyring: Keyring) -> None:
+    data = b"\x01" * (4 * SEG)
+    buf = io.BytesIO()
+    with SealedWriter(buf, keyring, segment_size=SEG) as w:
+        w.write(data)
+    bad = bytearray(buf.getvalue())
+    bad[HEADER_SIZE + 2 * (SEG + TAG_SIZE) + SEG] ^= 1  # the tag of segment 2
+    r = SealedReader(io.BytesIO(bytes(bad)), keyring)
+    out = bytearray(4 * SEG)
+    with pytest.raises(SealedStreamError):
+        r.readinto(out)
+    assert out[: 2 * SEG] == data[: 2 * SEG]  # verified segments only
+    assert out[2 * SEG :] == bytes(2 * SEG)

@@ -9,15 +9,21 @@ that selection froze in `trainguard.anomaly.defaults`.
 ``probation`` is the number of leading samples a detector may use to calibrate itself per
 series (value range, training set); it scores 0 during them. NAB gives every detector the same
 probation (``min(floor(0.15 n), 750)`` rows); a live stream uses the frozen default.
+
+A `DetectorBank` is the same detector for ``m`` series that advance together (an agent
+watching many metrics): ``score(t, values)`` takes one value per series and returns one score
+per series, each equal to what the scalar detector would return for that series alone. State is
+arrays of shape ``[m, ...]``, so the per-sample Python overhead is paid once per step, not once
+per series.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from trainguard.core.errors import TrainguardError
 
-__all__ = ["AnomalyError", "UnivariateDetector"]
+__all__ = ["AnomalyError", "DetectorBank", "UnivariateDetector"]
 
 
 class AnomalyError(TrainguardError):
@@ -36,4 +42,19 @@ class UnivariateDetector(Protocol):
 
     def state_size(self) -> int:
         """Number of values held now; bounded for the life of the stream."""
+        ...
+
+
+@runtime_checkable
+class DetectorBank(Protocol):
+    """``m`` causal streaming detectors advanced together: ``score(t, values) -> scores``."""
+
+    m: int
+
+    def score(self, t: float, values: Any) -> Any:
+        """Score one value per series (length ``m``) at time ``t``, then learn from them."""
+        ...
+
+    def state_size(self) -> int:
+        """Number of values held for all ``m`` series; bounded for the life of the bank."""
         ...

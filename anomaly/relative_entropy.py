@@ -19,6 +19,14 @@ buffered and replayed so the hypotheses learned in probation are the reference's
 it fall into the end bins; the histogram is updated incrementally (O(1) per sample, not
 O(window)); at most ``max_hypotheses`` are stored (memory bound; past it a rejected window still
 scores 1 but is not stored).
+
+`RelativeEntropyBank` runs the same test for ``m`` series at once (one ``score(t, values)`` call
+per time step, numpy over arrays of shape ``[m, ...]``), for an agent that watches many
+metrics. Histograms are integer counts out of ``window``, so every KL term
+``p * log(p / q)`` takes one of ``(window + 1)^2`` values: they are tabulated once with the
+scalar detector's own arithmetic and summed in its order, so the bank's scores equal
+`RelativeEntropy`'s exactly (a property test checks it), and a step costs a table look-up per
+(series, stored hypothesis, bin) instead of a logarithm.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["RelativeEntropy", "RelativeEntropyConfig"]
+__all__ = ["RelativeEntropy", "RelativeEntropyBank", "RelativeEntropyConfig"]
 
 # scipy.stats.chi2.isf(0.01, 4): computed once here, so the module needs no scipy
 _CHI2_99_4DF = 13.276704135987625
@@ -120,3 +129,119 @@ class RelativeEntropy:
             self._hyp.append(tuple(p))
             self._seen.append(1)
         return 1.0
+
+
+def _kl_table(window: int) -> Any:
+    """``table[a, b]`` = the scalar detector's KL term for counts ``a`` (current) and ``b``."""
+    import numpy as np
+
+    table = np.zeros((window + 1, window + 1))
+    for a in range(1, window + 1):
+        pk = a / window
+        table[a, 0] = math.inf
+        for b in range(1, window + 1):
+            table[a, b] = pk * math.log(pk / (b / window))
+    return table
+
+
+class RelativeEntropyBank:
+    """`RelativeEntropy` for ``m`` series at once: ``score(t, values) -> scores`` (shape ``[m]``).
+
+    Every series gets one finite value per call. State: the probation buffer until it ends,
+    then arrays of shape ``[m, window]`` (levels), ``[m, bins]`` (counts), ``[m, max_hypotheses,
+    bins]`` (hypotheses as counts) and ``[m, max_hypotheses]`` (times seen): bounded per series.
+    """
+
+    def __init__(
+        self, m: int, config: RelativeEntropyConfig | None = None, *, probation: int = 750,
+    ) -> None:
+        import numpy as np
+
+        self._np = np
+        self.m = int(m)
+        self.cfg = c = config or RelativeEntropyConfig()
+        self.probation = max(int(probation), 1)
+        self._buffer: list[Any] | None = []
+        self._table = _kl_table(c.window)
+        self._rows = np.arange(self.m)
+        self._ring = np.zeros((self.m, c.window), dtype=np.intp)
+        self._head = 0
+        self._filled = 0
+        self._counts = np.zeros((self.m, c.bins), dtype=np.intp)
+        self._hyp = np.zeros((self.m, c.max_hypotheses, c.bins), dtype=np.intp)
+        self._seen = np.zeros((self.m, c.max_hypotheses), dtype=np.int64)
+        self._nh = np.zeros(self.m, dtype=np.intp)
+        self._lo = np.zeros(self.m)
+        self._step = np.zeros(self.m)
+
+    def state_size(self) -> int:
+        """Values held per bank: fixed after probation (the hypothesis arrays are preallocated)."""
+        buffered = len(self._buffer or ()) * self.m
+        return buffered + sum(int(a.size) for a in (
+            self._ring, self._counts, self._hyp, self._seen, self._nh, self._lo, self._step))
+
+    def score(self, t: float, values: Any) -> Any:
+        """Score one value per series (``values``, length ``m``), then learn from them."""
+        np = self._np
+        x = np.asarray(values, dtype=np.float64).reshape(self.m)
+        if self._buffer is not None:
+            self._buffer.append(x.copy())
+            if len(self._buffer) >= self.probation:
+                hist, self._buffer = np.vstack(self._buffer), None
+                lo, hi = hist.min(axis=0), hist.max(axis=0)
+                self._lo, self._step = lo, (hi - lo) / self.cfg.bins
+                for row in hist:
+                    self._step_values(row)
+            return np.zeros(self.m)
+        return self._step_values(x)
+
+    def _step_values(self, x: Any) -> Any:
+        np, c = self._np, self.cfg
+        live = self._step != 0.0  # a flat probation: the reference declares every point normal
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.ceil((x - self._lo) / np.where(live, self._step, 1.0))
+        level = np.clip(level, 0, c.bins - 1).astype(np.intp)
+        rows, head = self._rows, self._head
+        if self._filled == c.window:
+            self._counts[rows, self._ring[:, head]] -= 1
+        self._ring[:, head] = level
+        self._counts[rows, level] += 1
+        self._head = (head + 1) % c.window
+        out = np.zeros(self.m)
+        if self._filled < c.window:
+            self._filled += 1
+            if self._filled < c.window:
+                return out
+        counts = self._counts
+        first = live & (self._nh == 0)
+        self._hyp[first, 0] = counts[first]
+        self._seen[first, 0] = 1
+        test = live & ~first
+        self._nh[first] = 1
+        if not test.any():
+            return out
+        idx = np.flatnonzero(test)
+        nh = self._nh[idx]
+        width = int(nh.max())
+        hyp = self._hyp[idx, :width]  # [k, width, bins]
+        cur = counts[idx]
+        table = self._table
+        kl = table[cur[:, None, 0], hyp[:, :, 0]]  # summed in the scalar detector's order
+        for b in range(1, c.bins):
+            kl = kl + table[cur[:, None, b], hyp[:, :, b]]
+        stat = (2.0 * c.window) * kl
+        stat[np.arange(width)[None, :] >= nh[:, None]] = math.inf
+        stat[~(stat < c.threshold)] = math.inf
+        best = np.argmin(stat, axis=1)
+        accepted = np.isfinite(stat[np.arange(len(idx)), best])
+        acc, rej = idx[accepted], idx[~accepted]
+        hit = best[accepted]
+        self._seen[acc, hit] += 1
+        out[acc] = (self._seen[acc, hit] <= c.min_count).astype(np.float64)
+        out[rej] = 1.0
+        store = rej[self._nh[rej] < c.max_hypotheses]
+        slot = self._nh[store]
+        self._hyp[store, slot] = counts[store]
+        self._seen[store, slot] = 1
+        self._nh[store] += 1
+        return out

@@ -68,6 +68,17 @@ def candidates() -> list[DetectorSpec]:
         for other in (cad, cad_wide):
             out.append(DetectorSpec("ensemble", 0.72, members=(stream, other), combine=combine,
                                     label=f"{combine}(stream, {other.label})"))
+    # the range breakout that Numenta's HTM detector adds to its temporal score, beside ours
+    spatial = {tol: DetectorSpec("spatial", 0.7, (("tolerance", tol),), label=f"spatial {tol}")
+               for tol in (0.05, 0.1, 0.2)}
+    out.append(spatial[0.1])
+    for sp in spatial.values():
+        out.append(DetectorSpec("ensemble", 0.7, members=(stream, sp), combine="max",
+                                label=f"max(stream, {sp.label})"))
+    out.append(DetectorSpec("ensemble", 0.7, members=(stream, re), combine="max",
+                            label="max(stream, relative_entropy)"))
+    out.append(DetectorSpec("ensemble", 0.7, members=(stream, cad, spatial[0.1]), combine="max",
+                            label="max(stream, cad_ose, spatial 0.1)"))
     return out
 
 

@@ -258,6 +258,14 @@ class StreamBank:
         self._ww = _WEEK / c.weekly_buckets if c.weekly_buckets else 0.0
         self._tail_start = _tail_start(c)
 
+    def score(self, t: float, values: Any) -> Any:
+        """`DetectorBank` interface: the scores of `update` alone."""
+        return self.update(t, values)[0]
+
+    def state_size(self) -> int:
+        """Number of values held for all streams: constant for the life of the bank."""
+        return 11 * self.m + 2 * (self.daily.size + self.weekly.size)
+
     def update(self, t: float, xs: Any) -> tuple[Any, Any, Any]:
         """Score one value per stream at time `t`, then learn from them."""
         np, c = self._np, self.cfg

@@ -1,6 +1,6 @@
 """Anomaly benchmarks (not collected by pytest). Prints one JSON object.
 
-    .venv/bin/python tests/bench/bench_anomaly.py [--quick] [--only=detectors]
+    .venv/bin/python tests/bench/bench_anomaly.py [--quick] [--only=detectors|banks]
 
 * streaming: `StreamDetector.update` per sample (pure Python, one stream) and `StreamBank`
   per sample per stream (numpy, many streams), each against a trivial EW z-score computed the
@@ -9,6 +9,10 @@
 * detectors: every univariate detector of the selection (`make_detector`), per sample after
   its probation (750 samples, the calibration NAB gives it) on a noisy daily series, against
   the same in-run EW z-score, with `within_budget` (<= 5 us per sample on one core).
+* banks: every detector that has a `DetectorBank` (`make_bank`: stream, Relative Entropy, their
+  max ensemble), per sample per series for one series and for a bank of 256, each against an
+  EW z-score bank over the same series in the same run (chunks interleaved baseline / candidate,
+  medians), plus the floor of a KNN-CAD bank: its batched distance pass and k-selection alone.
 * node telemetry: `NodeTelemetryDetector.observe` per sample (3 columns, after its first fit).
 * IsolationForest fit of 50,000 x 38 (100 trees, 256 samples each) against the 1 s target and
   against a same-run baseline (column means and standard deviations of the same matrix).
@@ -136,6 +140,83 @@ def bench_detectors(n: int) -> dict[str, dict[str, float]]:
     return out
 
 
+class _ZScoreBank:
+    """The baseline for banks: the same EW z-score as `_ZScore`, numpy over ``m`` series."""
+
+    def __init__(self, m: int) -> None:
+        self.mean, self.var = np.zeros(m), np.ones(m)
+
+    def score(self, t: float, x: np.ndarray) -> np.ndarray:
+        z = np.abs(x - self.mean) / np.sqrt(self.var + 1e-12)
+        d = x - self.mean
+        self.mean += 0.01 * d
+        self.var = 0.99 * (self.var + 0.01 * d * d)
+        return z
+
+
+def _bank_us(bank, ts, rows) -> float:
+    start = time.perf_counter()
+    for t, row in zip(ts, rows, strict=True):
+        bank.score(t, row)
+    return (time.perf_counter() - start) / (len(ts) * rows.shape[1]) * 1e6
+
+
+def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) -> dict:
+    from trainguard.anomaly.detectors import DetectorSpec, make_bank
+
+    probation = 750
+    specs = {
+        "stream": DetectorSpec("stream", 0.72),
+        "relative_entropy": DetectorSpec("relative_entropy", 0.5),
+        "max(stream, relative_entropy)": DetectorSpec(
+            "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
+                                      DetectorSpec("relative_entropy", 0.5)), combine="max"),
+    }
+    out: dict = {}
+    for m in sizes:
+        rng = np.random.default_rng(5)
+        n = probation + steps
+        ts = [1.4e9 + 300.0 * i for i in range(n)]
+        phase = rng.uniform(0, 6, m)
+        data = (50 + 10 * np.sin(np.arange(n)[:, None] / 45.8 + phase)
+                + rng.normal(0, 2, (n, m)))
+        for label, spec in specs.items():
+            bank, base = make_bank(spec, m, probation), _ZScoreBank(m)
+            for i in range(probation):  # calibration and replay, not timed
+                bank.score(ts[i], data[i])
+                base.score(ts[i], data[i])
+            cut = [probation + k * steps // reps for k in range(reps + 1)]
+            ours, theirs = [], []
+            for a, b in zip(cut, cut[1:], strict=False):  # ABAB on the same chunk
+                theirs.append(_bank_us(base, ts[a:b], data[a:b]))
+                ours.append(_bank_us(bank, ts[a:b], data[a:b]))
+            us, zs = float(np.median(ours)), float(np.median(theirs))
+            out[f"{label} x{m}"] = {
+                "us_per_sample_per_series": round(us, 3),
+                "zscore_bank_us_per_sample_per_series": round(zs, 3),
+                "ratio_vs_zscore": round(us / zs, 2),
+                "ratio_vs_target": round(us / TARGET_US, 3),
+                "within_budget": us <= TARGET_US,
+            }
+    out["knncad floor x256"] = _knncad_floor(256)
+    return out
+
+
+def _knncad_floor(m: int, train: int = 750, dim: int = 19, k: int = 27) -> dict:
+    """What any KNN-CAD bank must do per step: distances to every training vector, k smallest."""
+    rng = np.random.default_rng(6)
+    y, item = rng.normal(size=(m, train, dim)), rng.normal(size=(m, dim, 1))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        d = np.matmul(y, item)[..., 0]  # the cheapest form (|y|^2 terms left out)
+        np.partition(d, k, axis=1)
+        times.append((time.perf_counter() - start) / m * 1e6)
+    us = float(np.median(times))
+    return {"us_per_sample_per_series": round(us, 2), "ratio_vs_target": round(us / TARGET_US, 2),
+            "note": f"one batched matmul ({train} x {dim} per series) and np.partition only"}
+
+
 def bench_node(n: int) -> dict[str, float]:
     from trainguard.anomaly.node import NodeTelemetryConfig, NodeTelemetryDetector
 
@@ -233,6 +314,9 @@ def bench_rss() -> dict[str, float]:
 def main() -> None:
     quick = "--quick" in sys.argv
     only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
+    if only and only[0] == "banks":
+        print(json.dumps({"banks": bench_banks(400 if quick else 2000)}, indent=2))
+        return
     if only and only[0] == "detectors":
         print(json.dumps({"detectors": bench_detectors(3000 if quick else 10_000),
                           "node_telemetry": bench_node(300 if quick else 1000)}, indent=2))
@@ -242,6 +326,7 @@ def main() -> None:
         "detectors": bench_detectors(3000 if quick else 10_000),
         "node_telemetry": bench_node(300 if quick else 1000),
         "streaming_bank": bench_bank(1000, 300 if quick else 2000),
+        "banks": bench_banks(400 if quick else 2000),
         "isolation_forest_fit": bench_fit(50_000, 38),
         "agent_rss": bench_rss(),
     }

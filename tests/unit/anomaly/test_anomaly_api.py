@@ -19,6 +19,10 @@ PUBLIC = {
     "RelativeEntropyConfig", "KnnCad", "KnnCadConfig", "DetectorSpec", "Ensemble",
     "ProbationCalibrated", "make_detector", "selected_detector", "SelectionReport", "select",
     "load_references", "NodeScore", "NodeTelemetryConfig", "NodeTelemetryDetector",
+    # the same detectors for many series at once
+    "DetectorBank", "RelativeEntropyBank", "make_bank",
+    # the range breakout beside the stream detector
+    "SpatialRange", "SpatialRangeBank", "SpatialRangeConfig",
 }
 
 

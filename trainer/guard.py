@@ -188,11 +188,15 @@ class Guard:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         env = self.env
-        # torchrun's store under a per-attempt prefix: after a restart the killed attempt's
-        # addresses are still in the store and must not be reused.
+        # `trainguard train` turns torchrun's store sharing off (TORCH_DISABLE_SHARE_RDZV_TCP_STORE),
+        # so every rendezvous round has a fresh store hosted by its rank 0 and one prefix is
+        # right even though nodes count restarts differently (a node restarted by another
+        # node's failure does not count it). A store shared across rounds keeps a killed
+        # attempt's addresses: there, a per-attempt prefix.
         store = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
                               is_master=not env.agent_store and env.rank == 0, timeout=self._timeout)
-        prefixed = dist.PrefixStore(f"trainguard/attempt-{env.restart_count}", store)
+        attempt = env.restart_count if env.agent_store else 0
+        prefixed = dist.PrefixStore(f"trainguard/attempt-{attempt}", store)
         dist.init_process_group(backend=self.backend, store=prefixed, rank=env.rank,
                                 world_size=env.world_size, timeout=self._timeout)
         try:
@@ -249,7 +253,11 @@ class Guard:
     # -- checkpoints --------------------------------------------------------------------------
 
     def _may_resume(self) -> bool:
-        return self.context.resume or self.env.restart_count > 0
+        """--resume, or a restart within the job as any rank saw it (a collective: a node
+        restarted because another node's worker failed keeps restart count 0)."""
+        restarted = torch.tensor([self.env.restart_count], dtype=torch.int64, device=self.device)
+        dist.all_reduce(restarted, op=dist.ReduceOp.MAX)
+        return self.context.resume or int(restarted[0]) > 0
 
     def resume(self, state: MutableMapping[str, Any]) -> int | None:
         """Load the newest checkpoint that verifies into `state` in place; its step, or None.
@@ -261,9 +269,10 @@ class Guard:
         step refused while loading is reported and the next older one is tried."""
         self._state = state
         refused: set[Path] = set()
+        may_resume = self._may_resume()
         while True:
             chosen = torch.zeros(2, dtype=torch.int64, device=self.device)
-            if self.is_main and self._may_resume():
+            if self.is_main and may_resume:
                 found = self._newest_candidate(refused)
                 if found is not None:
                     chosen[0], chosen[1] = found

@@ -62,6 +62,10 @@ class LaunchOptions:
     job_id: str | None = None  # multi-node: every node passes the same id
     monitor_interval: float = 0.5
 
+    @property
+    def multinode(self) -> bool:
+        return self.rdzv_endpoint is not None and int(self.nnodes.split(":")[-1]) > 1
+
     def check(self) -> None:
         """Refuse what torchrun would silently turn into something else (exit 2)."""
         try:
@@ -103,6 +107,7 @@ class JobFollower:
     run: RunDir
     audit: AuditSink
     report: ReportIncident
+    job: str = ""  # the job id in audit events (default: the run folder's name)
     offsets: dict[str, int] = field(default_factory=dict)
     incidents: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -115,7 +120,7 @@ class JobFollower:
                 self._forward(stream, rec)
 
     def _forward(self, stream: str, rec: dict[str, Any]) -> None:
-        job = self.run.root.name
+        job = self.job or self.run.root.name
         if stream == "incidents":
             self.incidents.append(rec)
             try:
@@ -132,6 +137,33 @@ class JobFollower:
 
 def new_job_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+
+
+def shared_job_id(binding: str, options: LaunchOptions, source: str) -> str:
+    """The job id every node of a multi-node job computes alike when no --job-id is given:
+    from the job identity and the rendezvous endpoint, which every node passes the same. It
+    names torchrun's rendezvous and derives the membership key, so nodes launched with the
+    same command meet in one job; a relaunch (`--resume`) gets the same id and a new run
+    folder."""
+    digest = hashlib.sha256(f"{binding}\n{options.rdzv_endpoint}".encode()).hexdigest()[:16]
+    return f"{Path(source).stem}-{digest}"
+
+
+def new_run_dir(home: Home, job_id: str) -> RunDir:
+    """A fresh 0700 run folder: ``runs/<job id>``, or ``runs/<job id>.N`` when that job id
+    ran before (a relaunch with the same --job-id), so no earlier result is read as this
+    launch's."""
+    runs = home.state_dir / "runs"
+    runs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        root = runs / (job_id if n == 1 else f"{job_id}.{n}")
+        try:
+            root.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return RunDir(root)
+    raise JobFailed(f"too many run folders for job {job_id} under {runs}",
+                    tip="remove old run folders or pass another --job-id")
 
 
 def default_checkpoint_dir(home: Home, script: Path) -> Path:
@@ -174,9 +206,13 @@ def prepare_job(
     if problems:
         raise TrainConfigError(problems, source=source)
     binding = job_identity(project, source, ckpt)
-    job_id = options.job_id or new_job_id()
-    run = RunDir(home.state_dir / "runs" / job_id)
-    run.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if options.job_id:
+        job_id = options.job_id
+    elif options.multinode:
+        job_id = shared_job_id(binding, options, source)
+    else:
+        job_id = new_job_id()
+    run = new_run_dir(home, job_id)
     created = clock()
     run.write_json(run.job_file, {
         "job_id": job_id, "home": str(home.root), "config_path": str(config_path or ""),
@@ -289,8 +325,11 @@ def launch(
     cmd = torchrun_command(plan)
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("OMP_NUM_THREADS", str(plan.config.train.threads))
+    # A fresh store per rendezvous round, hosted by that round's rank 0 (see Guard._start):
+    # torchrun's shared store keeps a killed round's keys, and nodes disagree on restart counts.
+    child_env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     t0 = time.monotonic()
-    follower = JobFollower(plan.run, audit, report)
+    follower = JobFollower(plan.run, audit, report, job=plan.job_id)
     log_path = plan.run.root / "torchrun.log"
     socket_path, keyproc = key_service(plan.home, plan.run)
     child_env[ENV_CONTEXT] = str(write_context(plan, socket_path))

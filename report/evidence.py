@@ -13,6 +13,7 @@ Sources (the names controls.toml uses) and where they come from:
   deps, artifacts               the newest dependency verification / artifact scan events
   training, byzantine           trainer events and byzantine-worker incidents
   robustness                    `robustness-eval` events
+  (federated section)           `fl.launch` / `fl.round` / `fl.admission` / `fl.finish` events
   incidents                     `incident` events joined with the hooks and actions that ran
   access-decisions              `access-allowed` / `access-denied` events
 """
@@ -44,6 +45,7 @@ AUDIT_DEPS_KINDS = ("deps-audited",)
 SCAN_KINDS = ("scan",)
 TRAIN_PREFIXES = ("train.", "train-")
 ROBUSTNESS_KINDS = ("robustness-eval",)
+FL_KINDS = ("fl.launch", "fl.round", "fl.admission", "fl.finish")
 PRIVILEGED_ROLES = ("admin", "ml-engineer")
 
 Entry = Mapping[str, Any]
@@ -277,3 +279,65 @@ def training_runs(entries: Sequence[Entry]) -> list[dict[str, Any]]:
             " (fault injection enabled: test facility)" if row["simulate"] else "")
         out.append(row)
     return out
+
+
+def federated_runs(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """One row per federation run (`trainguard fl run|server`), from its `fl.*` events and the
+    incidents that name it: rounds, sites, excluded and refused sites, flagged incidents,
+    epsilon per round and the hash of each round's sealed global checkpoint."""
+    runs: dict[str, dict[str, Any]] = {}
+
+    def row(run: Any) -> dict[str, Any]:
+        return runs.setdefault(str(run), {
+            "run": str(run), "principal": None, "aggregation": None, "sites": [], "status": "running",
+            "rounds": 0, "final_accuracy": None, "excluded": [], "refused_sites": [],
+            "incidents": [], "epsilon": None, "delta": None, "epsilon_per_round": [],
+            "checkpoints": [], "seqs": [], "simulate": False})
+
+    for e in entries:
+        if e["kind"] not in FL_KINDS:
+            continue
+        d = _data(e)
+        if d.get("run") is None:
+            continue
+        r = row(d["run"])
+        r["seqs"].append(_seq(e))
+        if e["kind"] == "fl.launch":
+            r.update(principal=d.get("principal"), aggregation=d.get("aggregation"),
+                     sites=list(d.get("sites", [])), simulate=bool(d.get("simulate_test_facility")),
+                     started=iso(float(e["time"])))
+        elif e["kind"] == "fl.round":
+            r["rounds"] = max(r["rounds"], int(d.get("round", 0)))
+            r["excluded"] = list(d.get("excluded", r["excluded"]))
+            r["final_accuracy"] = d.get("accuracy", r["final_accuracy"])
+            priv = d.get("privacy") or {}
+            if d.get("epsilon") is not None:
+                r["epsilon_per_round"].append([d.get("round"), d["epsilon"]])
+                r["epsilon"], r["delta"] = d["epsilon"], priv.get("delta", r["delta"])
+            cp = d.get("checkpoint")
+            if isinstance(cp, dict) and cp.get("sha256"):
+                r["checkpoints"].append({"round": cp.get("round"), "sha256": cp["sha256"]})
+        elif e["kind"] == "fl.admission" and d.get("admission") == "refused":
+            r["refused_sites"].append({"site": d.get("site"), "reason": d.get("reason")})
+        elif e["kind"] == "fl.finish":
+            r.update(status=d.get("status"), final_accuracy=d.get("final_accuracy", r["final_accuracy"]),
+                     excluded=list(d.get("excluded", r["excluded"])))
+    for inc in incidents_from(entries):
+        ev = inc.get("evidence") or {}
+        if isinstance(ev, dict) and str(ev.get("run")) in runs:
+            runs[str(ev["run"])]["incidents"].append(
+                {"kind": inc["kind"], "site": ev.get("site"), "round": ev.get("round"), "seq": inc["seq"]})
+    for r in runs.values():
+        acc = r["final_accuracy"]
+        eps = (f", epsilon {float(r['epsilon']):.3g} at delta {r['delta']}" if r["epsilon"] is not None
+               else ", no differential privacy")
+        kinds = sorted({f"{i['kind']} ({i['site']})" for i in r["incidents"]})
+        r["summary"] = (
+            f"federation {r['run']} launched by {r['principal'] or '?'}: {r['status']}, "
+            f"{r['rounds']} rounds, {len(r['sites'])} sites, aggregation {r['aggregation'] or '?'}"
+            + (f", final accuracy {float(acc):.1%}" if acc is not None else "") + eps
+            + f"; excluded: {', '.join(r['excluded']) or 'none'}"
+            + f"; incidents: {', '.join(kinds) or 'none'}"
+            + f"; {len(r['checkpoints'])} sealed global checkpoint(s)"
+            + (" (fault injection enabled: test facility)" if r["simulate"] else ""))
+    return list(runs.values())

@@ -18,6 +18,7 @@ from trainguard.report.evidence import (
     PRIVILEGED_ROLES,
     ReportState,
     _item,
+    federated_runs,
     incidents_from,
     iso,
     log_items,
@@ -207,18 +208,20 @@ def _node(name: str, source: str, entries: list[dict[str, Any]], items: list[Evi
     if ok:
         items += log_items(name, entries, now)
         incidents, rob, runs = incidents_from(entries), robustness_points(entries), training_runs(entries)
+        federated = federated_runs(entries)
         synthetic = synthetic_incidents(entries)
         if entries:
             times = [float(e["time"]) for e in entries]
             first, last = iso(min(times)), iso(max(times))
     else:
         # An unverified log proves nothing: say so instead of deriving evidence from it.
-        incidents, rob, runs = [], [], []
+        incidents, rob, runs, federated = [], [], [], []
         for source_name in ("incidents", "access-decisions", "deps", "artifacts", "training", "robustness"):
             items.append(_item(source_name, name, EvidenceStatus.FAIL, "evidence from an unverified log",
                                f"not derived: the node's audit log failed verification ({detail})", now=now))
     return NodeEvidence(name, source, ok, detail, len(entries), cp_seq, rolled, tuple(items),
-                        tuple(incidents), tuple(rob), tuple(runs), first, last, tuple(synthetic))
+                        tuple(incidents), tuple(rob), tuple(runs), first, last, tuple(synthetic),
+                        tuple(federated))
 
 
 def _check_item(node: str, r: dict[str, Any], now: float) -> EvidenceItem:

@@ -109,6 +109,7 @@ class NodeEvidence:
     first_entry: str | None = None  # ISO time of the first and last audit entry read
     last_entry: str | None = None
     synthetic_incidents: tuple[dict[str, Any], ...] = ()  # `hooks test`: left out of evidence
+    federated_runs: tuple[dict[str, Any], ...] = ()  # `fl run|server` runs, from fl.* events
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Report:
             "nodes": [
                 [n.name, n.source, n.log_verified, n.log_detail, n.entries, n.checkpoint_seq,
                  n.rolled_back, n.first_entry, n.last_entry, list(n.incidents), list(n.robustness),
-                 list(n.training_runs), list(n.synthetic_incidents),
+                 list(n.training_runs), list(n.synthetic_incidents), list(n.federated_runs),
                  [[e.source, e.node, e.status.value, e.title, e.detail, e.data, e.remediation,
                    list(e.seqs)] for e in n.items]]
                 for n in self.nodes
@@ -168,3 +169,7 @@ class Report:
     @property
     def training_runs(self) -> list[dict[str, Any]]:
         return [t for n in self.nodes for t in n.training_runs]
+
+    @property
+    def federated_runs(self) -> list[dict[str, Any]]:
+        return [f for n in self.nodes for f in n.federated_runs]

@@ -103,10 +103,24 @@ class HtmlFormatter:
         runs = report.training_runs
         parts.append("<ul>" + "".join(f"<li>{escape(str(t.get('summary', t)))}</li>" for t in runs) + "</ul>"
                      if runs else "<p>No training runs recorded.</p>")
+        parts.append("<h2>Federated training</h2>")
+        parts += self._federated(report) or ["<p>No federated training recorded.</p>"]
         parts.append("<h2>Robustness</h2>")
         parts.append(svg.accuracy_vs_epsilon(report.robustness))
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
+
+    def _federated(self, report: Report) -> list[str]:
+        parts = []
+        for f in report.federated_runs:
+            eps = "".join(f"<li>round {escape(str(r))}: epsilon {float(e):.3g}</li>"
+                          for r, e in f["epsilon_per_round"])
+            cps = "".join(f"<li>round {escape(str(c['round']))}: sha256 <code>{escape(str(c['sha256']))}</code></li>"
+                          for c in f["checkpoints"])
+            parts.append(f"<div class='federated'><p>{escape(f['summary'])}</p>"
+                         + (f"<ul class='epsilon'>{eps}</ul>" if eps else "")
+                         + (f"<ul class='checkpoints'>{cps}</ul>" if cps else "") + "</div>")
+        return parts
 
     def _controls(self, report: Report) -> list[str]:
         incident_seqs = {(str(i.get("node")), int(i["seq"])) for i in report.incidents

@@ -57,6 +57,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "incidents": report.incidents,
         "synthetic_incidents_excluded": report.synthetic_incidents,
         "training_runs": report.training_runs,
+        "federated_runs": report.federated_runs,
         "robustness": report.robustness,
     }
 

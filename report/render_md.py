@@ -77,6 +77,16 @@ class MarkdownFormatter:
             out.append("No training runs recorded.")
         for t in report.training_runs:
             out.append(f"- {_cell(t.get('summary', t))}")
+        out += ["", "## Federated training", ""]
+        if not report.federated_runs:
+            out.append("No federated training recorded.")
+        for f in report.federated_runs:
+            out.append(f"- {_cell(f['summary'])}")
+            if f["epsilon_per_round"]:
+                out.append("  - epsilon per round: " + ", ".join(
+                    f"{r}: {float(e):.3g}" for r, e in f["epsilon_per_round"]))
+            for c in f["checkpoints"]:
+                out.append(f"  - round {_cell(c['round'])} global checkpoint sha256 `{_cell(c['sha256'])}`")
         out += ["", "## Robustness", ""]
         if not report.robustness:
             out.append("No robustness evaluation recorded.")

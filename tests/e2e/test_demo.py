@@ -15,7 +15,7 @@ def test_demo_runs_every_step_and_writes_the_report(cli, tmp_path: Path) -> None
     assert res.code == 0, res.stderr[-3000:]
     data = res.json()
     titles = [s["title"] for s in data["steps"]]
-    assert len(titles) == 11 and titles[0].startswith("Create a home") and titles[-1].startswith("Write the audit report")
+    assert len(titles) == 12 and titles[0].startswith("Create a home") and titles[-1].startswith("Write the audit report")
     assert set(data["report"]) == {"html", "md", "json", "oscal"}
     report = json.loads(Path(data["report"]["json"]).read_text())
     incident_kinds = {i["kind"] for i in report["incidents"]}
@@ -26,7 +26,13 @@ def test_demo_runs_every_step_and_writes_the_report(cli, tmp_path: Path) -> None
     assert not (tmp_path / "demo" / "models" / "pretrained.pt").exists()  # quarantined
     assert any((tmp_path / "demo" / "home" / "quarantine").iterdir())
     # progress went to stderr, step by step
-    assert "[1] Create a home" in res.stderr and "[11] Write the audit report" in res.stderr
+    assert "[1] Create a home" in res.stderr and "[12] Write the audit report" in res.stderr
+    # the federated step: the ALIE site flagged and excluded, within 5 points of the clean run
+    fed = next(s for s in data["steps"] if s["title"].startswith("Federated learning"))
+    assert "site-2 was flagged" in fed["summary"] and "excluded" in fed["summary"]
+    (clean, attacked) = report["federated_runs"]
+    assert attacked["excluded"] == ["site-2"] and clean["excluded"] == []
+    assert clean["final_accuracy"] - attacked["final_accuracy"] <= 0.05
     # where the alert rules and the dashboard are (README: Operating trainguard)
     for path in data["operations"].values():
         assert Path(path).is_file(), path

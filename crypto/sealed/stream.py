@@ -79,13 +79,14 @@ from trainguard.crypto.sealed.format import (
     read_exact,
     read_header,
 )
-from trainguard.crypto.sealed.pipeline import Stages
+from trainguard.crypto.sealed.pipeline import EarlyWriteback, Stages
 
 __all__ = [
     "AAD_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "DataKey",
     "DekUnwrapper",
+    "EarlyWriteback",
     "HEADER_SIZE",
     "MAGIC",
     "TAG_SIZE",

@@ -25,6 +25,7 @@ from trainguard.crypto.manifest import FileEntry, Manifest
 from trainguard.crypto.sealed.stream import (
     DEFAULT_SEGMENT_SIZE,
     DataKey,
+    EarlyWriteback,
     SealedReader,
     SealedWriter,
 )
@@ -55,12 +56,14 @@ class _SealingStream(io.RawIOBase):
     the ciphertext (SHA-256 for the manifest, no second read) and write it into `raw`.
     """
 
-    def __init__(self, raw: BinaryIO, key: DataKey, segment_size: int) -> None:
+    def __init__(self, raw: BinaryIO, key: DataKey, segment_size: int, sync: bool) -> None:
         super().__init__()
         self.raw = raw
         self.sha = hashlib.sha256()
         self.size = 0
-        self._sealer = SealedWriter(raw, key, segment_size=segment_size, digest=self.sha)
+        # a durable save starts the disk writing while later segments are still sealed
+        sink = cast(BinaryIO, EarlyWriteback(raw)) if sync else raw
+        self._sealer = SealedWriter(sink, key, segment_size=segment_size, digest=self.sha)
 
     def write(self, data: Any) -> int:
         return self._sealer.write(data)
@@ -112,7 +115,7 @@ class _SealedFileSystem(FileSystem):
         if mode == "wb":
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             with os.fdopen(os.open(p, flags, 0o600), "wb") as raw:
-                stream = _SealingStream(raw, self._keys.data_key(), self._segment_size)
+                stream = _SealingStream(raw, self._keys.data_key(), self._segment_size, self._sync)
                 try:
                     yield stream
                 except BaseException:

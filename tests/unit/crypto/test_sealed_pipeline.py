@@ -353,3 +353,26 @@ def test_reader_leaves_no_unverified_plaintext_in_the_callers_buffer(keyring: Ke
         r.readinto(out)
     assert out[: 2 * SEG] == data[: 2 * SEG]  # verified segments only
     assert out[2 * SEG :] == bytes(2 * SEG)
+
+
+def test_early_writeback_passes_bytes_through_and_covers_every_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+    real = pipeline._SYNC_FILE_RANGE  # noqa: SLF001
+
+    def record(fd: int, off: int, n: int, flags: int) -> int:
+        calls.append((off, n))
+        return real(fd, off, n, flags) if real is not None else 0
+
+    monkeypatch.setattr(pipeline, "_SYNC_FILE_RANGE", record)
+    data = os.urandom(10 * 1000)
+    with (tmp_path / "f").open("wb") as raw:
+        sink = pipeline.EarlyWriteback(raw, every=3000)
+        for i in range(0, len(data), 700):
+            sink.write(data[i : i + 700])
+        sink.flush()
+    assert (tmp_path / "f").read_bytes() == data
+    assert calls and calls[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:], strict=False))
+    assert all(n >= 3000 for _, n in calls)

@@ -84,10 +84,21 @@ def cluster_homes(cli: Callable[..., Any], root: Path, nodes: tuple[str, ...], *
     return out
 
 
+_LAST_STEP: dict[str, int] = {}
+
+
 def login(cli: Callable[..., Any], node: ClusterNode, user: str = "alice") -> None:
-    """`trainguard login` with a code of the node's TOTP secret (fresh MFA)."""
+    """`trainguard login` with a code of the node's TOTP secret (fresh MFA; a launch needs a
+    second factor within the step-up window). A code is accepted once: a second login in the
+    same 30 s step waits for the next one."""
+    import time
+
     import pyotp
 
-    code = pyotp.TOTP(secret_of(node.otpauth_uri)).now()
+    totp = pyotp.TOTP(secret_of(node.otpauth_uri))
+    while int(time.time()) // 30 <= _LAST_STEP.get(node.otpauth_uri, -1):
+        time.sleep(1)
+    _LAST_STEP[node.otpauth_uri] = int(time.time()) // 30
+    code = totp.at(_LAST_STEP[node.otpauth_uri] * 30)
     out = cli("login", "--home", node.home, "--user", user, "--otp", code, "--format", "json")
     assert out.code == 0, out.stderr

@@ -218,10 +218,15 @@ def select(
     references: dict[str, tuple[float, dict[str, np.ndarray]]] | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    cache: dict[tuple[str, str], np.ndarray] | None = None,
 ) -> SelectionReport:
-    """Run the protocol of the module docstring over `files`."""
+    """Run the protocol of the module docstring over `files`.
+
+    ``cache`` maps ``(detector key, file name)`` to scores already computed by `score_file`
+    (it is filled as candidates are scored), so a second run over the same files costs no pass.
+    """
     specs = list(specs or candidates())
-    cache: dict[tuple[str, str], np.ndarray] = {}
+    cache = {} if cache is None else cache
     results = []
     for spec in specs:
         if progress:

@@ -9,8 +9,8 @@
 * detectors: every univariate detector of the selection (`make_detector`), per sample after
   its probation (750 samples, the calibration NAB gives it) on a noisy daily series, against
   the same in-run EW z-score, with `within_budget` (<= 5 us per sample on one core).
-* banks: every detector that has a `DetectorBank` (`make_bank`: stream, Relative Entropy, their
-  max ensemble), per sample per series for one series and for a bank of 256, each against an
+* banks: every detector that has a `DetectorBank` (`make_bank`: stream, Relative Entropy,
+  spatial range, the max ensemble of the first two, the selected default), per sample per series for one series and for a bank of 256, each against an
   EW z-score bank over the same series in the same run (chunks interleaved baseline / candidate,
   medians), plus the floor of a KNN-CAD bank: its batched distance pass and k-selection alone.
 * node telemetry: `NodeTelemetryDetector.observe` per sample (3 columns, after its first fit).
@@ -165,12 +165,16 @@ def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) ->
     from trainguard.anomaly.detectors import DetectorSpec, make_bank
 
     probation = 750
+    from trainguard.anomaly.config import selected_detector
+
     specs = {
         "stream": DetectorSpec("stream", 0.72),
         "relative_entropy": DetectorSpec("relative_entropy", 0.5),
+        "spatial": DetectorSpec("spatial", 0.7),
         "max(stream, relative_entropy)": DetectorSpec(
             "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
                                       DetectorSpec("relative_entropy", 0.5)), combine="max"),
+        f"selected ({selected_detector().key})": selected_detector(),
     }
     out: dict = {}
     for m in sizes:

@@ -143,3 +143,22 @@ def test_spatial_bank_equals_the_scalar_detector_series_by_series(data, m, n, pr
         det = SpatialRange(SpatialRangeConfig(tolerance=0.2), probation=probation)
         theirs = [det.score(60.0 * i, v) for i, v in enumerate(x[:, j])]
         assert ours[:, j] == pytest.approx(theirs, rel=1e-12, abs=1e-15)  # np.exp vs math.exp
+
+
+def test_the_frozen_default_runs_as_a_bank_within_the_budget_and_scores_as_it_does_alone():
+    from trainguard.anomaly.config import selected_detector
+
+    spec = selected_detector()
+    assert spec.within_latency_budget
+    rng = np.random.default_rng(11)
+    n, m = 1100, 6
+    x = 20 + 5 * np.sin(np.arange(n)[:, None] / 40.0) + rng.normal(0, 1, (n, m))
+    x[1000, :3] += 60  # a breakout on half of the series, after probation
+    bank = make_bank(spec, m, 750)
+    ours = np.array([bank.score(1.4e9 + 300.0 * i, row) for i, row in enumerate(x)])
+    for j in range(m):
+        det = make_detector(spec, 750)
+        theirs = [det.score(1.4e9 + 300.0 * i, v) for i, v in enumerate(x[:, j])]
+        assert ours[:, j] == pytest.approx(theirs, abs=1e-9)
+    assert (ours[1000, :3] >= spec.threshold).all()
+    assert (ours[1000, 3:] < spec.threshold).all()

@@ -153,11 +153,17 @@ def pread_exact(fd: int, buf: memoryview, offset: int) -> int:
     return got
 
 
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of `data` to `fd` at `offset` (pwrite may write less than asked)."""
+def pwrite_all(fd: int, data: memoryview, offset: int, piece: int = 64 << 10) -> None:
+    """Write all of `data` to `fd` at `offset`, in writes of at most `piece` bytes.
+
+    Why pieces: a 1 MiB write at a 1 MiB-aligned offset makes the page cache ask for one 1 MiB
+    folio, and on a busy machine with fragmented memory that allocation cost 4x the CPU of the
+    copy itself (Linux 6.18, ext4: 1.45 s vs 0.35 s of system time per GiB in 64 KiB pieces;
+    `dd bs=1M` pays it too). Unsealed plaintext lands exactly on such offsets.
+    """
     done = 0
     while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
+        done += os.pwrite(fd, data[done : done + piece], offset + done)
 
 
 def run_parallel(count: int, produce: Callable[[int, int, bytearray], memoryview],

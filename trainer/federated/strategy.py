@@ -66,7 +66,7 @@ class Admission:
 
     ca_pem: bytes
     crl_pem: bytes
-    timeout: float = 30.0
+    timeout: float = 120.0  # a site answers from a fresh ClientApp process (imports torch)
 
 
 def _flat(arrays: list[np.ndarray]) -> np.ndarray:

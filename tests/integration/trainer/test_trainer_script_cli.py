@@ -86,39 +86,44 @@ def test_rogue_rank_without_the_job_key_stops_the_job_before_any_step(
 
 def test_tampered_and_foreign_checkpoints_are_refused_and_the_previous_one_used(
         cli, node: ClusterNode, tmp_path: Path) -> None:
+    login(cli, node)
+    grant = cli("policy", "grant", "admin", "train:launch", "/train/*", "--project", "other",
+                "--home", node.home)
+    assert grant.code == 0, grant.stderr
     ck = tmp_path / "ck"
-    first = _train(cli, node, PLAIN, "--nproc", "2", "--checkpoint-dir", ck,
-                   script_args=("--epochs", "1", "--checkpoint-every", "10"))
+    args = ("--epochs", "2", "--checkpoint-every", "20")  # the LR schedule spans 2 epochs
+    first = _train(cli, node, PLAIN, "--nproc", "2", "--checkpoint-dir", ck, script_args=args)
     assert first.code == 0, first.stderr
-    assert [c["step"] for c in first.json()["checkpoints"]] == [10, 20, 21]
+    assert [c["step"] for c in first.json()["checkpoints"]] == [20, 40, 42]
     # Another project's job, checkpoint folder of the same name, one step further along:
     # validly signed by this very node, so only the job binding tells it apart.
     other_ck = tmp_path / "other" / "ck"
     other = _train(cli, node, PLAIN, "--nproc", "2", "--project", "other",
                    "--checkpoint-dir", other_ck,
-                   script_args=("--epochs", "2", "--checkpoint-every", "100"))
+                   script_args=("--epochs", "3", "--checkpoint-every", "100"))
     assert other.code == 0, other.stderr
-    assert [c["step"] for c in other.json()["checkpoints"]] == [42]
-    for f in other_ck.glob("step-00000042.*"):
+    assert [c["step"] for c in other.json()["checkpoints"]] == [63]
+    for f in other_ck.glob("step-00000063.*"):
         shutil.copy2(f, ck / f.name)
-    newest_own = ck / "step-00000021.tgseal"
+    newest_own = ck / "step-00000042.tgseal"
     data = bytearray(newest_own.read_bytes())
     data[len(data) // 2] ^= 0x01
     newest_own.write_bytes(bytes(data))
 
     again = _train(cli, node, PLAIN, "--nproc", "2", "--checkpoint-dir", ck, "--resume",
-                   script_args=("--epochs", "2", "--checkpoint-every", "10"))
+                   script_args=args)
     assert again.code == 1, again.stderr  # completed, with incidents to look at
     r = again.json()
     assert r["status"] == "completed" and r["steps"] == 42
-    assert r["resumed_from_step"] == 20  # this job's own previous checkpoint
-    assert [c["step"] for c in r["checkpoints"]] == [30, 40, 42]
+    assert r["resumed_from_step"] == 40  # this job's own previous checkpoint
+    assert [c["step"] for c in r["checkpoints"]] == [42]
+    assert r["attempts"] == 1
     refused = {Path(i["evidence"]["checkpoint"]).name: i["evidence"]["reason"]
                for i in r["incidents"] if i["kind"] == "checkpoint-tampered"}
     assert len(r["incidents"]) == 2
-    assert "signed for another job" in refused["step-00000042.tgseal"]
-    assert '"project":"other"' in refused["step-00000042.tgseal"]
-    assert "does not match its signature" in refused["step-00000021.tgseal"]
+    assert "signed for another job" in refused["step-00000063.tgseal"]
+    assert '"project":"other"' in refused["step-00000063.tgseal"]
+    assert "does not match its signature" in refused["step-00000042.tgseal"]
     finish = [e for e in _audit(cli, node) if e["kind"] == "train.finish"][-1]
     assert finish["data"]["incidents"] == ["checkpoint-tampered", "checkpoint-tampered"]
 
@@ -127,6 +132,7 @@ def test_sign_flipping_rank_is_flagged_and_excluded(cli, node: ClusterNode, tmp_
     out = _train(cli, node, PLAIN, "--nproc", "3", "--checkpoint-dir", tmp_path / "ck",
                  "--set", 'aggregation.method="median"', "--set", "simulate.byzantine_ranks=[2]",
                  "--set", 'simulate.attack="sign-flip"',
+                 "--set", "telemetry.every=1",  # update statistics every step (default every 10)
                  script_args=("--epochs", "3", "--checkpoint-every", "100"))
     assert out.code == 1, out.stderr
     r = out.json()

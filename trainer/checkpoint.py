@@ -33,7 +33,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,10 +182,21 @@ class CheckpointStore:
         return CheckpointInfo(step, path, entry.sha256)
 
     def _prune(self) -> None:
+        """Drop checkpoints beyond `keep`: the manifest goes first (the step stops being a
+        candidate at once), the data file is renamed aside and deleted on a background
+        thread, because freeing a large file's pages takes as long as writing a fair part of
+        it. Leftovers of a process killed meanwhile are swept by the next prune."""
+        doomed: list[Path] = []
         for _step, p in self.list()[self._keep :]:
             with contextlib.suppress(FileNotFoundError):
                 manifest_path(p).unlink()
-                p.unlink()
+                aside = p.with_name(f".{p.name}.{os.urandom(4).hex()}{_DELETING}")
+                p.rename(aside)
+                doomed.append(aside)
+        doomed += [p for p in self.directory.iterdir()
+                   if p.name.endswith(_DELETING) and p not in doomed]
+        if doomed:
+            threading.Thread(target=_unlink_all, args=(doomed,), name="checkpoint-prune").start()
 
     def verify(self, path: Path) -> CheckpointInfo:
         """Check the signature, size and hash of one checkpoint; raises CheckpointTampered."""
@@ -251,6 +264,15 @@ class CheckpointStore:
                 continue
             return LoadOutcome(payload, info, refused)
         return LoadOutcome(None, None, refused)
+
+
+_DELETING = ".deleting"
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def _verify_signature(trust: Trust, doc: dict[str, Any], signature: bytes, message: bytes) -> str:

@@ -116,7 +116,7 @@ class SealedWriter:
     caller's buffer, no copy) while background threads write segment i into `fileobj` and,
     when `digest` (a `hashlib` object) is given, hash the ciphertext (header included) into it
     on a third thread; AES-GCM, SHA-256 and file writes release the GIL, so they overlap on
-    separate cores. Memory: a ring of four segments. A write error in the background surfaces
+    separate cores. Memory: a ring of eight segments. A write error in the background surfaces
     from the next `write`, `flush` or `close` (the stream is then abandoned: it never verifies).
     The threads start with the first full segment, so small streams are written inline.
     """
@@ -250,7 +250,7 @@ class SealedWriter:
             self.abort()
 
 
-_RING = 4  # ciphertext segments in flight between the caller and the background stages
+_RING = 8  # ciphertext segments in flight: the caller runs ahead while a stage is descheduled
 
 
 class SealedReader(io.RawIOBase):

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo_runs_every_step_and_writes_the_report(cli, tmp_path: Path) -> None:
-    res = cli("demo", "--dir", tmp_path / "demo", "--format", "json", timeout=1500)
+    res = cli("demo", "--dir", tmp_path / "demo", "--format", "json", timeout=2400)
     assert res.code == 0, res.stderr[-3000:]
     data = res.json()
     titles = [s["title"] for s in data["steps"]]

@@ -1,12 +1,16 @@
-"""`trainguard fl run CONFIG.toml --sites N`: a federation on this machine (Flower): one server
-and N sites as separate processes on 127.0.0.1, TLS from the cluster CA, every round audited.
+"""`trainguard fl run CONFIG.toml --sites N`: a federation on this machine on Flower's deployment
+engine: one SuperLink (with the ServerApp) and N SuperNodes (with the ClientApp) as separate
+processes on 127.0.0.1, TLS from the cluster CA, every round audited. `fl server` and `fl site`
+run the two halves on their own.
 
-Flower, torch and the trainer are imported inside the handler only.
+Flower, torch and the trainer are imported inside the handlers only; without Flower installed
+every `fl` command stops with exit 3 and names the `federated` extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +62,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     site.set_defaults(func=handle_site)
 
 
+def _require_flower() -> None:
+    from trainguard.trainer.errors import TrainerError
+
+    try:
+        import flwr  # noqa: F401
+    except ImportError as exc:
+        raise TrainerError(
+            f"Flower is not installed ({exc}); `trainguard fl` runs on Flower's deployment engine",
+            tip="install the federated extra: pip install 'trainguard[federated]' "
+                "(pinned in constraints.txt; `make test` and `make demo` install it)") from exc
+
+
 def handle_server(args: argparse.Namespace, ctx: Context) -> int:
+    from trainguard.core.errors import UsageError
+
+    host = args.listen.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - refusing it, not binding it
+        # flwr 1.42's SuperExec reaches the SuperLink's Runtime API at the bind address, a
+        # bind-all address as 127.0.0.1, which no cluster certificate names
+        raise UsageError(f"--listen {args.listen}: the SuperLink needs a named address",
+                         tip="listen on the interface the sites reach, e.g. --listen "
+                             "fl.example.org:9093 --name fl.example.org, or 127.0.0.1:PORT")
     args.sites = None
     return handle_run(args, ctx, server_only=True)
 
@@ -68,6 +93,7 @@ def handle_site(args: argparse.Namespace, ctx: Context) -> int:
     from trainguard.trainer.federated.config import load_fl_config
     from trainguard.trainer.federated.procs import run_site
 
+    _require_flower()
     config_path = args.config.expanduser().absolute()
     cfg = load_fl_config(config_path, args.overrides)
     if args.site not in cfg.sites:
@@ -81,11 +107,15 @@ def handle_site(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(f"missing TLS files: {', '.join(missing)}",
                          tip=f"on the CA's home: trainguard pki issue {args.site} --kind node --out DIR")
     ctx.info(f"{args.site}: joining {args.server} over TLS (server verified against {paths['ca']})")
+    work = ctx.home.state_dir / "fl" / f"{args.site}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for d in (ctx.home.root, ctx.home.state_dir, work.parent):  # private at every level
+        d.mkdir(mode=0o700, exist_ok=True)
     spec = {"config": str(config_path), "overrides": args.overrides, "address": args.server,
-            "site": args.site, **{k: str(v) for k, v in paths.items()}}
+            "site": args.site, "work": str(work), **{k: str(v) for k, v in paths.items()}}
     code = run_site(spec)
-    ctx.emit({"site": args.site, "server": args.server, "status": "finished"},
-             lambda d: f"{d['site']}: federation finished")
+    status = {0: "finished", 1: "refused"}.get(code, "failed")
+    ctx.emit({"site": args.site, "server": args.server, "status": status},
+             lambda d: f"{d['site']}: federation {d['status']}")
     return code
 
 
@@ -96,6 +126,7 @@ def handle_run(args: argparse.Namespace, ctx: Context, *, server_only: bool = Fa
     from trainguard.trainer.federated.run import launch_federation, prepare_federation
     from trainguard.trainer.preflight import check_authorization
 
+    _require_flower()
     home = ctx.home.require()
     if args.sites is not None and args.sites < 1:
         raise UsageError(f"--sites {args.sites}: need at least one site", tip="pass --sites 3")

@@ -3,12 +3,16 @@
 Layout of a run (``<home>/state/fl/<run id>/``, 0700)::
 
     server/           the server's TLS certificate and key (issued by the cluster CA, SAN localhost)
-    sites/site-i/     each site's own home: pki/ca.crt, pki/node.crt, pki/node.key, its config
+    sites/site-i/     each site's own home: pki/ca.crt, pki/node.crt, pki/node.key, its config,
+                      state/fl/ (its SuperNode's spec, FLWR_HOME and finish marker)
+    app/, flwr/       the Flower app folder submitted as the run, the SuperLink's FLWR_HOME
     *.json            the process specs (paths only), rounds.jsonl (one line per round), logs/
 
-Every gRPC connection is TLS: the server presents a certificate issued by the cluster CA and
-every site verifies it against the cluster CA (Flower's legacy gRPC engine does not ask the
-sites for client certificates; see the README for what is not built yet).
+The federation runs on Flower's deployment engine (engine.py): the server process runs the
+SuperLink and submits the run, each site process a SuperNode. Every connection between them is
+TLS: the SuperLink presents a certificate issued by the cluster CA and every SuperNode verifies
+it against the cluster CA. Sites prove their cluster identity at admission (membership.py);
+the TLS handshake itself is not mutual (see the README).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import logging
 import os
 import secrets
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -41,9 +45,9 @@ SERVER_NAME = "fl-server"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from trainguard.trainer.federated.engine import free_port
+
+    return free_port()
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def prepare_federation(home: Home, config_path: Path, overrides: list[str], site
     crl = ca.crl_path if ca.crl_path.exists() else ca.write_crl()
     server_spec.write_text(json.dumps({**base, "address": bind,
                                        "ca": str(ca_crt), "cert": str(cert), "key": str(key),
-                                       "crl": str(crl),
+                                       "crl": str(crl), "home": str(home.root),
                                        "rounds_log": str(run_dir / "rounds.jsonl")}))
     site_specs = {}
     for site in cfg.sites if local_sites else []:
@@ -110,8 +114,9 @@ def prepare_federation(home: Home, config_path: Path, overrides: list[str], site
         audit.record("cert-issued", "fl", {"name": site, "kind": "node", "run": run_id})
         spec = run_dir / f"{site}.json"
         spec.write_text(json.dumps({**base, "address": address, "site": site, "ca": str(s_ca),
-                                    "cert": str(s_cert), "key": str(s_key),
-                                    "home": str(site_home.root)}))
+                                    "cert": str(s_cert), "key": str(s_key), "crl": str(crl),
+                                    "home": str(site_home.root),
+                                    "work": str(site_home.state_dir / "fl")}))
         site_specs[site] = spec
     return FederationPlan(run_id, run_dir, config_path, overrides, cfg, address, server_spec, site_specs)
 
@@ -125,15 +130,21 @@ def _spawn(role: str, spec: Path, log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop each process (it stops its Flower children), then anything left in its session
+    (ClientApp processes between two messages)."""
     for p in procs:
         if p.poll() is None:
             p.terminate()
     for p in procs:
         try:
-            p.wait(timeout=10)
+            p.wait(timeout=15)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # each was started in its own session
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def launch_federation(plan: FederationPlan, audit: AuditSink, report: Reporter,
@@ -172,6 +183,10 @@ def launch_federation(plan: FederationPlan, audit: AuditSink, report: Reporter,
                             "stats": next(s for s in rec["stats"] if s["site"] == site)}
                 report("byzantine-worker", "high", evidence)
                 incidents.append({"kind": "byzantine-worker", **evidence})
+            for refusal in rec.get("model_refused", []):  # a site refused the global model
+                evidence = {"run": plan.run_id, "round": rec["round"], **refusal}
+                report("checkpoint-tampered", "critical", evidence)
+                incidents.append({"kind": "checkpoint-tampered", **evidence})
         state["seen"] = len(complete)
 
     try:
@@ -206,7 +221,9 @@ def _record_round(plan: FederationPlan, rec: dict[str, Any], audit: AuditSink, p
     audit.record("fl.round", principal, {
         "run": plan.run_id, "round": rec["round"], "sites": rec["sites"],
         "excluded": rec["excluded"], "update_norms": rec["update_norms"],
-        "accuracy": rec["accuracy"], "epsilon": None,
+        "accuracy": rec["accuracy"], "epsilon": (rec.get("privacy") or {}).get("epsilon"),
+        "privacy": rec.get("privacy"), "checkpoint": rec.get("checkpoint"),
+        "model_refused": rec.get("model_refused", []),
     })
 
 
@@ -222,14 +239,16 @@ def _result(plan: FederationPlan, records: list[dict[str, Any]], done: dict[str,
         "aggregation": cfg.aggregation.method.value,
         "sites": [{"name": s, "rounds_joined": joined[s], "excluded": s in excluded,
                    "admitted": s not in refused and joined[s] > 0} for s in cfg.sites],
-        "incidents": incidents, "checkpoints": [], "privacy": None,
-        "bytes_per_round": [{"round": r["round"], "up": r["bytes_up"], "down": r["bytes_down"]}
-                            for r in records],
+        "incidents": incidents, "checkpoints": [r["checkpoint"] for r in records if r.get("checkpoint")],
+        "privacy": next((r["privacy"] for r in reversed(records) if r.get("privacy")), None),
+        "bytes_per_round": [{"round": r["round"], "up": r["bytes_up"], "down": r["bytes_down"],
+                             "up_uncompressed": r.get("bytes_up_uncompressed"),
+                             "compress": r.get("compress")} for r in records],
         "round_seconds": [round(r["seconds"], 3) for r in records],
         "accuracy_per_round": [round(r["accuracy"], 4) for r in records],
         "simulate": {"test_facility": True, "byzantine_sites": cfg.simulate.byzantine_sites,
                      "attack": cfg.simulate.attack.value} if cfg.simulate.active else None,
-        "transport": {"engine": "flwr legacy gRPC (start_server/start_client)", "tls": True,
+        "transport": {"engine": "flwr deployment engine (SuperLink/SuperNode)", "tls": True,
                       "ca": "cluster"},
     }
 

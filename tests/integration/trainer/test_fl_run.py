@@ -61,15 +61,19 @@ def test_three_sites_learn_digits_over_tls_and_every_round_is_audited(cli, home:
     assert r["incidents"] == [] and r["privacy"] is None
     assert len(r["bytes_per_round"]) == 8 and all(b["up"] > 0 for b in r["bytes_per_round"])
     assert r["transport"]["tls"] is True
-    # each site got its own home with a certificate from the cluster CA, and a server log that
-    # says the gRPC server ran with TLS
+    # each site got its own home with a certificate from the cluster CA
     run_dir = Path(r["run_dir"])
     assert oct(run_dir.parent.stat().st_mode & 0o777) == "0o700"  # <home>/state/fl
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
     assert oct((run_dir / "server" / "node.key").stat().st_mode & 0o777) == "0o600"
     for site in ("site-1", "site-2", "site-3"):
         assert (run_dir / "sites" / site / "pki" / "node.crt").read_bytes().startswith(b"-----BEGIN")
-    assert "SSL is enabled" in (run_dir / "logs" / "server.log").read_text()
+    # the SuperLink (Flower's deployment engine) served HTTPS, and every site connected to it
+    server_log = (run_dir / "logs" / "server.log").read_text()
+    assert "Uvicorn running on https://" in server_log and "http://" not in server_log
+    assert r["transport"]["engine"].startswith("flwr deployment engine")
+    for site in ("site-1", "site-2", "site-3"):
+        assert "Connection successful" in (run_dir / "logs" / f"{site}.log").read_text()
     rounds = _audit(cli, home, "fl.round")
     assert len(rounds) == 8
     assert "site-3" in json.dumps(rounds[-1]) and "update_norms" in json.dumps(rounds[-1])
@@ -104,3 +108,18 @@ def test_a_bad_config_is_refused_with_every_problem_before_asking_for_mfa(cli, h
               "--set", 'simulate.byzantine_sites=["site-9"]', "--format", "json")
     assert out.code == 2
     assert "krum" in out.stderr and "site-9" in out.stderr and "fl-digits.toml" in out.stderr
+
+
+def test_without_flower_every_fl_command_names_the_federated_extra(cli, home: Path,
+                                                                   tmp_path: Path) -> None:
+    shadow = tmp_path / "no-flower" / "flwr"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named flwr")\n')
+    env = {"PYTHONPATH": str(shadow.parent)}
+    for args in (("run", FL, "--sites", "3", "--user", "alice"),
+                 ("server", FL, "--listen", "127.0.0.1:1", "--user", "alice"),
+                 ("site", FL, "--site", "site-1", "--server", "localhost:1")):
+        out = cli("fl", *args, "--home", home, env=env)
+        assert out.code == 3, out.stderr
+        assert "Flower is not installed" in out.stderr and "trainguard[federated]" in out.stderr
+    assert not (home / "state" / "fl").exists()

@@ -67,3 +67,9 @@ def test_a_site_without_its_tls_files_is_refused_with_a_tip(cli, tmp_path: Path)
               "--home", tmp_path / "nohome", "--cert", tmp_path / "x.crt")
     assert out.code == 2
     assert "missing TLS files" in out.stderr and "pki issue site-1" in out.stderr
+
+
+def test_a_bind_all_listen_address_is_refused_with_a_tip(cli, tmp_path: Path) -> None:
+    out = cli("fl", "server", FL, "--listen", "0.0.0.0:9093", "--home", tmp_path / "nohome")
+    assert out.code == 2
+    assert "needs a named address" in out.stderr and "--name" in out.stderr

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest
+from support.policy_env import secret_of
 from support.trainer_jobs import EXAMPLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -18,7 +18,7 @@ def test_the_report_shows_rounds_sites_exclusions_incidents_epsilon_and_checkpoi
     home = tmp_path / "home"
     init = cli("init", "--home", home, "--admin", "alice", "--format", "json")
     assert init.code == 0, init.stderr
-    secret = parse_qs(urlparse(init.json()["admin"]["otpauth_uri"]).query)["secret"][0]
+    secret = secret_of(init.json()["admin"]["otpauth_uri"])
     assert cli("login", "--home", home, "--user", "alice", "--otp", pyotp.TOTP(secret).now()).code == 0
     fl = cli("fl", "run", EXAMPLES / "fl-digits.toml", "--home", home, "--sites", "3", "--user", "alice",
              "--set", "federation.rounds=4", "--set", "privacy.dp=true",

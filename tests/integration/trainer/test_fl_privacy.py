@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest
+from support.policy_env import secret_of
 from support.trainer_jobs import EXAMPLES
 from trainguard.core.fs import hash_file
 from trainguard.trainer.federated.privacy import epsilon
@@ -26,7 +26,7 @@ def home(cli, tmp_path: Path) -> Path:
     root = tmp_path / "home"
     init = cli("init", "--home", root, "--admin", "alice", "--format", "json")
     assert init.code == 0, init.stderr
-    secret = parse_qs(urlparse(init.json()["admin"]["otpauth_uri"]).query)["secret"][0]
+    secret = secret_of(init.json()["admin"]["otpauth_uri"])
     out = cli("login", "--home", root, "--user", "alice", "--otp", pyotp.TOTP(secret).now())
     assert out.code == 0, out.stderr
     return root

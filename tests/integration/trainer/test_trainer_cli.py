@@ -98,17 +98,20 @@ def test_script_example_is_protected_end_to_end(cli, home: Path, tmp_path: Path,
 
 
 def test_script_outside_trainguard_train_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """The protected script under plain torchrun (real workers, no launch context)."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
-    env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})  # as plain torchrun sets
-    out = subprocess.run([sys.executable, EXAMPLES / "digits_plain.py"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "--max-restarts", "0",
+                          EXAMPLES / "digits_plain.py"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
     assert out.returncode != 0
+    assert out.stderr.count("LaunchContextMissing") >= 2  # every worker refuses, before any data
     assert "not started by `trainguard train`" in out.stderr
-    assert "trainguard train --script" in out.stderr
+    assert "Tip: launch the script with `trainguard train --script PATH`" in out.stderr
 
 
 def test_multi_node_without_a_rendezvous_is_a_usage_error(cli, home: Path) -> None:

@@ -94,3 +94,34 @@ def test_the_strategy_dequantises_int8_updates_and_measures_both_sizes() -> None
     rec = records[0]
     assert rec["compress"] == "int8" and rec["sites"] == ["site-1", "site-2", "site-3"]
     assert 0 < rec["bytes_up"] < 0.3 * rec["bytes_up_uncompressed"]
+
+
+@pytest.mark.slow
+def test_a_federation_with_int8_updates_learns_as_well_as_float32() -> None:
+    """Three in-process sites (the real SiteClient) and the real strategy, 8 rounds."""
+    from trainguard.trainer.federated.client import SiteClient
+
+    def run(overrides: list[str]) -> float:
+        cfg = load_fl_config(FL, overrides)
+        s = TrainguardStrategy(cfg, lambda r: None)
+        sites = {n: SiteClient(cfg, n) for n in cfg.sites}
+        for rnd in range(1, cfg.federation.rounds + 1):
+            arrays = [w.copy() for w in s.weights]
+            results = []
+            for i, (name, site) in enumerate(sites.items()):
+                out, n, metrics = site.fit([a.copy() for a in arrays], {"round": rnd})
+                results.append((_Proxy(f"c{i}"), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(out),
+                                                         n, metrics)))
+            s.aggregate_fit(rnd, results, [])
+        assert s.accuracy is not None
+        return s.accuracy
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a site process runs (federation.threads); the CPU is shared
+    try:
+        plain, int8 = run([]), run(['federation.compress="int8"'])
+    finally:
+        torch.set_num_threads(threads)
+    assert plain >= 0.90 and int8 >= 0.90 and abs(plain - int8) <= 0.02

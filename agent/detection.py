@@ -12,12 +12,13 @@
   check. scikit-learn and skops are imported only then, never otherwise.
 
 * With ``anomaly.node_telemetry = true``: the multivariate node detector
-  (`trainguard.anomaly.node.NodeTelemetryDetector`, an IsolationForest over a rolling window)
-  on `NODE_COLUMNS`, one row per cycle, calibrated to ``anomaly.node_false_alarms_per_day`` at
-  the agent's cycle period. A row above its threshold is reported as ``exfiltration`` when the
-  column furthest from its running mean is network TX, else as ``gpu-misuse`` (severity
-  medium, the columns' values and that column in the evidence). scikit-learn is imported only
-  when the detector is built, never at import.
+  (`trainguard.anomaly.node.NodeTelemetryDetector`, k-nearest-neighbour distance to a rolling
+  window of clean rows, numpy only) on `NODE_COLUMNS`, one row per cycle, calibrated to
+  ``anomaly.node_false_alarms_per_day`` at the agent's cycle period after
+  ``anomaly.node_warmup_hours`` of clean rows. An alert (one per episode) is reported as
+  ``exfiltration`` when the column furthest from its running mean is network TX, else as
+  ``gpu-misuse`` (severity medium, the columns' values and that column in the evidence).
+  numpy and the detector are imported only when it is built, never at import.
 
 The daemon's `AuditFollower` (`trainguard.agent.followers`) feeds the audit stream:
 
@@ -141,6 +142,8 @@ class Scorer:
 
         self.node = NodeTelemetryDetector(NODE_COLUMNS, NodeTelemetryConfig(
             false_alarms_per_day=self.cfg.node_false_alarms_per_day, interval_s=interval_s,
+            warmup_s=3600.0 * self.cfg.node_warmup_hours,
+            history_s=max(2 * 86400.0, 3600.0 * self.cfg.node_warmup_hours),
         ))
 
     def _load_model(self, path: Path) -> None:
@@ -246,7 +249,7 @@ class Scorer:
         kind = "exfiltration" if top == _NET_TX_COLUMN else "gpu-misuse"
         return [DomainFinding(kind, "medium", {
             "channel": "node", "reason": "node telemetry: unusual combination of usage",
-            "most_unusual": top, "score": round(result.score, 4),
+            "most_unusual": top, "score": round(result.statistic, 4),  # what met the threshold
             "threshold": round(result.threshold, 4),
             "false_alarms_per_day": self.cfg.node_false_alarms_per_day,
             "row": {c: round(v, 3) for c, v in row.items()},

@@ -104,9 +104,10 @@ class AnomalyConfig:
     byzantine_ratio: float = 3.0  # norm / median norm above this is an outlier
     byzantine_cosine: float = 0.0  # cosine to the aggregate below this is an outlier
     byzantine_patience: int = 3
-    # multivariate node telemetry in the agent (anomaly.node; scikit-learn loads only when on)
+    # multivariate node telemetry in the agent (anomaly.node; numpy only, loaded when on)
     node_telemetry: bool = False
     node_false_alarms_per_day: float = 1.0  # the calibration target of its threshold
+    node_warmup_hours: float = 24.0  # clean telemetry before its first fit
     # agent incidents
     incident_cooldown_s: float = 300.0
 
@@ -124,6 +125,8 @@ class AnomalyConfig:
             problems.append("anomaly.byzantine_ratio must be > 1")
         if not 0.0 < self.node_false_alarms_per_day < 1e6:
             problems.append("anomaly.node_false_alarms_per_day must be > 0")
+        if not 1.0 <= self.node_warmup_hours <= 24 * 14:
+            problems.append("anomaly.node_warmup_hours must be in [1, 336]")
         return problems
 
     def stream_config(self) -> StreamConfig:

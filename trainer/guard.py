@@ -44,7 +44,6 @@ import os
 import signal
 import time
 from collections.abc import Mapping, MutableMapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -54,23 +53,19 @@ import torch
 import torch.distributed as dist
 from trainguard.evidence.incidents import IncidentKind, Severity
 from trainguard.trainer.aggregation import HookState, make_hook
-from trainguard.trainer.checkpoint import CheckpointStore
 from trainguard.trainer.config import TrainConfig, build_config
 from trainguard.trainer.consistency import check_replicas
 from trainguard.trainer.context import LaunchContext
-from trainguard.trainer.dcp import (
-    DcpCheckpoints,
-    list_steps,
-    manifest_path,
-    trust_verifier,
-    verify_step,
-)
-from trainguard.trainer.dcp.sharding import holds_dtensors, is_sharded_state
+from trainguard.trainer.dcp.sharding import holds_dtensors
 from trainguard.trainer.errors import (
-    CheckpointTampered,
     MembershipError,
     ReplicaDivergence,
     TrainerError,
+)
+from trainguard.trainer.guard_checkpoints import (  # noqa: F401 - _load_in_place, _state_dict: tests
+    GuardCheckpoints,
+    _load_in_place,
+    _state_dict,
 )
 from trainguard.trainer.keys import KeyClient
 from trainguard.trainer.membership import prove_membership
@@ -148,8 +143,9 @@ class Guard:
         self.job_id = ctx.job_id
         self.run = RunDir(ctx.run_dir)
         self._keys = keys if keys is not None else KeyClient(ctx.key_socket)
-        self._store = CheckpointStore(ctx.checkpoint_dir, self._keys, ctx.trust,
-                                      keep=self.config.checkpoint.keep)
+        self._checkpoints = GuardCheckpoints(ctx.checkpoint_dir, self._keys, ctx.trust,
+                                             keep=self.config.checkpoint.keep, is_main=self.is_main,
+                                             device=self.device, run=self.run, refused=self._refused)
         self._timeout = datetime.timedelta(seconds=timeout_s)
         self._model: torch.nn.Module | None = None
         self._hook: HookState | None = None
@@ -166,11 +162,7 @@ class Guard:
         self.flagged: dict[int, int] = {}
         self.metrics: dict[str, Any] = {}
         self._closed = False
-        self._verify = trust_verifier(ctx.trust)
-        self._dcp: DcpCheckpoints | None = None  # built at the first sharded save or resume
         self._parallelism = "none"  # after wrap: "ddp", "sharded" or "partitioned"
-        self._pending: tuple[int, Future[Any]] | None = None  # an asynchronous save in flight
-        self._writer: ThreadPoolExecutor | None = None  # rank 0's thread for async file saves
 
     # -- construction -----------------------------------------------------------------------
 
@@ -264,77 +256,16 @@ class Guard:
 
         Both kinds count: single sealed files and sealed DCP steps (the newest step wins).
         Rank 0 picks the candidate (refused ones are reported as checkpoint-tampered) and
-        broadcasts its step and kind; every rank then verifies and loads it itself (a DCP step
-        collectively, with DCP's resharding, so a different world size loads it too). A DCP
-        step refused while loading is reported and the next older one is tried."""
+        broadcasts it; every rank then verifies and loads it itself (a DCP step collectively,
+        with DCP's resharding, so a different world size loads it too)."""
         self._state = state
-        refused: set[Path] = set()
-        may_resume = self._may_resume()
-        while True:
-            chosen = torch.zeros(2, dtype=torch.int64, device=self.device)
-            if self.is_main and may_resume:
-                found = self._newest_candidate(refused)
-                if found is not None:
-                    chosen[0], chosen[1] = found
-            dist.broadcast(chosen, src=0)
-            step, kind = int(chosen[0]), int(chosen[1])
-            if step <= 0:
-                return None
-            if kind == _FILE:
-                payload, info = self._store.load(self._store.path_for(step))
-                _load_in_place(state, payload["state"])
-                signer, path, sha = info.signer, info.path, info.sha256
-            else:
-                store = self._dcp_store()
-                path = store.path_for(step)
-                try:
-                    signer = store.load(path, state).signer  # type: ignore[arg-type]
-                except CheckpointTampered as exc:  # DCP raises it on every rank together
-                    self._refuse(path, exc.message, refused)
-                    continue
-                sha = _manifest_sha256(path)
-            if self.is_main:
-                self.run.append("events", {"kind": "resume", "step": step, "checkpoint": str(path),
-                                           "sha256": sha, "signer": signer})
-            self.resumed_signer = signer
-            self.resumed_from = self._last_step = self._started_at_step = step
-            self._begin(step)
-            return step
-
-    def _newest_candidate(self, refused: set[Path]) -> tuple[int, int] | None:
-        """Rank 0: (step, kind) of the newest checkpoint of either kind that verifies here."""
-        candidates = [(step, _DCP, folder) for step, folder in list_steps(self._store.directory)]
-        candidates += [(step, _FILE, path) for step, path in self._store.list()]
-        for step, kind, path in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
-            if path in refused:
-                continue
-            try:
-                if kind == _FILE:
-                    self._store.load(path)
-                else:  # signature, file set, sizes, .metadata; each shard is hashed on load
-                    verify_step(path, self._verify, hash_all=False)
-            except CheckpointTampered as exc:
-                self._refuse(path, exc.message, refused)
-                continue
-            return step, kind
-        return None
-
-    def _refuse(self, path: Path, reason: str, refused: set[Path]) -> None:
-        refused.add(path)
-        if self.is_main:
-            log.warning("refusing %s: %s", path, reason)
-            self.incident(IncidentKind.CHECKPOINT_TAMPERED, Severity.HIGH,
-                          {"checkpoint": str(path), "reason": reason})
-
-    def _dcp_store(self) -> DcpCheckpoints:
-        """Sealed DCP steps in the job's checkpoint folder (collective on first use: DCP runs
-        on a gloo group of its own, so an asynchronous save never shares the training group)."""
-        if self._dcp is None:
-            group = dist.new_group(backend="gloo")
-            self._dcp = DcpCheckpoints(self.context.checkpoint_dir, self._keys, self._keys.sign,
-                                       self._verify, keep=self.config.checkpoint.keep,
-                                       process_group=group)
-        return self._dcp
+        resumed = self._checkpoints.resume(state, may_resume=self._may_resume())
+        if resumed is None:
+            return None
+        self.resumed_signer = resumed.signer
+        self.resumed_from = self._last_step = self._started_at_step = resumed.step
+        self._begin(resumed.step)
+        return resumed.step
 
     def save(self, step: int, state: MutableMapping[str, Any], *, async_: bool = False) -> None:
         """Write a sealed, signed checkpoint of `state` at `step` (every rank calls it).
@@ -345,41 +276,12 @@ class Guard:
         counts when its manifest is written (a crash before that leaves the previous step the
         newest). A save still in flight is waited for first."""
         self._state = state
-        self._settle(block=True)
-        if is_sharded_state(state, self.device):
-            future = self._dcp_store().save(step, state, async_=async_)  # type: ignore[arg-type]
-            if future is None:
-                self._record_checkpoint(step, self._dcp_store().path_for(step), None)
-            else:
-                self._pending = (step, future)
-        elif self.is_main:
-            payload = {"step": step, "state": _state_dict(state)}
-            if async_:
-                if self._writer is None:
-                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="trainguard-save")
-                self._pending = (step, self._writer.submit(self._store.save, _cpu_copy(payload), step))
-            else:
-                info = self._store.save(payload, step)
-                self._record_checkpoint(step, info.path, info.sha256)
+        self._checkpoints.save(step, state, async_=async_)
         self.checkpoints.append(step)
 
-    def _settle(self, *, block: bool) -> None:
-        """Record an asynchronous save that finished (with `block`, wait for it); raises what
-        the save raised."""
-        if self._pending is None or (not block and not self._pending[1].done()):
-            return
-        (step, future), self._pending = self._pending, None
-        result = future.result()
-        if hasattr(result, "sha256"):  # a single file (CheckpointInfo)
-            self._record_checkpoint(step, result.path, result.sha256)
-        else:
-            self._record_checkpoint(step, self._dcp_store().path_for(step), None)
-
-    def _record_checkpoint(self, step: int, path: Path, sha256: str | None) -> None:
-        if self.is_main:
-            self.run.append("events", {"kind": "checkpoint", "step": step, "path": str(path),
-                                       "sha256": sha256 or _manifest_sha256(path),
-                                       "format": "file" if sha256 else "dcp"})
+    def _refused(self, path: Path, reason: str) -> None:
+        self.incident(IncidentKind.CHECKPOINT_TAMPERED, Severity.HIGH,
+                      {"checkpoint": str(path), "reason": reason})
 
     # -- every step ---------------------------------------------------------------------------
 
@@ -388,7 +290,7 @@ class Guard:
         now = time.perf_counter()
         step_time, self._last_time = now - self._last_time, now
         self._after_hook(step)
-        self._settle(block=False)
+        self._checkpoints.settle(block=False)
         self._last_step = step
         self._maybe_kill(step)
         every = max(1, self.config.telemetry.every)
@@ -526,15 +428,14 @@ class Guard:
         """Write the result (completed) and leave the process group together."""
         if self._closed:
             return
-        self._settle(block=True)
+        self._checkpoints.settle(block=True)
         if self._result_status is None:
             self._finish("completed", None)
         self._leave(barrier=True)
 
     def _leave(self, *, barrier: bool) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        self._checkpoints.close()
         if isinstance(self._keys, KeyClient):
             self._keys.close()
         if not dist.is_initialized():
@@ -568,62 +469,7 @@ class Guard:
                 f"device={self.device}, backend={self.backend})")
 
 
-_FILE, _DCP = 1, 2  # checkpoint kinds, as rank 0 broadcasts them on resume
-
-
-def _manifest_sha256(folder: Path) -> str:
-    from trainguard.core.fs import hash_file
-
-    return hash_file(manifest_path(folder)).sha256
-
-
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def _cpu_copy(obj: Any) -> Any:
-    """A copy that the training loop cannot change: tensors copied to CPU, the rest deep-copied."""
-    import copy
-
-    from torch.utils._pytree import tree_map
-
-    def one(leaf: Any) -> Any:
-        if isinstance(leaf, torch.Tensor):
-            return leaf.detach().to("cpu", copy=True)
-        return copy.deepcopy(leaf)
-
-    return tree_map(one, obj)
-
-
-def _state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value.detach()
-        elif hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):
-            out[key] = value.state_dict()
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            out[key] = value
-        else:
-            raise TrainerError(f"state[{key!r}] is a {type(value).__name__}: neither a tensor nor "
-                               "Stateful (state_dict/load_state_dict)",
-                               tip="pass tensors, modules, optimizers, schedulers or plain numbers")
-    return out
-
-
-def _load_in_place(state: MutableMapping[str, Any], saved: Mapping[str, Any]) -> None:
-    missing = sorted(set(state) - set(saved))
-    if missing:
-        raise CheckpointTampered(f"the checkpoint has no entry for {missing}",
-                                 tip="resume with the same state keys the job saved")
-    for key, value in state.items():
-        loaded = saved[key]
-        if isinstance(value, torch.Tensor):
-            with torch.no_grad():
-                value.copy_(loaded)
-        elif hasattr(value, "load_state_dict"):
-            value.load_state_dict(loaded)
-        else:
-            state[key] = loaded

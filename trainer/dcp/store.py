@@ -137,6 +137,10 @@ def _layout(obj: Any) -> object:
     return type(obj).__name__
 
 
+def _group_rank(group: Any) -> int:
+    return torch.distributed.get_rank(group) if torch.distributed.is_initialized() else 0
+
+
 class DcpCheckpoints:
     """Sealed, signed DCP checkpoints of one folder. Every rank calls every method (as DCP).
 
@@ -167,9 +171,7 @@ class DcpCheckpoints:
         failed). A save in flight is waited for before the next one starts.
         """
         self.wait()
-        if manifest_path(self.path_for(step)).exists():
-            raise TrainerError(f"step {step} is already a signed checkpoint in {self.directory}",
-                               tip="save under a new step number, or remove the old step first")
+        self._set_aside_refused(step)
         writer = SealedDcpWriter(self.path_for(step), self._keys, self._sign,
                                  sync_files=self._sync, keep=self._keep, clock=self._clock)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -180,6 +182,28 @@ class DcpCheckpoints:
             return self._pending
         dcp_save(state, storage_writer=writer, process_group=self._pg)
         return None
+
+    def _set_aside_refused(self, step: int) -> None:
+        """A step that verifies is never overwritten. One that does not (resume refused it and
+        training came back to its step number) is renamed ``step-N.dcp.refused-T`` with its
+        manifest, kept for forensics and never a candidate again. Every rank decides from the
+        same files; the coordinator renames, and a barrier keeps writers out until it has."""
+        folder = self.path_for(step)
+        if manifest_path(folder).exists():
+            try:
+                verify_step(folder, self._verify, hash_all=False)
+            except CheckpointTampered:
+                if _group_rank(self._pg) == 0:
+                    aside = folder.with_name(f"{folder.name}.refused-{int(self._clock())}")
+                    log.warning("setting refused %s aside as %s", folder, aside.name)
+                    if folder.exists():
+                        folder.rename(aside)
+                    manifest_path(folder).rename(manifest_path(aside))
+            else:
+                raise TrainerError(f"step {step} is already a signed checkpoint in {self.directory}",
+                                   tip="save under a new step number, or remove the old step first")
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier(group=self._pg)
 
     def wait(self) -> None:
         """Wait for an asynchronous save in flight (raises what it raised)."""

@@ -122,3 +122,25 @@ def test_a_non_tensor_entry_that_needs_a_foreign_class_is_refused_and_never_runs
     assert info is not None and info.step == 1 and [p.name for p, _ in refused] == ["step-00000002.dcp"]
     assert holder.value == 0 and torch.equal(state["w"], torch.ones(3))  # type: ignore[arg-type]
     assert not marker.exists()
+
+
+def test_a_refused_step_is_set_aside_when_training_comes_back_to_its_number(
+        group: None, tmp_path: Path) -> None:
+    from trainguard.trainer.errors import TrainerError
+
+    store = _store(tmp_path)
+    store.save(1, {"w": torch.ones(3)})
+    store.save(2, {"w": torch.ones(3) * 2})
+    meta = store.path_for(2) / ".metadata"
+    meta.write_bytes(meta.read_bytes()[:-1] + bytes([meta.read_bytes()[-1] ^ 1]))
+    info, refused = store.resume({"w": torch.zeros(3)})
+    assert info is not None and info.step == 1 and len(refused) == 1
+    store.save(2, {"w": torch.ones(3) * 5})  # resumed at 1, trained on to step 2 again
+    aside = sorted(p.name for p in store.directory.iterdir() if ".refused-" in p.name)
+    assert len(aside) == 2 and aside[1] == aside[0] + ".tgsig.json"  # kept for forensics
+    state = {"w": torch.zeros(3)}
+    info, refused = store.resume(state)
+    assert info is not None and info.step == 2 and not refused
+    assert torch.equal(state["w"], torch.ones(3) * 5)
+    with pytest.raises(TrainerError, match="already a signed checkpoint"):  # a good one stays
+        store.save(2, {"w": torch.ones(3)})

@@ -122,20 +122,16 @@ class _Knn:
 
     def __init__(self, ref: Any, k: int) -> None:
         self.ref = np.ascontiguousarray(ref, dtype=np.float32)
-        self.sq = (self.ref * self.ref).sum(axis=1)
         self.k = k
 
     def score(self, x: Any) -> Any:
+        # plain differences, not |x|^2 + |r|^2 - 2 x.r: that cancels catastrophically in float32
+        # when a column's values are far larger than its noise scale
         out = np.empty(len(x), dtype=np.float64)
-        if len(x) == 1:  # one sample: a plain difference (a BLAS call costs more than it saves)
-            d2 = ((self.ref - np.asarray(x[0], dtype=np.float32)) ** 2).sum(axis=1)
-            out[0] = math.sqrt(float(np.partition(d2, self.k - 1)[self.k - 1]))
-            return out
-        for i in range(0, len(x), 256):  # 256 x n_reference floats at a time: bounded memory
-            xb = np.asarray(x[i:i + 256], dtype=np.float32)
-            d2 = (xb * xb).sum(axis=1)[:, None] + self.sq[None, :] - 2.0 * (xb @ self.ref.T)
-            kth = np.partition(d2, self.k - 1, axis=1)[:, self.k - 1]
-            out[i:i + 256] = np.sqrt(np.maximum(kth, 0.0))
+        for i in range(0, len(x), 64):  # 64 x n_reference x columns floats at a time
+            xb = np.asarray(x[i:i + 64], dtype=np.float32)
+            d2 = ((xb[:, None, :] - self.ref[None, :, :]) ** 2).sum(axis=2)
+            out[i:i + 64] = np.sqrt(np.partition(d2, self.k - 1, axis=1)[:, self.k - 1])
         return out
 
 
@@ -242,7 +238,6 @@ class NodeTelemetryDetector:
     def _fit(self) -> None:
         c = self.cfg
         self._next_fit = self._seen + c.samples(c.refit_s)
-        self._episode = -1  # a refit re-arms: an anomaly still there alerts again
         rows = self._eligible()
         if len(rows) < max(4 * c.n_neighbors, c.samples(c.warmup_s) // 2):
             return  # too little clean data (a long anomaly): keep the current model
@@ -296,7 +291,7 @@ def _noise_scale(rows: Any) -> Any:
     diffs = np.abs(np.diff(rows, axis=0))
     noise = 1.4826 * np.median(diffs, axis=0) / math.sqrt(2) if len(diffs) else 0.0
     lo, hi = np.quantile(rows, [0.01, 0.99], axis=0)
-    floor = 0.01 * (hi - lo) + 1e-6 * (np.abs(rows).mean(axis=0) + 1.0)
+    floor = 0.01 * (hi - lo) + 1e-3 * np.abs(rows).mean(axis=0) + 1e-6
     return np.maximum(noise, floor).astype(np.float32)
 
 

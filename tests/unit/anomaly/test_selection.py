@@ -71,7 +71,7 @@ def test_a_held_out_category_never_influences_its_own_threshold():
 def test_select_reports_every_fold_and_prefers_candidates_within_the_latency_budget():
     files = _tiny_corpus()
     fast = DetectorSpec("stream", 0.72, (("warmup", 100),), label="fast")
-    slow = DetectorSpec("relative_entropy", 0.5, (("window", 20),), label="slow")
+    slow = DetectorSpec("knncad", 0.99, (("dim", 5), ("k", 7)), label="slow")
     rep = select(files, [slow, fast])
     assert [c.name for c in rep.candidates] == ["slow", "fast"]
     for c in rep.candidates:
@@ -108,3 +108,16 @@ def test_published_results_load_with_their_thresholds(nab_dir):
     # Numenta HTM on realAWSCloudwatch at its published threshold: 25 of 30 windows, 27 FP rows
     assert (t.detected, t.windows, t.fp_rows) == (25, 30, 27)
     assert probationary_length(len(files[0].values)) > 0
+
+
+def test_select_reuses_the_scores_in_its_cache_and_fills_it():
+    files = _tiny_corpus()
+    spec = DetectorSpec("stream", 0.72, (("warmup", 100),), label="stream")
+    cache: dict = {}
+    first = select(files, [spec], cache=cache)
+    assert len(cache) == len(files)  # one entry per file for the one detector
+    assert first.candidates[0].lofo[-1].test.detected >= 3
+    for key in cache:  # scores handed in are what gets judged: flat ones find nothing
+        cache[key] = np.zeros_like(cache[key])
+    again = select(files, [spec], cache=cache)
+    assert again.candidates[0].lofo[-1].test.detected == 0

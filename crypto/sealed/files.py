@@ -1,9 +1,12 @@
-"""Sealed streams on paths and pipes: seal, unseal, rewrap, inspect (format in `sealed.py`).
+"""Sealed streams on paths and pipes: seal, unseal, rewrap, inspect (format in `stream.py`).
 
 Outputs to a path appear only when the whole stream was sealed or verified: the data goes
 into an unnamed O_TMPFILE inode that is linked into place on success, so even a killed process
 leaves nothing behind (a named temporary file removed on failure where O_TMPFILE is missing).
-Outputs to a file object (a pipe) receive one verified segment at a time.
+A regular input file sealed or unsealed to a path is processed by parallel workers, segment by
+segment at its own offset (`pipeline.run_parallel`; memory: two segments per worker, nothing
+memory-mapped). Outputs to a file object (a pipe) receive one verified segment at a time, in
+order, from a background writer thread.
 """
 
 from __future__ import annotations

@@ -38,9 +38,11 @@ Readers verify before releasing plaintext: `unseal_file` to a path makes the fil
 when the whole stream verified; to a pipe it emits one verified segment at a time, so a bad
 stream can cut the output short (the command then exits 1).
 
-Modules: `sealed_format` (header, keys, one segment), this module (the `SealedWriter` and
-`SealedReader` file objects, which `torch.save` / `torch.load` use directly) and
-`sealed_files` (paths and pipes: seal, unseal, rewrap), whose public names are re-exported here.
+Modules: `format` (header, keys, one segment), `pipeline` (background stages and parallel
+segment workers: AES-GCM, SHA-256 and file I/O release the GIL, so threads overlap them),
+this module (the `SealedWriter` and `SealedReader` file objects, which `torch.save` /
+`torch.load` use directly) and `files` (paths and pipes: seal, unseal, rewrap), whose public
+names are re-exported here.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A detector is fed one sample at a time, ``score(t, x)`` with ``t`` in seconds an
 finite float, and returns a score in [0, 1] computed only from that sample and the samples
 before it (causal). It holds bounded state (``state_size()`` never grows past a bound fixed at
 construction). Alerting is the caller's decision: ``score >= threshold``, with the threshold
-that selection froze in `trainguard.anomaly.defaults`.
+that selection froze in `trainguard.anomaly.config`.
 
 ``probation`` is the number of leading samples a detector may use to calibrate itself per
 series (value range, training set); it scores 0 during them. NAB gives every detector the same

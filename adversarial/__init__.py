@@ -17,7 +17,7 @@ from trainguard.adversarial.evaluate import (
     RobustPoint,
     evaluate_robustness,
 )
-from trainguard.adversarial.fab import FABT
+from trainguard.adversarial.fab import FAB, FABT
 from trainguard.adversarial.losses import Loss
 from trainguard.adversarial.models import build_model, load_factory
 from trainguard.adversarial.plot import render_svg
@@ -34,6 +34,7 @@ from trainguard.adversarial.training import (
 __all__ = [
     "APGD",
     "APGDT",
+    "FAB",
     "FABT",
     "FGSM",
     "PGD",

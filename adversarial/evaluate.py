@@ -23,7 +23,7 @@ from trainguard.adversarial.apgd import APGD, APGDT
 from trainguard.adversarial.attacks import FGSM, PGD, Attack, Norm, eval_mode
 from trainguard.adversarial.autoattack import AUTO_COMPONENTS, BUDGETS, AutoAttack, Budget
 from trainguard.adversarial.errors import AdversarialError
-from trainguard.adversarial.fab import FABT
+from trainguard.adversarial.fab import FAB, FABT
 from trainguard.adversarial.losses import Loss
 from trainguard.adversarial.square import Square
 
@@ -46,6 +46,7 @@ class AttackKind(enum.StrEnum):
     APGD = "apgd"  # APGD-CE
     APGD_DLR = "apgd-dlr"
     APGD_T = "apgd-t"
+    FAB = "fab"  # untargeted FAB (AutoAttack's "fab")
     FAB_T = "fab-t"
     SQUARE = "square"
     AUTO = "auto"  # the AutoAttack standard sequence
@@ -57,6 +58,7 @@ ITERATIVE = (
     AttackKind.APGD,
     AttackKind.APGD_DLR,
     AttackKind.APGD_T,
+    AttackKind.FAB,
     AttackKind.FAB_T,
     AttackKind.AUTO,
 )
@@ -67,7 +69,7 @@ class EvalConfig:
     """What to run. ``step_size`` None means 2.5 * eps / steps for PGD.
 
     ``steps`` is the iteration count of the single attacks (PGD, APGD, APGD-DLR, APGD-T,
-    FAB-T); ``budget`` sets the AutoAttack sequence and the Square queries and APGD-T / FAB-T
+    FAB, FAB-T); ``budget`` sets the AutoAttack sequence and the Square queries and APGD-T / FAB-T
     target classes of the single attacks.
     """
 
@@ -185,6 +187,8 @@ def make_attack(
             seed=seed,
             early_stop=True,
         )
+    if kind is AttackKind.FAB:
+        return FAB(model, eps, steps, restarts, norm=norm, clip=clip, seed=seed)
     if kind is AttackKind.FAB_T:
         return FABT(
             model,

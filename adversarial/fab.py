@@ -1,4 +1,5 @@
-"""FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), Linf or L2.
+"""FAB, the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), untargeted (``FAB``) and
+targeted (``FABT``), Linf or L2.
 
 FAB looks for the smallest perturbation that crosses the decision boundary between the true
 class y and a target class t. Each step linearises g(x) = z_t(x) - z_y(x) at the current
@@ -7,7 +8,10 @@ box constraint of the input range, in the threat model's norm), and moves to a c
 combination of the two projections, biased towards x_0 (weight alpha <= alpha_max) so that
 the result stays close to the input; ``eta`` overshoots the boundary a little. Once a point
 is adversarial, the iterate steps back towards x_0 by the factor ``beta`` to look for a
-closer one. Targets are the most likely wrong classes at the clean input, in order.
+closer one. FAB-T's targets are the most likely wrong classes at the clean input, in order.
+Untargeted FAB (AutoAttack's ``fab``) linearises every class at each step (one backward pass
+per class) and takes, per sample, the class j whose linearised boundary is closest:
+argmin_j |z_j - z_y| / ||grad (z_j - z_y)||_dual (L1 for Linf, L2 for L2).
 
 For the fixed-radius evaluation here, a sample counts as broken when FAB finds an
 adversarial point within eps; samples are dropped from the search once that happens.
@@ -35,7 +39,7 @@ from trainguard.adversarial.attacks import (
 )
 from trainguard.adversarial.errors import AdversarialError
 
-__all__ = ["FABT", "project_onto_hyperplane"]
+__all__ = ["FAB", "FABT", "project_onto_hyperplane"]
 
 
 def project_onto_hyperplane(x: Tensor, w: Tensor, c: Tensor, norm: Norm, clip: Clip) -> Tensor:
@@ -69,13 +73,13 @@ def project_onto_hyperplane(x: Tensor, w: Tensor, c: Tensor, norm: Norm, clip: C
     return torch.sign(w) * step  # w already carries the sign of c
 
 
-class FABT(Attack):
-    """Targeted FAB (FAB-T) against the top ``target_classes`` wrong classes, Linf or L2.
+class FAB(Attack):
+    """Untargeted FAB, Linf or L2: at each step the closest linearised boundary of any class.
 
     Args:
-        steps: iterations per target and restart (AutoAttack standard: 100).
-        restarts: runs per target; runs after the first start from a random point at half
-        the distance found so far (or eps). alpha_max, eta, beta: the paper's 0.1, 1.05, 0.9.
+        steps: iterations per restart (AutoAttack: 100).
+        restarts: runs after the first start from a random point at half the distance found
+        so far (or eps). alpha_max, eta, beta: the paper's 0.1, 1.05, 0.9.
     """
 
     def __init__(
@@ -85,7 +89,6 @@ class FABT(Attack):
         steps: int = 100,
         restarts: int = 1,
         *,
-        target_classes: int = 9,
         norm: Norm | str = Norm.LINF,
         clip: Clip = (0.0, 1.0),
         seed: int = 0,
@@ -98,41 +101,66 @@ class FABT(Attack):
             model, eps=eps, norm=norm, clip=clip, seed=seed, restarts=restarts, chunk=chunk
         )
         self.steps = int(steps)
-        self.target_classes = int(target_classes)
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
-        if self.steps < 1 or self.target_classes < 1:
-            raise AdversarialError(f"need steps >= 1 and target_classes >= 1 ({steps})")
+        if self.steps < 1:
+            raise AdversarialError(f"need steps >= 1 (got {steps})")
 
     def _attack(
         self, x: Tensor, y: Tensor, target: Tensor | None, gen: torch.Generator, best: _Best
     ) -> None:
         if target is not None:
-            raise AdversarialError("FABT chooses its own targets; do not pass target")
+            raise AdversarialError("FAB is untargeted; use FABT for targets", tip="FABT(...)")
         with torch.no_grad():
             logits = self.model(x)
-        k = min(self.target_classes, logits.shape[1] - 1)
-        targets = top_wrong_classes(logits, y, k)
         todo = (logits.argmax(1) == y).nonzero().squeeze(1)  # FAB needs a correct start
         dist = torch.full((x.shape[0],), torch.inf, device=x.device, dtype=x.dtype)
-        for rank in range(k):
-            for restart in range(self.restarts):
-                if todo.numel() == 0:
-                    return
-                self._search(x, y, targets[:, rank], todo, restart > 0, gen, best, dist)
-                todo = todo[~best.fooled[todo]]
+        for restart in range(self.restarts):
+            if todo.numel() == 0:
+                return
+            self._search(x, y, None, todo, restart > 0, gen, best, dist)
+            todo = todo[~best.fooled[todo]]
+
+    def _linearise(self, x1: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """g = z_t - z_y at ``x1`` and its input gradient (flat); untargeted (``t`` None):
+        t is, per sample, the class whose linearised boundary is closest."""
+        x1 = x1.detach().requires_grad_(True)
+        ar = torch.arange(x1.shape[0], device=x1.device)
+        with torch.enable_grad():
+            z = self.model(x1)
+            if t is not None:
+                g = z[ar, t] - z[ar, y]
+                (dg,) = torch.autograd.grad(g.sum(), x1)
+                return g.detach(), dg.detach().flatten(1)
+            k = z.shape[1]
+            jac = torch.stack(
+                [
+                    torch.autograd.grad(z[:, j].sum(), x1, retain_graph=j < k - 1)[0].flatten(1)
+                    for j in range(k)
+                ],
+                dim=1,
+            )  # (B, K, D)
+        z = z.detach()
+        df = z - z[ar, y].unsqueeze(1)
+        dg = jac - jac[ar, y].unsqueeze(1)
+        dual = 1 if self.norm is Norm.LINF else 2
+        closeness = df.abs() / (dg.norm(p=dual, dim=2) + 1e-12)
+        closeness[ar, y] = torch.inf
+        j = closeness.argmin(1)
+        return df[ar, j], dg[ar, j]
 
     def _search(
         self,
         x_all: Tensor,
         y_all: Tensor,
-        t_all: Tensor,
+        t_all: Tensor | None,
         idx: Tensor,
         random_start: bool,
         gen: torch.Generator,
         best: _Best,
         dist: Tensor,
     ) -> None:
-        x0, y, t = x_all[idx], y_all[idx], t_all[idx]
+        x0, y = x_all[idx], y_all[idx]
+        t = None if t_all is None else t_all[idx]
         shape = (-1, *([1] * (x0.dim() - 1)))
         x1 = x0.clone()
         if random_start:
@@ -145,14 +173,8 @@ class FABT(Attack):
             x1 = (x0 + 0.5 * r * u).clamp(*self.clip)
         x0f = x0.flatten(1)
         for _ in range(self.steps):
-            x1 = x1.detach().requires_grad_(True)
-            with torch.enable_grad():
-                z = self.model(x1)
-                ar = torch.arange(z.shape[0], device=z.device)
-                g = z[ar, t] - z[ar, y]
-                (dg,) = torch.autograd.grad(g.sum(), x1)
-            x1, g, dg = x1.detach(), g.detach(), dg.detach().flatten(1)
-            x1f = x1.flatten(1)
+            g, dg = self._linearise(x1, y, t)
+            x1f = x1.detach().flatten(1)
             # the hyperplane g(x1) + dg . (p - x1) = 0, seen from x1 and from x0
             c1 = -g
             c0 = (dg * (x1f - x0f)).sum(1) - g
@@ -187,4 +209,66 @@ class FABT(Attack):
             if not keep.any():
                 return
             if not keep.all():
-                x0, x0f, x1, y, t, idx = x0[keep], x0f[keep], x1[keep], y[keep], t[keep], idx[keep]
+                x0, x0f, x1, y, idx = x0[keep], x0f[keep], x1[keep], y[keep], idx[keep]
+                t = None if t is None else t[keep]
+
+
+class FABT(FAB):
+    """Targeted FAB (FAB-T) against the top ``target_classes`` wrong classes, Linf or L2.
+
+    Args:
+        steps: iterations per target and restart (AutoAttack standard: 100).
+        restarts: runs per target; runs after the first start from a random point at half
+        the distance found so far (or eps). alpha_max, eta, beta: the paper's 0.1, 1.05, 0.9.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 0.3,
+        steps: int = 100,
+        restarts: int = 1,
+        *,
+        target_classes: int = 9,
+        norm: Norm | str = Norm.LINF,
+        clip: Clip = (0.0, 1.0),
+        seed: int = 0,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        chunk: int | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            eps,
+            steps,
+            restarts,
+            norm=norm,
+            clip=clip,
+            seed=seed,
+            alpha_max=alpha_max,
+            eta=eta,
+            beta=beta,
+            chunk=chunk,
+        )
+        self.target_classes = int(target_classes)
+        if self.target_classes < 1:
+            raise AdversarialError(f"need target_classes >= 1 (got {target_classes})")
+
+    def _attack(
+        self, x: Tensor, y: Tensor, target: Tensor | None, gen: torch.Generator, best: _Best
+    ) -> None:
+        if target is not None:
+            raise AdversarialError("FABT chooses its own targets; do not pass target")
+        with torch.no_grad():
+            logits = self.model(x)
+        k = min(self.target_classes, logits.shape[1] - 1)
+        targets = top_wrong_classes(logits, y, k)
+        todo = (logits.argmax(1) == y).nonzero().squeeze(1)  # FAB needs a correct start
+        dist = torch.full((x.shape[0],), torch.inf, device=x.device, dtype=x.dtype)
+        for rank in range(k):
+            for restart in range(self.restarts):
+                if todo.numel() == 0:
+                    return
+                self._search(x, y, targets[:, rank], todo, restart > 0, gen, best, dist)
+                todo = todo[~best.fooled[todo]]

@@ -30,7 +30,7 @@ from trainguard.cli.context import Context
 from trainguard.core.errors import EXIT_FINDINGS, EXIT_OK, TrainguardError, UsageError
 from trainguard.core.fs import atomic_output
 
-ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-dlr", "apgd-t", "fab-t", "square", "auto")
+ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-dlr", "apgd-t", "fab", "fab-t", "square", "auto")
 ALL_ATTACKS = ("fgsm", "pgd", "apgd", "auto")  # every masking check can run
 METHOD_CHOICES = ("fgsm-rs", "pgd", "trades", "standard", "gaussian")
 EVAL_EVENT = "robustness-eval"
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ev.add_argument("--budget", choices=("fast", "standard"), default="standard", help=BUDGET_HELP)
     ev.add_argument(
-        "--steps", type=int, default=50, help="iterations of single pgd/apgd/apgd-*/fab-t runs"
+        "--steps", type=int, default=50, help="iterations of single pgd/apgd/apgd-*/fab/fab-t runs"
     )
     ev.add_argument(
         "--step-size", type=float, default=None, help="PGD step (default 2.5*eps/steps)"

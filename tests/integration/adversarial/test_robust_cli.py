@@ -380,6 +380,65 @@ def test_eval_on_an_mnist_idx_folder(cli, tmp_path):
     assert skipped["passed"] is None and "not run" in skipped["detail"]
 
 
+@pytest.mark.parametrize("norm,eps", [("linf", "0.3"), ("l2", "2.0")])
+def test_untargeted_fab_through_the_cli(cli, tmp_path, norm, eps):
+    """`--attack fab` (untargeted FAB) breaks an undefended model at a large radius, in both
+    norms, and reports next to FAB-T."""
+    home = tmp_path / "home"
+    weights = tmp_path / "std.pt"
+    r = cli(
+        "robust",
+        "train",
+        "--dataset",
+        "digits",
+        "--method",
+        "standard",
+        "--epochs",
+        "3",
+        "--out",
+        weights,
+        "--home",
+        home,
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code == 0, r.stderr
+    r = cli(
+        "robust",
+        "eval",
+        "--model",
+        MODEL,
+        "--weights",
+        weights,
+        "--dataset",
+        "digits",
+        "--attack",
+        "fab,fab-t",
+        "--norm",
+        norm,
+        "--eps",
+        eps,
+        "--steps",
+        "10",
+        "--limit",
+        "40",
+        "--budget",
+        "fast",
+        "--home",
+        home,
+        "--format",
+        "json",
+        env=ONE_THREAD,
+    )
+    assert r.code in (0, 1), r.stderr
+    doc = r.json()
+    acc = {p["attack"]: p["accuracy"] for p in doc["robust"]}
+    assert set(acc) == {"fab", "fab-t"}
+    assert doc["clean_accuracy"] > 0.7 and acc["fab"] < 0.2
+    assert doc["worst_case"]["per_eps"][0]["accuracy"] <= min(acc.values())
+
+
 def test_usage_errors_are_clear(cli, tmp_path):
     r = cli(
         "robust",

@@ -5,6 +5,7 @@ import trainguard.adversarial as adv
 EXPECTED = {
     "APGD",
     "APGDT",
+    "FAB",
     "FABT",
     "FGSM",
     "PGD",

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from trainguard.adversarial import APGD, APGDT, FABT, PGD, AdversarialError, Norm, Square
+from trainguard.adversarial import APGD, APGDT, FAB, FABT, PGD, AdversarialError, Norm, Square
 from trainguard.adversarial.fab import project_onto_hyperplane
 
 
@@ -28,6 +28,7 @@ def _batch(seed: int, n: int = 6, low: float = 0.0, high: float = 1.0, classes: 
 ATTACKS = {
     "apgd-dlr": lambda m, eps, norm, clip: APGD(m, eps, 6, norm=norm, clip=clip, loss="dlr"),
     "apgd-t": lambda m, eps, norm, clip: APGDT(m, eps, 4, norm=norm, clip=clip, target_classes=2),
+    "fab": lambda m, eps, norm, clip: FAB(m, eps, 4, 2, norm=norm, clip=clip),
     "fab-t": lambda m, eps, norm, clip: FABT(m, eps, 4, 2, norm=norm, clip=clip, target_classes=2),
     "square": lambda m, eps, norm, clip: Square(m, eps, 20, norm=norm, clip=clip),
 }
@@ -153,6 +154,48 @@ def test_fab_t_finds_the_exact_boundary_of_a_linear_model(norm):
         fooled = model(x_adv).argmax(1) != y
     assert fooled[d_min < eps / 1.02].all(), "FAB-T reaches the boundary within 2%"
     assert not fooled[d_min > eps].any(), "no attack goes below the true distance"
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_untargeted_fab_finds_the_closest_boundary_of_a_linear_model(norm):
+    """Untargeted FAB picks, per step, the class whose boundary is closest: on an affine
+    classifier it reaches min over classes of the exact distance within 2%, with no target
+    list, in as few as 10 steps; no attack can go below the true distance."""
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 6)
+    with torch.no_grad():  # unequal weight norms: the runner-up logit is not always closest
+        lin.weight.mul_(torch.tensor([1.0, 4.0, 0.5, 1.0, 4.0, 0.5]).unsqueeze(1))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = torch.rand(60, 1, 4, 4) * 0.2 + 0.4
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    w = lin.weight.detach()
+    dual = 1 if norm == "linf" else 2
+    margins = z.gather(1, y.unsqueeze(1)) - z  # (B, K), >= 0
+    gaps = (w[y].unsqueeze(1) - w.unsqueeze(0)).norm(p=dual, dim=2)  # (B, K)
+    d_all = torch.where(margins > 0, margins / gaps, torch.inf)
+    d_min = d_all.min(1).values
+    eps = float(d_min.median())
+    x_adv = FAB(model, eps, 10, norm=norm, clip=(-10.0, 10.0))(x, y)
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    assert fooled[d_min < eps / 1.02].all(), "FAB reaches the closest boundary within 2%"
+    assert not fooled[d_min > eps].any(), "no attack goes below the true distance"
+    # among the points it reaches are some whose closest class is not the runner-up logit
+    runner_up = z.scatter(1, y.unsqueeze(1), -torch.inf).argmax(1)
+    assert (d_all.argmin(1) != runner_up)[d_min < eps / 1.02].any()
+
+
+def test_untargeted_fab_refuses_targets_and_skips_misclassified_points():
+    model = _tiny_model(3)
+    x, y = _batch(5, n=20)
+    with pytest.raises(AdversarialError):
+        FAB(model, 0.3, 3)(x, y, target=(y + 1) % 5)
+    with torch.no_grad():
+        wrong = model(x).argmax(1) != y
+    x_adv = FAB(model, 0.3, 3)(x, y)
+    assert torch.equal(x_adv[wrong], x[wrong]), "points already misclassified are left as they are"
 
 
 def test_hyperplane_projection_hits_the_plane_with_least_norm_in_the_box():

@@ -138,6 +138,23 @@ def _contenders(
     return fns, info
 
 
+def _compared(attack: str, steps: int, early_stop: bool) -> str:
+    """What a row compares, in words: the same job for every contender."""
+    unit = "queries" if attack == "square" else "steps"
+    same = f"same model, same points (the whole batch), same eps, {steps} {unit}, 1 restart"
+    if attack == "square":
+        return same + "; both libraries query only points still classified correctly"
+    if attack == "apgd":
+        same += "; torchattacks' APGD skips points misclassified clean"
+    if early_stop:
+        return (
+            same + "; torchattacks iterates every point for every step, trainguard stops "
+            "iterating a point once it is misclassified (as robust eval does); both return "
+            "the same robust accuracy (reported)"
+        )
+    return same + "; both iterate every point for every step"
+
+
 def _speed_case(
     name: str,
     attack: str,
@@ -160,6 +177,7 @@ def _speed_case(
     fns, info = _contenders(attack, model, x, y, steps, eps, early_stop, alpha, fast)
     row: dict[str, Any] = {
         "case": name,
+        "compared": _compared(attack, steps, early_stop),
         "attack": attack,
         "batch": int(x.shape[0]),
         "steps_or_queries": steps,

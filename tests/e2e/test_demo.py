@@ -10,6 +10,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.timeout(2700)  # the whole product, two federations included, on a shared CPU
 def test_demo_runs_every_step_and_writes_the_report(cli, tmp_path: Path) -> None:
     res = cli("demo", "--dir", tmp_path / "demo", "--format", "json", timeout=2400)
     assert res.code == 0, res.stderr[-3000:]

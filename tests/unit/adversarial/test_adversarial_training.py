@@ -35,6 +35,31 @@ def test_step_loss_is_differentiable_and_perturbation_bounded(method, digits_tes
     assert model.training  # the perturbation is crafted in eval mode, then the mode comes back
 
 
+def test_trades_loss_is_clean_ce_plus_beta_times_the_kl_its_attack_maximises(digits_test):
+    """TRADES (Zhang et al. 2019): CE on the clean batch + beta * KL(f(x) || f(x')), where
+    x' is crafted to raise that KL: the term is positive and grows with beta."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = digits_mlp().eval()
+    x, y = digits_test.x[:64], digits_test.y[:64]
+    clean_ce = float(F.cross_entropy(model(x), y))
+    assert float(AdversarialStep("trades", 0.1, beta=0.0).loss(model, x, y)) == pytest.approx(
+        clean_ce, rel=1e-6
+    )
+    l1 = float(AdversarialStep("trades", 0.1, beta=1.0).loss(model, x, y))
+    l6 = float(AdversarialStep("trades", 0.1, beta=6.0).loss(model, x, y))
+    kl = l1 - clean_ce
+    assert kl > 0 and l6 - clean_ce == pytest.approx(6 * kl, rel=1e-2)
+    # the crafted point raises the KL well above what a random point of the ball gives
+    x_rand = (x + 0.1 * (2 * torch.rand_like(x) - 1)).clamp(0, 1)
+    with torch.no_grad():
+        kl_rand = F.kl_div(
+            F.log_softmax(model(x_rand), 1), F.softmax(model(x), 1), reduction="batchmean"
+        )
+    assert kl > 2 * float(kl_rand)
+
+
 def test_fgsm_rs_defaults_follow_wong_et_al():
     step = AdversarialStep("fgsm-rs", eps=0.1)
     assert step.alpha == pytest.approx(0.125)  # alpha = 1.25 * eps

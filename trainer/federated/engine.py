@@ -103,11 +103,14 @@ def superlink_args(host: str, port: int, tls: tuple[Path, Path, Path] | None) ->
 
 
 def supernode_args(superlink: str, ca: Path | None, spec: Path, runtime_port: int,
-                   max_wait: float) -> list[str]:
-    """`flower-supernode` arguments. The SuperNode's own Runtime API (its ClientApp processes
-    fetch their message from it) listens on loopback only."""
+                   max_wait: float, task_secret: Path) -> list[str]:
+    """`flower-supernode` arguments. The SuperNode's own Runtime API (the site's ClientApp takes
+    its tasks from it) listens on loopback only, and hands out a task only to a caller that
+    holds `task_secret` (Flower's SuperExec authentication), so another local user cannot take
+    the site's messages."""
     args = ["--superlink", superlink, "--isolation", "process",
             "--host", "127.0.0.1", "--port", str(runtime_port),
+            "--superexec-auth-secret-file", str(task_secret),
             "--node-config", f'spec="{spec}"', "--max-wait-time", str(max_wait)]
     return [*args, "--insecure"] if ca is None else [*args, "--root-certificates", str(ca)]
 
@@ -203,19 +206,24 @@ def wait_run(address: str, ca: bytes | None, run_id: int, deadline: float,
     raise EngineError("the run did not finish in time")
 
 
-def run_client_tasks(runtime_address: str, stop: Any = None) -> None:
+def run_client_tasks(runtime_address: str, task_secret: bytes, stop: Any = None) -> None:
     """Run every ClientApp task of the SuperNode at `runtime_address` in this process, with
     trainguard's ClientApp object (what `flower-superexec` + `flwr-clientapp` do, minus the FAB
     install and the process per message). Returns when `stop` (an Event) is set."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.interceptors import (
+        RuntimeVersionHttpInterceptor,
+        SuperExecAuthHttpInterceptor,
+    )
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
     acquire = RuntimeHttpClient.from_server_address(
         server_address=runtime_address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                      SuperExecAuthHttpInterceptor(master_secret=task_secret,
+                                                   protected_methods={"/flwr.proto.Runtime/AcquireTask"})],
         retry_invoker=make_simple_http_retry_invoker())
     import httpx
 
@@ -301,7 +309,8 @@ def _supernode_main(argv: list[str]) -> None:
     # ready to answer before connecting: the first message (admission) has a deadline
     load_site(Path(argv[argv.index("--node-config") + 1].partition("=")[2].strip('"')))
     runtime = f"127.0.0.1:{argv[argv.index('--port') + 1]}"
-    threading.Thread(target=run_client_tasks, args=(runtime,), daemon=True,
+    secret = Path(argv[argv.index("--superexec-auth-secret-file") + 1]).read_bytes()
+    threading.Thread(target=run_client_tasks, args=(runtime, secret), daemon=True,
                      name="trainguard-clientapp").start()
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import signal
 import subprocess
 import sys
@@ -182,9 +183,12 @@ def run_site(spec: dict[str, Any]) -> int:
     spec_path = work / "site.json"
     write_private(spec_path, json.dumps(spec).encode())
     ca = None if spec.get("baseline") else Path(spec["ca"])  # BENCHMARK BASELINE only: no TLS
+    task_secret = work / "task.secret"  # fresh per run: only this site's ClientApp takes tasks
+    write_private(task_secret, secrets.token_bytes(32))
     _stop_on_sigterm()
     node = _child(["supernode", *supernode_args(spec["address"], ca, spec_path, free_port(),
-                                                float(spec.get("max_wait_time", 120.0)))],
+                                                float(spec.get("max_wait_time", 120.0)),
+                                                task_secret)],
                   flwr_env(work / "flwr"))
     try:
         while node.poll() is None and not marker.exists():

@@ -41,9 +41,11 @@ def test_tls_is_on_unless_the_baseline_asks_for_plaintext(tmp_path: Path) -> Non
     assert "--insecure" not in args and args[args.index("--ssl-certfile") + 1] == str(tls[1])
     assert args[args.index("--host") + 1] == "localhost"  # certificates name DNS, not IPs
     assert "--insecure" in superlink_args("127.0.0.1", 9000, None)
-    node = supernode_args("localhost:9000", tls[0], tmp_path / "s.json", 9100, 60.0)
+    node = supernode_args("localhost:9000", tls[0], tmp_path / "s.json", 9100, 60.0,
+                          tmp_path / "task.secret")
     assert "--insecure" not in node and node[node.index("--root-certificates") + 1] == str(tls[0])
     assert node[node.index("--isolation") + 1] == "process"
+    assert node[node.index("--superexec-auth-secret-file") + 1] == str(tmp_path / "task.secret")
 
 
 class _FakeGrid(PollingGrid):

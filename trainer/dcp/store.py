@@ -59,7 +59,7 @@ def _refusal(folder: Path, exc: BaseException, known: str | None = None) -> Chec
     return CheckpointTampered(f"checkpoint {folder.name}: cannot be unsealed or read ({name})")
 
 
-def _load_object(value: Any) -> Any:
+def _load_plain_entry(value: Any) -> Any:
     """A non-tensor entry (an optimizer's hyper-parameters, a scheduler's counters): DCP's own
     planner unpickles it with ``weights_only=False``; here only after the scanner's allowlist
     and with ``weights_only=True``, like every other trainguard load."""
@@ -76,10 +76,10 @@ def _load_object(value: Any) -> Any:
 
 
 def _set_loaded(planner: DefaultLoadPlanner, read_item: ReadItem, value: Any) -> None:
-    """`DefaultLoadPlanner.load_bytes` with `_load_object` in place of its pickle load."""
+    """`DefaultLoadPlanner.load_bytes` with `_load_plain_entry` in place of its pickle load."""
     from torch.distributed.checkpoint._traverse import set_element
 
-    obj = _load_object(value)
+    obj = _load_plain_entry(value)
     if planner.flatten_state_dict:
         set_element(planner.original_state_dict, planner.mappings[read_item.dest_index.fqn], obj)
     else:
@@ -87,7 +87,7 @@ def _set_loaded(planner: DefaultLoadPlanner, read_item: ReadItem, value: Any) ->
 
 
 class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's default load planner; non-tensor entries read by `_load_object`."""
+    """DCP's default load planner; non-tensor entries read by `_load_plain_entry`."""
 
     def load_bytes(self, read_item: ReadItem, value: Any) -> None:
         _set_loaded(self, read_item, value)

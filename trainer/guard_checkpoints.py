@@ -59,6 +59,7 @@ class GuardCheckpoints:
         self._keys, self._keep, self._is_main, self._device = keys, keep, is_main, device
         self._run, self._report = run, refused
         self._verify = trust_verifier(trust)
+        self._job = trust.job
         self._files = CheckpointStore(directory, keys, trust, keep=keep)
         self._dcp: DcpCheckpoints | None = None  # built at the first sharded save or resume
         self._pending: tuple[int, Future[Any]] | None = None  # an asynchronous save in flight
@@ -131,7 +132,7 @@ class GuardCheckpoints:
         if self._dcp is None:
             group = dist.new_group(backend="gloo")
             self._dcp = DcpCheckpoints(self.directory, self._keys, self._keys.sign, self._verify,
-                                       keep=self._keep, process_group=group)
+                                       keep=self._keep, process_group=group, binding=self._job)
         return self._dcp
 
     # -- save ---------------------------------------------------------------------------------

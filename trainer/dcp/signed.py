@@ -67,10 +67,22 @@ class LocalKeys:
 
 
 def trust_verifier(trust: Trust) -> Verifier:
-    """Verify with this node's key or a cluster node certificate (as single-file checkpoints)."""
+    """Verify with this node's key or a cluster node certificate (as single-file checkpoints),
+    and, inside a job (`trust.job`), that the signed manifest names this job: a validly signed
+    step copied in from another job's folder, or one that names no job, is refused."""
 
     def verify(doc: dict[str, Any], signature: bytes, message: bytes) -> str:
-        return _verify_signature(trust, doc, signature, message)
+        signer = _verify_signature(trust, doc, signature, message)
+        bound = doc["manifest"].get("binding") if isinstance(doc.get("manifest"), dict) else None
+        if trust.job is not None and bound != trust.job:
+            name = doc["manifest"].get("name", "?") if isinstance(doc.get("manifest"), dict) else "?"
+            raise CheckpointTampered(
+                f"checkpoint {name}: " + ("its manifest names no job" if bound is None
+                                          else f"signed for another job ({bound})")
+                + f", not this one ({trust.job})",
+                tip="a checkpoint is resumed only by the job that wrote it (same project, script "
+                    "and checkpoint folder name); start without --resume or use that job's folder")
+        return signer
 
     return verify
 
@@ -130,6 +142,8 @@ def _read_signed(folder: Path, verify: Verifier) -> tuple[Manifest, str]:
         manifest = Manifest.from_json(body)
     except FileNotFoundError as exc:
         raise CheckpointTampered(f"checkpoint {folder.name}: no signed manifest (unfinished)") from exc
+    except CheckpointTampered:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure of an untrusted document is a refusal
         raise CheckpointTampered(f"checkpoint {folder.name}: signature does not verify") from exc
     if manifest.kind != "directory" or manifest.name != folder.name:

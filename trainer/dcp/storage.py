@@ -172,16 +172,18 @@ class SealedDcpWriter(FileSystemWriter):
         keys: data keys (`SealingKeys`); sign: signs the manifest (`Signer`).
         keep: after signing, the coordinator keeps this many signed steps in the parent folder
             and removes unfinished older ones (0: prune nothing).
+        binding: the job the step belongs to (`Trust.job`), signed into the manifest.
     """
 
     def __init__(self, path: Path, keys: SealingKeys, sign: Signer, *, sync_files: bool = True,
-                 thread_count: int = 1, keep: int = 0,
+                 thread_count: int = 1, keep: int = 0, binding: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(path, single_file_per_rank=True, sync_files=sync_files,
                          thread_count=thread_count, overwrite=True)
         self.fs: _SealedFileSystem = _SealedFileSystem(keys, sync=sync_files)
         self._sign = sign
         self._keep = keep
+        self._binding = binding
         self._clock = clock
         self.signed: Path | None = None
 
@@ -222,7 +224,8 @@ class SealedDcpWriter(FileSystemWriter):
         if on_disk != set(digests):
             raise _Refused(f"{folder.name}: files appeared that no rank reported; not signed")
         entries = tuple(FileEntry(n, int(s), str(h)) for n, (s, h) in sorted(digests.items()))
-        body = Manifest("directory", folder.name, entries, self._clock()).to_json()
+        body = Manifest("directory", folder.name, entries, self._clock(),
+                        self._binding).to_json()
         signed = self._sign(body)
         doc = {"format": 1, "manifest": body, "key_id": signed.get("key_id"),
                "algorithm": signed["algorithm"], "certificate": signed.get("certificate"),

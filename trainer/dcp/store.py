@@ -146,17 +146,20 @@ class DcpCheckpoints:
 
     Args:
         keys: data keys (the key service client); sign: signs manifests (coordinator only);
-        verify: checks manifest signatures (`trust_verifier(ctx.trust)`).
+        verify: checks manifest signatures (`trust_verifier(ctx.trust)`, which inside a job also
+            refuses a step signed for another job).
+        binding: the job these steps belong to (`ctx.trust.job`), signed into every manifest.
         process_group: DCP's group; for `async_=True` a gloo group separate from training
             collectives is advisable (DCP's upload thread runs collectives on it).
     """
 
     def __init__(self, directory: Path, keys: SealingKeys, sign: Signer, verify: Verifier, *,
                  keep: int = 3, process_group: Any = None, sync_files: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 binding: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self._keys, self._sign, self._verify = keys, sign, verify
         self._keep, self._pg, self._sync, self._clock = keep, process_group, sync_files, clock
+        self._binding = binding
         self._pending: Future[Any] | None = None
         self._stager = _ReusedCpuStager()
 
@@ -173,7 +176,8 @@ class DcpCheckpoints:
         self.wait()
         self._set_aside_refused(step)
         writer = SealedDcpWriter(self.path_for(step), self._keys, self._sign,
-                                 sync_files=self._sync, keep=self._keep, clock=self._clock)
+                                 sync_files=self._sync, keep=self._keep, binding=self._binding,
+                                 clock=self._clock)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if async_:
             fut = dcp_async_save(state, storage_writer=writer, process_group=self._pg,

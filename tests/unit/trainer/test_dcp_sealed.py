@@ -274,3 +274,39 @@ def test_through_the_real_key_service(home, keys, tmp_path: Path, group: None) -
     body["files"].append({"path": "notes.txt", "size": 1, "sha256": "0" * 64})
     with pytest.raises(KeyServiceUnavailable, match="only the manifest of one checkpoint"):
         keys.sign(body)  # the service signs DCP steps, not arbitrary folders
+
+
+def test_a_step_signed_for_another_job_or_for_no_job_is_refused(env: Env, tmp_path: Path) -> None:
+    """DCP manifests carry the job like single-file ones: a validly signed step copied in from
+    another job's folder (or one that names no job) is never resumed into this job."""
+    import dataclasses
+    import shutil
+
+    mine = dataclasses.replace(env.trust, job="job-a")
+    other = dataclasses.replace(env.trust, job="job-b")
+
+    def store(trust: Trust, directory: Path) -> DcpCheckpoints:
+        return DcpCheckpoints(directory, LocalKeys(env.keyring), signing_key_signer(env.key),
+                              trust_verifier(trust), sync_files=False, binding=trust.job)
+
+    ours = store(mine, env.dir)
+    ours.save(1, _state(1))
+    theirs = store(other, tmp_path / "other")
+    theirs.save(2, _state(2))
+    unbound = DcpCheckpoints(tmp_path / "old", LocalKeys(env.keyring), signing_key_signer(env.key),
+                             trust_verifier(env.trust), sync_files=False)
+    unbound.save(3, _state(3))
+    for src in (theirs.path_for(2), unbound.path_for(3)):  # copied into this job's folder
+        shutil.copytree(src, env.dir / src.name)
+        shutil.copy(src.with_name(src.name + ".tgsig.json"), env.dir / (src.name + ".tgsig.json"))
+
+    best, refused = newest_verified(env.dir, trust_verifier(mine))
+    assert best is not None and best.step == 1
+    reasons = dict((p.name, why) for p, why in refused)
+    assert "signed for another job (job-b), not this one (job-a)" in reasons["step-00000002.dcp"]
+    assert "names no job" in reasons["step-00000003.dcp"]
+    state = _blank()
+    info, _ = ours.resume(state)
+    assert info is not None and info.step == 1 and _same(_state(1), state)
+    # outside a job (a tool given one folder) the binding is not checked
+    assert newest_verified(env.dir, trust_verifier(env.trust))[0].step == 3  # type: ignore[union-attr]

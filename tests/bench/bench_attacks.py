@@ -149,8 +149,8 @@ def _compared(attack: str, steps: int, early_stop: bool) -> str:
     if early_stop:
         return (
             same + "; torchattacks iterates every point for every step, trainguard stops "
-            "iterating a point once it is misclassified (as robust eval does); both return "
-            "the same robust accuracy (reported)"
+            "iterating a point once it is misclassified (as robust eval does); each one's "
+            "robust accuracy is reported next to its time"
         )
     return same + "; both iterate every point for every step"
 

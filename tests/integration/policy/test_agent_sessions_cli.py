@@ -42,6 +42,14 @@ def _unprivileged_python() -> list[str]:
         probe = subprocess.run([*cmd[:-3], "-c", "import sys; print(sys.version_info[:2])"],
                                capture_output=True, text=True)
         if probe.returncode == 0 and probe.stdout.strip() == str(sys.version_info[:2]):
+            # The account must also be able to read the installed code (an editable install
+            # points into the checkout, which may sit in a 0700 folder such as a mktemp -d).
+            readable = subprocess.run(
+                [*cmd[:-3], "-c", "import site, sys; site.addsitedir(sys.argv[1]); "
+                 "import trainguard.cli.main", site], capture_output=True, text=True, cwd="/")
+            if readable.returncode != 0:
+                pytest.skip(f"uid {NOBODY} cannot import trainguard from this checkout "
+                            "(run the suite from a world-readable folder)")
             return cmd
     pytest.skip("no Python of this version that an unprivileged account can run")
 

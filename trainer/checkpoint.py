@@ -49,7 +49,7 @@ from trainguard.core.fs import atomic_output, hash_file
 from trainguard.trainer.context import Trust
 from trainguard.trainer.errors import CheckpointTampered
 
-__all__ = ["CheckpointInfo", "CheckpointStore", "LoadOutcome", "manifest_path"]
+__all__ = ["CheckpointInfo", "CheckpointStore", "LoadOutcome", "manifest_path", "require_job"]
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +214,7 @@ class CheckpointStore:
         entry = manifest.files[0] if len(manifest.files) == 1 else None
         if manifest.kind != "file" or manifest.name != path.name or entry is None or entry.path != path.name:
             raise CheckpointTampered(f"checkpoint {path.name}: manifest names another file")
-        if self._trust.job is not None and manifest.binding != self._trust.job:
-            # Validly signed but made for another job (copied in), or unbound (a format-1
-            # manifest from before checkpoints named their job): never resumed into this job.
-            raise CheckpointTampered(
-                f"checkpoint {path.name}: " + ("its manifest names no job" if manifest.binding is None
-                                               else f"signed for another job ({manifest.binding})")
-                + f", not this one ({self._trust.job})",
-                tip="a checkpoint is resumed only by the job that wrote it (same project, script "
-                    "and checkpoint folder name); start without --resume or use that job's folder")
+        require_job(self._trust, path.name, manifest.binding)
         try:
             actual = hash_file(path, follow_symlinks=False)
         except OSError as exc:
@@ -264,6 +256,20 @@ class CheckpointStore:
                 continue
             return LoadOutcome(payload, info, refused)
         return LoadOutcome(None, None, refused)
+
+
+def require_job(trust: Trust, name: str, binding: str | None) -> None:
+    """Inside a job (`trust.job`), a checkpoint's signed binding must name this job: one validly
+    signed but made for another job (copied in), or unbound (a manifest from before checkpoints
+    named their job), is never resumed into it. Single-file and DCP checkpoints alike."""
+    if trust.job is None or binding == trust.job:
+        return
+    raise CheckpointTampered(
+        f"checkpoint {name}: " + ("its manifest names no job" if binding is None
+                                  else f"signed for another job ({binding})")
+        + f", not this one ({trust.job})",
+        tip="a checkpoint is resumed only by the job that wrote it (same project, script "
+            "and checkpoint folder name); start without --resume or use that job's folder")
 
 
 _DELETING = ".deleting"

@@ -20,7 +20,7 @@ from trainguard.crypto.sealed.stream import (
     DataKey,
 )
 from trainguard.crypto.signing import SigningKey, canonical_json
-from trainguard.trainer.checkpoint import DOMAIN, _verify_signature
+from trainguard.trainer.checkpoint import DOMAIN, _verify_signature, require_job
 from trainguard.trainer.context import Trust
 from trainguard.trainer.errors import CheckpointTampered
 
@@ -73,15 +73,8 @@ def trust_verifier(trust: Trust) -> Verifier:
 
     def verify(doc: dict[str, Any], signature: bytes, message: bytes) -> str:
         signer = _verify_signature(trust, doc, signature, message)
-        bound = doc["manifest"].get("binding") if isinstance(doc.get("manifest"), dict) else None
-        if trust.job is not None and bound != trust.job:
-            name = doc["manifest"].get("name", "?") if isinstance(doc.get("manifest"), dict) else "?"
-            raise CheckpointTampered(
-                f"checkpoint {name}: " + ("its manifest names no job" if bound is None
-                                          else f"signed for another job ({bound})")
-                + f", not this one ({trust.job})",
-                tip="a checkpoint is resumed only by the job that wrote it (same project, script "
-                    "and checkpoint folder name); start without --resume or use that job's folder")
+        body = doc["manifest"] if isinstance(doc.get("manifest"), dict) else {}
+        require_job(trust, str(body.get("name", "?")), body.get("binding"))
         return signer
 
     return verify

@@ -9,15 +9,14 @@ import io
 import json
 import os
 import pickle
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.dist_group import single_rank_group
 from trainguard.core.fs import hash_file
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.manifest import FileEntry, Manifest
@@ -39,16 +38,8 @@ from trainguard.trainer.errors import CheckpointTampered
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[None]:
-    if dist.is_initialized():
-        assert dist.get_world_size() == 1
+    with single_rank_group():
         yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 class _RunsCode:

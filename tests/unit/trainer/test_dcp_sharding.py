@@ -4,13 +4,12 @@ plain values round-trip, anything that would need a pickle of a foreign class is
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from support.dist_group import single_rank_group
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.signing import SigningKey
 from trainguard.trainer.context import Trust
@@ -31,16 +30,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[None]:
-    if dist.is_initialized():
-        assert dist.get_world_size() == 1
+    with single_rank_group():
         yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_layout_names_shapes_and_dtypes_of_every_entry_stateful_ones_expanded() -> None:

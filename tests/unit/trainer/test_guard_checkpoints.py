@@ -4,14 +4,13 @@ as it was when save() returned, are recorded once their manifest exists, and res
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
+from support.dist_group import single_rank_group
 from trainguard.crypto.keyring import Keyring
 from trainguard.crypto.signing import SigningKey
 from trainguard.trainer.context import Trust
@@ -24,16 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[None]:
-    if dist.is_initialized():
-        assert dist.get_world_size() == 1
+    with single_rank_group():
         yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 class _Keys(LocalKeys):

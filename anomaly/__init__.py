@@ -55,6 +55,8 @@ _EXPORTS: dict[str, str] = {
     "DetectorSpec": "detectors",
     "Ensemble": "detectors",
     "ProbationCalibrated": "detectors",
+    "Rested": "detectors",
+    "RestedBank": "detectors",
     "make_detector": "detectors",
     "make_bank": "detectors",
     "selected_detector": "config",

@@ -141,7 +141,8 @@ class AnomalyConfig:
 # chose it (see trainguard.anomaly.selection and the README's per-fold table): the best worst-
 # fold objective among the candidates within the 5 us streaming budget, threshold re-chosen on
 # all 28 files of the shared NAB subset. Frozen here and nowhere else: the max of the stream
-# detector and the range breakout (`trainguard.anomaly.spatial`, tolerance 0.1), alert at 0.70.
+# detector and the range breakout (`trainguard.anomaly.spatial`, tolerance 0.1), alert at 0.70,
+# reported as 0 for 100 samples after it reached 0.7 (a rest period: one alert per event).
 SELECTED_NAME = "ensemble"
 SELECTED_PARAMS: tuple[tuple[str, float], ...] = ()
 SELECTED_COMBINE = "max"
@@ -150,6 +151,8 @@ SELECTED_MEMBERS: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = (
     ("spatial", (("tolerance", 0.1),)),
 )
 SELECTED_THRESHOLD = 0.70
+SELECTED_REST = 100  # samples reported as 0 after a score >= SELECTED_REST_AT
+SELECTED_REST_AT = 0.7
 
 
 def selected_detector() -> DetectorSpec:
@@ -159,4 +162,5 @@ def selected_detector() -> DetectorSpec:
     members = tuple(DetectorSpec(name, SELECTED_THRESHOLD, params)
                     for name, params in SELECTED_MEMBERS)
     return DetectorSpec(SELECTED_NAME, SELECTED_THRESHOLD, SELECTED_PARAMS, members=members,
-                        combine=SELECTED_COMBINE, label="selected: max(stream, spatial 0.1)")
+                        combine=SELECTED_COMBINE, rest=SELECTED_REST, rest_at=SELECTED_REST_AT,
+                        label="selected: max(stream, spatial 0.1), rest 100 @ 0.7")

@@ -17,6 +17,15 @@ probation period are kept (bounded by the probation length), and afterwards a sc
 reported as ``max(0, (s - q) / (1 - q))`` with ``q`` that quantile of the probation scores. A
 series whose normal life already scores high needs a higher score to alert; nothing but the
 series' own probation is used.
+
+Any spec may also set ``rest`` (a number of samples) and ``rest_at`` (a score): once the
+reported score reaches ``rest_at``, the next ``rest`` scores are reported as 0 (`Rested`, the
+"rest period" after a detection that NAB's reference detectors apply when they report:
+CAD-OSE silences itself for probation / 5 samples after a raw score of 0.75, KNN-CAD after an
+alert). One event then raises one alert instead of a burst of them, and a detector's own
+after-shocks are not counted as false positives. ``rest_at`` is a fixed level, not the alert
+threshold, so a detector's scores stay one array that can be judged at any threshold (as NAB's
+sweep and `trainguard.anomaly.selection` do); the selection chooses both from a small grid.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from trainguard.anomaly.interface import AnomalyError, DetectorBank, UnivariateD
 
 __all__ = [
     "BANKED", "DETECTOR_NAMES", "WITHIN_LATENCY_BUDGET", "DetectorSpec", "Ensemble",
-    "EnsembleBank", "ProbationCalibrated", "make_bank", "make_detector",
+    "EnsembleBank", "ProbationCalibrated", "Rested", "RestedBank", "make_bank", "make_detector",
+    "rested",
 ]
 
 DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", "ensemble")
@@ -54,6 +64,8 @@ class DetectorSpec:
     members: tuple[DetectorSpec, ...] = ()  # ensemble only
     combine: str = "mean"  # ensemble only: mean | max
     calibrate: float = 0.0  # probation quantile that rescales the score (0: off)
+    rest: int = 0  # samples reported as 0 after a score >= rest_at (0: off)
+    rest_at: float = 0.7  # the score that starts a rest period
     label: str = field(default="", compare=False)
 
     @property
@@ -65,7 +77,8 @@ class DetectorSpec:
         if self.members:
             inner = f"{self.combine}:" + "+".join(m.key for m in self.members)
         cal = f"|cal{self.calibrate}" if self.calibrate else ""
-        return f"{self.name}({inner}){cal}"
+        rest = f"|rest{self.rest}@{self.rest_at}" if self.rest else ""
+        return f"{self.name}({inner}){cal}{rest}"
 
     @property
     def within_latency_budget(self) -> bool:
@@ -85,6 +98,10 @@ class DetectorSpec:
             problems.append(f"{self.key}: threshold must be in (0, 1]")
         if not 0.0 <= self.calibrate <= 1.0:
             problems.append(f"{self.key}: calibrate must be a quantile in [0, 1] (0: off)")
+        if self.rest < 0 or int(self.rest) != self.rest:
+            problems.append(f"{self.key}: rest must be a whole number of samples >= 0 (0: off)")
+        if not 0.0 < self.rest_at <= 1.0:
+            problems.append(f"{self.key}: rest_at must be a score in (0, 1]")
         if self.name == "ensemble":
             if not self.members:
                 problems.append("an ensemble needs at least one member")
@@ -149,6 +166,46 @@ class ProbationCalibrated:
         return self.inner.state_size() + len(self._seen or ()) + 1
 
 
+class Rested:
+    """Report 0 for ``rest`` samples after a detector's score reached ``rest_at``.
+
+    The inner detector still sees (and learns from) every sample; a score reached during a
+    rest period does not extend it. State: one counter.
+    """
+
+    __slots__ = ("_at", "_left", "_rest", "inner")
+
+    def __init__(self, inner: UnivariateDetector, rest: int, at: float) -> None:
+        self.inner, self._rest, self._at = inner, int(rest), float(at)
+        self._left = 0  # samples of the current rest period still to report as 0
+
+    def score(self, t: float, x: float) -> float:
+        s = self.inner.score(t, x)
+        if self._left:
+            self._left -= 1
+            return 0.0
+        if s >= self._at:
+            self._left = self._rest
+        return s
+
+    def state_size(self) -> int:
+        return self.inner.state_size() + 1
+
+
+def rested(scores: Sequence[float], rest: int, at: float) -> list[float]:
+    """`Rested` applied to a detector's score sequence (the selection's cached scores)."""
+    out, left = [], 0
+    for s in scores:
+        if left:
+            left -= 1
+            out.append(0.0)
+            continue
+        if s >= at:
+            left = rest
+        out.append(float(s))
+    return out
+
+
 def probation_quantile(scores: Sequence[float], quantile: float) -> float:
     """The `quantile` of `scores` (nearest rank, lower), as `ProbationCalibrated` uses it."""
     ordered = sorted(scores)
@@ -167,6 +224,8 @@ def make_detector(spec: DetectorSpec, probation: int = 750) -> UnivariateDetecto
     det = _base(spec, probation)
     if spec.calibrate:
         det = ProbationCalibrated(det, probation, spec.calibrate)
+    if spec.rest:
+        det = Rested(det, spec.rest, spec.rest_at)
     return det
 
 
@@ -219,6 +278,28 @@ class EnsembleBank:
         return sum(b.state_size() for b in self.members)
 
 
+class RestedBank:
+    """`Rested` over a bank: each series rests on its own (one counter per series)."""
+
+    def __init__(self, inner: DetectorBank, rest: int, at: float) -> None:
+        import numpy as np
+
+        self._np, self.inner, self.m = np, inner, inner.m
+        self._rest, self._at = int(rest), float(at)
+        self._left = np.zeros(self.m, dtype=np.int64)
+
+    def score(self, t: float, values: Any) -> Any:
+        np = self._np
+        s = self.inner.score(t, values)
+        resting = self._left > 0
+        start = ~resting & (s >= self._at)
+        self._left = np.where(resting, self._left - 1, np.where(start, self._rest, 0))
+        return np.where(resting, 0.0, s)
+
+    def state_size(self) -> int:
+        return self.inner.state_size() + self.m
+
+
 def make_bank(spec: DetectorSpec, m: int, probation: int = 750) -> DetectorBank:
     """``m`` detectors of `spec` advanced together (one numpy step per time step).
 
@@ -234,6 +315,9 @@ def make_bank(spec: DetectorSpec, m: int, probation: int = 750) -> DetectorBank:
         raise AnomalyError(
             f"{spec.key}: no bank for {', '.join(unbanked)}",
             tip=f"banks exist for {', '.join(sorted(BANKED))}; use make_detector per series")
+    if spec.rest:
+        inner = make_bank(replace(spec, rest=0), m, probation)
+        return RestedBank(inner, spec.rest, spec.rest_at)
     params = dict(spec.params)
     try:
         if spec.name == "stream":

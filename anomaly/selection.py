@@ -21,8 +21,8 @@ Protocol (`select`):
   it shipped with (when the stream is a candidate) are scored on the same held-out groups at
   their fixed thresholds, for the table.
 
-Scores are cached per detector (without threshold or calibration), so probation calibration
-variants and ensembles of cached members cost no second pass over the data.
+Scores are cached per detector (without threshold, calibration or rest period), so calibration
+variants, rest periods and ensembles of cached members cost no second pass over the data.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from trainguard.anomaly.detectors import (
     calibrated,
     make_detector,
     probation_quantile,
+    rested,
 )
 from trainguard.anomaly.folds import FileCurve, Totals, totals
 from trainguard.anomaly.nab import NabFile, probationary_length
@@ -52,6 +53,8 @@ __all__ = [
 THRESHOLDS = np.unique(np.round(np.concatenate([
     np.linspace(0.01, 1.0, 100), 1.0 - np.geomspace(1e-4, 1e-2, 13)]), 6))
 FP_ROW_PENALTY = 0.01  # objective cost of one false-positive row on a series with no windows
+# rest periods a candidate may take: (samples reported as 0, score that starts them)
+REST_GRID = tuple((rest, at) for at in (0.7, 0.65) for rest in (50, 100, 200, 300))
 
 
 def candidates() -> list[DetectorSpec]:
@@ -79,6 +82,15 @@ def candidates() -> list[DetectorSpec]:
                             label="max(stream, relative_entropy)"))
     out.append(DetectorSpec("ensemble", 0.7, members=(stream, cad, spatial[0.1]), combine="max",
                             label="max(stream, cad_ose, spatial 0.1)"))
+    # a rest period after a detection (NAB's reference detectors' "one alert per event"), on
+    # the stream + range ensembles: its length and the score that starts it
+    for tol, sp in spatial.items():
+        for rest, at in REST_GRID:
+            if tol != 0.1 and at != 0.7:
+                continue
+            out.append(DetectorSpec("ensemble", 0.7, members=(stream, sp), combine="max",
+                                    rest=rest, rest_at=at,
+                                    label=f"max(stream, {sp.label}), rest {rest} @ {at}"))
     return out
 
 
@@ -87,7 +99,7 @@ def score_file(
 ) -> np.ndarray:
     """The scores of `spec` on one file (NAB probation as the calibration period)."""
     cache = {} if cache is None else cache
-    base = replace(spec, calibrate=0.0, threshold=1.0, label="")
+    base = replace(spec, calibrate=0.0, rest=0, threshold=1.0, label="")
     key = (base.key, f.name)
     probation = probationary_length(len(f.values))
     if key not in cache:
@@ -101,12 +113,13 @@ def score_file(
                 for t, v in zip(f.timestamps, f.values, strict=True)
             ])
     scores = cache[key]
-    if not spec.calibrate:
-        return scores
-    q = probation_quantile(scores[:probation].tolist(), spec.calibrate)
-    out = np.array([calibrated(s, q) for s in scores])
-    out[:probation] = 0.0
-    return out
+    if spec.calibrate:
+        q = probation_quantile(scores[:probation].tolist(), spec.calibrate)
+        scores = np.array([calibrated(s, q) for s in scores])
+        scores[:probation] = 0.0
+    if spec.rest:
+        scores = np.array(rested(scores.tolist(), spec.rest, spec.rest_at))
+    return scores
 
 
 def _objective_terms(group: Totals) -> float:

@@ -23,6 +23,8 @@ PUBLIC = {
     "DetectorBank", "RelativeEntropyBank", "make_bank",
     # the range breakout beside the stream detector
     "SpatialRange", "SpatialRangeBank", "SpatialRangeConfig",
+    # a rest period after a detection (one alert per event)
+    "Rested", "RestedBank",
 }
 
 

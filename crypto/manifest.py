@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard.core.errors import IntegrityError
+from trainguard.core.errors import IntegrityError, TrainguardError
 from trainguard.core.fs import FileHash, atomic_output, hash_file
 from trainguard.crypto.errors import BadSignature, ManifestError, ManifestMismatch
 from trainguard.crypto.signing import SigningKey, VerifyKey, canonical_json
 
 __all__ = [
+    "SHA256",
     "FileEntry",
     "Manifest",
     "ManifestMismatch",
@@ -53,6 +54,7 @@ __all__ = [
     "build_manifest",
     "default_binding",
     "default_manifest_path",
+    "file_digest",
     "sign_path",
     "verify_path",
 ]
@@ -62,25 +64,55 @@ BODY_FORMAT = 2  # of the signed body; 2 added `binding`
 SUFFIX = ".tgsig.json"
 
 
+SHA256 = "sha256"  # the digest of a file entry unless it names another
+
+
 @dataclass(frozen=True)
 class FileEntry:
-    """One file (size and sha256) or one symbolic link (its target) of an artifact."""
+    """One file (size and digest) or one symbolic link (its target) of an artifact.
+
+    `digest` names what `sha256` holds: ``"sha256"`` (the default, not written to JSON), the
+    SHA-256 of the file's bytes; or ``"tgseal-tags-v1"`` (`trainguard.crypto.sealed.stream.
+    TAGS_DIGEST`), the digest of a sealed stream's header and segment tags, which sealed
+    checkpoints use so that no one hashes their body (see `TagTranscript` for what it binds).
+    Any other name is refused when the manifest is read."""
 
     path: str
     size: int = 0
     sha256: str = ""
     link: str | None = None
+    digest: str = SHA256
 
     def to_json(self) -> dict[str, Any]:
         if self.link is not None:
             return {"path": self.path, "link": self.link}
-        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+        out: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
+        if self.digest != SHA256:
+            out["digest"] = self.digest
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FileEntry:
         if "link" in d:
             return cls(path=str(d["path"]), link=str(d["link"]))
-        return cls(path=str(d["path"]), size=int(d["size"]), sha256=str(d["sha256"]))
+        digest = str(d.get("digest", SHA256))
+        if digest not in _DIGESTS:
+            raise ManifestError(f"manifest entry {d.get('path')!r} uses an unknown digest {digest!r}")
+        return cls(path=str(d["path"]), size=int(d["size"]), sha256=str(d["sha256"]), digest=digest)
+
+
+def file_digest(path: Path, digest: str = SHA256) -> tuple[int, str]:
+    """(size, hex digest of kind `digest`) of the file at `path`, links not followed. Raises
+    `OSError`, or `SealedStreamError` when a sealed-stream digest is asked of another file."""
+    if digest == SHA256:
+        h = hash_file(path, follow_symlinks=False)
+        return h.size, h.sha256
+    from trainguard.crypto.sealed.stream import tag_digest
+
+    return tag_digest(path, Path(path).name)
+
+
+_DIGESTS = (SHA256, "tgseal-tags-v1")
 
 
 class ManifestMisplaced(IntegrityError):
@@ -300,6 +332,14 @@ def verify_path(
     current = build_manifest(path, workers=workers, exclude=(mpath,))
     want = {e.path: e for e in signed.files}
     have = {e.path: e for e in current.files}
+    for p, e in want.items():  # entries signed with another digest are recomputed with it
+        if e.digest != SHA256 and p in have and have[p].link is None:
+            try:
+                size, hexd = file_digest(Path(path) / p if current.kind == "directory" else Path(path),
+                                         e.digest)
+            except (OSError, TrainguardError):  # unreadable or not a sealed stream: changed
+                size, hexd = -1, ""
+            have[p] = FileEntry(p, size, hexd, digest=e.digest)
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     changed = sorted(p for p in set(want) & set(have) if want[p] != have[p])

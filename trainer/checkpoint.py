@@ -5,8 +5,8 @@ Layout in the checkpoint folder::
     step-00000100.tgseal             sealed stream (trainguard.crypto.sealed) holding a torch.save
                                      zip of {"step": N, "state": {...}}
     step-00000100.tgseal.tgsig.json  a trainguard.crypto.manifest signed manifest of that file
-                                     (kind "file", its name, size and SHA-256, and as its
-                                     "binding" the job it belongs to), plus "algorithm"
+                                     (kind "file", its name, size and tag digest, and as
+                                     its "binding" the job it belongs to), plus "algorithm"
                                      and, on a cluster, the signing node's "certificate"
 
 Keys: the data key of each checkpoint and the signature come from the key service (the agent,
@@ -15,11 +15,14 @@ signing key. The signature covers ``DOMAIN ‖ canonical_json(manifest)`` (see
 `trainguard.agent.api.keys`), so it can never pass for another kind of signed document.
 
 Writing: torch.save goes straight into a `SealedWriter` over a temporary file (no plaintext on
-disk, no in-memory copy of the whole checkpoint): this thread encrypts while two background
-threads hash the ciphertext and write it (no second read of the file); the manifest is signed and both files renamed into place (the signature last, so a
-half-written pair is ignored). Loading: signature (this node's key, or a node certificate that
-chains to the cluster CA and is not revoked), then size and hash, then the sealed stream
-authenticates every segment while it is read; the decrypted stream is judged by the
+disk, no in-memory copy of the whole checkpoint): this thread encrypts while a background
+thread writes. The manifest records the stream's tag digest (`trainguard.crypto.sealed.stream.
+TagTranscript`: header and every segment's AES-GCM tag, so nothing hashes the body; a KEK
+rewrap keeps it valid), is signed, and both files are renamed into place (the signature last, so
+a half-written pair is ignored). Checkpoints signed with a SHA-256 of the file (before the tag
+digest) still verify. Loading: signature (this node's key, or a node certificate that chains to
+the cluster CA and is not revoked), then size and digest (16 bytes read per 1 MiB segment),
+then the sealed stream authenticates every segment against those tags while it is read; the decrypted stream is judged by the
 supply-chain scanner's allowlist (`trainguard.integrity.scanner`) and only then
 `torch.load(weights_only=True)` reads it. Every tensor dtype round-trips (bf16, fp16, int8,
 uint8, bool, complex...).
@@ -45,7 +48,7 @@ from typing import IO, Any, BinaryIO, cast
 import torch
 from cryptography.exceptions import InvalidSignature
 from trainguard.core.errors import TrainguardError
-from trainguard.core.fs import atomic_output, hash_file
+from trainguard.core.fs import atomic_output
 from trainguard.trainer.context import Trust
 from trainguard.trainer.errors import CheckpointTampered
 
@@ -155,21 +158,21 @@ class CheckpointStore:
 
     def save(self, payload: dict[str, Any], step: int) -> CheckpointInfo:
         from trainguard.crypto.manifest import FileEntry, Manifest
-        from trainguard.crypto.sealed.stream import SealedWriter
+        from trainguard.crypto.sealed.stream import TAGS_DIGEST, SealedWriter
 
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path_for(step)
         data_key = self._keys.data_key()
-        sha = hashlib.sha256()
         with atomic_output(path, mode=0o600) as tmp:
             with tmp.open("wb") as raw:
-                # torch.save serializes and encrypts on this thread; the ciphertext is hashed
-                # and written on two background threads (see SealedWriter)
-                with SealedWriter(cast(BinaryIO, raw), data_key, digest=sha) as sealed:
+                # torch.save serializes and encrypts on this thread; a background thread writes
+                # the ciphertext (see SealedWriter). The signed digest is the stream's tag
+                # digest (TAGS_DIGEST): no thread hashes the body
+                with SealedWriter(cast(BinaryIO, raw), data_key) as sealed:
                     _torch_save_sealed(payload, sealed)
-                size = raw.tell()
+                size, digest = sealed.tag_digest
         del data_key  # sealed: the data key is not needed again in this process
-        entry = FileEntry(path.name, size, sha.hexdigest())
+        entry = FileEntry(path.name, size, digest, digest=TAGS_DIGEST)
         # binding: the job these checkpoints belong to (`context.job_identity`; None outside a job)
         body = Manifest("file", path.name, (entry,), self._clock(), self._trust.job).to_json()
         signed = self._keys.sign(body)
@@ -200,7 +203,7 @@ class CheckpointStore:
 
     def verify(self, path: Path) -> CheckpointInfo:
         """Check the signature, size and hash of one checkpoint; raises CheckpointTampered."""
-        from trainguard.crypto.manifest import Manifest
+        from trainguard.crypto.manifest import Manifest, file_digest
         from trainguard.crypto.signing import canonical_json
 
         try:
@@ -215,11 +218,11 @@ class CheckpointStore:
         if manifest.kind != "file" or manifest.name != path.name or entry is None or entry.path != path.name:
             raise CheckpointTampered(f"checkpoint {path.name}: manifest names another file")
         require_job(self._trust, path.name, manifest.binding)
-        try:
-            actual = hash_file(path, follow_symlinks=False)
-        except OSError as exc:
-            raise CheckpointTampered(f"checkpoint {path.name}: cannot be read") from exc
-        if actual.size != entry.size or actual.sha256 != entry.sha256:
+        try:  # the tag digest (header and segment tags) of new checkpoints, or a SHA-256
+            size, digest = file_digest(path, entry.digest)
+        except (OSError, TrainguardError) as exc:
+            raise CheckpointTampered(f"checkpoint {path.name}: cannot be read as a sealed stream") from exc
+        if size != entry.size or digest != entry.sha256:
             raise CheckpointTampered(f"checkpoint {path.name}: content does not match its signature")
         m = _NAME.match(path.name)
         return CheckpointInfo(int(m.group(1)) if m else -1, path, entry.sha256, signer)

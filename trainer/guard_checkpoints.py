@@ -112,7 +112,7 @@ class GuardCheckpoints:
             try:
                 if kind == _FILE:
                     self._files.load(path)
-                else:  # signature, file set, sizes, .metadata; each shard is hashed on load
+                else:  # signature, file set, sizes, .metadata; each shard's digest on load
                     verify_step(path, self._verify, hash_all=False)
             except CheckpointTampered as exc:
                 self._refuse(path, exc.message, refused)

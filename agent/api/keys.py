@@ -68,6 +68,9 @@ class KeyServiceError(TrainguardError):
     """A key-service request was malformed or refused."""
 
 
+_DIGESTS = ("sha256", "tgseal-tags-v1")  # = trainguard.crypto.manifest's file digests
+
+
 def _is_file_checkpoint(manifest: dict[str, Any]) -> bool:
     files = manifest.get("files")
     return (manifest.get("kind") == "file"
@@ -82,7 +85,8 @@ def _is_dcp_step(manifest: dict[str, Any]) -> bool:
     return (manifest.get("kind") == "directory"
             and bool(_DCP_STEP.match(str(manifest.get("name", ""))))
             and isinstance(files, list) and 1 < len(files) <= 1 << 16
-            and all(isinstance(f, dict) and set(f) == {"path", "size", "sha256"}
+            and all(isinstance(f, dict) and set(f) - {"digest"} == {"path", "size", "sha256"}
+                    and f.get("digest", "sha256") in _DIGESTS
                     and _DCP_FILE.match(str(f["path"])) for f in files)
             and any(f["path"] == ".metadata" for f in files))
 

@@ -74,12 +74,15 @@ from trainguard.crypto.sealed.format import (
     HEADER_SIZE,
     MAGIC,
     TAG_SIZE,
+    TAGS_DIGEST,
     DataKey,
     DekUnwrapper,
     SegmentOpener,
     SegmentSealer,
+    TagTranscript,
     read_exact,
     read_header,
+    tag_digest_fd,
 )
 from trainguard.crypto.sealed.pipeline import EarlyWriteback, Stages
 
@@ -92,6 +95,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "TAG_SIZE",
+    "TAGS_DIGEST",
     "RewrapResult",
     "SealedReader",
     "SealedStreamError",
@@ -103,8 +107,21 @@ __all__ = [
     "seal_file",
     "seal_stream",
     "sealed_kek_version",
+    "tag_digest",
+    "tag_digest_fd",
     "unseal_file",
 ]
+
+
+def tag_digest(path: str | os.PathLike[str], what: str | None = None) -> tuple[int, str]:
+    """(length, content digest of kind `TAGS_DIGEST`) of the sealed file at `path`, from its
+    header and segment tags only (see `TagTranscript`). Links are not followed. Raises
+    `SealedStreamError` (not a whole sealed stream) or `OSError`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return tag_digest_fd(fd, what or os.fspath(path))
+    finally:
+        os.close(fd)
 
 
 class SealedWriter:
@@ -143,7 +160,10 @@ class SealedWriter:
         self._fill = 0
         self._pos = 0
         self._closed = False
+        self._aborted = False
         header = memoryview(self._sealer.header.pack())
+        self._tags = TagTranscript(self._sealer.header.aad)
+        self._length = len(header)
         for sink in self._sinks:
             sink(header)
 
@@ -156,11 +176,27 @@ class SealedWriter:
     def _seal(self, plain: memoryview | bytearray, last: bool) -> None:
         if last and self._stages is None:  # a small stream: no threads
             ct = self._sealer.seal_into(plain, True, bytearray(len(plain) + TAG_SIZE))
+            self._account(ct)
             for sink in self._sinks:
                 sink(ct)
             return
         out = self._out()
-        self._stages.submit(out, len(self._sealer.seal_into(plain, last, out)))  # type: ignore[union-attr]
+        ct = self._sealer.seal_into(plain, last, out)
+        self._account(ct)
+        self._stages.submit(out, len(ct))  # type: ignore[union-attr]
+
+    def _account(self, ct: memoryview | bytearray) -> None:
+        self._tags.add(ct[len(ct) - TAG_SIZE :])
+        self._length += len(ct)
+
+    @property
+    def tag_digest(self) -> tuple[int, str]:
+        """(stream length, `TagTranscript` digest) once closed: what a signed manifest records
+        for this stream (kind `TAGS_DIGEST`), computed from the 16-byte tags, so no thread has
+        to hash the ciphertext; `tag_digest_fd` recomputes it from the file."""
+        if not self._closed or self._aborted:
+            raise ValueError("the digest of a sealed stream is known once it is closed")
+        return self._length, self._tags.finish(self._length)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
@@ -190,6 +226,7 @@ class SealedWriter:
         try:
             self._seal(memoryview(self._buf)[: self._fill], last=True)
         except BaseException:
+            self._aborted = True
             self._abort_stages()
             raise
         if self._stages is not None:
@@ -204,6 +241,7 @@ class SealedWriter:
         """Stop without a final segment: what was written will never verify."""
         if not self._closed:
             self._closed = True
+            self._aborted = True
             self._abort_stages()
 
     def flush(self) -> None:

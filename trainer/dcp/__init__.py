@@ -7,7 +7,7 @@ Layout in the checkpoint folder::
         __0_0.distcp, __1_0.distcp   one per rank (offsets inside are plaintext offsets)
         .metadata                    DCP's pickled `Metadata`, sealed like the shards
     step-00000100.dcp.tgsig.json     manifest of every file of the step (kind "directory",
-                                     name, size, SHA-256 of the ciphertext), signed; written
+                                     name, size, tag digest of the sealed stream), signed; written
                                      LAST by the coordinator rank, when every rank has written
 
 A step folder without its signed manifest is an unfinished save (a crash, a killed rank) and is
@@ -15,7 +15,9 @@ never a candidate for loading, so the newest checkpoint that verifies is always 
 
 Writing: `SealedDcpWriter` is DCP's `FileSystemWriter` on a file system whose streams seal
 everything written (a fresh data key per file from `keys.data_key()`, the key service's
-``checkpoint-key``) and hash the ciphertext on the way out. Each rank returns its files' digests
+``checkpoint-key``) and record each stream's tag digest (`trainguard.crypto.sealed.stream.
+TagTranscript`: header and segment tags, so nothing hashes the body; a KEK rewrap keeps it
+valid). Each rank returns its files' digests
 with its write results; the coordinator's `finish` writes the sealed ``.metadata``, then signs
 the manifest over all of them (``DOMAIN ‖ canonical_json(manifest)``, the signature of
 `trainguard.trainer.checkpoint`) and writes it. The same path serves DCP's `async_save`: the
@@ -23,10 +25,11 @@ finish runs in DCP's upload thread after every rank's upload.
 
 Loading: `SealedDcpReader.read_metadata` first checks the manifest's signature (`verify`), that
 it names this step, that the folder holds exactly its files (no missing, no extra, no links)
-with their sizes, and the hash of ``.metadata``; only then is ``.metadata`` unsealed and read by
+with their sizes, and the digest of ``.metadata``; only then is ``.metadata`` unsealed and read by
 a restricted unpickler that builds DCP's metadata classes and nothing else (no `pickle.load`).
-A shard is hashed against the manifest before it is opened; the sealed stream then
-authenticates every segment as it is read. Any failure is `CheckpointTampered`.
+A shard's digest is checked against the manifest before it is opened (16 bytes read per 1 MiB
+segment); the sealed stream then authenticates every segment against those tags as it is read.
+Steps signed with a SHA-256 of each file (before the tag digest) still verify. Any failure is `CheckpointTampered`.
 
 Modules: `signed` (keys, signers, the step manifest and its verification), `metadata` (the
 restricted unpickler), `storage` (DCP writer and reader on sealed streams), `store`

@@ -101,14 +101,15 @@ def manifest_path(folder: Path) -> Path:
 
 
 
-def _hash(path: Path) -> tuple[int, str]:
-    from trainguard.core.fs import hash_file
+def _hash(path: Path, digest: str = "sha256") -> tuple[int, str]:
+    """(size, digest of kind `digest`: the tag digest of sealed files, or a SHA-256)."""
+    from trainguard.core.errors import TrainguardError
+    from trainguard.crypto.manifest import file_digest
 
     try:
-        d = hash_file(path, follow_symlinks=False)
-    except OSError as exc:
-        raise _Refused(f"{path.name} cannot be read") from exc
-    return d.size, d.sha256
+        return file_digest(path, digest)
+    except (OSError, TrainguardError) as exc:
+        raise _Refused(f"{path.name} cannot be read as a sealed stream") from exc
 
 
 
@@ -162,7 +163,8 @@ def _check_listing(folder: Path, files: Mapping[str, FileEntry]) -> None:
 
 def verify_step(folder: Path, verify: Verifier, *, hash_all: bool = True) -> StepInfo:
     """Check a step folder against its signed manifest (signature, file set, sizes and, with
-    `hash_all`, every file's SHA-256). Raises `CheckpointTampered`."""
+    `hash_all`, every file's digest: the tag digest, 16 bytes read per segment). Raises
+    `CheckpointTampered`."""
     manifest, signer = _read_signed(folder, verify)
     files = {e.path: e for e in manifest.files}
     if any(e.link is not None or "/" in e.path for e in files.values()) or _METADATA not in files:
@@ -170,7 +172,7 @@ def verify_step(folder: Path, verify: Verifier, *, hash_all: bool = True) -> Ste
     _check_listing(folder, files)
     for name in sorted(files) if hash_all else [_METADATA]:
         try:
-            got = _hash(folder / name)
+            got = _hash(folder / name, files[name].digest)
         except _Refused as exc:
             raise CheckpointTampered(f"checkpoint {folder.name}: {exc}") from exc
         if got != (files[name].size, files[name].sha256):

@@ -1,10 +1,9 @@
 """DCP's file-system writer and reader on sealed streams: every file sealed while written and
-hashed on the way out; nothing read before the step's manifest verified."""
+signed by their tag digests; nothing read before the step's manifest verified."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from trainguard.core.fs import atomic_output
 from trainguard.crypto.manifest import FileEntry, Manifest
 from trainguard.crypto.sealed.stream import (
     DEFAULT_SEGMENT_SIZE,
+    TAGS_DIGEST,
     DataKey,
     EarlyWriteback,
     SealedReader,
@@ -52,18 +52,19 @@ from trainguard.trainer.errors import CheckpointTampered
 class _SealingStream(io.RawIOBase):
     """What DCP writes into: seals into `raw` and reports plaintext offsets (DCP's tell()).
 
-    DCP's thread serializes and encrypts; two background threads of the `SealedWriter` hash
-    the ciphertext (SHA-256 for the manifest, no second read) and write it into `raw`.
+    DCP's thread serializes and encrypts; a background thread of the `SealedWriter` writes
+    the ciphertext into `raw`. The manifest records the stream's tag digest (`TAGS_DIGEST`,
+    from the segment tags: nothing hashes the body).
     """
 
     def __init__(self, raw: BinaryIO, key: DataKey, segment_size: int, sync: bool) -> None:
         super().__init__()
         self.raw = raw
-        self.sha = hashlib.sha256()
         self.size = 0
+        self.digest = ""
         # a durable save starts the disk writing while later segments are still sealed
         sink = cast(BinaryIO, EarlyWriteback(raw)) if sync else raw
-        self._sealer = SealedWriter(sink, key, segment_size=segment_size, digest=self.sha)
+        self._sealer = SealedWriter(sink, key, segment_size=segment_size)
 
     def write(self, data: Any) -> int:
         return self._sealer.write(data)
@@ -84,7 +85,9 @@ class _SealingStream(io.RawIOBase):
     def finish(self, sync: bool) -> None:
         self._sealer.close()
         self.raw.flush()
-        self.size = self.raw.tell()
+        self.size, self.digest = self._sealer.tag_digest
+        if self.size != self.raw.tell():
+            raise OSError(f"{self.raw.name}: sealed {self.size} bytes but the file holds {self.raw.tell()}")
         if sync:
             os.fsync(self.raw.fileno())
 
@@ -104,7 +107,7 @@ class _SealedFileSystem(FileSystem):
         self._sync = sync
         self._segment_size = segment_size
         self._lock = threading.Lock()
-        self.digests: dict[str, tuple[int, str]] = {}  # written: name -> (size, sha256)
+        self.digests: dict[str, tuple[int, str]] = {}  # written: name -> (size, tag digest)
         self.expected: dict[str, FileEntry] | None = None  # read: the verified manifest
         self.folder: Path | None = None  # read: the verified step folder
         self._hashed: set[str] = set()
@@ -123,7 +126,7 @@ class _SealedFileSystem(FileSystem):
                     raise
                 stream.finish(self._sync)
             with self._lock:
-                self.digests[p.name] = (stream.size, stream.sha.hexdigest())
+                self.digests[p.name] = (stream.size, stream.digest)
         elif mode == "rb":
             self._check(p)
             with p.open("rb") as src, SealedReader(cast(BinaryIO, src), self._keys,
@@ -133,14 +136,15 @@ class _SealedFileSystem(FileSystem):
             raise ValueError(f"unsupported mode {mode!r}")
 
     def _check(self, p: Path) -> None:
-        """Hash a file against the verified manifest before any of it is unsealed."""
+        """Check a file's digest (header and tags) against the verified manifest before any of
+        it is unsealed; the tags then authenticate every segment as it is read."""
         if self.expected is None or p.name not in self.expected or p.parent != self.folder:
             raise _Refused(f"{p.name} is not a signed file of this checkpoint")
         with self._lock:
             if p.name in self._hashed:
                 return
         entry = self.expected[p.name]
-        got = _hash(p)
+        got = _hash(p, entry.digest)
         if got != (entry.size, entry.sha256):
             raise _Refused(f"{p.parent.name}/{p.name} does not match its signed manifest")
         with self._lock:
@@ -223,7 +227,8 @@ class SealedDcpWriter(FileSystemWriter):
         on_disk = {p.name for p in folder.iterdir()}
         if on_disk != set(digests):
             raise _Refused(f"{folder.name}: files appeared that no rank reported; not signed")
-        entries = tuple(FileEntry(n, int(s), str(h)) for n, (s, h) in sorted(digests.items()))
+        entries = tuple(FileEntry(n, int(s), str(h), digest=TAGS_DIGEST)
+                        for n, (s, h) in sorted(digests.items()))
         body = Manifest("directory", folder.name, entries, self._clock(),
                         self._binding).to_json()
         signed = self._sign(body)
@@ -251,7 +256,8 @@ def _prune(directory: Path, keep: int, current: Path) -> None:
 
 class SealedDcpReader(FileSystemReader):
     """DCP's `FileSystemReader` that verifies the signed manifest before reading anything, reads
-    ``.metadata`` through the restricted unpickler, and hashes each shard before unsealing it."""
+    ``.metadata`` through the restricted unpickler, and checks each shard's digest before
+    unsealing it."""
 
     def __init__(self, path: Path, keys: SealingKeys, verify: Verifier) -> None:
         super().__init__(path)

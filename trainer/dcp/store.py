@@ -268,7 +268,8 @@ def export_single(folder: Path, out_dir: Path, keys: SealingKeys, sign: Signer,
     (`trainguard.trainer.checkpoint` layout, ``{"step", "state"}``) in `out_dir`, in one
     process (no process group), e.g. for evaluation. Returns its `CheckpointInfo`.
 
-    Every file is hashed against the manifest first; the full state is held in memory."""
+    Every file's digest is checked against the manifest first; the full state is held in
+    memory."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
     from trainguard.trainer.checkpoint import CheckpointStore
 

@@ -16,9 +16,10 @@ Every attack is a callable object in the style users know from torchattacks:
   "classified as the target", not merely "misclassified";
 * on CPU, batches are attacked in chunks of ``chunk`` samples (default 128) so that a chunk's
   activations stay in cache (about 6% less CPU time on the reference models; the Square
-  attack takes whole batches); on accelerators whole batches run at once. Channels-last
-  layouts were measured and left out: on these models they cost more in copies than they
-  save in pooling.
+  attack takes whole batches); on accelerators whole batches run at once;
+* on CPU, max-pooling runs on a channels-last copy (``fastpath.fast_cpu_pooling``): bitwise
+  the same logits and gradients, about 15% less time per step on digits_cnn. Whole models
+  in channels-last were measured and left out: the layout copies cost more than they save.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from trainguard.adversarial.errors import AdversarialError
+from trainguard.adversarial.fastpath import fast_cpu_pooling
 from trainguard.adversarial.losses import Loss, attack_loss
 
 __all__ = ["FGSM", "PGD", "Attack", "Norm", "eval_mode"]
@@ -200,7 +202,7 @@ class Attack:
         gen = torch.Generator(device=x.device)
         gen.manual_seed(self.seed)
         chunk = self.chunk or (self.cpu_chunk if x.device.type == "cpu" else x.shape[0])
-        with eval_mode(self.model):
+        with eval_mode(self.model), fast_cpu_pooling(x.device):
             if self.targeted and target is None:
                 with torch.no_grad():
                     target = top_wrong_classes(self.model(x), y, 1)[:, 0]

@@ -8,6 +8,15 @@ project, e.g. ``pip install --target /tmp/ta --no-deps torchattacks``; the bench
 and always a naive reference PGD loop written here. Ratios are trainguard / baseline (below 1
 means trainguard is faster; 0.67 is 1.5x faster); ``speedup_vs_*`` is the inverse.
 
+Work: for PGD and APGD each row also counts the samples that went through the model in one
+extra, untimed run of each contender: ``point_iterations_*`` (passes with an input gradient,
+the iterations) and ``forward_only_passes_*`` (the checks); ``point_iterations_saved`` is
+trainguard's saving against torchattacks. Early stopping saves model passes; this says how
+many, next to the robust accuracies that show it did not weaken the attack. torchattacks'
+PGD draws its random start from the global generator: it is seeded with the seed trainguard's
+PGD uses, so both start from the same points and their robust accuracies are comparable
+(``trainguard_not_weaker``). APGD's and Square's random draws differ between the libraries.
+
 Strength: an FGSM-RS model trained on digits (eps 0.1) and an undefended one, attacked with
 FGSM, PGD-50 x 10 restarts and APGD-CE; the per-sample worst case must not exceed any attack.
 
@@ -56,6 +65,25 @@ def naive_pgd(
             x_adv = x_adv + alpha * x_adv.grad.sign()
             x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
     return x_adv.detach()
+
+
+class _Counting(nn.Module):
+    """The model, counting the samples that pass through it: with an input gradient to
+    come (an attack iteration) or forward only (a check)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.grad_samples = 0
+        self.forward_samples = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_samples += int(x.shape[0])
+        else:
+            self.forward_samples += int(x.shape[0])
+        out: Tensor = self.model(x)
+        return out
 
 
 def _cpu_seconds() -> float:
@@ -119,10 +147,16 @@ def _contenders(
     fns: dict[str, Callable[[], Any]] = {}
     if attack == "pgd":
         a = alpha if alpha is not None else 2.5 * eps / steps
-        fns["trainguard"] = lambda: PGD(model, eps, a, steps, early_stop=early_stop)(x, y)
+        fns["trainguard"] = lambda: PGD(model, eps, a, steps, early_stop=early_stop, seed=0)(x, y)
         fns["naive_loop"] = lambda: naive_pgd(model, x, y, eps, a, steps)
         if ta is not None:
-            fns["torchattacks"] = ta.PGD(model, eps=eps, alpha=a, steps=steps)
+            ta_pgd = ta.PGD(model, eps=eps, alpha=a, steps=steps)
+
+            def seeded() -> Tensor:
+                torch.manual_seed(0)  # the same random start as trainguard's seed=0
+                return ta_pgd(x, y)  # type: ignore[no-any-return]
+
+            fns["torchattacks"] = seeded
     elif attack == "apgd":
         fns["trainguard"] = lambda: APGD(model, eps, steps, early_stop=early_stop)(x, y)
         if ta is not None:
@@ -132,7 +166,7 @@ def _contenders(
         if ta is not None:
             fns["torchattacks"] = ta.Square(model, eps=eps, n_queries=steps)
     for name in list(fns):
-        if name == "torchattacks":
+        if name == "torchattacks" and attack != "pgd":
             atk = fns[name]
             fns[name] = lambda atk=atk: atk(x, y)
     return fns, info
@@ -146,10 +180,13 @@ def _compared(attack: str, steps: int, early_stop: bool) -> str:
         return same + "; both libraries query only points still classified correctly"
     if attack == "apgd":
         same += "; torchattacks' APGD skips points misclassified clean"
+    if attack == "pgd":
+        same += "; torchattacks seeded like trainguard: same random start"
     if early_stop:
         return (
             same + "; torchattacks iterates every point for every step, trainguard stops "
-            "iterating a point once it is misclassified (as robust eval does); each one's "
+            "iterating a point once it is misclassified (as robust eval does) and runs "
+            "max-pooling on a channels-last copy (bitwise the same results); each one's "
             "robust accuracy is reported next to its time"
         )
     return same + "; both iterate every point for every step"
@@ -194,12 +231,45 @@ def _speed_case(
             row[f"{n}_robust_accuracy"] = round(
                 float((model(outputs[n]).argmax(1) == y).float().mean()), 4
             )
+    if "torchattacks" in t:
+        row["trainguard_not_weaker"] = (
+            row["trainguard_robust_accuracy"] <= row["torchattacks_robust_accuracy"]
+        )
+    if attack in ("pgd", "apgd"):
+        row.update(_point_passes(attack, model, x, y, steps, eps, early_stop, alpha))
     ours = t.pop("trainguard")
     for n, v in t.items():
         row[f"ratio_vs_{n}_median"] = round(ours["median"] / v["median"], 3)
         row[f"ratio_vs_{n}_best"] = round(ours["min"] / v["min"], 3)
         row[f"speedup_vs_{n}_median"] = round(v["median"] / ours["median"], 2)
     return row
+
+
+def _point_passes(
+    attack: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    eps: float,
+    early_stop: bool,
+    alpha: float | None,
+) -> dict[str, Any]:
+    """Samples through the model in one untimed run of trainguard and of torchattacks:
+    point-iterations (forward and input-gradient backward) and forward-only checks."""
+    counted = _Counting(model)
+    fns, _ = _contenders(attack, counted, x, y, steps, eps, early_stop, alpha, True)
+    out: dict[str, Any] = {}
+    for name in ("trainguard", "torchattacks"):
+        if name in fns:
+            counted.grad_samples = counted.forward_samples = 0
+            fns[name]()
+            out[f"point_iterations_{name}"] = counted.grad_samples
+            out[f"forward_only_passes_{name}"] = counted.forward_samples
+    if "point_iterations_torchattacks" in out:
+        saved = 1 - out["point_iterations_trainguard"] / out["point_iterations_torchattacks"]
+        out["point_iterations_saved"] = round(saved, 3)
+    return out
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -245,12 +315,14 @@ def _strength(epochs: int, steps: int, restarts: int) -> dict[str, Any]:
     return out
 
 
-def _trained(model: nn.Module, epochs: int) -> nn.Module:
+def _trained(
+    model: nn.Module, epochs: int, method: str = "standard", eps: float = 0.0
+) -> nn.Module:
     torch.manual_seed(0)
     train_adversarial(
         model,
         load_digits("train"),
-        AdversarialStep("standard", 0.0),
+        AdversarialStep(method, eps),
         epochs=epochs,
         batch_size=64,
         lr=2e-3,
@@ -267,6 +339,9 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     mnist_x = torch.rand(128 if args.quick else 256, 1, 28, 28)
     mnist_y = torch.randint(0, 10, (mnist_x.shape[0],))
     trained = _trained(digits_cnn(), 5)
+    # adversarially trained (FGSM-RS, eps 0.1): most points survive, so stopping saves less
+    hardened = _trained(digits_cnn(), 5, "fgsm-rs", 0.1)
+    hard = "digits_cnn FGSM-RS trained, as in robust eval"
     return [
         # raw throughput, full work on every sample: the model's forward/backward dominates
         _speed_case("digits_cnn untrained, full work", "pgd", digits_cnn(), xd, yd, steps, r),
@@ -312,6 +387,9 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
         _speed_case(
             "digits_cnn trained, as in robust eval", "square", trained, xd, yd, queries, r, eps=0.05
         ),
+        _speed_case(hard, "pgd", hardened, xd, yd, steps, r, eps=0.1, early_stop=True),
+        _speed_case(hard, "apgd", hardened, xd, yd, steps, r, eps=0.1, early_stop=True),
+        _speed_case(hard, "square", hardened, xd, yd, queries, r, eps=0.05),
     ]
 
 

@@ -55,6 +55,7 @@ THRESHOLDS = np.unique(np.round(np.concatenate([
 FP_ROW_PENALTY = 0.01  # objective cost of one false-positive row on a series with no windows
 # rest periods a candidate may take: (samples reported as 0, score that starts them)
 REST_GRID = tuple((rest, at) for at in (0.7, 0.65) for rest in (50, 100, 200, 300))
+RANGE_FLOORS = (0.005, 0.01, 0.02)  # stream candidates' resolution, a share of the range seen
 
 
 def candidates() -> list[DetectorSpec]:
@@ -91,6 +92,17 @@ def candidates() -> list[DetectorSpec]:
             out.append(DetectorSpec("ensemble", 0.7, members=(stream, sp), combine="max",
                                     rest=rest, rest_at=at,
                                     label=f"max(stream, {sp.label}), rest {rest} @ {at}"))
+    # the stream with a resolution floor (`StreamConfig.range_floor`: a step below that share
+    # of the range seen so far is not news, as HTM's and CAD-OSE's quantisation of the range)
+    for floor in RANGE_FLOORS:
+        floored = DetectorSpec("stream", 0.72, (("range_floor", floor),),
+                               label=f"stream range floor {floor}")
+        for sp in spatial.values():
+            for rest, at in ((0, 0.7), REST_GRID[1]):
+                tail = f", rest {rest} @ {at}" if rest else ""
+                out.append(DetectorSpec("ensemble", 0.7, members=(floored, sp), combine="max",
+                                        rest=rest, rest_at=at,
+                                        label=f"max({floored.label}, {sp.label}){tail}"))
     return out
 
 

@@ -19,6 +19,11 @@ Model of a stream: ``x(t) = level + daily[bucket(t)] + weekly[bucket(t)] + noise
   |z| rarely passes 4.5, so however quiet the recent past, noise cannot look like an outlier).
   The larger ratio ``q`` maps to ``q^2 / (q^2 + score_scale^2)`` in [0, 1]. After an alert the
   score is damped for ``refractory`` samples so one event gives one alert.
+* **Resolution** (``range_floor``, off by default): the spread that divides z is at least
+  ``range_floor`` times the range of the values seen so far (two numbers of state). A step
+  smaller than that share of what the series has already shown is not news, however flat the
+  recent past was: the quantisation Numenta's HTM encoder and CAD-OSE apply to a value (a
+  share of the series' range), without their look at the whole file's range.
 * **Warm-up**: the score stays 0 for ``warmup`` samples, but the normalisers (the decaying
   maxima of z and drift) learn from sample ``tail_start`` on, so the first scored samples are
   judged against the stream's own extremes, not against ``tail_floor`` (NAB's probation: learn,
@@ -70,7 +75,7 @@ class StreamDetector:
 
     __slots__ = (
         "cfg", "n", "level", "mad0", "mad1", "mad2", "daily", "weekly", "drift",
-        "run", "run_sum", "since_alert", "tail", "tail2", "absx", "_dw", "_ww", "_k",
+        "run", "run_sum", "since_alert", "tail", "tail2", "absx", "lo", "hi", "_dw", "_ww", "_k",
     )
 
     def __init__(self, config: StreamConfig | None = None) -> None:
@@ -88,6 +93,7 @@ class StreamDetector:
         self.tail = c.tail_floor
         self.tail2 = c.tail_floor
         self.absx = 0.0
+        self.lo = self.hi = 0.0  # range of the values seen so far (for range_floor)
         self._dw = _DAY / c.daily_buckets
         self._ww = _WEEK / c.weekly_buckets if c.weekly_buckets else 0.0
         self._k = (
@@ -95,12 +101,12 @@ class StreamDetector:
             c.warmup, c.log_z, c.score_scale * c.score_scale, c.tail_decay, c.tail_rate,
             1.0 - c.tail_quantile, c.tail_floor, c.refractory, c.refractory_damp, c.threshold,
             c.clip, c.spread_alpha, c.level_alpha, c.season_alpha, c.shift_z, c.shift_run,
-            _tail_start(c), c.z_gate,
+            _tail_start(c), c.z_gate, c.range_floor,
         )
 
     def state_size(self) -> int:
         """Number of values held: constant for the life of the stream."""
-        return 15 + len(self.daily) + len(self.weekly)
+        return 17 + len(self.daily) + len(self.weekly)
 
     def score(self, t: float, x: float) -> float:
         """`UnivariateDetector` interface: the score of `update` alone."""
@@ -110,13 +116,13 @@ class StreamDetector:
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
         (gain, min_spread, drift_alpha, drift_w, warmup, log_z, scale2, tail_decay, tail_rate,
          tail_p, tail_floor, refractory, damp, threshold, clip, spread_alpha, level_alpha,
-         season_alpha, shift_z, shift_run, tail_start, z_gate) = self._k
+         season_alpha, shift_z, shift_run, tail_start, z_gate, range_floor) = self._k
         n = self.n
         level = self.level
         if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
             return StreamScore(0.0, False, 0.0, level)
         if n == 0:
-            self.level, self.n, self.absx = x, 1, abs(x)
+            self.level, self.n, self.absx, self.lo, self.hi = x, 1, abs(x), x, x
             return StreamScore(0.0, False, 0.0, x)
         daily, weekly = self.daily, self.weekly
         bd = int(t % _DAY // self._dw)
@@ -143,7 +149,11 @@ class StreamDetector:
             sigma = floor
         if sigma < 1e-12:
             sigma = 1e-12
-        z = (x - expected) / sigma
+        if range_floor:  # resolution: a step this small against the range seen is not news
+            rf = range_floor * (self.hi - self.lo)
+            z = (x - expected) / (rf if rf > sigma else sigma)
+        else:
+            z = (x - expected) / sigma
         zc = 10.0 if z > 10.0 else -10.0 if z < -10.0 else z
         drift = self.drift + drift_alpha * (zc - self.drift)
         za = abs(z)
@@ -226,6 +236,10 @@ class StreamDetector:
             run, run_sum = 0, 0.0
         self.run, self.run_sum = run, run_sum
         self.level, self.drift, self.n = level, drift, n + 1
+        if x < self.lo:
+            self.lo = x
+        elif x > self.hi:
+            self.hi = x
         return StreamScore(score, alert, z, expected)
 
 
@@ -244,7 +258,8 @@ class StreamBank:
         self._np = np
         self.cfg = c = config or StreamConfig()
         self.m, self.n = m, 0
-        self.level, self.absx, self.drift, self.run_sum = (np.zeros(m) for _ in range(4))
+        self.level, self.absx, self.drift, self.run_sum, self.lo, self.hi = (
+            np.zeros(m) for _ in range(6))
         self.tail = np.full(m, c.tail_floor)
         self.tail2 = np.full(m, c.tail_floor)
         self.mad = np.zeros((3, m))
@@ -264,7 +279,7 @@ class StreamBank:
 
     def state_size(self) -> int:
         """Number of values held for all streams: constant for the life of the bank."""
-        return 11 * self.m + 2 * (self.daily.size + self.weekly.size)
+        return 13 * self.m + 2 * (self.daily.size + self.weekly.size)
 
     def update(self, t: float, xs: Any) -> tuple[Any, Any, Any]:
         """Score one value per stream at time `t`, then learn from them."""
@@ -272,6 +287,7 @@ class StreamBank:
         x = np.asarray(xs, dtype=np.float64)
         if self.n == 0:
             self.level, self.absx, self.n = x.copy(), np.abs(x), 1
+            self.lo, self.hi = x.copy(), x.copy()
             return np.zeros(self.m), np.zeros(self.m, dtype=bool), np.zeros(self.m)
         bd = int(t % _DAY // self._dw)
         bw = int(t % _WEEK // self._ww) if self._ww else 0
@@ -288,7 +304,10 @@ class StreamBank:
         expected = preds[best, cols]
         sigma = np.maximum(np.maximum(_SIGMA_PER_MAD * self.mad[best, cols],
                                       c.min_spread * self.absx), 1e-12)
-        z = (x - expected) / sigma
+        if c.range_floor:
+            z = (x - expected) / np.maximum(sigma, c.range_floor * (self.hi - self.lo))
+        else:
+            z = (x - expected) / sigma
         self.drift += c.drift_alpha * (np.clip(z, -10.0, 10.0) - self.drift)
         za = np.abs(z)
         score = np.zeros(self.m)
@@ -314,6 +333,8 @@ class StreamBank:
         alert = ~damped & (score >= c.threshold)
         self.since_alert[alert] = 0
         self._learn(x, preds, z, sigma, bd, bw)
+        np.minimum(self.lo, x, out=self.lo)
+        np.maximum(self.hi, x, out=self.hi)
         return score, alert, z
 
     def _learn(self, x: Any, preds: Any, z: Any, sigma: Any, bd: int, bw: int) -> None:

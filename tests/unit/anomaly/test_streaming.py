@@ -229,3 +229,44 @@ def test_bank_matches_the_per_stream_detector_around_the_noise_floor():
 def test_a_negative_noise_floor_is_a_config_error():
     assert any("z_gate" in p for p in StreamConfig(z_gate=-1.0).validate())
     assert StreamConfig().validate() == []
+
+
+def _bumps_on_a_wide_range(n=1600):
+    # a series that came down from 60 in its warm-up, then sits flat and quiet at 2 with bumps
+    rng = np.random.default_rng(13)
+    x = 2.0 + rng.normal(0, 0.01, n)
+    x[:300] = np.linspace(60, 2, 300) + rng.normal(0, 0.01, 300)  # the range seen: [2, 60]
+    for i in (900, 1100, 1300):
+        x[i] += 1.0  # a step of 1: 100 sigmas of the recent noise, 1.7 % of the range
+    x[1500] = 45.0  # a real move: most of the range
+    return list(x)
+
+
+def test_the_range_floor_silences_steps_below_the_resolution_of_the_series_range():
+    values = _bumps_on_a_wide_range()
+    plain = _run(values, StreamConfig(weekly_buckets=0))
+    floored = _run(values, StreamConfig(weekly_buckets=0, range_floor=0.02))
+    bumps = [900, 1100, 1300]
+    assert any(plain[i].alert for i in bumps)  # without it, noise-sized steps alert
+    assert not any(r.alert for r in floored[300:1500])  # with it, they do not
+    assert floored[1500].alert  # and a move across the range still does
+
+
+def test_bank_matches_the_per_stream_detector_with_a_range_floor():
+    m = 3
+    x = np.column_stack([_bumps_on_a_wide_range(), np.array(_bumps_on_a_wide_range()) * 3 - 1,
+                         np.random.default_rng(14).standard_t(3, 1600)])
+    cfg = StreamConfig(weekly_buckets=0, range_floor=0.02)
+    dets = [StreamDetector(cfg) for _ in range(m)]
+    bank = StreamBank(m, cfg)
+    for i in range(len(x)):
+        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
+        for j in range(m):
+            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
+            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
+            assert r.alert == bool(alerts[j])
+
+
+def test_a_range_floor_outside_zero_to_one_is_a_config_error():
+    assert any("range_floor" in p for p in StreamConfig(range_floor=-0.1).validate())
+    assert any("range_floor" in p for p in StreamConfig(range_floor=1.0).validate())

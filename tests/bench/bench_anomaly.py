@@ -124,6 +124,9 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     from trainguard.anomaly.config import selected_detector
 
     specs[selected_detector().key] = selected_detector()
+    # the default before the resolution floor, for a same-run ratio
+    specs["max(stream, spatial 0.1) (previous default)"] = next(
+        c for c in candidates() if c.label == "max(stream, spatial 0.1)")
     if only_budget:  # the detectors within the budget: a minute, not ten (no CAD-OSE, KNN-CAD)
         specs = {k: v for k, v in specs.items() if v.within_latency_budget}
     out = {}
@@ -193,6 +196,10 @@ def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) ->
             "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
                                       DetectorSpec("relative_entropy", 0.5)), combine="max"),
         f"selected ({selected_detector().key})": selected_detector(),
+        "max(stream, spatial 0.1) (previous default)": DetectorSpec(
+            "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
+                                      DetectorSpec("spatial", 0.7, (("tolerance", 0.1),))),
+            combine="max"),
     }
     out: dict = {}
     for m in sizes:

@@ -15,6 +15,14 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+try:  # no per-example deadline: a shared 2-core CI machine can stall any example (flaky, not a bug)
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("trainguard", deadline=None)
+    _hypothesis_settings.load_profile("trainguard")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
 NAB_DIR = REPO.parent / "shared" / "data" / "nab"
 
 

@@ -114,6 +114,18 @@ def test_flat_line_then_change_alerts():
     assert res[800].alert
 
 
+def _assert_bank_matches_the_scalar_detector(cfg, x):
+    m = x.shape[1]
+    dets = [StreamDetector(cfg) for _ in range(m)]
+    bank = StreamBank(m, cfg)
+    for i in range(len(x)):
+        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
+        for j in range(m):
+            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
+            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
+            assert r.alert == bool(alerts[j])
+
+
 def test_bank_matches_the_per_stream_detector():
     rng = np.random.default_rng(6)
     m, n = 4, 1500
@@ -121,14 +133,7 @@ def test_bank_matches_the_per_stream_detector():
     x[700:, 1] += 30
     x[900, 2] += 80
     cfg = StreamConfig(warmup=50)
-    dets = [StreamDetector(cfg) for _ in range(m)]
-    bank = StreamBank(m, cfg)
-    for i in range(n):
-        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
-        for j in range(m):
-            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
-            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
-            assert r.alert == bool(alerts[j])
+    _assert_bank_matches_the_scalar_detector(cfg, x)
 
 
 def test_missing_values_are_skipped_without_poisoning_the_state():
@@ -174,14 +179,7 @@ def test_bank_matches_the_per_stream_detector_when_normalisers_learn_in_the_warm
     x = rng.standard_t(3, size=(n, m)) * 3 + 20
     x[450, 0] += 60
     cfg = StreamConfig(warmup=300, tail_start=30, weekly_buckets=0)
-    dets = [StreamDetector(cfg) for _ in range(m)]
-    bank = StreamBank(m, cfg)
-    for i in range(n):
-        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
-        for j in range(m):
-            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
-            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
-            assert r.alert == bool(alerts[j])
+    _assert_bank_matches_the_scalar_detector(cfg, x)
 
 
 def _noise_alerts(cfg, seeds=range(8), n=3000):
@@ -216,14 +214,7 @@ def test_bank_matches_the_per_stream_detector_around_the_noise_floor():
     x[800, 0] += 4.5  # below z_gate: scaled down
     x[900, 1] += 9.0  # above it: unchanged
     cfg = StreamConfig(weekly_buckets=0, z_gate=5.0)
-    dets = [StreamDetector(cfg) for _ in range(m)]
-    bank = StreamBank(m, cfg)
-    for i in range(n):
-        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
-        for j in range(m):
-            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
-            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
-            assert r.alert == bool(alerts[j])
+    _assert_bank_matches_the_scalar_detector(cfg, x)
 
 
 def test_a_negative_noise_floor_is_a_config_error():
@@ -253,18 +244,10 @@ def test_the_range_floor_silences_steps_below_the_resolution_of_the_series_range
 
 
 def test_bank_matches_the_per_stream_detector_with_a_range_floor():
-    m = 3
     x = np.column_stack([_bumps_on_a_wide_range(), np.array(_bumps_on_a_wide_range()) * 3 - 1,
                          np.random.default_rng(14).standard_t(3, 1600)])
     cfg = StreamConfig(weekly_buckets=0, range_floor=0.02)
-    dets = [StreamDetector(cfg) for _ in range(m)]
-    bank = StreamBank(m, cfg)
-    for i in range(len(x)):
-        scores, alerts, _ = bank.update(T0 + i * STEP, x[i])
-        for j in range(m):
-            r = dets[j].update(T0 + i * STEP, float(x[i, j]))
-            assert math.isclose(r.score, scores[j], rel_tol=1e-9, abs_tol=1e-12)
-            assert r.alert == bool(alerts[j])
+    _assert_bank_matches_the_scalar_detector(cfg, x)
 
 
 def test_a_range_floor_outside_zero_to_one_is_a_config_error():

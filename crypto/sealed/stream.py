@@ -49,10 +49,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from trainguard.core.clock import Random
 from trainguard.crypto.errors import SealedStreamError
@@ -84,7 +87,7 @@ from trainguard.crypto.sealed.format import (
     read_header,
     tag_digest_fd,
 )
-from trainguard.crypto.sealed.pipeline import EarlyWriteback, Stages
+from trainguard.crypto.sealed.pipeline import EarlyWriteback, Stages, default_workers
 
 __all__ = [
     "AAD_SIZE",
@@ -291,6 +294,18 @@ class SealedWriter:
 
 
 _RING = 8  # ciphertext segments in flight: the caller runs ahead while a stage is descheduled
+_PARALLEL_MIN = 4  # whole segments in one read before SealedReader decrypts on several threads
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """Threads shared by every `SealedReader` for large reads (one per CPU, up to 4)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="sealed-reader")
+        return _POOL
 
 
 class SealedReader(io.RawIOBase):
@@ -323,6 +338,10 @@ class SealedReader(io.RawIOBase):
         self._cached = -1
         self._cached_len = 0
         self._pos = 0
+        try:  # a real file: large reads decrypt on several threads with pread
+            self._fd: int | None = fileobj.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None
         self._load(self._count - 1)
 
     def _load(self, index: int) -> None:
@@ -348,6 +367,33 @@ class SealedReader(io.RawIOBase):
             raise
         return plen
 
+    def _decrypt_parallel(self, first: int, count: int, out: memoryview) -> int:
+        """Decrypt `count` whole segments from `first` straight into `out` on the shared
+        worker threads (AES-GCM and pread release the GIL), each worker a contiguous run
+        with its own buffer and cipher; `out` is zeroed if any tag fails. Returns bytes."""
+        seg, fd = self._opener.segment_size, cast(int, self._fd)
+        count = min(count, (self._size - first * seg) // seg)  # whole segments only
+        pool = _reader_pool()
+        runs = max(1, min(default_workers(), count))
+        bounds = [first + count * k // runs for k in range(runs + 1)]
+
+        def work(lo: int, hi: int) -> None:
+            ct, cipher = bytearray(seg + TAG_SIZE), self._opener.new_cipher()
+            view = memoryview(ct)
+            for i in range(lo, hi):
+                if os.preadv(fd, [ct], HEADER_SIZE + i * (seg + TAG_SIZE)) != len(ct):
+                    raise SealedStreamError(self._what)
+                start = (i - first) * seg
+                self._opener.open_into(i, False, view, out[start : start + seg], cipher)
+
+        futures = [pool.submit(work, lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+        errors = [f.exception() for f in futures]
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            out[: count * seg] = bytes(count * seg)  # no unverified plaintext left behind
+            raise failed
+        return count * seg
+
     @property
     def size(self) -> int:
         """Plaintext length in bytes."""
@@ -362,7 +408,13 @@ class SealedReader(io.RawIOBase):
         seg, done = self._opener.segment_size, 0
         while done < len(out) and self._pos < self._size:
             index, off = divmod(self._pos, seg)
-            if off == 0 and index != self._cached and len(out) - done >= seg:
+            whole = (len(out) - done) // seg if off == 0 else 0
+            if whole >= _PARALLEL_MIN and self._fd is not None:  # many segments: on all cores
+                n = self._decrypt_parallel(index, whole, out[done : done + whole * seg])
+                done += n
+                self._pos += n
+                continue
+            if whole and index != self._cached:
                 n = self._decrypt_into(index, out[done:])  # a whole segment: no extra copy
                 done += n
                 self._pos += n

@@ -376,3 +376,39 @@ def test_early_writeback_passes_bytes_through_and_covers_every_range(
     assert calls and calls[0][0] == 0
     assert all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:], strict=False))
     assert all(n >= 3000 for _, n in calls)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(0, 13 * 256 + 100), start=st.integers(0, 13 * 256),
+       length=st.integers(0, 13 * 256 + 100))
+def test_large_reads_from_a_file_decrypt_on_threads_and_match(
+    keyring: Keyring, tmp_path: Path, size: int, start: int, length: int
+) -> None:
+    """Reads of >= 4 whole segments from a real file take the threaded pread path; any
+    position and length returns exactly the plaintext, as the one-segment path does."""
+    data = os.urandom(size)
+    path = tmp_path / "s"
+    with open(path, "wb") as f, SealedWriter(f, keyring, segment_size=256) as w:
+        w.write(data)
+    with open(path, "rb") as f, SealedReader(f, keyring) as r:
+        r.seek(start)
+        assert r.read(length) == data[start : start + length]
+        out = bytearray(size)
+        r.seek(0)
+        assert r.readinto(out) == size and bytes(out) == data
+
+
+def test_a_bad_tag_in_a_threaded_read_zeroes_the_whole_read(keyring: Keyring, tmp_path: Path) -> None:
+    seg, data = 256, b"\x01" * (12 * 256 + 10)
+    path = tmp_path / "s"
+    with open(path, "wb") as f, SealedWriter(f, keyring, segment_size=seg) as w:
+        w.write(data)
+    bad = bytearray(path.read_bytes())
+    bad[HEADER_SIZE + 9 * (seg + TAG_SIZE) + 3] ^= 1  # segment 9, read by the second thread
+    path.write_bytes(bytes(bad))
+    with open(path, "rb") as f, SealedReader(f, keyring) as r:
+        assert r._fd is not None  # noqa: SLF001 - the threaded path is the one under test
+        out = bytearray(12 * seg)
+        with pytest.raises(SealedStreamError):
+            r.readinto(out)
+    assert out == bytes(12 * seg)

@@ -4,8 +4,9 @@ Every metric is a ratio against a baseline measured in the same run, alternating
 taking the median of `--runs` rounds:
 
 - sealed DCP save vs plain DCP save (`FileSystemWriter`) of the same state, both fsyncing
-  (target <= 1.15x); sealed DCP load (signature, hashes, unsealing) vs plain DCP load
-  (target <= 1.15x);
+  (target <= 1.15x); sealed DCP load (signature, digests, unsealing) vs plain DCP load
+  (target <= 1.15x), and vs plain DCP load given the one-thread copies trainguard's load uses
+  (`dcp_sealed_vs_plain_load_one_thread`: what sealing itself costs);
 - asynchronous sealed save: how long the step loop stalls (`save(..., async_=True)` returning:
   staging to CPU) vs the synchronous sealed save (target <= 0.2x);
 - `seal_file` / `unseal_file` of one large file (`--file-mib`, default 1 GiB) vs `dd bs=1M`,
@@ -96,7 +97,16 @@ def bench_dcp(work: Path, mib: int, runs: int) -> dict[str, Any]:
         info, _ = store.resume(target)
         assert info is not None
 
-    loads = _alternating({"plain": plain_load, "sealed": sealed_load}, runs)
+    def plain_load_one_thread() -> None:  # plain DCP with the copy setting trainguard uses
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            plain_load()
+        finally:
+            torch.set_num_threads(threads)
+
+    loads = _alternating({"plain": plain_load, "sealed": sealed_load,
+                          "plain_one_thread": plain_load_one_thread}, runs)
     assert all(torch.equal(target[k], state[k]) for k in state)
 
     stalls, syncs = [], []
@@ -110,6 +120,9 @@ def bench_dcp(work: Path, mib: int, runs: int) -> dict[str, Any]:
         "dcp_sealed_vs_plain_save": round(saves["sealed"] / saves["plain"], 3),
         "dcp_plain_load_s": round(loads["plain"], 3), "dcp_sealed_load_s": round(loads["sealed"], 3),
         "dcp_sealed_vs_plain_load": round(loads["sealed"] / loads["plain"], 3),
+        # what sealing itself costs: plain DCP given trainguard's one-thread copies too
+        "dcp_plain_load_one_thread_s": round(loads["plain_one_thread"], 3),
+        "dcp_sealed_vs_plain_load_one_thread": round(loads["sealed"] / loads["plain_one_thread"], 3),
         "async_stall_s": round(stall, 3), "sync_sealed_save_s": round(sync, 3),
         "async_stall_vs_sync_save": round(stall / sync, 3),
     }

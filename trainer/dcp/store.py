@@ -130,10 +130,12 @@ class _ReusedCpuStager(AsyncStager):
 
 @contextlib.contextmanager
 def _one_intra_op_thread() -> Iterator[None]:
-    """The staging copy is the training loop's whole stall, and it is memory-bound: one thread
-    copies as fast as several, while torch's OpenMP team spin-waits for any member the OS has
-    descheduled (measured on a loaded 2-core machine: 256 MiB in 0.07 s on one thread, 0.26 s
-    on two). The loop's own thread setting comes back right after."""
+    """For the memory-bound copies of a save's staging (the training loop's whole stall) and of
+    a load (DCP copies every loaded tensor into the caller's): one thread copies about as fast
+    as several, while torch's OpenMP team spin-waits for any member the OS has descheduled
+    (measured on a loaded 2-core machine: 256 MiB in 0.07 s on one thread, 0.26 s on two).
+    Copies into CUDA tensors do not use these threads. The caller's setting comes back right
+    after."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
@@ -237,8 +239,9 @@ class DcpCheckpoints:
         """Verify and load one step into `state` in place (DCP resharding applies)."""
         reader = SealedDcpReader(folder, self._keys, self._verify)
         try:
-            dcp_load(state, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(),
-                     process_group=self._pg)
+            with _one_intra_op_thread():  # DCP copies each loaded tensor into `state`
+                dcp_load(state, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(),
+                         process_group=self._pg)
         except (CheckpointException, _Refused, TrainguardError) as exc:
             raise _refusal(folder, exc, reader.refusal) from None
         except (RuntimeError, OSError, ValueError, EOFError, AssertionError) as exc:

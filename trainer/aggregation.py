@@ -59,6 +59,7 @@ class HookState:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     bytes_sent: int = 0
     powersgd: Any = None  # torch's PowerSGDState when compress = powersgd
+    gathered: bool = False  # every rank records every row (HSDP's robust replicate group)
     _norm2: torch.Tensor | None = None
     _dot: torch.Tensor | None = None
     _agg2: float = 0.0
@@ -112,7 +113,8 @@ class HookState:
 
 def _uses_all_reduce(state: HookState) -> bool:
     return (
-        state.cfg.method is Aggregation.MEAN
+        not state.gathered
+        and state.cfg.method is Aggregation.MEAN
         and not state.excluded
         and not (state.attack and state.attack.omniscient)
     )

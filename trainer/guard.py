@@ -38,6 +38,7 @@ torchrun does not restart into the same failure.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -67,6 +68,7 @@ from trainguard.trainer.guard_checkpoints import (  # noqa: F401 - _load_in_plac
     _load_in_place,
     _state_dict,
 )
+from trainguard.trainer.hsdp import protect_hsdp
 from trainguard.trainer.keys import KeyClient
 from trainguard.trainer.membership import prove_membership
 from trainguard.trainer.monitor import RankMonitor
@@ -149,6 +151,7 @@ class Guard:
         self._timeout = datetime.timedelta(seconds=timeout_s)
         self._model: torch.nn.Module | None = None
         self._hook: HookState | None = None
+        self._hook_ranks: list[int] = []  # HSDP: the global rank of each replica index
         self._monitor: RankMonitor | None = None
         self._state: MutableMapping[str, Any] | None = None
         self._last_step = 0
@@ -210,8 +213,10 @@ class Guard:
 
         A module that is already sharded (FSDP2 `fully_shard`, HSDP, tensor parallel: its
         parameters are DTensors) is returned as it is: FSDP / DTensor reduce its gradients
-        inside the shard group, so neither the robust aggregation hook nor the replica hash
-        applies; telemetry, stop requests and sealed checkpoints do. With
+        inside the shard group, where every rank is trusted. Under HSDP (a 2-D mesh) the
+        all-reduce across the replicate dimension goes through the configured robust rule and
+        the rank monitor (`trainguard.trainer.hsdp`); the replica hash does not apply to
+        sharded modules; telemetry, stop requests and sealed checkpoints do. With
         ``data_parallel=False`` (a pipeline stage: one part of a model partitioned across
         ranks) the module is moved to `guard.device` and returned without DDP."""
         from torch.nn.parallel import DistributedDataParallel
@@ -221,6 +226,11 @@ class Guard:
             if self._parallelism == "partitioned":
                 model = model.to(self.device)
             self._model = model
+            robust = protect_hsdp(model, self._replicate_state) if holds_dtensors(model) else None
+            if robust is not None:  # HSDP: the replicate dimension is aggregated robustly
+                self._hook, self._hook_ranks = robust.state, robust.global_ranks
+                self._monitor = RankMonitor(robust.inner.size(), self.config.aggregation.flag_after)
+                self._begin(self._last_step)
             return model
         self._parallelism = "ddp"
         model = model.to(self.device)
@@ -234,6 +244,18 @@ class Guard:
         self._model = ddp
         self._begin(self._last_step)
         return ddp
+
+    def _replicate_state(self, inner: Any) -> tuple[HookState, AttackPlan | None]:
+        """The hook state of HSDP's replicate group `inner` (indices are replica indices) and
+        the simulated attack mapped onto them."""
+        ranks = dist.get_process_group_ranks(inner)
+        plan = AttackPlan.from_config(self.config.simulate)
+        if plan is not None:
+            plan = dataclasses.replace(plan, ranks=frozenset(ranks.index(r) for r in plan.ranks
+                                                             if r in ranks))
+        state = HookState(self.config.aggregation, rank=inner.rank(), world_size=inner.size(),
+                          group=inner, device=self.device, gathered=True)
+        return state, plan
 
     def _observe(self, step: int) -> bool:
         return step % max(1, self.config.telemetry.every) == 0
@@ -314,10 +336,11 @@ class Guard:
             return
         agg = self.config.aggregation
         for r in self._monitor.observe(stats):
-            self.flagged[r] = step
+            who = self._hook_ranks[r] if self._hook_ranks else r  # HSDP: replica -> global rank
+            self.flagged[who] = step
             cos = stats.cosine[r]
             self.incident(IncidentKind.BYZANTINE_WORKER, Severity.HIGH, {
-                "rank": r, "step": step, "cosine": None if cos != cos else round(cos, 4),
+                "rank": who, "step": step, "cosine": None if cos != cos else round(cos, 4),
                 "norm_ratio": round(stats.norm_ratio[r], 4),
                 "rule": getattr(self._monitor.rule, "name", "?"), "excluded": agg.exclude_flagged})
             if agg.exclude_flagged:

@@ -13,7 +13,8 @@
 
 * With ``anomaly.node_telemetry = true``: the multivariate node detector
   (`trainguard.anomaly.node.NodeTelemetryDetector`, k-nearest-neighbour distance to a rolling
-  window of clean rows, numpy only) on `NODE_COLUMNS`, one row per cycle, calibrated to
+  window of clean rows, numpy only) on `NODE_COLUMNS` (with the utilisation of GPUs no
+  registered job holds: a miner couples GPU work with no job), one row per cycle, calibrated to
   ``anomaly.node_false_alarms_per_day`` at the agent's cycle period after
   ``anomaly.node_warmup_hours`` of clean rows. An alert (one per episode) is reported as
   ``exfiltration`` when the column furthest from its running mean is network TX, else as
@@ -72,10 +73,11 @@ LEARNED_COLUMNS: tuple[str, ...] = (
 )
 
 # The node row the multivariate detector sees once per cycle (GPU columns over all GPUs; the
-# network rates as log1p(bytes/s), since they span orders of magnitude).
+# network rates as log1p(bytes/s), since they span orders of magnitude; `gpu_util_no_job`: the
+# utilisation summed over GPUs that no registered training job's process holds).
 NODE_COLUMNS: tuple[str, ...] = (
     "gpu_util_pct", "gpu_mem_frac", "gpu_power_w", "host_cpu_pct", "host_mem_frac",
-    "net_tx_log", "net_rx_log",
+    "net_tx_log", "net_rx_log", "gpu_util_no_job",
 )
 _NET_TX_COLUMN = "net_tx_log"
 MAX_JOBS = 64  # training jobs whose detectors are kept (least recently fed dropped first)
@@ -174,7 +176,7 @@ class Scorer:
         if sample.host.net_tx_rate is not None:
             found += self.exfil.observe("net", sample.time, sample.host.net_tx_rate)
         if self.node is not None:
-            found += self._score_node(sample)
+            found += self._score_node(sample, registered)
         return self._gate(found)
 
     def observe_access(self, event: AccessEvent) -> list[Detection]:
@@ -215,8 +217,10 @@ class Scorer:
         """Drop a finished job's training detectors."""
         self._jobs.pop(job, None)
 
-    def node_row(self, sample: Sample) -> dict[str, float]:
-        """The `NODE_COLUMNS` row of one sample (NaN where the sample has no value yet)."""
+    def node_row(self, sample: Sample, registered: Iterable[int] = ()) -> dict[str, float]:
+        """The `NODE_COLUMNS` row of one sample (NaN where the sample has no value yet);
+        `registered`: the PIDs of registered training jobs."""
+        jobs = set(registered)
         gpus = sample.gpus
         n = len(gpus)
         host = sample.host
@@ -232,10 +236,12 @@ class Scorer:
             if host.net_tx_rate is not None else math.nan,
             "net_rx_log": math.log1p(host.net_rx_rate)
             if host.net_rx_rate is not None else math.nan,
+            "gpu_util_no_job": sum(float(g.util_pct) for g in gpus
+                                   if not any(p.pid in jobs for p in g.processes)),
         }
 
-    def _score_node(self, sample: Sample) -> list[DomainFinding]:
-        row = self.node_row(sample)
+    def _score_node(self, sample: Sample, registered: Iterable[int]) -> list[DomainFinding]:
+        row = self.node_row(sample, registered)
         result = self.node.observe(sample.time, row)
         if not all(math.isfinite(v) for v in row.values()):
             return []

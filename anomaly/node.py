@@ -293,11 +293,14 @@ def gumbel_threshold(maxima: Any, p: float) -> float:
 
 def _noise_scale(rows: Any) -> Any:
     """Per column: the robust standard deviation of one-sample differences / sqrt 2, floored
-    at 1 % of the column's central range (a column with no noise still gets a finite scale)."""
+    at 1 % of the column's central range and 0.1 % of its full range (a column with no noise
+    still gets a finite scale; one that is zero but for rare stretches, such as GPU use
+    outside registered jobs, gets one from those stretches)."""
     diffs = np.abs(np.diff(rows, axis=0))
     noise = 1.4826 * np.median(diffs, axis=0) / math.sqrt(2) if len(diffs) else 0.0
     lo, hi = np.quantile(rows, [0.01, 0.99], axis=0)
-    floor = 0.01 * (hi - lo) + 1e-3 * np.abs(rows).mean(axis=0) + 1e-6
+    span = rows.max(axis=0) - rows.min(axis=0)
+    floor = np.maximum(0.01 * (hi - lo), 1e-3 * span) + 1e-3 * np.abs(rows).mean(axis=0) + 1e-6
     return np.maximum(noise, floor).astype(np.float32)
 
 

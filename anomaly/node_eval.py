@@ -45,11 +45,12 @@ __all__ = ["ANOMALIES", "COLUMNS", "DEV_SEEDS", "Injection", "evaluate", "simula
 
 COLUMNS: tuple[str, ...] = (
     "gpu_util_pct", "gpu_mem_frac", "gpu_power_w", "host_cpu_pct", "host_mem_frac",
-    "net_tx_log", "net_rx_log",
+    "net_tx_log", "net_rx_log", "gpu_util_no_job",
 )
 ANOMALIES: tuple[str, ...] = ("exfiltration", "miner", "memory_leak")
 DEV_SEEDS: tuple[int, ...] = (0, 1, 2)  # the defaults were tuned on these only
 _GPUS = 4
+_UNREGISTERED = 0.05  # share of jobs a user starts outside `trainguard train` (not registered)
 _HOUR = 3600.0
 
 
@@ -73,7 +74,8 @@ def simulate(seed: int, days: float, interval_s: float = 30.0,
     cpu = np.zeros(n)
     host_mem = np.full(n, 0.08)
     tx, rx = np.zeros(n), np.zeros(n)
-    _jobs(rng, n, interval_s, hour, util, mem, cpu, host_mem, tx, rx)
+    held = np.zeros((n, _GPUS), dtype=bool)  # a registered training job holds the GPU
+    _jobs(rng, n, interval_s, hour, util, mem, cpu, host_mem, tx, rx, held)
     day = np.clip(np.sin(math.pi * (hour - 7) / 14), 0, None)  # working-hours load on the host
     cpu += 2 + 4 * day + rng.normal(0, 1.2, n)
     host_mem += 0.03 * day + rng.normal(0, 0.003, n)
@@ -90,7 +92,7 @@ def simulate(seed: int, days: float, interval_s: float = 30.0,
     rx *= rng.lognormal(0, 0.15, n)
     rows = np.column_stack([
         util.mean(axis=1), mem.mean(axis=1), power.sum(axis=1), np.clip(cpu, 0, 100),
-        np.clip(host_mem, 0, 1), np.log1p(tx), np.log1p(rx),
+        np.clip(host_mem, 0, 1), np.log1p(tx), np.log1p(rx), np.where(held, 0.0, util).sum(axis=1),
     ])
     return rows, injection
 
@@ -110,9 +112,10 @@ def _draw_job(rng: Any) -> dict[str, Any]:
 
 
 def _jobs(rng: Any, n: int, dt: float, hour: Any, util: Any, mem: Any, cpu: Any,
-          host_mem: Any, tx: Any, rx: Any) -> None:
+          host_mem: Any, tx: Any, rx: Any, held: Any) -> None:
     """Idle gaps and training jobs, written into the arrays in place. A job reruns one of the
-    node's recipes (small run-to-run changes) or, one time in ten, is a new one-off."""
+    node's recipes (small run-to-run changes) or, one time in ten, is a new one-off; one in
+    `_UNREGISTERED` runs outside `trainguard train` (its GPUs are not marked `held`)."""
     types = _job_types(rng, 5)
     i = 0
     while i < n:
@@ -128,6 +131,7 @@ def _jobs(rng: Any, n: int, dt: float, hour: Any, util: Any, mem: Any, cpu: Any,
         out = np.zeros(end - i)
         _pauses(rng, shape, out, dt, level)
         util[i:end, :g] = shape[:, None]
+        held[i:end, :g] = rng.random() >= _UNREGISTERED
         mem[i:end, :g] = np.clip(job["mem"] + rng.normal(0, 0.01), 0.05, 0.98)
         load = shape / level
         cpu[i:end] += job["cpu"] * rng.lognormal(0, 0.05) * load
@@ -184,9 +188,11 @@ def _inject(rng: Any, kind: str, n: int, dt: float, util: Any, mem: Any, power: 
     return Injection(kind, start, min(end, n))
 
 
-def _run(rows: Any, cfg: NodeTelemetryConfig) -> tuple[Any, dict[str, float]]:
-    """Feed `rows` to a fresh detector; returns the alert flags and timings."""
-    det = NodeTelemetryDetector(COLUMNS, cfg)
+def _run(rows: Any, cfg: NodeTelemetryConfig,
+         columns: Sequence[str] = COLUMNS) -> tuple[Any, dict[str, float]]:
+    """Feed `rows` (`columns` of them) to a fresh detector; returns alert flags and timings."""
+    rows = rows[:, [COLUMNS.index(c) for c in columns]]
+    det = NodeTelemetryDetector(columns, cfg)
     alerts = np.zeros(len(rows), dtype=bool)
     fit_s = score_s = 0.0
     fits = scored = 0
@@ -205,9 +211,11 @@ def _run(rows: Any, cfg: NodeTelemetryConfig) -> tuple[Any, dict[str, float]]:
 
 def evaluate(clean_seeds: Sequence[int], anomaly_seeds: Sequence[int], *, days: float = 4.0,
              interval_s: float = 30.0, config: NodeTelemetryConfig | None = None,
-             anomalies: Sequence[str] = ANOMALIES) -> dict[str, Any]:
+             anomalies: Sequence[str] = ANOMALIES,
+             columns: Sequence[str] = COLUMNS) -> dict[str, Any]:
     """False alarms per day after the warm-up on clean runs of `days` (one per clean seed), and
-    detection and delay of each anomaly (one 2-day run per anomaly seed and kind).
+    detection and delay of each anomaly (one 2-day run per anomaly seed and kind). The
+    detector sees `columns` (default all, the agent's row).
 
     Returns a JSON-ready dict: the budget, per-seed and mean false alarms per day, per kind
     the share detected, median delay in minutes and false alarms outside the anomaly, the mean
@@ -220,7 +228,7 @@ def evaluate(clean_seeds: Sequence[int], anomaly_seeds: Sequence[int], *, days: 
     timings = []
     for seed in clean_seeds:
         rows, _ = simulate(seed, days, interval_s)
-        alerts, timing = _run(rows, cfg)
+        alerts, timing = _run(rows, cfg, columns)
         timings.append(timing)
         fa[str(seed)] = round(float(alerts[warm:].sum()) / ((len(rows) - warm) / per_day), 3)
     detection: dict[str, Any] = {}
@@ -229,7 +237,7 @@ def evaluate(clean_seeds: Sequence[int], anomaly_seeds: Sequence[int], *, days: 
         for seed in anomaly_seeds:
             rows, inj = simulate(seed, 2.0, interval_s, inject=kind)
             assert inj is not None
-            alerts, timing = _run(rows, cfg)
+            alerts, timing = _run(rows, cfg, columns)
             timings.append(timing)
             grace = inj.end + cfg.samples(cfg.cooldown_s)
             hits = np.flatnonzero(alerts[inj.start:grace])

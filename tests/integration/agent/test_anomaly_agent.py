@@ -267,3 +267,61 @@ def test_node_telemetry_detector_quiet_on_normal_load_then_flags_pegged_cpus(
     evidence = node[0]["evidence"]
     assert evidence["most_unusual"] == "host_cpu_pct"
     assert evidence["false_alarms_per_day"] == 1.0 and evidence["score"] >= evidence["threshold"]
+
+
+@pytest.mark.slow
+def test_node_telemetry_detector_flags_gpu_work_beside_a_registered_job(tmp_path: Path):
+    """A registered job (a real launcher and worker) trains on GPUs 0-1; after the warm-up a
+    process no job accounts for runs GPU 2 flat out: the node row's `gpu_util_no_job` moves
+    and the node detector raises one incident naming it, while the job alone stayed quiet."""
+    home = _home(tmp_path / "home")
+    with home.config_path.open("a") as f:
+        f.write("[agent]\ncycle_seconds = 10\n[anomaly]\nnode_telemetry = true\n"
+                "node_warmup_hours = 2\n")
+    config = load_config(home.config_path, {})
+    clock, proc, fake = Clock(), FakeProc(tmp_path / "proc"), FakeNvml(devices=3)
+    telemetry = TelemetryCollector(nvml=fake, proc_root=proc.root, clock=clock)
+    agent = Agent(home, config, clock=clock, checks=lambda h, c: [], telemetry=telemetry)
+    rng = np.random.default_rng(5)
+    launcher, worker = _launcher()
+    miner = _sleeper()
+
+    def cycle(i: int, mining: bool) -> list:
+        clock.now += 10.0
+        dip = i % 40 < 3
+        for g in range(2):
+            fake.set(g, util_pct=float(np.clip((30 if dip else 94) + rng.normal(0, 2), 0, 100)),
+                     power_w=(140 if dip else 300) + rng.normal(0, 12),
+                     mem_used_bytes=int((60 + rng.normal(0, 0.5)) * GIB),
+                     processes=[(worker, 60 * GIB, "python3")])
+        if mining:
+            fake.set(2, util_pct=99 + rng.normal(0, 0.3), power_w=250 + rng.normal(0, 3),
+                     mem_used_bytes=2 * GIB, processes=[(miner.pid, 2 * GIB, "python3")])
+        else:
+            fake.set(2, util_pct=0.0, power_w=55 + rng.normal(0, 2), mem_used_bytes=0,
+                     processes=[])
+        proc.advance(int(rng.lognormal(np.log(3e7), 0.2)), busy=0.35 + rng.normal(0, 0.03))
+        result = agent.cycle()
+        assert not result.errors
+        return result.incidents
+
+    try:
+        agent.audit.append("train.launch", "alice", {"job": "job-1", "launcher_pid": launcher.pid})
+        normal = []
+        for i in range(1000):  # 2 h of warm-up (720 cycles), then 47 min scored
+            normal += cycle(i, mining=False)
+        assert worker in agent.feeds.jobs.pids()
+        assert agent.scorer.node.ready and normal == []
+        for i in range(1000, 1012):
+            cycle(i, mining=True)
+        node = [i["evidence"] for i in _incidents(agent, "gpu-misuse")
+                if i["evidence"]["reason"].startswith("node telemetry")]
+    finally:
+        agent.close()
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        miner.kill()
+        miner.wait()
+    assert len(node) == 1, node
+    assert node[0]["most_unusual"] == "gpu_util_no_job"
+    assert node[0]["row"]["gpu_util_no_job"] > 90 and node[0]["score"] >= node[0]["threshold"]

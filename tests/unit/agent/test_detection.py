@@ -154,3 +154,15 @@ def test_node_detector_only_when_enabled_and_then_calibrated_to_the_cycle():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # numpy only: scikit-learn stays out of the agent with the node detector on
     assert out.stdout.split() == ["False", "True", "False", "2.0", "15.0", "21600.0"]
+
+
+def test_node_row_counts_gpu_work_that_no_registered_job_holds():
+    fake = FakeNvml(devices=3)
+    fake.set(0, util_pct=90.0, processes=[(100, GIB, "python3")])  # the registered job's worker
+    fake.set(1, util_pct=80.0, processes=[(100, GIB, "python3"), (777, GIB, "python3")])
+    fake.set(2, util_pct=99.0, processes=[(777, GIB, "xmrig")])  # nothing registered here
+    sample = Sample(0.0, [fake.read(k) for k in range(3)], _host(1e6))
+    scorer = Scorer(AnomalyConfig())
+    assert scorer.node_row(sample, {100})["gpu_util_no_job"] == 99.0
+    assert scorer.node_row(sample, set())["gpu_util_no_job"] == 90.0 + 80.0 + 99.0
+    assert scorer.node_row(sample, {100, 777})["gpu_util_no_job"] == 0.0

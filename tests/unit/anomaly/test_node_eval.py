@@ -23,6 +23,10 @@ def test_the_simulator_writes_the_agents_node_row_and_injects_what_it_says():
     exfil, inj = simulate(7, 2.0, 60.0, inject="exfiltration")
     tx = COLUMNS.index("net_tx_log")
     assert (exfil[inj.start:inj.end, tx] > clean[inj.start:inj.end, tx]).all()
+    # the miner runs on a GPU no registered job holds: the coupling column sees it
+    miner, inj = simulate(7, 2.0, 60.0, inject="miner")
+    nojob = COLUMNS.index("gpu_util_no_job")
+    assert miner[inj.start:inj.end, nojob].mean() - clean[inj.start:inj.end, nojob].mean() > 90
     with pytest.raises(ValueError, match="unknown anomaly"):
         simulate(7, 2.0, 60.0, inject="ransomware")
 

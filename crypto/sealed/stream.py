@@ -308,6 +308,17 @@ def _reader_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _forget_pool_in_child() -> None:
+    """A forked child (a DataLoader worker, say) inherits the pool without its threads: it
+    would queue reads nobody runs. It starts its own on first use."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 class SealedReader(io.RawIOBase):
     """A readable, seekable binary file object over a sealed stream in a seekable `fileobj`.
 

@@ -412,3 +412,26 @@ def test_a_bad_tag_in_a_threaded_read_zeroes_the_whole_read(keyring: Keyring, tm
         with pytest.raises(SealedStreamError):
             r.readinto(out)
     assert out == bytes(12 * seg)
+
+
+def test_a_forked_child_reads_large_sealed_files_with_its_own_threads(
+    keyring: Keyring, tmp_path: Path
+) -> None:
+    """A forked child (a DataLoader worker, say) reads large sealed files through the threaded
+    path after its parent already did."""
+    path = tmp_path / "s"
+    data = os.urandom(16 * 256)
+    with open(path, "wb") as f, SealedWriter(f, keyring, segment_size=256) as w:
+        w.write(data)
+    with open(path, "rb") as f, SealedReader(f, keyring) as r:
+        assert r.read() == data  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the threaded read completes and matches
+        ok = False
+        try:
+            with open(path, "rb") as f, SealedReader(f, keyring) as r:
+                ok = r.read() == data
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -229,6 +229,7 @@ class CheckpointStore:
 
     def load(self, path: Path) -> tuple[dict[str, Any], CheckpointInfo]:
         """Verify, scan and load one checkpoint (weights only) onto the CPU."""
+        from trainguard.crypto.errors import SealedStreamError
         from trainguard.crypto.sealed.stream import SealedReader
         from trainguard.integrity.scanner import UnsafeArtifact, require_safe_fileobj
 
@@ -239,6 +240,10 @@ class CheckpointStore:
                 payload = torch.load(cast(IO[bytes], sealed), map_location="cpu", weights_only=True)
         except UnsafeArtifact as exc:
             raise CheckpointTampered(f"checkpoint {path.name}: the scanner refused it") from exc
+        except SealedStreamError as exc:  # a body byte changed under the signed tags, or a key
+            raise CheckpointTampered(f"checkpoint {path.name}: cannot be unsealed: its content "
+                                     "does not match its signature, or it was sealed under "
+                                     "another keyring") from exc
         except (TrainguardError, RuntimeError, OSError, ValueError, EOFError) as exc:
             raise CheckpointTampered(
                 f"checkpoint {path.name}: cannot be unsealed or read ({type(exc).__name__})"

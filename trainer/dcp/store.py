@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from trainguard.core.errors import TrainguardError
+from trainguard.crypto.errors import SealedStreamError
 from trainguard.crypto.keyring import WrappedDek
 from trainguard.crypto.sealed.stream import (
     DataKey,
@@ -52,6 +53,10 @@ def _refusal(folder: Path, exc: BaseException, known: str | None = None) -> Chec
     if not known and isinstance(exc, CheckpointException):
         causes = [pair[0] if isinstance(pair, tuple) else pair for pair in exc.failures.values()]
     for cause in causes:
+        if isinstance(cause, SealedStreamError):  # a body byte changed under the signed tags
+            return CheckpointTampered(f"checkpoint {folder.name}: cannot be unsealed: its content "
+                                      "does not match its manifest, or it was sealed under "
+                                      "another keyring")
         if isinstance(cause, (_Refused, CheckpointTampered)):
             reason = cause.message if isinstance(cause, CheckpointTampered) else str(cause)
             return CheckpointTampered(f"checkpoint {folder.name}: {reason}".replace(
@@ -182,6 +187,7 @@ class DcpCheckpoints:
         self._binding = binding
         self._pending: Future[Any] | None = None
         self._stager = _ReusedCpuStager()
+        self._refused: set[Path] = set()  # steps whose load failed (a body byte under signed tags)
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"step-{step:08d}.dcp"
@@ -215,8 +221,11 @@ class DcpCheckpoints:
         folder = self.path_for(step)
         if manifest_path(folder).exists():
             try:
+                if folder in self._refused:  # its manifest verifies, its content did not load
+                    raise CheckpointTampered(f"checkpoint {folder.name} was refused on load")
                 verify_step(folder, self._verify, hash_all=False)
             except CheckpointTampered:
+                self._refused.discard(folder)  # the path is free for the new step
                 if _group_rank(self._pg) == 0:
                     aside = folder.with_name(f"{folder.name}.refused-{int(self._clock())}")
                     log.warning("setting refused %s aside as %s", folder, aside.name)
@@ -243,10 +252,13 @@ class DcpCheckpoints:
                 dcp_load(state, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(),
                          process_group=self._pg)
         except (CheckpointException, _Refused, TrainguardError) as exc:
+            self._refused.add(folder)
             raise _refusal(folder, exc, reader.refusal) from None
         except (RuntimeError, OSError, ValueError, EOFError, AssertionError) as exc:
+            self._refused.add(folder)
             raise _refusal(folder, exc, reader.refusal) from exc
         assert reader.info is not None
+        self._refused.discard(folder)
         return reader.info
 
     def resume(self, state: dict[str, Any]) -> tuple[StepInfo | None, list[tuple[Path, str]]]:

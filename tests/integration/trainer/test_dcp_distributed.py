@@ -1,6 +1,6 @@
 """Sealed DCP checkpoints across real processes on gloo: DTensor state saved at world size 2
-resumes at world sizes 1 and 3 (DCP resharding); an FSDP2 model with its optimizer resumes at
-2 and 1 ranks; an asynchronous save lets the step loop run on
+resumes at world sizes 1 and 3, and saved at 4 resumes at 2 and 3 (DCP resharding); an FSDP2
+model with its optimizer resumes at 2 and 1 ranks; an asynchronous save lets the step loop run on
 and signs only when every rank finished; a rank killed during an asynchronous save leaves the
 previous step as the newest that verifies.
 
@@ -203,6 +203,18 @@ def test_saved_at_two_ranks_resumes_at_one_and_three_and_async_save_signs_last(r
         loaded = _run("load", world, root)
         assert [r["step"] for r in loaded] == [2] * world
         # step 2 holds the state as it was when save() returned, not the +1000 the loop added
+        assert all(r["equal"] for r in loaded), loaded
+
+
+def test_saved_at_four_ranks_resumes_at_two_and_three(root: Path) -> None:
+    """The issue's resharding case: world size 4 down to 2 and to 3 (uneven shards)."""
+    assert len(_run("save", 4, root)) == 4
+    folder = root / "ck" / "step-00000002.dcp"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp"]
+    for world in (2, 3):
+        loaded = _run("load", world, root)
+        assert [r["step"] for r in loaded] == [2] * world
         assert all(r["equal"] for r in loaded), loaded
 
 

@@ -115,15 +115,24 @@ def test_a_non_tensor_entry_that_needs_a_foreign_class_is_refused_and_never_runs
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("flip", ["metadata-tag", "shard-body"])
 def test_a_refused_step_is_set_aside_when_training_comes_back_to_its_number(
-        group: None, tmp_path: Path) -> None:
+        group: None, tmp_path: Path, flip: str) -> None:
+    """Whether the manifest check refuses the step (a changed tag) or only its load does (a
+    body byte under intact tags), reaching its number again sets it aside, never crashes."""
     from trainguard.trainer.errors import TrainerError
 
     store = _store(tmp_path)
     store.save(1, {"w": torch.ones(3)})
     store.save(2, {"w": torch.ones(3) * 2})
-    meta = store.path_for(2) / ".metadata"
-    meta.write_bytes(meta.read_bytes()[:-1] + bytes([meta.read_bytes()[-1] ^ 1]))
+    if flip == "metadata-tag":
+        meta = store.path_for(2) / ".metadata"
+        meta.write_bytes(meta.read_bytes()[:-1] + bytes([meta.read_bytes()[-1] ^ 1]))
+    else:
+        shard = next(store.path_for(2).glob("*.distcp"))
+        data = bytearray(shard.read_bytes())
+        data[200] ^= 1  # past the 157-byte header: ciphertext of the first segment
+        shard.write_bytes(bytes(data))
     info, refused = store.resume({"w": torch.zeros(3)})
     assert info is not None and info.step == 1 and len(refused) == 1
     store.save(2, {"w": torch.ones(3) * 5})  # resumed at 1, trained on to step 2 again

@@ -14,10 +14,12 @@
 * With ``anomaly.node_telemetry = true``: the multivariate node detector
   (`trainguard.anomaly.node.NodeTelemetryDetector`, k-nearest-neighbour distance to a rolling
   window of clean rows, numpy only) on `NODE_COLUMNS` (with the utilisation of GPUs no
-  registered job holds: a miner couples GPU work with no job), one row per cycle, calibrated to
+  registered job holds: a miner couples GPU work with no job; and the bytes sent beyond those
+  received: training receives or exchanges evenly), one row per cycle, calibrated to
   ``anomaly.node_false_alarms_per_day`` at the agent's cycle period after
   ``anomaly.node_warmup_hours`` of clean rows. An alert (one per episode) is reported as
-  ``exfiltration`` when the column furthest from its running mean is network TX, else as
+  ``exfiltration`` when the column furthest from its running mean is network TX (or TX
+  beyond RX), else as
   ``gpu-misuse`` (severity medium, the columns' values and that column in the evidence).
   numpy and the detector are imported only when it is built, never at import.
 
@@ -74,12 +76,14 @@ LEARNED_COLUMNS: tuple[str, ...] = (
 
 # The node row the multivariate detector sees once per cycle (GPU columns over all GPUs; the
 # network rates as log1p(bytes/s), since they span orders of magnitude; `gpu_util_no_job`: the
-# utilisation summed over GPUs that no registered training job's process holds).
+# utilisation summed over GPUs that no registered training job's process holds;
+# `net_tx_excess_log`: log1p of the bytes/s sent beyond those received, since training
+# receives data or exchanges it evenly and only uploads, such as checkpoints, send more).
 NODE_COLUMNS: tuple[str, ...] = (
     "gpu_util_pct", "gpu_mem_frac", "gpu_power_w", "host_cpu_pct", "host_mem_frac",
-    "net_tx_log", "net_rx_log", "gpu_util_no_job",
+    "net_tx_log", "net_rx_log", "gpu_util_no_job", "net_tx_excess_log",
 )
-_NET_TX_COLUMN = "net_tx_log"
+_NET_TX_COLUMNS = ("net_tx_log", "net_tx_excess_log")
 MAX_JOBS = 64  # training jobs whose detectors are kept (least recently fed dropped first)
 UPDATE_NORM_RATIO = "update_norm_ratio"  # per-rank update norm / median norm
 UPDATE_COSINE = "update_cosine"  # per-rank cosine to the aggregate update
@@ -238,6 +242,8 @@ class Scorer:
             if host.net_rx_rate is not None else math.nan,
             "gpu_util_no_job": sum(float(g.util_pct) for g in gpus
                                    if not any(p.pid in jobs for p in g.processes)),
+            "net_tx_excess_log": math.log1p(max(0.0, host.net_tx_rate - host.net_rx_rate))
+            if host.net_tx_rate is not None and host.net_rx_rate is not None else math.nan,
         }
 
     def _score_node(self, sample: Sample, registered: Iterable[int]) -> list[DomainFinding]:
@@ -252,7 +258,7 @@ class Scorer:
         if not result.alert:
             return []
         top = max(z, key=lambda c: z[c])
-        kind = "exfiltration" if top == _NET_TX_COLUMN else "gpu-misuse"
+        kind = "exfiltration" if top in _NET_TX_COLUMNS else "gpu-misuse"
         return [DomainFinding(kind, "medium", {
             "channel": "node", "reason": "node telemetry: unusual combination of usage",
             "most_unusual": top, "score": round(result.statistic, 4),  # what met the threshold

@@ -14,6 +14,8 @@ days and detection of injected anomalies, per seed (`tests/bench/bench_node_dete
   (utilisation down for 1-2 min) and checkpoints every 30-90 min (2-4 min, GPUs nearly idle,
   100-400 MB/s out to storage): normal bursts of NIC bytes out, so an exfiltration detector
   must look at more than that column.
+* **Registered jobs**: one job in twenty runs outside `trainguard train` (a user's own run), so
+  ``gpu_util_no_job`` (utilisation of GPUs no registered job holds) is not always zero.
 * **Correlations**: power follows utilisation per GPU; host CPU and NIC traffic follow the
   job's utilisation; steps at job start and stop.
 * **Diurnal load** on the host: background CPU and traffic (users, monitoring) over the day.
@@ -21,7 +23,8 @@ days and detection of injected anomalies, per seed (`tests/bench/bench_node_dete
 
 Anomalies (`inject`), from a random start on the second simulated day:
 
-* ``exfiltration``: 5-20 min of 100-500 MB/s extra NIC bytes out;
+* ``exfiltration``: 5-20 min of 100-500 MB/s extra NIC bytes out (the agent's row has
+  ``net_tx_excess_log``, bytes sent beyond those received, for it);
 * ``miner``: a crypto-miner on the last GPU for 2 h, while that GPU is idle (full utilisation
   and power, 4 % memory, a little CPU, pool traffic);
 * ``memory_leak``: host memory grows 8 points an hour for 6 h (capped at 98 %).
@@ -45,10 +48,10 @@ __all__ = ["ANOMALIES", "COLUMNS", "DEV_SEEDS", "Injection", "evaluate", "simula
 
 COLUMNS: tuple[str, ...] = (
     "gpu_util_pct", "gpu_mem_frac", "gpu_power_w", "host_cpu_pct", "host_mem_frac",
-    "net_tx_log", "net_rx_log", "gpu_util_no_job",
+    "net_tx_log", "net_rx_log", "gpu_util_no_job", "net_tx_excess_log",
 )
 ANOMALIES: tuple[str, ...] = ("exfiltration", "miner", "memory_leak")
-DEV_SEEDS: tuple[int, ...] = (0, 1, 2)  # the defaults were tuned on these only
+DEV_SEEDS: tuple[int, ...] = tuple(range(20))  # the defaults and columns were chosen on these
 _GPUS = 4
 _UNREGISTERED = 0.05  # share of jobs a user starts outside `trainguard train` (not registered)
 _HOUR = 3600.0
@@ -93,6 +96,7 @@ def simulate(seed: int, days: float, interval_s: float = 30.0,
     rows = np.column_stack([
         util.mean(axis=1), mem.mean(axis=1), power.sum(axis=1), np.clip(cpu, 0, 100),
         np.clip(host_mem, 0, 1), np.log1p(tx), np.log1p(rx), np.where(held, 0.0, util).sum(axis=1),
+        np.log1p(np.maximum(0.0, tx - rx)),
     ])
     return rows, injection
 

@@ -5,8 +5,9 @@ RSS a fresh agent process pays for the detector.
 * ``evaluation``: `trainguard.anomaly.node_eval.evaluate` with the defaults (k-NN) on seeds the
   defaults were not chosen on (`DEV_SEEDS`): false alarms per day with a 95 % bootstrap
   interval over seeds, detection per anomaly.
-* ``without_job_column``: the same seeds and settings without the ``gpu_util_no_job`` column
-  (GPU work no registered job holds), for what that coupling adds.
+* ``without_coupling_columns``: the same seeds and settings without ``gpu_util_no_job`` (GPU
+  work no registered job holds) and ``net_tx_excess_log`` (bytes sent beyond those received),
+  for what those couplings add.
 * ``iforest``: the same calibration with an IsolationForest, on fewer seeds (it is slow), with
   the k-NN run on the same seeds interleaved for the ratio.
 * ``rss``: fresh processes, interleaved off / on (medians): (a) the real `agent run` daemon,
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from trainguard.anomaly.node import NodeTelemetryConfig
 from trainguard.anomaly.node_eval import COLUMNS, evaluate
+
+_COUPLING = ("gpu_util_no_job", "net_tx_excess_log")
 
 _FEED = """
 import sys, json
@@ -167,9 +170,9 @@ def main() -> None:
         result["evaluation"] = evaluate(seeds, anomaly_seeds, days=args.days,
                                         interval_s=args.interval)
     if not args.skip_ablation:
-        result["without_job_column"] = evaluate(
+        result["without_coupling_columns"] = evaluate(
             seeds, anomaly_seeds, days=args.days, interval_s=args.interval,
-            columns=[c for c in COLUMNS if c != "gpu_util_no_job"])
+            columns=[c for c in COLUMNS if c not in _COUPLING])
     if not args.skip_iforest:
         result["iforest"] = bench_iforest(_seeds(args.iforest_seeds), args.days, args.interval)
     if not args.skip_rss:

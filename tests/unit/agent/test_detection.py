@@ -156,7 +156,7 @@ def test_node_detector_only_when_enabled_and_then_calibrated_to_the_cycle():
     assert out.stdout.split() == ["False", "True", "False", "2.0", "15.0", "21600.0"]
 
 
-def test_node_row_counts_gpu_work_that_no_registered_job_holds():
+def test_node_row_couples_gpu_work_with_jobs_and_bytes_out_with_bytes_in():
     fake = FakeNvml(devices=3)
     fake.set(0, util_pct=90.0, processes=[(100, GIB, "python3")])  # the registered job's worker
     fake.set(1, util_pct=80.0, processes=[(100, GIB, "python3"), (777, GIB, "python3")])
@@ -166,3 +166,8 @@ def test_node_row_counts_gpu_work_that_no_registered_job_holds():
     assert scorer.node_row(sample, {100})["gpu_util_no_job"] == 99.0
     assert scorer.node_row(sample, set())["gpu_util_no_job"] == 90.0 + 80.0 + 99.0
     assert scorer.node_row(sample, {100, 777})["gpu_util_no_job"] == 0.0
+    # bytes sent beyond those received (1e6 out, 1e5 in); none when receiving more
+    assert scorer.node_row(sample)["net_tx_excess_log"] == np.log1p(1e6 - 1e5)
+    quiet = Sample(0.0, sample.gpus, _host(5e4))
+    assert scorer.node_row(quiet)["net_tx_excess_log"] == 0.0
+    assert np.isnan(scorer.node_row(Sample(0.0, sample.gpus, _host(None)))["net_tx_excess_log"])

@@ -1,6 +1,6 @@
 """The node detector on simulated node telemetry it was not tuned on (`anomaly.node_eval`):
-clean days stay near the stated false-alarm budget; a memory leak is caught. (The miner and
-exfiltration bursts are caught in only some runs: README "Node telemetry" has the numbers.)"""
+clean days stay within the stated false-alarm budget; a memory leak and a miner are caught.
+(Exfiltration bursts are caught in only some runs: README "Node telemetry" has the numbers.)"""
 
 from __future__ import annotations
 
@@ -32,11 +32,14 @@ def test_the_simulator_writes_the_agents_node_row_and_injects_what_it_says():
 
 
 @pytest.mark.slow
-def test_held_out_clean_days_stay_near_budget_and_a_memory_leak_is_detected():
+def test_held_out_clean_days_stay_within_budget_and_a_leak_and_a_miner_are_detected():
     assert not set(HELD_OUT) & set(DEV_SEEDS)
-    r = evaluate(HELD_OUT, HELD_OUT[:3], days=3.0, interval_s=60.0, anomalies=("memory_leak",))
-    # budget 1 a day; the mean over held-out seeds within a generous margin (measured 1.8x)
+    r = evaluate(HELD_OUT, HELD_OUT[:3], days=3.0, interval_s=60.0,
+                 anomalies=("memory_leak", "miner"))
+    # budget 1 a day; 8 clean days cannot resolve the rate finely (the benchmark runs 90 days:
+    # README), so a margin: it was 1.8x the budget before the 2 h episode cool-down
     fa = r["false_alarms_per_day"]
-    assert fa["mean"] <= 3 * r["false_alarms_per_day_budget"], fa
-    leak = r["detection"]["memory_leak"]
-    assert leak["detected"] == "3/3", leak
+    assert fa["mean"] <= 1.25 * r["false_alarms_per_day_budget"], fa
+    assert r["detection"]["memory_leak"]["detected"] == "3/3", r["detection"]
+    # on a GPU no registered job holds (`gpu_util_no_job`); 5/12 without that column
+    assert int(r["detection"]["miner"]["detected"].split("/")[0]) >= 2, r["detection"]

@@ -217,18 +217,24 @@ def test_training_telemetry_spikes_and_outlier_ranks_become_incidents(tmp_path: 
     assert found == [("medium", "loss", None, 80), ("high", "update", 3, 97)]
 
 
-@pytest.mark.slow
-def test_node_telemetry_detector_quiet_on_normal_load_then_flags_pegged_cpus(
-    tmp_path: Path,
-):
+def _node_agent(tmp_path: Path, devices: int) -> tuple[Agent, Clock, FakeProc, FakeNvml]:
+    """A daemon with the node detector on: 10 s cycles, a 2 h warm-up."""
     home = _home(tmp_path / "home")
     with home.config_path.open("a") as f:
         f.write("[agent]\ncycle_seconds = 10\n[anomaly]\nnode_telemetry = true\n"
                 "node_warmup_hours = 2\n")
     config = load_config(home.config_path, {})
-    clock, proc, fake = Clock(), FakeProc(tmp_path / "proc"), FakeNvml(devices=2)
+    clock, proc, fake = Clock(), FakeProc(tmp_path / "proc"), FakeNvml(devices=devices)
     telemetry = TelemetryCollector(nvml=fake, proc_root=proc.root, clock=clock)
     agent = Agent(home, config, clock=clock, checks=lambda h, c: [], telemetry=telemetry)
+    return agent, clock, proc, fake
+
+
+@pytest.mark.slow
+def test_node_telemetry_detector_quiet_on_normal_load_then_flags_pegged_cpus(
+    tmp_path: Path,
+):
+    agent, clock, proc, fake = _node_agent(tmp_path, devices=2)
     node_det = agent.scorer.node
     assert node_det is not None  # built from [anomaly], calibrated to 1/day at 10 s
     assert node_det.cfg.interval_s == 10.0 and node_det.cfg.warmup_s == 7200.0
@@ -274,14 +280,7 @@ def test_node_telemetry_detector_flags_gpu_work_beside_a_registered_job(tmp_path
     """A registered job (a real launcher and worker) trains on GPUs 0-1; after the warm-up a
     process no job accounts for runs GPU 2 flat out: the node row's `gpu_util_no_job` moves
     and the node detector raises one incident naming it, while the job alone stayed quiet."""
-    home = _home(tmp_path / "home")
-    with home.config_path.open("a") as f:
-        f.write("[agent]\ncycle_seconds = 10\n[anomaly]\nnode_telemetry = true\n"
-                "node_warmup_hours = 2\n")
-    config = load_config(home.config_path, {})
-    clock, proc, fake = Clock(), FakeProc(tmp_path / "proc"), FakeNvml(devices=3)
-    telemetry = TelemetryCollector(nvml=fake, proc_root=proc.root, clock=clock)
-    agent = Agent(home, config, clock=clock, checks=lambda h, c: [], telemetry=telemetry)
+    agent, clock, proc, fake = _node_agent(tmp_path, devices=3)
     rng = np.random.default_rng(5)
     launcher, worker = _launcher()
     miner = _sleeper()

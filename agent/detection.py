@@ -76,7 +76,8 @@ LEARNED_COLUMNS: tuple[str, ...] = (
 
 # The node row the multivariate detector sees once per cycle (GPU columns over all GPUs; the
 # network rates as log1p(bytes/s), since they span orders of magnitude; `gpu_util_no_job`: the
-# utilisation summed over GPUs that no registered training job's process holds;
+# utilisation summed over GPUs that no registered training job's process holds (on a node whose
+# jobs do not start through `trainguard train` it is all the utilisation, and learned as such);
 # `net_tx_excess_log`: log1p of the bytes/s sent beyond those received, since training
 # receives data or exchanges it evenly and only uploads, such as checkpoints, send more).
 NODE_COLUMNS: tuple[str, ...] = (

@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "ProbationCalibrated": "detectors",
     "Rested": "detectors",
     "RestedBank": "detectors",
+    "Likelihood": "likelihood",
+    "LikelihoodBank": "likelihood",
     "make_detector": "detectors",
     "make_bank": "detectors",
     "selected_detector": "config",

@@ -26,6 +26,11 @@ alert). One event then raises one alert instead of a burst of them, and a detect
 after-shocks are not counted as false positives. ``rest_at`` is a fixed level, not the alert
 threshold, so a detector's scores stay one array that can be judged at any threshold (as NAB's
 sweep and `trainguard.anomaly.selection` do); the selection chooses both from a small grid.
+
+Any spec may set ``likelihood`` (a window of samples) and ``likelihood_short``: its scores are
+replaced by Numenta's anomaly likelihood of them (`trainguard.anomaly.likelihood`: the Gaussian
+tail of the short-term mean of the scores against the mean and spread of the last ``likelihood``
+such means, log-scaled to [0, 1]). Order: detector, probation calibration, likelihood, rest.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainguard.anomaly.interface import AnomalyError, DetectorBank, UnivariateDetector
+from trainguard.anomaly.likelihood import Likelihood, LikelihoodBank
 
 __all__ = [
     "BANKED", "DETECTOR_NAMES", "WITHIN_LATENCY_BUDGET", "DetectorSpec", "Ensemble",
@@ -66,6 +72,8 @@ class DetectorSpec:
     calibrate: float = 0.0  # probation quantile that rescales the score (0: off)
     rest: int = 0  # samples reported as 0 after a score >= rest_at (0: off)
     rest_at: float = 0.7  # the score that starts a rest period
+    likelihood: int = 0  # Numenta's anomaly likelihood over this many past averages (0: off)
+    likelihood_short: int = 10  # raw scores in the short-term average it judges
     label: str = field(default="", compare=False)
 
     @property
@@ -77,8 +85,9 @@ class DetectorSpec:
         if self.members:
             inner = f"{self.combine}:" + "+".join(m.key for m in self.members)
         cal = f"|cal{self.calibrate}" if self.calibrate else ""
+        lik = f"|lik{self.likelihood}/{self.likelihood_short}" if self.likelihood else ""
         rest = f"|rest{self.rest}@{self.rest_at}" if self.rest else ""
-        return f"{self.name}({inner}){cal}{rest}"
+        return f"{self.name}({inner}){cal}{lik}{rest}"
 
     @property
     def within_latency_budget(self) -> bool:
@@ -102,6 +111,11 @@ class DetectorSpec:
             problems.append(f"{self.key}: rest must be a whole number of samples >= 0 (0: off)")
         if not 0.0 < self.rest_at <= 1.0:
             problems.append(f"{self.key}: rest_at must be a score in (0, 1]")
+        if self.likelihood < 0 or int(self.likelihood) != self.likelihood:
+            problems.append(f"{self.key}: likelihood must be a whole number of samples >= 0 "
+                            "(0: off)")
+        if self.likelihood_short < 1 or int(self.likelihood_short) != self.likelihood_short:
+            problems.append(f"{self.key}: likelihood_short must be a whole number >= 1")
         if self.name == "ensemble":
             if not self.members:
                 problems.append("an ensemble needs at least one member")
@@ -224,6 +238,8 @@ def make_detector(spec: DetectorSpec, probation: int = 750) -> UnivariateDetecto
     det = _base(spec, probation)
     if spec.calibrate:
         det = ProbationCalibrated(det, probation, spec.calibrate)
+    if spec.likelihood:
+        det = Likelihood(det, spec.likelihood, spec.likelihood_short)
     if spec.rest:
         det = Rested(det, spec.rest, spec.rest_at)
     return det
@@ -318,6 +334,9 @@ def make_bank(spec: DetectorSpec, m: int, probation: int = 750) -> DetectorBank:
     if spec.rest:
         inner = make_bank(replace(spec, rest=0), m, probation)
         return RestedBank(inner, spec.rest, spec.rest_at)
+    if spec.likelihood:
+        inner = make_bank(replace(spec, likelihood=0), m, probation)
+        return LikelihoodBank(inner, spec.likelihood, spec.likelihood_short)
     params = dict(spec.params)
     try:
         if spec.name == "stream":

@@ -21,8 +21,9 @@ Protocol (`select`):
   it shipped with (when the stream is a candidate) are scored on the same held-out groups at
   their fixed thresholds, for the table.
 
-Scores are cached per detector (without threshold, calibration or rest period), so calibration
-variants, rest periods and ensembles of cached members cost no second pass over the data.
+Scores are cached per detector (without threshold, calibration, likelihood or rest period), so
+calibration variants, likelihoods, rest periods and ensembles of cached members cost no second
+pass over the data.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from trainguard.anomaly.detectors import (
     rested,
 )
 from trainguard.anomaly.folds import FileCurve, Totals, totals
+from trainguard.anomaly.likelihood import likelihood_scores
 from trainguard.anomaly.nab import NabFile, probationary_length
 
 __all__ = [
@@ -56,6 +58,8 @@ FP_ROW_PENALTY = 0.01  # objective cost of one false-positive row on a series wi
 # rest periods a candidate may take: (samples reported as 0, score that starts them)
 REST_GRID = tuple((rest, at) for at in (0.7, 0.65) for rest in (50, 100, 200, 300))
 RANGE_FLOORS = (0.005, 0.01, 0.02)  # stream candidates' resolution, a share of the range seen
+# Numenta's anomaly likelihood on the stream: (past averages held, raw scores per average)
+LIKELIHOOD_GRID = tuple((window, short) for window in (500, 2000, 8640) for short in (5, 10))
 
 
 def candidates() -> list[DetectorSpec]:
@@ -103,6 +107,15 @@ def candidates() -> list[DetectorSpec]:
                 out.append(DetectorSpec("ensemble", 0.7, members=(floored, sp), combine="max",
                                         rest=rest, rest_at=at,
                                         label=f"max({floored.label}, {sp.label}){tail}"))
+    # Numenta's anomaly likelihood (what HTM's NAB entry reports) on the stream with the range
+    # floor the previous round chose, max-combined with the range breakout as NAB's numenta
+    # detector combines them
+    floored = DetectorSpec("stream", 0.72, (("range_floor", 0.01),))
+    for window, short in LIKELIHOOD_GRID:
+        lik = replace(floored, likelihood=window, likelihood_short=short)
+        out.append(DetectorSpec(
+            "ensemble", 0.7, members=(lik, spatial[0.05]), combine="max",
+            label=f"max(likelihood {window}/{short} of stream range floor 0.01, spatial 0.05)"))
     return out
 
 
@@ -111,7 +124,7 @@ def score_file(
 ) -> np.ndarray:
     """The scores of `spec` on one file (NAB probation as the calibration period)."""
     cache = {} if cache is None else cache
-    base = replace(spec, calibrate=0.0, rest=0, threshold=1.0, label="")
+    base = replace(spec, calibrate=0.0, likelihood=0, rest=0, threshold=1.0, label="")
     key = (base.key, f.name)
     probation = probationary_length(len(f.values))
     if key not in cache:
@@ -129,6 +142,9 @@ def score_file(
         q = probation_quantile(scores[:probation].tolist(), spec.calibrate)
         scores = np.array([calibrated(s, q) for s in scores])
         scores[:probation] = 0.0
+    if spec.likelihood:
+        scores = np.array(likelihood_scores(scores.tolist(), spec.likelihood,
+                                            spec.likelihood_short))
     if spec.rest:
         scores = np.array(rested(scores.tolist(), spec.rest, spec.rest_at))
     return scores

@@ -37,6 +37,7 @@ from trainguard.anomaly.streaming import StreamBank, StreamDetector
 TARGET_US = 5.0
 FIT_TARGET_S = 1.0
 RSS_TARGET_MB = 20.0
+LIKELIHOOD_LABEL = "max(likelihood 500/5 of stream range floor 0.01, spatial 0.05)"
 
 
 class _ZScore:
@@ -127,6 +128,8 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     # the default before the resolution floor, for a same-run ratio
     specs["max(stream, spatial 0.1) (previous default)"] = next(
         c for c in candidates() if c.label == "max(stream, spatial 0.1)")
+    # Numenta's anomaly likelihood on the stream (an optional candidate, not the default)
+    specs[LIKELIHOOD_LABEL] = next(c for c in candidates() if c.label == LIKELIHOOD_LABEL)
     if only_budget:  # the detectors within the budget: a minute, not ten (no CAD-OSE, KNN-CAD)
         specs = {k: v for k, v in specs.items() if v.within_latency_budget}
     out = {}
@@ -184,6 +187,7 @@ def _scalar_zscore_us(ts, xs) -> float:
 
 def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) -> dict:
     from trainguard.anomaly.detectors import DetectorSpec, make_bank
+    from trainguard.anomaly.selection import candidates
 
     probation = 750
     from trainguard.anomaly.config import selected_detector
@@ -200,6 +204,7 @@ def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) ->
             "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
                                       DetectorSpec("spatial", 0.7, (("tolerance", 0.1),))),
             combine="max"),
+        LIKELIHOOD_LABEL: next(c for c in candidates() if c.label == LIKELIHOOD_LABEL),
     }
     out: dict = {}
     for m in sizes:

@@ -25,6 +25,8 @@ PUBLIC = {
     "SpatialRange", "SpatialRangeBank", "SpatialRangeConfig",
     # a rest period after a detection (one alert per event)
     "Rested", "RestedBank",
+    # Numenta's anomaly likelihood on any detector's scores
+    "Likelihood", "LikelihoodBank",
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.score_replay import Replay, ReplayBank
 from trainguard.anomaly import (
     AnomalyError,
     DetectorSpec,
@@ -20,20 +21,6 @@ from trainguard.anomaly import (
 from trainguard.anomaly.detectors import rested
 from trainguard.anomaly.nab import NabFile
 from trainguard.anomaly.selection import score_file
-
-
-class Replay:
-    """A detector that reports given scores, and counts the samples it was shown."""
-
-    def __init__(self, scores: list[float]) -> None:
-        self.it, self.seen = iter(scores), 0
-
-    def score(self, t: float, x: float) -> float:
-        self.seen += 1
-        return next(self.it)
-
-    def state_size(self) -> int:
-        return 1
 
 
 def test_one_event_raises_one_alert_and_the_detector_keeps_learning():
@@ -70,17 +57,7 @@ def test_rested_bank_equals_the_scalar_rest_series_by_series(data, m, n, rest):
     x = np.array(data.draw(st.lists(st.lists(level, min_size=m, max_size=m), min_size=n,
                                     max_size=n)), dtype=np.float64)
 
-    class ReplayBank:
-        def __init__(self) -> None:
-            self.m, self.rows = m, iter(x)
-
-        def score(self, t: float, values: object) -> np.ndarray:
-            return next(self.rows)
-
-        def state_size(self) -> int:
-            return m
-
-    bank = RestedBank(ReplayBank(), rest, 0.7)
+    bank = RestedBank(ReplayBank(x), rest, 0.7)
     ours = np.array([bank.score(float(i), None) for i in range(n)])
     for j in range(m):
         det = Rested(Replay(list(x[:, j])), rest, 0.7)

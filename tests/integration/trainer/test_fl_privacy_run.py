@@ -11,7 +11,7 @@ import pyotp
 import pytest
 from support.policy_env import secret_of
 from support.trainer_jobs import EXAMPLES
-from trainguard.core.fs import hash_file
+from trainguard.crypto.sealed.stream import tag_digest
 from trainguard.trainer.federated.privacy import epsilon
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,14 +59,17 @@ def test_a_dp_run_with_int8_updates_reports_epsilon_learns_and_seals_every_round
     # int8 updates: measured bytes on the wire, under a third of the float32 form
     for b in r["bytes_per_round"]:
         assert b["compress"] == "int8" and 0 < b["up"] < 0.3 * b["up_uncompressed"]
-    # one sealed, signed checkpoint per round, listed with the hash of the file on disk
+    # one sealed, signed checkpoint per round, listed with the signed digest of the file on
+    # disk (the sealed stream's tag digest, recomputed here from the file)
     assert [c["round"] for c in r["checkpoints"]] == list(range(1, 9))
     for c in r["checkpoints"]:
         path = Path(c["path"])
         assert path.read_bytes().startswith(b"TGSEAL")
-        assert hash_file(path).sha256 == c["sha256"]
+        assert tag_digest(path)[1] == c["sha256"]
         sig = json.loads(path.with_name(path.name + ".tgsig.json").read_text())
-        assert sig["algorithm"] == "ecdsa-p256-sha256" and sig["manifest"]["files"][0]["sha256"] == c["sha256"]
+        entry = sig["manifest"]["files"][0]
+        assert sig["algorithm"] == "ecdsa-p256-sha256" and entry["sha256"] == c["sha256"]
+        assert entry["digest"] == "tgseal-tags-v1"
 
 
 def test_a_global_model_altered_after_signing_is_refused_by_every_site(cli, home: Path) -> None:

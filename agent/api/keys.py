@@ -259,13 +259,16 @@ def serve(home: Home, path: Path, *, until: Callable[[], bool]) -> None:
     service = KeyService(home)
     uids = {0, os.geteuid()}
     old = os.umask(0o177)
-    try:
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(str(path))
+    staging = path.with_name(f".{path.name}.{os.getpid()}")  # bound and listening before it
+    try:                                                     # appears at `path` (no refused
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # connect in between)
+        staging.unlink(missing_ok=True)
+        srv.bind(str(staging))
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(staging, 0o600)
     srv.listen(64)
+    os.rename(staging, path)
     srv.settimeout(0.5)
     try:
         while not until():

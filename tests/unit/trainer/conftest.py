@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import threading
 import time
@@ -23,12 +24,24 @@ def key_socket(home: Home) -> Iterator[Path]:
     thread = threading.Thread(target=serve, args=(home, path), kwargs={"until": stop.is_set},
                               daemon=True)
     thread.start()
-    while not path.exists():
-        time.sleep(0.01)
+    _wait_listening(path)  # the socket file exists after bind(), before listen(): connect
     yield path
     stop.set()
     thread.join(5)
     folder.rmdir()
+
+
+def _wait_listening(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -108,7 +108,6 @@ def hsdp_replicate_groups(model: torch.nn.Module) -> list[Any]:
     """The FSDP2 mesh infos of `model` that all-reduce across a replicate group (native HSDP),
     each once; [] for a model with no HSDP parameter groups."""
     try:
-        from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: F401
         from torch.distributed.fsdp._fully_shard._fsdp_state import FSDPState
     except ImportError:  # pragma: no cover - a torch without FSDP2
         return []

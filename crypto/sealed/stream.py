@@ -324,7 +324,9 @@ class SealedReader(io.RawIOBase):
 
     Opening verifies the header, the key and the final segment (so truncation is caught up
     front); each segment is verified when it is first read, and segment i is read without
-    reading the ones before it. Memory: two segments. Works with
+    reading the ones before it. The two segments read last stay decrypted (a zip reader, as
+    torch.load, goes back and forth between a file's index at its end and a record near the
+    start). Memory: three segments. Works with
     ``torch.load(reader, weights_only=True)``. `keyring` may be any `DekUnwrapper` (a key
     service client that unwraps the stream's data key).
     """
@@ -345,20 +347,29 @@ class SealedReader(io.RawIOBase):
         self._count = full + 1
         self._size = full * seg + rem - TAG_SIZE
         self._ct = bytearray(seg + TAG_SIZE)
-        self._plain = bytearray(seg)
-        self._cached = -1
-        self._cached_len = 0
+        self._slots = [[-1, 0, bytearray(seg)], [-1, 0, bytearray(seg)]]  # [index, length, plaintext], newest first
         self._pos = 0
         try:  # a real file: large reads decrypt on several threads with pread
             self._fd: int | None = fileobj.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
             self._fd = None
-        self._load(self._count - 1)
+        self._segment(self._count - 1)  # verifies the final segment: truncation caught now
 
-    def _load(self, index: int) -> None:
-        self._cached = -1  # the buffer is overwritten even when verification fails
-        self._cached_len = self._decrypt_into(index, memoryview(self._plain))
-        self._cached = index
+    def _segment(self, index: int) -> tuple[int, memoryview]:
+        """Segment `index`'s plaintext length and buffer, decrypted into the older slot unless
+        one of the two holds it."""
+        first, second = self._slots
+        if first[0] == index:
+            return first[1], memoryview(first[2])
+        if second[0] != index:
+            second[0] = -1  # the buffer is overwritten even when verification fails
+            second[1] = self._decrypt_into(index, memoryview(second[2]))
+            second[0] = index
+        self._slots.reverse()
+        return second[1], memoryview(second[2])
+
+    def _cached(self, index: int) -> bool:
+        return any(slot[0] == index for slot in self._slots)
 
     def _decrypt_into(self, index: int, out: memoryview) -> int:
         """Read, verify and decrypt segment `index` into the start of `out` (at least one
@@ -425,15 +436,14 @@ class SealedReader(io.RawIOBase):
                 done += n
                 self._pos += n
                 continue
-            if whole and index != self._cached:
+            if whole and not self._cached(index):
                 n = self._decrypt_into(index, out[done:])  # a whole segment: no extra copy
                 done += n
                 self._pos += n
                 continue
-            if index != self._cached:
-                self._load(index)
-            take = min(len(out) - done, self._cached_len - off)
-            out[done : done + take] = memoryview(self._plain)[off : off + take]
+            length, plain = self._segment(index)
+            take = min(len(out) - done, length - off)
+            out[done : done + take] = plain[off : off + take]
             done += take
             self._pos += take
         return done
@@ -444,10 +454,9 @@ class SealedReader(io.RawIOBase):
         size = max(0, min(size, self._size - self._pos))
         index, off = divmod(self._pos, self._opener.segment_size)
         if size and off + size <= self._opener.segment_size:  # inside one segment: one copy
-            if index != self._cached:
-                self._load(index)
+            plain = self._segment(index)[1]
             self._pos += size
-            return bytes(memoryview(self._plain)[off : off + size])
+            return bytes(plain[off : off + size])
         buf = bytearray(size)
         n = self.readinto(buf)
         return bytes(buf) if n == size else bytes(buf[:n])

@@ -4,19 +4,32 @@ signed by their tag digests; nothing read before the step's manifest verified.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
+import pickle
 import shutil
+import struct
+import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+import torch
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
-from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+)
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future as TorchFuture
 from trainguard.core.fs import atomic_output
@@ -296,6 +309,123 @@ class SealedDcpReader(FileSystemReader):
         return md
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> TorchFuture[None]:
+        """Each tensor whose stored layout is the destination's own (the common case: the same
+        world size, contiguous CPU tensors) is decrypted straight into the destination's memory;
+        the rest (resharded slices, other devices, dtypes or layouts, non-tensor entries) go
+        through DCP's own reader (torch.load into a fresh tensor, then a copy)."""
         if self.fs.expected is None:
             raise _Refused("shards were requested before the manifest was verified")
-        return super().read_data(plan, planner)
+        per_file: dict[str, list[ReadItem]] = {}
+        for item in plan.items:
+            if item.type == LoadItemType.TENSOR:
+                per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+        rest: list[ReadItem] = [item for item in plan.items if item.type != LoadItemType.TENSOR]
+        for relative_path, items in per_file.items():
+            with self.fs.create_stream(Path(self.path) / relative_path, "rb") as stream:
+                for item in items:
+                    if not _read_tensor_into(cast(SealedReader, stream), self.storage_data[item.storage_index],
+                                             item, planner):
+                        rest.append(item)
+        if rest:
+            return super().read_data(dataclasses.replace(plan, items=rest), planner)
+        done: TorchFuture[None] = TorchFuture()
+        done.set_result(None)
+        return done
+
+
+class _Slice(io.RawIOBase):
+    """A read-only window [offset, offset + length) of a seekable stream, positions relative to
+    it (DCP's own view resolves SEEK_END wrongly, which `zipfile` needs)."""
+
+    def __init__(self, base: SealedReader, offset: int, length: int) -> None:
+        super().__init__()
+        self._base, self._offset, self._length, self._pos = base, offset, length, 0
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")[: max(0, self._length - self._pos)]
+        if not len(out):
+            return 0
+        self._base.seek(self._offset + self._pos)
+        n = self._base.readinto(out)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (30 bytes)
+
+
+def _stored_layout(view: _Slice) -> tuple[torch.Tensor, int] | None:
+    """The tensor a DCP slice holds, as a meta tensor (torch's own weights-only load with
+    ``map_location="meta"`` reads the pickle and the zip index, not the data), and the offset of
+    its data record inside the slice; None unless the zip index agrees that the record is
+    exactly that tensor's bytes, stored uncompressed, in this machine's byte order."""
+    try:
+        meta = torch.load(view, map_location="meta", weights_only=True)
+        if type(meta) is not torch.Tensor:
+            return None
+        storage = meta.untyped_storage()
+        offset = getattr(storage, "_checkpoint_offset", None)
+        view.seek(0)
+        with zipfile.ZipFile(view) as archive:
+            names = archive.namelist()
+            prefix = names[0].split("/", 1)[0] if names else ""
+            order = archive.read(f"{prefix}/byteorder") if f"{prefix}/byteorder" in names else None
+            record = archive.getinfo(f"{prefix}/data/0")
+        view.seek(record.header_offset)
+        header = view.read(_LOCAL_HEADER.size)
+        fields = _LOCAL_HEADER.unpack(header) if len(header) == _LOCAL_HEADER.size else None
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, struct.error,
+            zipfile.BadZipFile, pickle.UnpicklingError):
+        return None  # DCP's own reader decides (and fails with its own error if it must)
+    nbytes = meta.numel() * meta.element_size()
+    if (fields is None or fields[0] != b"PK\x03\x04" or fields[3] != zipfile.ZIP_STORED
+            or offset != record.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            or order != sys.byteorder.encode() or record.compress_type != zipfile.ZIP_STORED
+            or record.file_size != nbytes or storage.nbytes() != nbytes
+            or meta.storage_offset() != 0 or not meta.is_contiguous()):
+        return None
+    return meta, offset
+
+
+def _read_tensor_into(stream: SealedReader, stored: Any, item: ReadItem, planner: LoadPlanner) -> bool:
+    """Decrypt one stored tensor straight into its destination if the two have the same layout;
+    False (nothing written) if they do not. `SealedReader.readinto` authenticates every
+    segment and zeroes what it wrote if a tag fails, so only verified bytes reach the state."""
+    if stored.transform_descriptors:
+        return False
+    found = _stored_layout(_Slice(stream, stored.offset, stored.length))
+    if found is None:
+        return False
+    meta, offset = found
+    target = planner.resolve_tensor(item).detach()
+    if (type(target) is not torch.Tensor or target.device.type != "cpu" or target.dtype != meta.dtype
+            or target.layout != torch.strided or target.shape != meta.shape or not target.is_contiguous()
+            or target.is_conj() or target.is_neg() or target.is_quantized
+            or any(item.storage_offsets) or list(item.lengths) != list(meta.shape)):
+        return False
+    nbytes = meta.numel() * meta.element_size()
+    if nbytes and offset + nbytes <= stored.length:
+        out = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+        stream.seek(stored.offset + offset)
+        if stream.readinto(out) != nbytes:
+            raise _Refused("a checkpoint shard ends inside a tensor")
+    elif nbytes:
+        return False
+    planner.commit_tensor(item, target)
+    return True

@@ -16,10 +16,12 @@ taking the median of `--runs` rounds:
   grows while it seals / unseals (O(segment): a few MiB, not the file size).
 
 The state is `--mib` MiB of fp32 in 16 tensors (default 256 MiB, sized for a 2-core machine)
-on a 1-process gloo group (world size 1: the per-rank cost; on N ranks each rank writes 1/N).
+on a 1-process gloo group, or with `--world-size N` on N processes (gloo), each holding 1/N of
+every tensor as a DTensor sharded along dim 0, as FSDP2 leaves it; a timing then runs from a
+common start (barrier) to the last rank's end. The issue's case: `--mib 1024 --world-size 2`.
 
-Usage: python tests/bench/bench_checkpoint.py [--mib 256] [--runs 3] [--file-mib 1024]
-       [--only dcp,files] [--dir DIR]
+Usage: python tests/bench/bench_checkpoint.py [--mib 256] [--world-size 1] [--runs 3]
+       [--file-mib 1024] [--only dcp,files] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -50,9 +52,18 @@ from trainguard.trainer.dcp import DcpCheckpoints, LocalKeys, signing_key_signer
 
 
 def _timed(fn: Callable[[], Any]) -> float:
+    """Wall seconds of `fn`; on several ranks, from a common start to the last rank's end."""
+    many = dist.get_world_size() > 1
+    if many:
+        dist.barrier()
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    if many:
+        slowest = torch.tensor([elapsed], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        elapsed = float(slowest.item())
+    return elapsed
 
 
 def _alternating(fns: dict[str, Callable[[], Any]], runs: int,
@@ -65,30 +76,55 @@ def _alternating(fns: dict[str, Callable[[], Any]], runs: int,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _state(mib: int) -> dict[str, torch.Tensor]:
+def _state(mib: int, world: int = 1) -> dict[str, Any]:
+    """`mib` MiB of fp32 in 16 tensors; on several ranks, DTensors sharded along dim 0 (this
+    rank holds 1/world of each, as FSDP2 would)."""
     per = mib * (1 << 20) // 16 // 4
-    return {f"layer{i}": torch.randn(per) for i in range(16)}
+    if world == 1:
+        return {f"layer{i}": torch.randn(per) for i in range(16)}
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    return {f"layer{i}": DTensor.from_local(torch.randn(per // world), mesh, [Shard(0)])
+            for i in range(16)}
 
 
-def bench_dcp(work: Path, mib: int, runs: int) -> dict[str, Any]:
-    keyring = Keyring.create(work / "keys")
-    key = SigningKey.generate()
+def _empty_like(state: dict[str, Any]) -> dict[str, Any]:
+    from torch.distributed.tensor import DTensor
+
+    return {k: DTensor.from_local(torch.empty_like(v.to_local()), v.device_mesh, v.placements)
+            if isinstance(v, DTensor) else torch.empty_like(v) for k, v in state.items()}
+
+
+def _local(t: Any) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def bench_dcp(work: Path, mib: int, runs: int, keyring: Keyring, key: SigningKey) -> dict[str, Any]:
+    world, rank = dist.get_world_size(), dist.get_rank()
     trust = Trust(verify_key_pem=key.public_key().to_pem().decode())
+    # as Guard does: DCP's collectives on their own gloo group, so an async save's upload
+    # thread never queues behind the caller's collectives (here: the timing's all-reduce)
+    group = dist.new_group(backend="gloo") if world > 1 else None
     store = DcpCheckpoints(work / "sealed", LocalKeys(keyring), signing_key_signer(key),
-                           trust_verifier(trust), keep=1)
-    state = _state(mib)
+                           trust_verifier(trust), keep=1, process_group=group)
+    state = _state(mib, world)
     step = iter(range(1, 10_000))
     plain_dir = work / "plain"
 
     def plain_save() -> None:
-        shutil.rmtree(plain_dir, ignore_errors=True)
+        if rank == 0:
+            shutil.rmtree(plain_dir, ignore_errors=True)
+        if world > 1:
+            dist.barrier()
         dcp.save(state, storage_writer=dcp.FileSystemWriter(plain_dir, sync_files=True))
 
     def sealed_save() -> None:
         store.save(next(step), state)
 
     saves = _alternating({"plain": plain_save, "sealed": sealed_save}, runs)
-    target = {k: torch.empty_like(v) for k, v in state.items()}
+    target = _empty_like(state)
 
     def plain_load() -> None:
         dcp.load(target, storage_reader=dcp.FileSystemReader(plain_dir))
@@ -107,7 +143,7 @@ def bench_dcp(work: Path, mib: int, runs: int) -> dict[str, Any]:
 
     loads = _alternating({"plain": plain_load, "sealed": sealed_load,
                           "plain_one_thread": plain_load_one_thread}, runs)
-    assert all(torch.equal(target[k], state[k]) for k in state)
+    assert all(torch.equal(_local(target[k]), _local(state[k])) for k in state)
 
     stalls, syncs = [], []
     for _ in range(runs):
@@ -126,6 +162,38 @@ def bench_dcp(work: Path, mib: int, runs: int) -> dict[str, Any]:
         "async_stall_s": round(stall, 3), "sync_sealed_save_s": round(sync, 3),
         "async_stall_vs_sync_save": round(stall / sync, 3),
     }
+
+
+def _dcp_rank(rank: int, world: int, port: int, work: Path, mib: int, runs: int) -> None:
+    """One rank of a `--world-size N` run (torch.multiprocessing.spawn); rank 0 writes the
+    result for the parent."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = bench_dcp(work, mib, runs, Keyring.open(work / "keys"), SigningKey.load(work / "sign.pem"))
+        if rank == 0:
+            (work / "dcp.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_dcp(work: Path, mib: int, runs: int, world: int) -> dict[str, Any]:
+    keyring = Keyring.create(work / "keys")
+    key = SigningKey.generate()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if world == 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        try:
+            return bench_dcp(work, mib, runs, keyring, key)
+        finally:
+            dist.destroy_process_group()
+    import torch.multiprocessing as mp
+
+    key.save(work / "sign.pem")
+    mp.spawn(_dcp_rank, args=(world, port, work, mib, runs), nprocs=world, join=True)
+    result: dict[str, Any] = json.loads((work / "dcp.json").read_text())
+    return result
 
 
 _RSS_SCRIPT = """
@@ -228,23 +296,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--world-size", type=int, default=1,
+                    help="ranks (processes) holding the DCP state, sharded as DTensors; --mib is the total")
     ap.add_argument("--file-mib", type=int, default=1024, help="seal/unseal vs dd file size")
     ap.add_argument("--only", default="dcp,files", help="dcp,files")
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tg-bench-ckpt-", dir=args.dir))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         result: dict[str, Any] = {
-            "state_mib": args.mib, "world_size": 1, "runs": args.runs, "cpus": os.cpu_count(),
-            "loadavg_1m": round(os.getloadavg()[0], 2), "dir": str(work),
+            "state_mib": args.mib, "world_size": args.world_size, "runs": args.runs,
+            "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "dir": str(work),
         }
         only = set(args.only.split(","))
         if "dcp" in only:
-            result.update(bench_dcp(work, args.mib, args.runs))
+            result.update(run_dcp(work, args.mib, args.runs, args.world_size))
         if "files" in only:
             result["seal_unseal_vs_dd"] = bench_files(work, args.file_mib, args.runs)
         result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
@@ -260,7 +326,6 @@ def main() -> None:
         json.dump(result, sys.stdout, indent=1)
         print()
     finally:
-        dist.destroy_process_group()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -13,8 +13,10 @@ Here the score is graded instead of 0/1: with ``e`` the distance beyond the rang
 in units of that range, ``score = 1 - exp(-e / tolerance)`` (0.63 at ``e = tolerance``, 0.95
 at three times it), so the caller's threshold decides how far beyond counts. The range learns
 from every sample, probation included (the probation rows score 0); state is two numbers per
-series. It is meant to run beside a temporal detector (``max`` ensemble with the stream
-detector): it sees breakouts, not changes inside the range.
+series. A NaN or infinite value is neither scored nor learned (one infinity would otherwise
+widen the range for good and silence the detector). It is meant to run beside a temporal
+detector (``max`` ensemble with the stream detector): it sees breakouts, not changes inside
+the range.
 
 `SpatialRangeBank` is the same arithmetic for ``m`` series at once (`DetectorBank`).
 """
@@ -51,19 +53,18 @@ class SpatialRange:
             raise AnomalyError("spatial tolerance must be > 0", tip=_TIP)
         self._inv_tol = 1.0 / c.tolerance
         self.probation = max(int(probation), 1)
-        self._lo = self._hi = math.nan
+        self._lo, self._hi = math.inf, -math.inf  # nothing seen yet
         self._n = 0
 
     def state_size(self) -> int:
         return 3
 
     def score(self, t: float, x: float) -> float:
-        lo, hi = self._lo, self._hi
         n = self._n
         self._n = n + 1
-        if n == 0:
-            self._lo = self._hi = x
+        if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
             return 0.0
+        lo, hi = self._lo, self._hi
         out = 0.0
         if n >= self.probation and hi > lo:
             e = (x - hi if x > hi else lo - x) / (hi - lo)
@@ -71,7 +72,7 @@ class SpatialRange:
                 out = 1.0 - math.exp(-e * self._inv_tol)
         if x < lo:
             self._lo = x
-        elif x > hi:
+        if x > hi:
             self._hi = x
         return out
 
@@ -91,8 +92,8 @@ class SpatialRangeBank:
         self.m = int(m)
         self._inv_tol = 1.0 / c.tolerance
         self.probation = max(int(probation), 1)
-        self._lo = np.zeros(self.m)
-        self._hi = np.zeros(self.m)
+        self._lo = np.full(self.m, np.inf)  # nothing seen yet
+        self._hi = np.full(self.m, -np.inf)
         self._n = 0
 
     def state_size(self) -> int:
@@ -103,17 +104,16 @@ class SpatialRangeBank:
         x = np.asarray(values, dtype=np.float64).reshape(self.m)
         n = self._n
         self._n = n + 1
-        if n == 0:
-            self._lo, self._hi = x.copy(), x.copy()
-            return np.zeros(self.m)
+        ok = np.isfinite(x)  # NaN or infinite: not scored, not learned
         out = np.zeros(self.m)
         lo, hi = self._lo, self._hi
         if n >= self.probation:
-            span = hi - lo
-            live = span > 0.0
-            e = np.where(x > hi, x - hi, lo - x) / np.where(live, span, 1.0)
-            hit = live & (e > 0.0)
+            with np.errstate(invalid="ignore"):  # inf - inf where nothing or no x is finite
+                span = hi - lo
+                live = ok & (span > 0.0)
+                e = np.where(x > hi, x - hi, lo - x) / np.where(live, span, 1.0)
+                hit = live & (e > 0.0)
             out[hit] = 1.0 - np.exp(-e[hit] * self._inv_tol)
-        np.minimum(lo, x, out=lo)
-        np.maximum(hi, x, out=hi)
+        np.minimum(lo, np.where(ok, x, np.inf), out=lo)
+        np.maximum(hi, np.where(ok, x, -np.inf), out=hi)
         return out

@@ -125,6 +125,23 @@ def test_spatial_range_scores_a_breakout_by_its_distance_beyond_the_range_seen()
     assert det.state_size() == quiet.state_size() == 3  # two numbers and a count, forever
 
 
+def test_spatial_range_skips_nan_and_infinity_and_still_sees_the_next_breakout():
+    seq = [float("nan"), 0.0, 10.0, float("inf"), 5.0, float("-inf"), float("nan"), 12.0]
+    det = SpatialRange(SpatialRangeConfig(tolerance=0.1), probation=2)
+    out = [det.score(float(i), v) for i, v in enumerate(seq)]
+    # nothing scored on a non-finite value, and the range is still [0, 10]: 12 breaks out
+    assert out[:7] == [0.0] * 7
+    assert out[7] == pytest.approx(1 - math.exp(-2.0))
+    bank = make_bank(DetectorSpec("spatial", 0.7, (("tolerance", 0.1),)), 2, 2)
+    x = np.array([[v, v] for v in seq])
+    x[0, 1] = 3.0  # the other series starts finite
+    ours = _banked(bank, x)
+    assert ours[:, 0] == pytest.approx(out, rel=1e-12, abs=1e-15)
+    alone = SpatialRange(SpatialRangeConfig(tolerance=0.1), probation=2)
+    assert ours[:, 1] == pytest.approx([alone.score(float(i), v) for i, v in enumerate(x[:, 1])],
+                                       rel=1e-12, abs=1e-15)
+
+
 def test_spatial_range_refuses_a_tolerance_that_is_not_positive():
     with pytest.raises(AnomalyError) as err:
         make_detector(DetectorSpec("spatial", 0.7, (("tolerance", 0.0),)))

@@ -60,6 +60,9 @@ REST_GRID = tuple((rest, at) for at in (0.7, 0.65) for rest in (50, 100, 200, 30
 RANGE_FLOORS = (0.005, 0.01, 0.02)  # stream candidates' resolution, a share of the range seen
 # Numenta's anomaly likelihood on the stream: (past averages held, raw scores per average)
 LIKELIHOOD_GRID = tuple((window, short) for window in (500, 2000, 8640) for short in (5, 10))
+# a recall channel beside the floored pair: the stream without the floor, resting after it
+# speaks, (samples reported as 0, score that starts them)
+RECALL_REST_GRID = tuple((rest, at) for at in (0.6, 0.65) for rest in (200, 400, 800))
 
 
 def candidates() -> list[DetectorSpec]:
@@ -116,6 +119,17 @@ def candidates() -> list[DetectorSpec]:
         out.append(DetectorSpec(
             "ensemble", 0.7, members=(lik, spatial[0.05]), combine="max",
             label=f"max(likelihood {window}/{short} of stream range floor 0.01, spatial 0.05)"))
+    # a second, recall-oriented stream beside the floored pair: without the range floor (so
+    # a jump across a range the series has crossed before still scores as news, what the
+    # floor gives up), resting after it reaches `at` so it adds one alert per event
+    sp05 = spatial[0.05]
+    floored = DetectorSpec("stream", 0.72, (("range_floor", 0.01),),
+                           label="stream range floor 0.01")
+    for rest, at in RECALL_REST_GRID:
+        recall = replace(stream, rest=rest, rest_at=at, label="")
+        out.append(DetectorSpec(
+            "ensemble", 0.7, members=(floored, sp05, recall), combine="max",
+            label=f"max(stream range floor 0.01, spatial 0.05, stream rest {rest} @ {at})"))
     return out
 
 

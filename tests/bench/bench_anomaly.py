@@ -38,6 +38,7 @@ TARGET_US = 5.0
 FIT_TARGET_S = 1.0
 RSS_TARGET_MB = 20.0
 LIKELIHOOD_LABEL = "max(likelihood 500/5 of stream range floor 0.01, spatial 0.05)"
+PAIR_LABEL = "max(stream range floor 0.01, spatial 0.05)"
 
 
 class _ZScore:
@@ -125,6 +126,8 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     from trainguard.anomaly.config import selected_detector
 
     specs[selected_detector().key] = selected_detector()
+    # the default before the recall channel, for a same-run ratio
+    specs[PAIR_LABEL] = next(c for c in candidates() if c.label == PAIR_LABEL)
     # the default before the resolution floor, for a same-run ratio
     specs["max(stream, spatial 0.1) (previous default)"] = next(
         c for c in candidates() if c.label == "max(stream, spatial 0.1)")
@@ -200,6 +203,8 @@ def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) ->
             "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
                                       DetectorSpec("relative_entropy", 0.5)), combine="max"),
         f"selected ({selected_detector().key})": selected_detector(),
+        f"{PAIR_LABEL} (default before the recall channel)": next(
+            c for c in candidates() if c.label == PAIR_LABEL),
         "max(stream, spatial 0.1) (previous default)": DetectorSpec(
             "ensemble", 0.7, members=(DetectorSpec("stream", 0.72),
                                       DetectorSpec("spatial", 0.7, (("tolerance", 0.1),))),

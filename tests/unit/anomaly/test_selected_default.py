@@ -1,0 +1,72 @@
+"""The frozen default: what its recall channel adds, and that it stays a bounded streaming detector."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trainguard.anomaly import DetectorSpec, make_bank, make_detector
+from trainguard.anomaly.config import selected_detector
+from trainguard.anomaly.nab import load_nab, probationary_length
+
+
+def _scores(spec: DetectorSpec, ts: list[float], xs: list[float], probation: int) -> np.ndarray:
+    det = make_detector(spec, probation)
+    return np.array([det.score(t, x) for t, x in zip(ts, xs, strict=True)])
+
+
+def test_the_recall_channel_finds_a_jump_the_floored_pair_misses_at_one_more_false_alert(nab_dir):
+    # ec2_cpu_utilization_77c1ca: flat near 0.1, then a jump to ~90 across the range it has
+    # crossed before; the range floor makes that jump ordinary, the unfloored stream does not
+    spec = selected_detector()
+    pair = replace(spec, members=spec.members[:2], label="")
+    (f,) = [f for f in load_nab(nab_dir) if f.name.endswith("ec2_cpu_utilization_77c1ca.csv")]
+    ts = [t.replace(tzinfo=UTC).timestamp() for t in f.timestamps]
+    probation = probationary_length(len(f.values))
+    ((lo, hi),) = f.windows
+    outside = np.ones(len(f.values), dtype=bool)
+    outside[lo:hi + 1] = False
+    outside[:probation] = False
+    found = {}
+    for name, s in (("default", spec), ("pair", pair)):
+        alerts = _scores(s, ts, list(f.values), probation) >= spec.threshold
+        found[name] = (bool(alerts[lo:hi + 1].any()), int(alerts[outside].sum()))
+    assert found["pair"] == (False, 1)
+    assert found["default"] == (True, 2)
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False)
+values = st.one_of(finite, st.just(float("nan")), st.just(float("inf")))
+
+
+@settings(max_examples=40, deadline=None)
+@given(head=st.lists(finite, min_size=1, max_size=30), tail=st.lists(values, max_size=400),
+       flat=st.floats(-1e3, 1e3), n_flat=st.integers(0, 400))
+def test_scores_stay_in_range_and_state_stays_bounded_on_any_input(head, tail, flat, n_flat):
+    xs = head + [flat] * n_flat + tail  # constant stretches, NaN and infinities included
+    det = make_detector(selected_detector(), 100)
+    size = det.state_size()
+    for i, x in enumerate(xs):
+        s = det.score(60.0 * i, x)
+        assert 0.0 <= s <= 1.0
+        if x != x or x in (float("inf"), float("-inf")):
+            assert s == 0.0  # not scored
+    assert det.state_size() == size
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), m=st.integers(1, 4), n=st.integers(310, 700))
+def test_the_frozen_default_in_a_bank_scores_each_series_as_alone(data, m, n):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.normal(0, 1, (n, m)).cumsum(axis=0) * data.draw(st.sampled_from([0.0, 0.01, 5.0]))
+    spikes = data.draw(st.lists(st.integers(300, n - 1), max_size=4))
+    x[spikes] += 50.0
+    spec = selected_detector()
+    bank = make_bank(spec, m, 100)
+    ours = np.array([bank.score(60.0 * i, row) for i, row in enumerate(x)])
+    for j in range(m):
+        theirs = _scores(spec, [60.0 * i for i in range(n)], x[:, j].tolist(), 100)
+        np.testing.assert_allclose(ours[:, j], theirs, atol=1e-9)

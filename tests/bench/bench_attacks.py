@@ -17,10 +17,20 @@ PGD draws its random start from the global generator: it is seeded with the seed
 PGD uses, so both start from the same points and their robust accuracies are comparable
 (``trainguard_not_weaker``). APGD's and Square's random draws differ between the libraries.
 
+Thread budgets: the rows run first with ``--threads`` (default 1) intra-op threads for both
+libraries, timed in CPU seconds of the process; then the PGD / APGD rows as robust eval runs
+them again with an equal thread budget of ``--budget-threads`` (default os.cpu_count())
+given to both: torch.set_num_threads(N), which torchattacks spends as torch's intra-op
+threads and trainguard as N worker threads that split each model pass by rows
+(``fastpath.row_parallel``, same results). With several threads CPU seconds no longer
+measure speed, so those rows are timed in wall seconds (``speed_metric``); on a shared
+machine they depend on the load (``load_average_1m`` per row).
+
 Strength: an FGSM-RS model trained on digits (eps 0.1) and an undefended one, attacked with
 FGSM, PGD-50 x 10 restarts and APGD-CE; the per-sample worst case must not exceed any attack.
 
-    python tests/bench/bench_attacks.py [--quick] [--threads N] [--no-strength] [--eval-only]
+    python tests/bench/bench_attacks.py [--quick] [--threads N] [--budget-threads N]
+        [--no-strength] [--eval-only]
 """
 
 from __future__ import annotations
@@ -242,6 +252,13 @@ def _speed_case(
         row[f"ratio_vs_{n}_median"] = round(ours["median"] / v["median"], 3)
         row[f"ratio_vs_{n}_best"] = round(ours["min"] / v["min"], 3)
         row[f"speedup_vs_{n}_median"] = round(v["median"] / ours["median"], 2)
+        row[f"speedup_vs_{n}_wall_median"] = round(v["wall_median"] / ours["wall_median"], 2)
+    threads = torch.get_num_threads()
+    row["threads"] = threads
+    # one thread: CPU seconds of the process, the least disturbed by other load; several
+    # threads: only wall seconds say how soon the answer comes
+    row["speed_metric"] = "cpu" if threads == 1 else "wall"
+    row["load_average_1m"] = round(os.getloadavg()[0], 2)
     return row
 
 
@@ -367,17 +384,37 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
         (f"digits_cnn standard-trained, {ev}", "square", std, xd, yd, queries, {"eps": 0.05}),
         (f"digits_cnn FGSM-RS-trained, {ev}", "square", adv, xd, yd, queries, {"eps": 0.05}),
     ]
-    return [
+    rows = [
         _speed_case(name, attack, model, x, y, n, r, **kw)
         for name, attack, model, x, y, n, kw in cases
         if not args.eval_only or name.endswith(ev)
     ]
+    if args.budget_threads > 1 and args.budget_threads != args.threads:
+        # the equal thread budget: both libraries get the same cores (see the docstring)
+        torch.set_num_threads(args.budget_threads)
+        try:
+            rows += [
+                _speed_case(
+                    f"{name}, {args.budget_threads} threads each", attack, m, x, y, n, r, **kw
+                )
+                for name, attack, m, x, y, n, kw in cases
+                if name.endswith(ev) and attack in ("pgd", "apgd")
+            ]
+        finally:
+            torch.set_num_threads(args.threads)
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both")
+    ap.add_argument(
+        "--budget-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="equal thread budget for both in the extra PGD/APGD rows (1: none)",
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-strength", action="store_true", help="speed only")
     ap.add_argument(

@@ -53,7 +53,7 @@ from trainguard.trainer.dcp import DcpCheckpoints, LocalKeys, signing_key_signer
 
 def _timed(fn: Callable[[], Any]) -> float:
     """Wall seconds of `fn`; on several ranks, from a common start to the last rank's end."""
-    many = dist.get_world_size() > 1
+    many = dist.is_initialized() and dist.get_world_size() > 1
     if many:
         dist.barrier()
     t0 = time.perf_counter()

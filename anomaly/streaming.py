@@ -41,6 +41,7 @@ import math
 from typing import Any, NamedTuple
 
 from trainguard.anomaly.config import StreamConfig
+from trainguard.anomaly.interface import AnomalyError
 
 __all__ = ["StreamBank", "StreamDetector", "StreamScore"]
 
@@ -247,8 +248,9 @@ class StreamBank:
     """`StreamDetector` arithmetic for ``m`` streams at once: one numpy call per time step.
 
     Every stream gets one finite value per step (same timestamp); unlike `StreamDetector`,
-    which skips NaN, the bank expects the caller to fill or drop missing values. ``update(t, xs)`` returns
-    ``(scores, alerts, z)`` as arrays of length ``m``. State is a fixed set of arrays of size
+    which skips NaN, the bank expects the caller to fill or drop missing values, and refuses a
+    step with a NaN or infinity (one would poison that stream's state for good).
+    ``update(t, xs)`` returns ``(scores, alerts, z)`` as arrays of length ``m``. State is a fixed set of arrays of size
     ``m`` (``m x buckets`` for the profiles): O(1) per stream.
     """
 
@@ -285,6 +287,13 @@ class StreamBank:
         """Score one value per stream at time `t`, then learn from them."""
         np, c = self._np, self.cfg
         x = np.asarray(xs, dtype=np.float64)
+        if not np.isfinite(x).all():
+            bad = np.flatnonzero(~np.isfinite(x))
+            raise AnomalyError(
+                f"stream bank: {len(bad)} of {self.m} values at t={t} are NaN or infinite "
+                f"(first: series {int(bad[0])}); nothing was scored or learned at this step",
+                tip="fill or drop missing values before the bank, or score that series with "
+                    "make_detector (the scalar detector skips them)")
         if self.n == 0:
             self.level, self.absx, self.n = x.copy(), np.abs(x), 1
             self.lo, self.hi = x.copy(), x.copy()

@@ -6,8 +6,10 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trainguard.anomaly import AnomalyError
 from trainguard.anomaly.config import StreamConfig
 from trainguard.anomaly.streaming import StreamBank, StreamDetector
 
@@ -144,6 +146,25 @@ def test_missing_values_are_skipped_without_poisoning_the_state():
     b = _run(gappy, StreamConfig(weekly_buckets=0))
     assert b[300].score == 0.0 and b[301].score == 0.0
     assert [r.score for r in b[302:]] == [r.score for r in a[300:]]
+
+
+def test_the_bank_refuses_a_step_with_a_missing_value_and_keeps_its_state():
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 1, (400, 3))
+    bank, clean = StreamBank(3, FAST), StreamBank(3, FAST)
+    for i in range(200):
+        bank.update(T0 + i * STEP, x[i])
+        clean.update(T0 + i * STEP, x[i])
+    for bad in (float("nan"), float("inf")):
+        row = x[200].copy()
+        row[1] = bad
+        with pytest.raises(AnomalyError) as err:
+            bank.update(T0 + 200 * STEP, row)
+        assert "series 1" in str(err.value) and "make_detector" in (err.value.tip or "")
+    # the refused steps left no trace: the bank goes on exactly as one that never saw them
+    for i in range(200, 400):
+        a, b = bank.update(T0 + i * STEP, x[i])[0], clean.update(T0 + i * STEP, x[i])[0]
+        assert np.array_equal(a, b) and np.isfinite(a).all()
 
 
 def _spiky(n, rng, every=50, size=6.0):

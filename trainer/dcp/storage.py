@@ -335,18 +335,46 @@ class SealedDcpReader(FileSystemReader):
 
 class _Slice(io.RawIOBase):
     """A read-only window [offset, offset + length) of a seekable stream, positions relative to
-    it (DCP's own view resolves SEEK_END wrongly, which `zipfile` needs)."""
+    it (DCP's own view resolves SEEK_END wrongly, which `zipfile` needs). Its first and last
+    `edge` bytes are read once and served from memory: a zip reader makes dozens of small
+    reads there (the pickle and record headers at the start, the index at the end)."""
 
-    def __init__(self, base: SealedReader, offset: int, length: int) -> None:
+    def __init__(self, base: SealedReader, offset: int, length: int, edge: int = 4096) -> None:
         super().__init__()
         self._base, self._offset, self._length, self._pos = base, offset, length, 0
+        self._edge = min(edge, length)
+        self._head: bytes | None = None
+        self._tail: bytes | None = None
+
+    def _read_at(self, pos: int, out: memoryview) -> int:
+        self._base.seek(self._offset + pos)
+        return self._base.readinto(out)
+
+    def _edge_bytes(self, tail: bool) -> bytes:
+        cached = self._tail if tail else self._head
+        if cached is None:
+            buf = bytearray(self._edge)
+            n = self._read_at(self._length - self._edge if tail else 0, memoryview(buf))
+            cached = bytes(buf[:n])
+            if tail:
+                self._tail = cached
+            else:
+                self._head = cached
+        return cached
 
     def readinto(self, b: Any) -> int:
         out = memoryview(b).cast("B")[: max(0, self._length - self._pos)]
         if not len(out):
             return 0
-        self._base.seek(self._offset + self._pos)
-        n = self._base.readinto(out)
+        end, tail_start = self._pos + len(out), self._length - self._edge
+        if end <= self._edge or self._pos >= tail_start:
+            at_tail = self._pos >= tail_start
+            edge = self._edge_bytes(at_tail)
+            start = self._pos - tail_start if at_tail else self._pos
+            n = len(edge[start : start + len(out)])
+            out[:n] = edge[start : start + n]
+        else:
+            n = self._read_at(self._pos, out)
         self._pos += n
         return n
 

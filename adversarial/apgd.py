@@ -51,7 +51,6 @@ class APGD(Attack):
 
     rho = 0.75
     momentum = 0.75
-    row_passes = True
 
     def __init__(
         self,
@@ -110,7 +109,7 @@ class APGD(Attack):
         eta = torch.full(shape, 2 * self.eps, device=x.device, dtype=x.dtype)
         x_cur = (x + random_start(x, self.norm, self.eps, gen)).clamp(*self.clip)
         objective = functools.partial(attack_loss, self.loss, y=y, target=target)
-        logits, loss, grad = objective_and_grad(self.model, x_cur, objective, self._passes)
+        logits, loss, grad = objective_and_grad(self.model, x_cur, objective)
         best.update(x_cur, self._success(logits, y, target), loss, idx)
         x_max, loss_max, grad_max = x_cur.clone(), loss.clone(), grad.clone()
         checkpoints = set(self.checkpoints(self.steps))
@@ -143,7 +142,7 @@ class APGD(Attack):
             a = 1.0 if k == 0 else self.momentum
             x_next = self._finish(x, x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev))
             x_prev, x_cur = x_cur, x_next
-            logits, loss, grad = objective_and_grad(self.model, x_cur, objective, self._passes)
+            logits, loss, grad = objective_and_grad(self.model, x_cur, objective)
             best.update(x_cur, self._success(logits, y, target), loss, idx)
             increases += (loss > last_loss).float()
             last_loss = loss

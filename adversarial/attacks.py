@@ -17,10 +17,6 @@ Every attack is a callable object in the style users know from torchattacks:
 * on CPU, batches are attacked in chunks of ``chunk`` samples (default 128) so that a chunk's
   activations stay in cache (about 6% less CPU time on the reference models; the Square
   attack takes whole batches); on accelerators whole batches run at once;
-* on CPU with a thread budget above 1 (``torch.get_num_threads()``), each model pass splits
-  its batch by rows over that many worker threads running torch single-threaded
-  (``fastpath.row_parallel``): the same results as with one thread, bitwise on the
-  reference models;
 * on CPU, max-pooling runs on a channels-last copy (``fastpath.fast_cpu_pooling``): bitwise
   the same logits and gradients, about 15% less time per step on digits_cnn. Whole models
   in channels-last were measured and left out: the layout copies cost more than they save.
@@ -38,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from trainguard.adversarial.errors import AdversarialError
-from trainguard.adversarial.fastpath import RowParallel, fast_cpu_pooling, row_parallel
+from trainguard.adversarial.fastpath import fast_cpu_pooling
 from trainguard.adversarial.losses import Loss, attack_loss
 
 __all__ = ["FGSM", "PGD", "Attack", "Norm", "eval_mode"]
@@ -109,15 +105,12 @@ Objective = Callable[[Tensor], Tensor]
 
 
 def objective_and_grad(
-    model: nn.Module, x: Tensor, objective: Objective, passes: RowParallel | None = None
+    model: nn.Module, x: Tensor, objective: Objective
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Logits, the per-sample ``objective(logits)`` and its gradient with respect to ``x``.
 
     Only the input gradient is computed; parameter ``.grad`` fields are left untouched.
-    ``passes``: split the batch by rows over worker threads (same results).
     """
-    if passes is not None and passes.parts(x.shape[0]) > 1:
-        return passes.objective_and_grad(model, x, objective)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
@@ -168,8 +161,6 @@ class Attack:
     """Base class: validation, eval-mode switching, generator seeding, chunks and restarts."""
 
     cpu_chunk = CPU_CHUNK
-    # gradient attacks: split model passes over worker threads when the thread budget is > 1
-    row_passes = False
 
     def __init__(
         self,
@@ -191,7 +182,6 @@ class Attack:
         self.restarts = int(restarts)
         self.targeted = bool(targeted)
         self.chunk = chunk
-        self._passes: RowParallel | None = None  # set for the duration of a call
         if self.eps < 0 or not math.isfinite(self.eps):
             raise AdversarialError(f"eps must be a finite number >= 0, got {eps}")
         if not self.clip[0] < self.clip[1]:
@@ -212,11 +202,7 @@ class Attack:
         gen = torch.Generator(device=x.device)
         gen.manual_seed(self.seed)
         chunk = self.chunk or (self.cpu_chunk if x.device.type == "cpu" else x.shape[0])
-        with (
-            eval_mode(self.model),
-            fast_cpu_pooling(x.device),
-            row_parallel(x.device, enabled=self.row_passes) as self._passes,
-        ):
+        with eval_mode(self.model), fast_cpu_pooling(x.device):
             if self.targeted and target is None:
                 with torch.no_grad():
                     target = top_wrong_classes(self.model(x), y, 1)[:, 0]
@@ -227,7 +213,6 @@ class Attack:
                 best = _Best(x[sl])
                 self._attack(x[sl], y[sl], None if target is None else target[sl], gen, best)
                 out.append(best.x)
-        self._passes = None
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def _prepare(self, x: Tensor) -> None:
@@ -288,8 +273,6 @@ class FGSM(Attack):
     With ``norm="l2"`` it is the fast gradient method: one step of L2 length eps.
     """
 
-    row_passes = True
-
     def __init__(
         self,
         model: nn.Module,
@@ -313,7 +296,7 @@ class FGSM(Attack):
         def objective(z: Tensor) -> Tensor:
             return attack_loss(Loss.CE, z, y, target)
 
-        _, _, grad = objective_and_grad(self.model, x, objective, self._passes)
+        _, _, grad = objective_and_grad(self.model, x, objective)
         x_adv = self._finish(x, x + self.eps * ascent_direction(grad, self.norm))
         with torch.no_grad():
             logits = self.model(x_adv)
@@ -336,8 +319,6 @@ class PGD(Attack):
         highest loss). targeted: aim at the most likely wrong class when no ``target`` is
         passed to the call (targeted PGD descends the cross-entropy of the target).
     """
-
-    row_passes = True
 
     def __init__(
         self,
@@ -388,7 +369,7 @@ class PGD(Attack):
             x_adv = x.clone()
         for _ in range(self.steps):
             objective = functools.partial(attack_loss, Loss.CE, y=y, target=target)
-            logits, loss, grad = objective_and_grad(self.model, x_adv, objective, self._passes)
+            logits, loss, grad = objective_and_grad(self.model, x_adv, objective)
             best.update(x_adv, success(logits, y, target), loss, idx)
             if self.early_stop:
                 keep = ~best.fooled[idx]

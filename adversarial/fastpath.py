@@ -22,29 +22,14 @@ predicted classes, also at another batch size) and any failure or mismatch falls
 eager model, which also decides every reported result. Data-dependent control flow is the
 one thing tracing cannot see; callers therefore re-check their final answers eagerly.
 Certification does not use it: a certificate must be about the model itself.
-
-Row-parallel passes (``row_parallel``): with a CPU thread budget of N > 1
-(``torch.get_num_threads()``), an attack's forward and input-gradient passes split the batch
-by rows over N worker threads that each run torch single-threaded (torch ops release the
-GIL), instead of one pass spread by torch's intra-op threads, which scale poorly on the small
-convolutions of these models. The logits of the parts are joined, the objective and its
-gradient with respect to the logits are computed once on the whole batch, and each worker
-back-propagates its rows. Each sample's arithmetic is the one it gets in a single pass (the
-kernels compute samples independently; a part has at least ``MIN_ROWS`` rows, because below
-about 4 rows the CPU kernels switch and change the last bits): results are those of the
-single-threaded attack, which tests assert bitwise on the reference models. While a call
-runs, torch's intra-op thread count is 1 for the whole process (the budget is spent as
-worker threads) and is restored afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -52,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["RowParallel", "fast_cpu_pooling", "inference_forward", "row_parallel"]
+__all__ = ["fast_cpu_pooling", "inference_forward"]
 
 log = logging.getLogger(__name__)
 
@@ -169,72 +154,3 @@ def fast_cpu_pooling(device: torch.device) -> Iterator[None]:
         return
     with _FastCpuPooling():
         yield
-
-
-MIN_ROWS = 16
-Objective = Callable[[Tensor], Tensor]
-
-
-def _part_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """In a worker: the logits of rows ``x``, with a graph back to a leaf copy of them."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), fast_cpu_pooling(x.device):  # modes are per thread
-        return x, model(x)
-
-
-def _part_grad(part: tuple[Tensor, Tensor], grad_logits: Tensor) -> Tensor:
-    """In a worker: the input gradient of one part, given d(objective)/d(logits)."""
-    x, logits = part
-    (grad,) = torch.autograd.grad(logits, x, grad_logits)
-    return grad
-
-
-class RowParallel:
-    """Forward and input-gradient passes of a batch split by rows over worker threads."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool = ThreadPoolExecutor(
-            workers,
-            thread_name_prefix="trainguard-attack",
-            initializer=torch.set_num_threads,
-            initargs=(1,),
-        )
-
-    def parts(self, rows: int) -> int:
-        """How many parts a batch of ``rows`` is split into (1: run it in one pass)."""
-        return max(1, min(self.workers, rows // MIN_ROWS))
-
-    def objective_and_grad(
-        self, model: nn.Module, x: Tensor, objective: Objective
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits, per-sample ``objective(logits)`` and its gradient with respect to ``x``."""
-        k = self.parts(x.shape[0])
-        parts = list(self._pool.map(functools.partial(_part_forward, model), x.tensor_split(k)))
-        logits = torch.cat([z.detach() for _, z in parts]).requires_grad_(True)
-        with torch.enable_grad():
-            loss = objective(logits)
-            (grad_logits,) = torch.autograd.grad(loss.sum(), logits)
-        grads = self._pool.map(_part_grad, parts, grad_logits.tensor_split(k))
-        return logits.detach(), loss.detach(), torch.cat(list(grads))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-@contextlib.contextmanager
-def row_parallel(device: torch.device, *, enabled: bool = True) -> Iterator[RowParallel | None]:
-    """A ``RowParallel`` spending torch's intra-op thread budget as worker threads, on CPU
-    when that budget is above 1; else None (single passes). Torch runs single-threaded in
-    the block and gets its thread count back afterwards."""
-    budget = torch.get_num_threads()
-    if not enabled or device.type != "cpu" or budget < 2:
-        yield None
-        return
-    torch.set_num_threads(1)
-    passes = RowParallel(budget)
-    try:
-        yield passes
-    finally:
-        passes.close()
-        torch.set_num_threads(budget)

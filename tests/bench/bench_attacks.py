@@ -20,17 +20,16 @@ PGD uses, so both start from the same points and their robust accuracies are com
 Thread budgets: the rows run first with ``--threads`` (default 1) intra-op threads for both
 libraries, timed in CPU seconds of the process; then the PGD / APGD rows as robust eval runs
 them again with an equal thread budget of ``--budget-threads`` (default os.cpu_count())
-given to both: torch.set_num_threads(N), which torchattacks spends as torch's intra-op
-threads and trainguard as N worker threads that split each model pass by rows
-(``fastpath.row_parallel``, same results). With several threads CPU seconds no longer
-measure speed, so those rows are timed in wall seconds (``speed_metric``); on a shared
-machine they depend on the load (``load_average_1m`` per row).
+given to both through torch.set_num_threads(N) (``--budget-only``: these rows alone). With
+several threads CPU seconds no longer measure speed, so those rows are timed in wall
+seconds (``speed_metric``); on a shared machine they depend on the load
+(``load_average_1m`` per row).
 
 Strength: an FGSM-RS model trained on digits (eps 0.1) and an undefended one, attacked with
 FGSM, PGD-50 x 10 restarts and APGD-CE; the per-sample worst case must not exceed any attack.
 
     python tests/bench/bench_attacks.py [--quick] [--threads N] [--budget-threads N]
-        [--no-strength] [--eval-only]
+        [--budget-only] [--no-strength] [--eval-only]
 """
 
 from __future__ import annotations
@@ -387,7 +386,7 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = [
         _speed_case(name, attack, model, x, y, n, r, **kw)
         for name, attack, model, x, y, n, kw in cases
-        if not args.eval_only or name.endswith(ev)
+        if (not args.eval_only or name.endswith(ev)) and not args.budget_only
     ]
     if args.budget_threads > 1 and args.budget_threads != args.threads:
         # the equal thread budget: both libraries get the same cores (see the docstring)
@@ -415,6 +414,7 @@ def main() -> int:
         default=os.cpu_count() or 1,
         help="equal thread budget for both in the extra PGD/APGD rows (1: none)",
     )
+    ap.add_argument("--budget-only", action="store_true", help="only the equal-thread-budget rows")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-strength", action="store_true", help="speed only")
     ap.add_argument(

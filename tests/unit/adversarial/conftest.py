@@ -1,14 +1,14 @@
-"""Fixtures for the adversarial tests: one thread, a quickly trained digits model, a masked one."""
+"""Fixtures for the adversarial tests: one thread, quickly trained digits models, a masked one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from torch import nn
 from trainguard.adversarial import AdversarialStep, Dataset, load_digits, train_adversarial
-from trainguard.adversarial.models import digits_mlp
+from trainguard.adversarial.models import digits_cnn, digits_mlp
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,16 +24,25 @@ def digits_test() -> Dataset:
     return load_digits("test")
 
 
+def _undefended(factory: Callable[[], nn.Module], epochs: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = factory()
+    train_adversarial(
+        model, load_digits("train"), AdversarialStep("standard", 0.0), epochs=epochs, batch_size=64
+    )
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def trained_mlp() -> nn.Module:
     """An undefended MLP on digits (about 95% clean accuracy, a few seconds)."""
-    torch.manual_seed(0)
-    model = digits_mlp()
-    train_adversarial(
-        model, load_digits("train"), AdversarialStep("standard", 0.0), epochs=8, batch_size=64
-    )
-    model.eval()
-    return model
+    return _undefended(digits_mlp, 8)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn() -> nn.Module:
+    """An undefended digits CNN with max-pooling (2 epochs, a few seconds)."""
+    return _undefended(digits_cnn, 2)
 
 
 class RoundingModel(nn.Module):

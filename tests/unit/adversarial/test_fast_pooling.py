@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from trainguard.adversarial import APGD, PGD, AdversarialStep, load_digits, train_adversarial
+from trainguard.adversarial import APGD, PGD
 from trainguard.adversarial.attacks import loss_and_grad
 from trainguard.adversarial.fastpath import fast_cpu_pooling
 from trainguard.adversarial.models import digits_cnn
@@ -80,16 +79,6 @@ def test_an_attack_step_on_a_pooling_cnn_is_rerouted_and_unchanged(digits_test):
     assert "ChannelsLastMaxPool2d" in type(out.grad_fn).__name__  # the fast kernel did run
     assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
     assert torch.equal(grad, ref_grad)
-
-
-@pytest.fixture(scope="module")
-def trained_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    model = digits_cnn()
-    train_adversarial(
-        model, load_digits("train"), AdversarialStep("standard", 0.0), epochs=2, batch_size=64
-    )
-    return model.eval()
 
 
 @pytest.mark.slow

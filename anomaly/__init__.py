@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "KnnCadConfig": "knncad",
     "DetectorSpec": "detectors",
     "Ensemble": "detectors",
+    "FusedStreamMax": "fused",
     "ProbationCalibrated": "detectors",
     "Rested": "detectors",
     "RestedBank": "detectors",

@@ -269,9 +269,36 @@ def _base(spec: DetectorSpec, probation: int) -> UnivariateDetector:
             from trainguard.anomaly.spatial import SpatialRange, SpatialRangeConfig
 
             return SpatialRange(SpatialRangeConfig(**params), probation=probation)
+        fused = _fused_stream_max(spec, probation)
+        if fused is not None:
+            return fused
     except TypeError as exc:
         raise AnomalyError(f"{spec.key}: unknown setting ({exc})") from exc
     return Ensemble([make_detector(m, probation) for m in spec.members], spec.combine)
+
+
+def _fused_stream_max(spec: DetectorSpec, probation: int) -> UnivariateDetector | None:
+    """`FusedStreamMax` for a max of two stream members differing at most in range_floor and
+    one spatial member (the selected default's shape: one shared update instead of two), or
+    None for any other ensemble. Same scores bit for bit as the `Ensemble` of the members."""
+    if spec.combine != "max" or len(spec.members) != 3 or any(
+            m.calibrate or m.likelihood or m.members for m in spec.members):
+        return None
+    streams = [m for m in spec.members if m.name == "stream"]
+    spatial = [m for m in spec.members if m.name == "spatial"]
+    if len(streams) != 2 or len(spatial) != 1:
+        return None
+    from trainguard.anomaly.config import StreamConfig
+    from trainguard.anomaly.fused import FusedStreamMax
+    from trainguard.anomaly.spatial import SpatialRangeConfig
+
+    a, b = (replace(StreamConfig(), **dict(m.params)) for m in streams)
+    if replace(a, range_floor=0.0) != replace(b, range_floor=0.0):
+        return None
+    sp = spatial[0]
+    return FusedStreamMax(
+        (a, streams[0].rest, streams[0].rest_at), (b, streams[1].rest, streams[1].rest_at),
+        (SpatialRangeConfig(**dict(sp.params)), sp.rest, sp.rest_at), probation=probation)
 
 
 class EnsembleBank:

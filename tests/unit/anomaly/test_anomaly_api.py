@@ -27,6 +27,8 @@ PUBLIC = {
     "Rested", "RestedBank",
     # Numenta's anomaly likelihood on any detector's scores
     "Likelihood", "LikelihoodBank",
+    # the selected default's shape in one update per sample (same scores as its Ensemble)
+    "FusedStreamMax",
 }
 
 

@@ -99,6 +99,7 @@ __all__ = [
     "MAGIC",
     "TAG_SIZE",
     "TAGS_DIGEST",
+    "PositionedReader",
     "RewrapResult",
     "SealedReader",
     "SealedStreamError",
@@ -319,7 +320,34 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-class SealedReader(io.RawIOBase):
+class PositionedReader(io.RawIOBase):
+    """A read-only, seekable raw stream of ``_size`` bytes whose position is ``_pos``;
+    subclasses implement ``readinto`` from that position."""
+
+    _pos: int
+    _size: int
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+
+class SealedReader(PositionedReader):
     """A readable, seekable binary file object over a sealed stream in a seekable `fileobj`.
 
     Opening verifies the header, the key and the final segment (so truncation is caught up
@@ -464,21 +492,3 @@ class SealedReader(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False

@@ -39,6 +39,7 @@ from trainguard.crypto.sealed.stream import (
     TAGS_DIGEST,
     DataKey,
     EarlyWriteback,
+    PositionedReader,
     SealedReader,
     SealedWriter,
 )
@@ -333,7 +334,7 @@ class SealedDcpReader(FileSystemReader):
         return done
 
 
-class _Slice(io.RawIOBase):
+class _Slice(PositionedReader):
     """A read-only window [offset, offset + length) of a seekable stream, positions relative to
     it (DCP's own view resolves SEEK_END wrongly, which `zipfile` needs). Its first and last
     `edge` bytes are read once and served from memory: a zip reader makes dozens of small
@@ -341,7 +342,7 @@ class _Slice(io.RawIOBase):
 
     def __init__(self, base: SealedReader, offset: int, length: int, edge: int = 4096) -> None:
         super().__init__()
-        self._base, self._offset, self._length, self._pos = base, offset, length, 0
+        self._base, self._offset, self._size, self._pos = base, offset, length, 0
         self._edge = min(edge, length)
         self._head: bytes | None = None
         self._tail: bytes | None = None
@@ -354,7 +355,7 @@ class _Slice(io.RawIOBase):
         cached = self._tail if tail else self._head
         if cached is None:
             buf = bytearray(self._edge)
-            n = self._read_at(self._length - self._edge if tail else 0, memoryview(buf))
+            n = self._read_at(self._size - self._edge if tail else 0, memoryview(buf))
             cached = bytes(buf[:n])
             if tail:
                 self._tail = cached
@@ -363,36 +364,20 @@ class _Slice(io.RawIOBase):
         return cached
 
     def readinto(self, b: Any) -> int:
-        out = memoryview(b).cast("B")[: max(0, self._length - self._pos)]
+        out = memoryview(b).cast("B")[: max(0, self._size - self._pos)]
         if not len(out):
             return 0
-        end, tail_start = self._pos + len(out), self._length - self._edge
+        end, tail_start = self._pos + len(out), self._size - self._edge
         if end <= self._edge or self._pos >= tail_start:
             at_tail = self._pos >= tail_start
             edge = self._edge_bytes(at_tail)
             start = self._pos - tail_start if at_tail else self._pos
-            n = len(edge[start : start + len(out)])
+            n = max(0, min(len(out), len(edge) - start))
             out[:n] = edge[start : start + n]
         else:
             n = self._read_at(self._pos, out)
         self._pos += n
         return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (30 bytes)

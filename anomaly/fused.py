@@ -123,8 +123,8 @@ class FusedStreamMax:
                     self.lo = x
                 elif x > hi:
                     self.hi = x
-                sa = self._a.update(t, x)[0]
-                sb = self._b.update(t, x)[0]
+                sa = self._a._step(t, x)[0]
+                sb = self._b._step(t, x)[0]
         # the rest periods (`Rested`) and the max (`Ensemble`), in their order of comparison
         ra, ata, rb, atb, rs, ats = self._rest
         if self._left_a:

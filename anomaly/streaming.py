@@ -60,6 +60,7 @@ class StreamScore(NamedTuple):
 
 
 _NAN = float("nan")
+_new_tuple = tuple.__new__  # a NamedTuple from a built tuple, without its Python __new__
 
 
 def _tail_start(c: StreamConfig) -> int:
@@ -111,20 +112,25 @@ class StreamDetector:
 
     def score(self, t: float, x: float) -> float:
         """`UnivariateDetector` interface: the score of `update` alone."""
-        return self.update(t, x).score
+        return self._step(t, x)[0]
 
-    def update(self, t: float, x: float) -> StreamScore:  # noqa: C901 - the hot path, flat
+    def update(self, t: float, x: float) -> StreamScore:
         """Score sample `x` at time `t` (seconds) from earlier samples, then learn from it."""
+        return _new_tuple(StreamScore, self._step(t, x))
+
+    def _step(self, t: float, x: float) -> tuple[float, bool, float, float]:  # noqa: C901
+        """`update` as a plain tuple: the hot path, flat (a NamedTuple costs ~0.4 us to build,
+        a tenth of the whole step; `score` and `FusedStreamMax` need only the score)."""
         (gain, min_spread, drift_alpha, drift_w, warmup, log_z, scale2, tail_decay, tail_rate,
          tail_p, tail_floor, refractory, damp, threshold, clip, spread_alpha, level_alpha,
          season_alpha, shift_z, shift_run, tail_start, z_gate, range_floor) = self._k
         n = self.n
         level = self.level
         if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
-            return StreamScore(0.0, False, 0.0, level)
+            return 0.0, False, 0.0, level
         if n == 0:
             self.level, self.n, self.absx, self.lo, self.hi = x, 1, abs(x), x, x
-            return StreamScore(0.0, False, 0.0, x)
+            return 0.0, False, 0.0, x
         daily, weekly = self.daily, self.weekly
         bd = int(t % _DAY // self._dw)
         p1 = daily[bd]
@@ -241,7 +247,7 @@ class StreamDetector:
             self.lo = x
         elif x > self.hi:
             self.hi = x
-        return StreamScore(score, alert, z, expected)
+        return score, alert, z, expected
 
 
 class StreamBank:

@@ -130,3 +130,15 @@ def test_channels_with_other_settings_are_refused():
         FusedStreamMax((StreamConfig(), 0, 0.7), (StreamConfig(clip=4.0), 0, 0.7),
                        (SpatialRangeConfig(), 0, 0.7))
     assert "range_floor" in str(err.value) and err.value.tip
+
+
+def test_update_still_returns_a_stream_score_equal_to_score():
+    from trainguard.anomaly import StreamDetector, StreamScore
+
+    a, b = StreamDetector(), StreamDetector()
+    for i in range(400):
+        x = float(i % 7) + (50.0 if i == 350 else 0.0)
+        got = a.update(60.0 * i, x)
+        assert isinstance(got, StreamScore) and got._fields == ("score", "alert", "z", "expected")
+        assert got.score == b.score(60.0 * i, x)
+    assert got.z < 3.0 and a.update(400 * 60.0, 500.0).alert is True

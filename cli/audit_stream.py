@@ -89,7 +89,10 @@ def log_stream(
                 ctx.stdout.write(line + "\n")
             ctx.stdout.flush()
             return 0
-        previous = signal.signal(signal.SIGTERM, stop) if args.follow else None
+        # SIGINT like SIGTERM: a flag the loop checks between polls, never an exception
+        # raised inside the log's reads (a Ctrl-C there once left a follower hanging)
+        previous = ({sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+                    if args.follow else {})
         try:
             write_stream(stream, ctx.stdout, render, follow=args.follow,
                          stopped=lambda: stopping, sleep=time.sleep,
@@ -103,8 +106,8 @@ def log_stream(
             os.dup2(devnull, ctx.stdout.fileno())
             os.close(devnull)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return 0
 
 

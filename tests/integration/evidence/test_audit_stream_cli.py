@@ -77,7 +77,7 @@ def test_follow_resumes_by_seq_without_gaps_or_repeats(
         _append(home, 40)
         got = _read_lines(first, 40)
         first.send_signal(signal.SIGTERM)
-        rest, err = first.communicate(timeout=10)
+        rest, err = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
@@ -94,7 +94,7 @@ def test_follow_resumes_by_seq_without_gaps_or_repeats(
         _append(home, 5)
         more += _read_lines(second, 5)
         second.send_signal(signal.SIGINT)
-        _, err = second.communicate(timeout=10)
+        _, err = second.communicate(timeout=60)
     finally:
         if second.poll() is None:
             second.kill()

@@ -422,15 +422,18 @@ def _read_tensor_into(stream: SealedReader, stored: Any, item: ReadItem, planner
     segment and zeroes what it wrote if a tag fails, so only verified bytes reach the state."""
     if stored.transform_descriptors:
         return False
+    target = planner.resolve_tensor(item).detach()
+    # the destination's own checks first: a CUDA or resharded target is not worth parsing for
+    if (type(target) is not torch.Tensor or target.device.type != "cpu"
+            or target.layout != torch.strided or not target.is_contiguous()
+            or target.is_conj() or target.is_neg() or target.is_quantized
+            or any(item.storage_offsets) or list(item.lengths) != list(target.shape)):
+        return False
     found = _stored_layout(_Slice(stream, stored.offset, stored.length))
     if found is None:
         return False
     meta, offset = found
-    target = planner.resolve_tensor(item).detach()
-    if (type(target) is not torch.Tensor or target.device.type != "cpu" or target.dtype != meta.dtype
-            or target.layout != torch.strided or target.shape != meta.shape or not target.is_contiguous()
-            or target.is_conj() or target.is_neg() or target.is_quantized
-            or any(item.storage_offsets) or list(item.lengths) != list(meta.shape)):
+    if target.dtype != meta.dtype or target.shape != meta.shape:
         return False
     nbytes = meta.numel() * meta.element_size()
     if nbytes and offset + nbytes <= stored.length:

@@ -20,6 +20,8 @@ Every attack is a callable object in the style users know from torchattacks:
 * on CPU, max-pooling runs on a channels-last copy (``fastpath.fast_cpu_pooling``): bitwise
   the same logits and gradients, about 15% less time per step on digits_cnn. Whole models
   in channels-last were measured and left out: the layout copies cost more than they save.
+  ReLU -> MaxPool2d pairs in ``nn.Sequential`` models run pooling first (bitwise the same,
+  about 6% less time per step on digits_cnn).
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ class Attack:
         gen = torch.Generator(device=x.device)
         gen.manual_seed(self.seed)
         chunk = self.chunk or (self.cpu_chunk if x.device.type == "cpu" else x.shape[0])
-        with eval_mode(self.model), fast_cpu_pooling(x.device):
+        with eval_mode(self.model), fast_cpu_pooling(x.device, self.model):
             if self.targeted and target is None:
                 with torch.no_grad():
                     target = top_wrong_classes(self.model(x), y, 1)[:, 0]

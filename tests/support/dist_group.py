@@ -1,12 +1,41 @@
-"""A one-rank gloo process group for tests that call DCP or Guard code in-process."""
+"""Process groups in tests: a one-rank gloo group for tests that call DCP or Guard code
+in-process, and `spawn` / `exit_now` for tests that run several ranks in child processes.
+
+A rank that has finished its work (files written, process group destroyed) leaves through
+``os._exit``, as trainguard's own worker does (trainer/worker.py): torch's C++ side can abort at
+interpreter teardown now and then ("terminate called without an active exception", SIGABRT),
+which would fail a test whose ranks all did what it checks.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def exit_now(code: int = 0) -> None:
+    """Flush stdout / stderr and end this process without interpreter teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_then_exit(rank: int, fn: Callable[..., None], *args: Any) -> None:
+    fn(rank, *args)  # an exception propagates: mp.spawn reports it and the rank exits 1
+    exit_now(0)
+
+
+def spawn(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int) -> None:
+    """``mp.spawn(fn, args, nprocs, join=True)``, each rank leaving through `exit_now` once
+    ``fn`` returns."""
+    mp.spawn(_run_then_exit, args=(fn, *args), nprocs=nprocs, join=True)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from support.dist_group import spawn
 
 WORLD = 3
 
@@ -72,7 +72,7 @@ def _local_grads(rank: int) -> torch.Tensor:
 
 def _spawn(fn, tmp_path: Path, *args) -> None:
     store = str(tmp_path / "store")
-    mp.spawn(fn, args=(store, str(tmp_path), *args), nprocs=WORLD, join=True)
+    spawn(fn, (store, str(tmp_path), *args), WORLD)
 
 
 @pytest.mark.parametrize("method", ["median", "centered-clip"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from support.dist_group import spawn
 from trainguard.core.home import Home
 from trainguard.trainer.context import ENV_CONTEXT, LaunchContext, LaunchContextMissing
 
@@ -111,7 +111,7 @@ def test_every_collective_runs_on_the_guard_device_and_resume_loads_in_place(
         home: Home, key_socket: Path, tmp_path: Path) -> None:
     from support.trainer_jobs import free_port
 
-    mp.spawn(_worker, args=(str(tmp_path), free_port(), str(key_socket)), nprocs=WORLD, join=True)
+    spawn(_worker, (str(tmp_path), free_port(), str(key_socket)), WORLD)
     reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in range(WORLD)]
     for rep in reports:
         names = {name for name, _ in rep["calls"]}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from support.dist_group import spawn
 from trainguard.core.home import Home
 from trainguard.trainer.context import ENV_CONTEXT, LaunchContext
 
@@ -81,8 +81,7 @@ def _worker(rank: int, tmp: str, port: int, key_socket: str, method: str) -> Non
 def _run(tmp_path: Path, key_socket: Path, method: str) -> list[dict]:  # type: ignore[type-arg]
     from support.trainer_jobs import free_port
 
-    mp.spawn(_worker, args=(str(tmp_path), free_port(), str(key_socket), method),
-             nprocs=WORLD, join=True)
+    spawn(_worker, (str(tmp_path), free_port(), str(key_socket), method), WORLD)
     return [json.loads((tmp_path / f"{method}-{r}.json").read_text()) for r in range(WORLD)]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from support.dist_group import spawn
 from trainguard.core.home import Home
 from trainguard.trainer.context import ENV_CONTEXT, LaunchContext
 
@@ -86,8 +86,7 @@ def _worker(rank: int, tmp: str, port: int, key_socket: str, phase: str, ck: str
 def _run(tmp_path: Path, key_socket: Path, phase: str, ck: str = "ck") -> list[dict]:  # type: ignore[type-arg]
     from support.trainer_jobs import free_port
 
-    mp.spawn(_worker, args=(str(tmp_path), free_port(), str(key_socket), phase, ck),
-             nprocs=WORLD, join=True)
+    spawn(_worker, (str(tmp_path), free_port(), str(key_socket), phase, ck), WORLD)
     return [json.loads((tmp_path / f"{phase}-{r}.json").read_text()) for r in range(WORLD)]
 
 

@@ -50,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "SpatialRange": "spatial",
     "SpatialRangeBank": "spatial",
     "SpatialRangeConfig": "spatial",
+    "JumpNovelty": "transition",
+    "JumpNoveltyConfig": "transition",
     "KnnCad": "knncad",
     "KnnCadConfig": "knncad",
     "DetectorSpec": "detectors",

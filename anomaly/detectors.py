@@ -10,6 +10,7 @@ selected default (`trainguard.anomaly.config.SELECTED_DETECTOR`) and the candida
 * ``relative_entropy``: `RelativeEntropy` (Wang et al. 2011).
 * ``knncad``: `KnnCad` (Burnaev and Ishimtsev 2016).
 * ``spatial``: `SpatialRange` (the range-breakout rule of Numenta's NAB detectors, graded).
+* ``jump``: `JumpNovelty` (a jump between value levels larger than any seen from that level).
 * ``ensemble``: the mean or the max of its members' scores (stateless on top of them).
 
 Any spec may set ``calibrate`` (a quantile in (0, 1]): the detector's scores over the
@@ -48,7 +49,8 @@ __all__ = [
     "rested",
 ]
 
-DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", "ensemble")
+DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", "jump",
+                  "ensemble")
 
 # Detectors within the streaming budget (<= 5 us per sample per series on one core), as
 # tests/bench/bench_anomaly.py measures them: the stream detector (2-3 us scalar, well under 1 us
@@ -269,6 +271,10 @@ def _base(spec: DetectorSpec, probation: int) -> UnivariateDetector:
             from trainguard.anomaly.spatial import SpatialRange, SpatialRangeConfig
 
             return SpatialRange(SpatialRangeConfig(**params), probation=probation)
+        if spec.name == "jump":
+            from trainguard.anomaly.transition import JumpNovelty, JumpNoveltyConfig
+
+            return JumpNovelty(JumpNoveltyConfig(**params), probation=probation)
         fused = _fused_stream_max(spec, probation)
         if fused is not None:
             return fused

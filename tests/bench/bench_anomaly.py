@@ -10,7 +10,8 @@
   its probation (750 samples, the calibration NAB gives it) on a noisy daily series, against
   the same in-run EW z-score, with `within_budget` (<= 5 us per sample on one core); the
   selected default also as the plain `Ensemble` of its members (before `FusedStreamMax`) and
-  with its channels parted by a level shift (the fused detector's worst case).
+  with its channels parted by a level shift (the fused detector's worst case), and the
+  jump-novelty channel (`trainguard.anomaly.transition`) alone and as its fourth member.
 * banks: every detector that has a `DetectorBank` (`make_bank`: stream, Relative Entropy,
   spatial range, the max ensemble of the first two, the selected default), process CPU time
   per sample per series for one series and for a bank of 256, against an EW z-score bank over
@@ -31,6 +32,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 from trainguard.anomaly.config import StreamConfig
@@ -41,6 +43,8 @@ FIT_TARGET_S = 1.0
 RSS_TARGET_MB = 20.0
 LIKELIHOOD_LABEL = "max(likelihood 500/5 of stream range floor 0.01, spatial 0.05)"
 PAIR_LABEL = "max(stream range floor 0.01, spatial 0.05)"
+JUMP_PARAMS = (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 2))
+JUMP_LABEL = "jump novelty (bins 10, min_jump 4), rest 400 @ 0.6"
 
 
 class _ZScore:
@@ -137,6 +141,12 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     specs[LIKELIHOOD_LABEL] = next(c for c in candidates() if c.label == LIKELIHOOD_LABEL)
     if only_budget:  # the detectors within the budget: a minute, not ten (no CAD-OSE, KNN-CAD)
         specs = {k: v for k, v in specs.items() if v.within_latency_budget}
+    # the temporal-context novelty channel (measured beside the default, not adopted): alone,
+    # and as the default's fourth member (a plain Ensemble: FusedStreamMax takes three)
+    sel = selected_detector()
+    jump = DetectorSpec("jump", 0.73, JUMP_PARAMS, rest=400, rest_at=0.6)
+    specs[JUMP_LABEL] = jump
+    specs[f"{sel.key} + {JUMP_LABEL}"] = replace(sel, members=(*sel.members, jump), label="")
     out = {label: _timed(make_detector(spec, probation), ts, xs, probation)
            for label, spec in specs.items()}
     # the default as the plain Ensemble of its members (how make_detector ran it before the
@@ -144,9 +154,11 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     # parted its channels (from then on two StreamDetector updates: its worst case)
     from trainguard.anomaly.detectors import Ensemble
 
-    sel = selected_detector()
     out[f"{sel.key}, as an Ensemble of its members"] = _timed(
         Ensemble([make_detector(m, probation) for m in sel.members], "max"), ts, xs, probation)
+    out[f"{sel.key} (fused) + {JUMP_LABEL}"] = _timed(
+        Ensemble([make_detector(sel, probation), make_detector(jump, probation)], "max"), ts, xs,
+        probation)
     det = make_detector(sel, probation)
     # a wide swing, then a step under 1 % of it: the unfloored channel shifts, the floored not
     part = [100.0 * (i % 2) for i in range(10)] + [0.0] * 400 + [0.5] * (probation - 410)

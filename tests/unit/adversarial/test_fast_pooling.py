@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from trainguard.adversarial import APGD, PGD
+from trainguard.adversarial import APGD, PGD, fastpath
 from trainguard.adversarial.attacks import loss_and_grad
 from trainguard.adversarial.fastpath import fast_cpu_pooling
 from trainguard.adversarial.models import digits_cnn
@@ -67,7 +67,8 @@ def test_indices_requests_and_other_layouts_pass_through_unchanged():
     assert cl.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_an_attack_step_on_a_pooling_cnn_is_rerouted_and_unchanged(digits_test):
+def test_an_attack_step_on_a_pooling_cnn_is_rerouted_and_unchanged(digits_test, monkeypatch):
+    monkeypatch.setattr(fastpath, "SMALL_CONV_CHANNELS", 0)  # the pooling alone
     torch.manual_seed(0)
     model = digits_cnn().eval()
     x, y = digits_test.x[:64], digits_test.y[:64]

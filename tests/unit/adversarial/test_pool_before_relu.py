@@ -11,11 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from trainguard.adversarial import PGD
+from trainguard.adversarial import PGD, fastpath
 from trainguard.adversarial.fastpath import fast_cpu_pooling
 from trainguard.adversarial.models import digits_cnn
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _eager_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap alone: first convolutions keep oneDNN's backward (test_small_input_conv.py)."""
+    monkeypatch.setattr(fastpath, "SMALL_CONV_CHANNELS", 0)
+
 
 POOLS = [
     dict(kernel_size=2),

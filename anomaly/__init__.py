@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "SpatialRangeConfig": "spatial",
     "JumpNovelty": "transition",
     "JumpNoveltyConfig": "transition",
+    "DwellNovelty": "transition",
+    "DwellNoveltyConfig": "transition",
     "KnnCad": "knncad",
     "KnnCadConfig": "knncad",
     "DetectorSpec": "detectors",

@@ -11,6 +11,7 @@ selected default (`trainguard.anomaly.config.SELECTED_DETECTOR`) and the candida
 * ``knncad``: `KnnCad` (Burnaev and Ishimtsev 2016).
 * ``spatial``: `SpatialRange` (the range-breakout rule of Numenta's NAB detectors, graded).
 * ``jump``: `JumpNovelty` (a jump between value levels larger than any seen from that level).
+* ``dwell``: `DwellNovelty` (a stay at a rare level longer than any stay there before).
 * ``ensemble``: the mean or the max of its members' scores (stateless on top of them).
 
 Any spec may set ``calibrate`` (a quantile in (0, 1]): the detector's scores over the
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", "jump",
-                  "ensemble")
+                  "dwell", "ensemble")
 
 # Detectors within the streaming budget (<= 5 us per sample per series on one core), as
 # tests/bench/bench_anomaly.py measures them: the stream detector (2-3 us scalar, well under 1 us
@@ -275,6 +276,10 @@ def _base(spec: DetectorSpec, probation: int) -> UnivariateDetector:
             from trainguard.anomaly.transition import JumpNovelty, JumpNoveltyConfig
 
             return JumpNovelty(JumpNoveltyConfig(**params), probation=probation)
+        if spec.name == "dwell":
+            from trainguard.anomaly.transition import DwellNovelty, DwellNoveltyConfig
+
+            return DwellNovelty(DwellNoveltyConfig(**params), probation=probation)
         fused = _fused_stream_max(spec, probation)
         if fused is not None:
             return fused

@@ -1,24 +1,38 @@
-"""Temporal-context novelty: a jump between value levels larger than any seen from that level.
+"""Temporal-context novelty: two causal, bounded-state sketches of what HTM's sequence memory
+sees and our stream detector does not, a value the series has shown before in a context it
+has not.
 
-A causal, bounded-state sketch of what HTM's sequence memory sees and our stream detector does
-not: a value the series has shown before, reached from a level it has never left that way (a dip
-to a known low, followed by a rise no dip was ever followed by; a two-sample spike on a level
-whose changes were all small). Values are quantised into bins of ``(probation range) / bins``
-(HTM's encoder resolution is a share of the value range; NAB gives it the whole file's range, a
-look into the future: here the probation rows'). For each bin the detector remembers the largest
-jump up and the largest jump down that ever left it. A jump of at least ``min_jump`` bins that
-exceeds that record by ``e`` bins scores ``1 - exp(-e / (tolerance * min_jump))``; the record
-then grows, so the same jump from the same level is not news twice.
+`JumpNovelty` (name ``jump``): a jump between value levels larger than any seen from that level
+(a dip to a known low, followed by a rise no dip was ever followed by; a two-sample spike on a
+level whose changes were all small). Values are quantised into bins of ``(probation range) /
+bins`` (HTM's encoder resolution is a share of the value range; NAB gives it the whole file's
+range, a look into the future: here the probation rows'). For each bin the detector remembers
+the largest jump up and the largest jump down that ever left it. A jump of at least
+``min_jump`` bins that exceeds that record by ``e`` bins scores
+``1 - exp(-e / (tolerance * min_jump))``; the record then grows, so the same jump from the same
+level is not news twice. Probation: the first ``probation`` samples are kept (bounded by the
+probation length) and score 0; at its end (or at the first finite value after it, if it had
+none) the bin width comes from their range, they are replayed to learn the records, and the
+buffer is dropped. State afterwards is three integers per bin: ``(2 * span + 1) * bins + 1``
+bins cover ``span`` probation ranges below and above the probation range (values further out
+share the edge bins).
 
-Probation: the first ``probation`` samples are kept (bounded by the probation length) and score
-0; at its end (or at the first finite value after it, if it had none) the bin width comes from
-their range, they are replayed to learn the records, and the buffer is dropped. State afterwards
-is three integers per bin: ``(2 * span + 1) * bins + 1`` bins cover ``span`` probation ranges
-below and above the probation range (values further out share the edge bins). A NaN or infinite value is neither scored nor learned (it still counts
-towards the probation length, as in the other detectors).
+`DwellNovelty` (name ``dwell``): a stay at a *rare* level longer than any stay there before (a
+burst whose height the series has shown in short bursts, lasting several times as long). The
+range seen so far is cut into ``levels`` bands; for each band edge k the detector counts the
+current run of samples at or above it, the longest such run before, and how many samples in
+all were at or above it. It scores 1, once per run, when a run exceeds ``ratio`` times the
+longest earlier run there (at least ``min_run`` samples) while the samples at or above that
+edge before this run are fewer than ``rare`` of all samples seen (this run included); else 0. During probation it
+only learns (the longest runs include one still running when probation ends). A level shift
+scores once (all edges it crosses fire on the same sample); the rarity condition is what
+keeps a level the series has come to hold often from being news however long it is held.
+State: four numbers per band edge and the range.
 
-Measured on the shared NAB subset as a fourth channel beside the selected default (README,
-"Anomaly detection", the round on temporal-context novelty); not part of the default.
+In both, a NaN or infinite value is neither scored nor learned (it still counts towards the
+probation length, as in the other detectors). Measured on the shared NAB subset as a channel
+beside the selected default (README, "Anomaly detection", "Temporal-context novelty"); neither
+is part of the default.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from dataclasses import dataclass
 
 from trainguard.anomaly.interface import AnomalyError
 
-__all__ = ["JumpNovelty", "JumpNoveltyConfig"]
+__all__ = ["DwellNovelty", "DwellNoveltyConfig", "JumpNovelty", "JumpNoveltyConfig"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +160,90 @@ class JumpNovelty:
             if self._prev >= 0:
                 self._learn(self._prev, b - self._prev)
             self._prev = b
+
+
+@dataclass(frozen=True)
+class DwellNoveltyConfig:
+    """Settings of `DwellNovelty`."""
+
+    levels: int = 4  # bands of the range seen so far (levels - 1 band edges are watched)
+    ratio: float = 2.0  # a run longer than ratio x the longest earlier run at an edge is news
+    min_run: int = 6  # the longest earlier run counts as at least this many samples
+    rare: float = 0.05  # ... only where earlier samples there are under this share of all
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.levels < 2 or int(self.levels) != self.levels:
+            problems.append("dwell levels must be a whole number >= 2")
+        if not self.ratio >= 1.0:
+            problems.append("dwell ratio must be >= 1")
+        if self.min_run < 1 or int(self.min_run) != self.min_run:
+            problems.append("dwell min_run must be a whole number of samples >= 1")
+        if not 0.0 < self.rare <= 1.0:
+            problems.append("dwell rare must be a share of time in (0, 1]")
+        return problems
+
+
+class DwellNovelty:
+    """Dwell novelty for one stream: ``score(t, x)`` in {0, 1} (`UnivariateDetector`)."""
+
+    __slots__ = ("_above", "_fired", "_hi", "_levels", "_lo", "_longest", "_n", "_run",
+                 "_seen", "config", "probation")
+
+    def __init__(self, config: DwellNoveltyConfig | None = None, *, probation: int = 750) -> None:
+        c = config or DwellNoveltyConfig()
+        problems = c.validate()
+        if problems:
+            raise AnomalyError("; ".join(problems),
+                               tip="see trainguard.anomaly.transition.DwellNoveltyConfig")
+        self.config = c
+        self.probation = max(int(probation), 1)
+        self._levels = int(c.levels)
+        edges = self._levels  # index 0 unused: band edge k is lo + k / levels of the range
+        self._run = [0] * edges  # current run at or above edge k
+        self._longest = [0] * edges  # longest earlier run there
+        self._above = [0] * edges  # samples at or above edge k, all told
+        self._fired = [False] * edges  # this run has already scored
+        self._lo, self._hi = math.inf, -math.inf
+        self._seen = 0  # samples judged against the edges
+        self._n = 0
+
+    def state_size(self) -> int:
+        return 4 * len(self._run) + 4
+
+    def score(self, t: float, x: float) -> float:
+        n = self._n
+        self._n = n + 1
+        if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
+            return 0.0
+        lo, hi = self._lo, self._hi
+        hit = False
+        if hi > lo:
+            c = self.config
+            q = (x - lo) / (hi - lo) * self._levels
+            # NaN (an overflowing range) and below the range: under every edge
+            band = int(q) if 0.0 <= q < self._levels else (self._levels if q >= 0.0 else 0)
+            learning = n < self.probation
+            run, longest, above, fired = self._run, self._longest, self._above, self._fired
+            budget = c.rare * self._seen
+            for k in range(1, self._levels):
+                if band >= k:
+                    r = run[k] = run[k] + 1
+                    if learning:
+                        if r > longest[k]:
+                            longest[k] = r
+                    elif (not fired[k] and r > c.ratio * max(longest[k], c.min_run)
+                          and above[k] - r < budget):
+                        fired[k] = hit = True
+                    above[k] += 1
+                else:
+                    if run[k] > longest[k]:
+                        longest[k] = run[k]
+                    run[k] = 0
+                    fired[k] = False
+            self._seen += 1
+        if x < lo:
+            self._lo = x
+        if x > hi:
+            self._hi = x
+        return 1.0 if hit else 0.0

@@ -24,7 +24,7 @@ PUBLIC = {
     # the range breakout beside the stream detector
     "SpatialRange", "SpatialRangeBank", "SpatialRangeConfig",
     # temporal-context novelty (measured beside the default, not adopted)
-    "JumpNovelty", "JumpNoveltyConfig",
+    "JumpNovelty", "JumpNoveltyConfig", "DwellNovelty", "DwellNoveltyConfig",
     # a rest period after a detection (one alert per event)
     "Rested", "RestedBank",
     # Numenta's anomaly likelihood on any detector's scores

@@ -11,7 +11,8 @@
   the same in-run EW z-score, with `within_budget` (<= 5 us per sample on one core); the
   selected default also as the plain `Ensemble` of its members (before `FusedStreamMax`) and
   with its channels parted by a level shift (the fused detector's worst case), and the
-  jump-novelty channel (`trainguard.anomaly.transition`) alone and as its fourth member.
+  temporal-novelty channels (`trainguard.anomaly.transition`, jump and dwell) alone and beside
+  it (the jump channel also as its fourth member in a plain `Ensemble`).
 * banks: every detector that has a `DetectorBank` (`make_bank`: stream, Relative Entropy,
   spatial range, the max ensemble of the first two, the selected default), process CPU time
   per sample per series for one series and for a bank of 256, against an EW z-score bank over
@@ -45,6 +46,8 @@ LIKELIHOOD_LABEL = "max(likelihood 500/5 of stream range floor 0.01, spatial 0.0
 PAIR_LABEL = "max(stream range floor 0.01, spatial 0.05)"
 JUMP_PARAMS = (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 2))
 JUMP_LABEL = "jump novelty (bins 10, min_jump 4), rest 400 @ 0.6"
+DWELL_PARAMS = (("levels", 4), ("ratio", 2.0), ("rare", 0.05))
+DWELL_LABEL = "dwell novelty (4 levels, ratio 2, rare 0.05)"
 
 
 class _ZScore:
@@ -147,6 +150,8 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     jump = DetectorSpec("jump", 0.73, JUMP_PARAMS, rest=400, rest_at=0.6)
     specs[JUMP_LABEL] = jump
     specs[f"{sel.key} + {JUMP_LABEL}"] = replace(sel, members=(*sel.members, jump), label="")
+    dwell = DetectorSpec("dwell", 0.73, DWELL_PARAMS)
+    specs[DWELL_LABEL] = dwell
     out = {label: _timed(make_detector(spec, probation), ts, xs, probation)
            for label, spec in specs.items()}
     # the default as the plain Ensemble of its members (how make_detector ran it before the
@@ -156,9 +161,10 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
 
     out[f"{sel.key}, as an Ensemble of its members"] = _timed(
         Ensemble([make_detector(m, probation) for m in sel.members], "max"), ts, xs, probation)
-    out[f"{sel.key} (fused) + {JUMP_LABEL}"] = _timed(
-        Ensemble([make_detector(sel, probation), make_detector(jump, probation)], "max"), ts, xs,
-        probation)
+    for label, extra in ((JUMP_LABEL, jump), (DWELL_LABEL, dwell)):
+        out[f"{sel.key} (fused) + {label}"] = _timed(
+            Ensemble([make_detector(sel, probation), make_detector(extra, probation)], "max"),
+            ts, xs, probation)
     det = make_detector(sel, probation)
     # a wide swing, then a step under 1 % of it: the unfloored channel shifts, the floored not
     part = [100.0 * (i % 2) for i in range(10)] + [0.0] * 400 + [0.5] * (probation - 410)

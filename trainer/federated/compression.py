@@ -36,6 +36,8 @@ def quantize(update: np.ndarray, *, stochastic: bool,
         raise CompressionError("an update with NaN or infinity cannot be quantised")
     peak = float(np.max(np.abs(u))) if u.size else 0.0
     scale = np.float32(peak / LEVELS) if peak > 0 else np.float32(1.0)
+    if float(scale) * LEVELS < peak:  # rounded down (subnormal peaks lose most precision, and
+        scale = np.nextafter(scale, np.float32(np.inf))  # a tiny one can round to 0): next up
     x = u.astype(np.float64) / float(scale)
     if stochastic:
         gen = rng if rng is not None else np.random.default_rng(secrets.randbits(128))

@@ -36,7 +36,19 @@ def test_every_value_is_within_one_step_and_half_a_step_when_rounded_to_nearest(
     err = np.abs(dequantize(q, scale).astype(np.float64) - a.astype(np.float64))
     bound = float(scale) * (1.0 if stochastic else 0.5) * (1 + 1e-5) + 1e-30
     assert float(err.max(initial=0.0)) <= bound
-    assert float(scale) <= float(np.abs(a).max(initial=0.0)) / 127 * (1 + 1e-6) or not a.any()
+    # the smallest float32 scale that covers the peak (subnormal peaks included)
+    peak = float(np.abs(a).max(initial=0.0))
+    assert not a.any() or (float(scale) * 127 >= peak
+                           and float(np.nextafter(scale, np.float32(0))) * 127 < peak)
+
+
+@pytest.mark.parametrize("peak", [1.266498e-39, 1e-44, 1.4e-45, 3.4e38])
+def test_tiny_and_huge_peaks_get_a_nonzero_scale_that_covers_them(peak: float) -> None:
+    a = np.asarray([peak, -peak / 3, 0.0], np.float32)
+    q, scale = quantize(a, stochastic=False)
+    assert float(scale) > 0 and float(scale) * 127 >= float(a[0])
+    back = dequantize(q, scale)  # below 127 x the smallest subnormal, q[0] < 127: still exact
+    assert np.isfinite(back).all() and abs(float(back[0]) - float(a[0])) <= float(scale) / 2
 
 
 def test_stochastic_rounding_is_unbiased_and_nearest_is_not() -> None:

@@ -169,10 +169,10 @@ def test_bad_settings_are_refused_with_a_tip():
     assert isinstance(make_detector(DetectorSpec("jump", 0.7)), JumpNovelty)
 
 
-def _beside_default(files, channel: DetectorSpec):
-    """The protocol's LOCO folds and objective for max(selected default, channel)."""
+def _beside_default(files, *channels: DetectorSpec):
+    """The protocol's LOCO folds and objective for max(selected default, channels...)."""
     default = selected_detector()
-    both = replace(default, members=(*default.members, channel), label="")
+    both = replace(default, members=(*default.members, *channels), label="")
     curves = {f.name: FileCurve(f, score_file(both, f, {})) for f in files}
     loco, lofo = _evaluate(curves, choose_threshold)
     return {g.group: g.test for g in loco}, _objective(loco + lofo[:-1])
@@ -217,3 +217,25 @@ def test_beside_the_default_the_dwell_channel_finds_fe7f93s_burst_by_its_duratio
     assert aws.nab == pytest.approx(70.2, abs=0.05)  # HTM, published: 73.4
     assert aws.f1 == pytest.approx(0.676, abs=5e-4)
     assert objective == pytest.approx(1.378, abs=5e-4)  # the default alone: 1.341
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("jump", "aws_cells", "aws_nab", "aws_f1", "expected"), [
+    (JUMP, (25, 30, 22), 72.7, 0.649, 1.3765),  # the best objective of the 48 combinations
+    (DetectorSpec("jump", 0.73, (("bins", 8), ("min_jump", 5), ("tolerance", 0.75),
+                                 ("min_count", 2)), rest=400, rest_at=0.6),
+     (25, 30, 20), 73.1, 0.667, 1.3721),  # the best AWS NAB of the 48
+])
+def test_both_channels_beside_the_default_gain_nothing_over_the_jump_channel_alone(
+        nab_dir, jump, aws_cells, aws_nab, aws_f1, expected):
+    """The README's numbers for max(default, dwell, jump) (not adopted): both channels find
+    fe7f93's burst, so together they count it once, and the dwell's false positive on grok
+    stays; no combination reaches the jump channel's 1.386 or HTM's AWS NAB (73.4)."""
+    files = load_nab(nab_dir)
+    folds, objective = _beside_default(files, DWELL, jump)
+    aws = folds["realAWSCloudwatch"]
+    assert (aws.detected, aws.windows, aws.fp_rows) == aws_cells
+    assert aws.nab == pytest.approx(aws_nab, abs=0.05) and aws.nab < 73.4
+    assert aws.f1 == pytest.approx(aws_f1, abs=5e-4)
+    assert objective == pytest.approx(expected, abs=5e-4) and objective < 1.386
+    assert folds["artificialNoAnomaly"].fp_rows == 0

@@ -58,8 +58,9 @@ DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", 
 # per series in a `StreamBank`) and Relative Entropy in a `RelativeEntropyBank` (about 1.5 us
 # per series at 256 series; 20-50 us scalar). KNN-CAD (~90 us scalar; its 19-d distances to
 # every training vector alone cost ~11 us per series batched) and CAD-OSE (1-3 ms, a pass over
-# its context memory) are outside it and have no bank. `SpatialRange` is two comparisons.
-WITHIN_LATENCY_BUDGET = frozenset({"stream", "relative_entropy", "spatial"})
+# its context memory) are outside it and have no bank. `SpatialRange` is two comparisons;
+# `JumpNovelty` a quantisation and three table look-ups (~0.8 us scalar, rested).
+WITHIN_LATENCY_BUDGET = frozenset({"stream", "relative_entropy", "spatial", "jump"})
 BANKED = frozenset({"stream", "relative_entropy", "spatial"})
 
 

@@ -63,6 +63,13 @@ LIKELIHOOD_GRID = tuple((window, short) for window in (500, 2000, 8640) for shor
 # a recall channel beside the floored pair: the stream without the floor, resting after it
 # speaks, (samples reported as 0, score that starts them)
 RECALL_REST_GRID = tuple((rest, at) for at in (0.6, 0.65) for rest in (200, 400, 800))
+# a temporal-context channel beside the recall triple: jump novelty (`trainguard.anomaly.
+# transition.JumpNovelty`, a jump between value levels larger than any seen from that level),
+# resting after 0.6. (bins, min_jump, tolerance, rest): the best four of a 216-setting offline
+# sweep on the shared NAB subset (bins 8/10/12, min_jump/tolerance 3/1.5, 4/1.0, 5/0.75, rest
+# 400/800, min_count 1/2 and variants), a disclosed look at realAWSCloudwatch like the earlier
+# channels; min_count 2 (the level left must have been left twice before) in all four
+JUMP_GRID = ((10, 4, 1.0, 400), (10, 5, 0.75, 400), (8, 5, 0.75, 400), (8, 4, 1.0, 800))
 
 
 def candidates() -> list[DetectorSpec]:
@@ -130,6 +137,17 @@ def candidates() -> list[DetectorSpec]:
         out.append(DetectorSpec(
             "ensemble", 0.7, members=(floored, sp05, recall), combine="max",
             label=f"max(stream range floor 0.01, spatial 0.05, stream rest {rest} @ {at})"))
+    # the recall triple the previous round chose, with a jump-novelty channel as a fourth
+    # member: what the stream's z cannot see, a known value reached from an unusual level
+    triple = (floored, sp05, replace(stream, rest=400, rest_at=0.6, label=""))
+    for bins, min_jump, tol, rest in JUMP_GRID:
+        jump = DetectorSpec("jump", 0.73, (("bins", bins), ("min_jump", min_jump),
+                                           ("tolerance", tol), ("min_count", 2)),
+                            rest=rest, rest_at=0.6)
+        out.append(DetectorSpec(
+            "ensemble", 0.7, members=(*triple, jump), combine="max",
+            label=f"max(stream range floor 0.01, spatial 0.05, stream rest 400 @ 0.6, jump "
+                  f"{bins}/{min_jump}/{tol} rest {rest} @ 0.6)"))
     return out
 
 

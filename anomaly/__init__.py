@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "SpatialRangeConfig": "spatial",
     "JumpNovelty": "transition",
     "JumpNoveltyConfig": "transition",
+    "JumpNoveltyBank": "transition",
     "DwellNovelty": "transition",
     "DwellNoveltyConfig": "transition",
     "KnnCad": "knncad",

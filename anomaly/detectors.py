@@ -61,7 +61,7 @@ DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", 
 # its context memory) are outside it and have no bank. `SpatialRange` is two comparisons;
 # `JumpNovelty` a quantisation and three table look-ups (~0.8 us scalar, rested).
 WITHIN_LATENCY_BUDGET = frozenset({"stream", "relative_entropy", "spatial", "jump"})
-BANKED = frozenset({"stream", "relative_entropy", "spatial"})
+BANKED = frozenset({"stream", "relative_entropy", "spatial", "jump"})
 
 
 @dataclass(frozen=True)
@@ -290,15 +290,17 @@ def _base(spec: DetectorSpec, probation: int) -> UnivariateDetector:
 
 
 def _fused_stream_max(spec: DetectorSpec, probation: int) -> UnivariateDetector | None:
-    """`FusedStreamMax` for a max of two stream members differing at most in range_floor and
-    one spatial member (the selected default's shape: one shared update instead of two), or
-    None for any other ensemble. Same scores bit for bit as the `Ensemble` of the members."""
-    if spec.combine != "max" or len(spec.members) != 3 or any(
+    """`FusedStreamMax` for a max of two stream members differing at most in range_floor, one
+    spatial member and at most one jump member (the selected default's shape: one shared
+    update instead of two, no wrappers), or None for any other ensemble. Same scores bit for
+    bit as the `Ensemble` of the members."""
+    if spec.combine != "max" or len(spec.members) not in (3, 4) or any(
             m.calibrate or m.likelihood or m.members for m in spec.members):
         return None
     streams = [m for m in spec.members if m.name == "stream"]
     spatial = [m for m in spec.members if m.name == "spatial"]
-    if len(streams) != 2 or len(spatial) != 1:
+    jumps = [m for m in spec.members if m.name == "jump"]
+    if len(streams) != 2 or len(spatial) != 1 or len(jumps) != len(spec.members) - 3:
         return None
     from trainguard.anomaly.config import StreamConfig
     from trainguard.anomaly.fused import FusedStreamMax
@@ -308,9 +310,15 @@ def _fused_stream_max(spec: DetectorSpec, probation: int) -> UnivariateDetector 
     if replace(a, range_floor=0.0) != replace(b, range_floor=0.0):
         return None
     sp = spatial[0]
+    jump = None
+    if jumps:
+        from trainguard.anomaly.transition import JumpNoveltyConfig
+
+        jump = (JumpNoveltyConfig(**dict(jumps[0].params)), jumps[0].rest, jumps[0].rest_at)
     return FusedStreamMax(
         (a, streams[0].rest, streams[0].rest_at), (b, streams[1].rest, streams[1].rest_at),
-        (SpatialRangeConfig(**dict(sp.params)), sp.rest, sp.rest_at), probation=probation)
+        (SpatialRangeConfig(**dict(sp.params)), sp.rest, sp.rest_at), probation=probation,
+        jump=jump)
 
 
 class EnsembleBank:
@@ -394,6 +402,10 @@ def make_bank(spec: DetectorSpec, m: int, probation: int = 750) -> DetectorBank:
             from trainguard.anomaly.spatial import SpatialRangeBank, SpatialRangeConfig
 
             return SpatialRangeBank(m, SpatialRangeConfig(**params), probation=probation)
+        if spec.name == "jump":
+            from trainguard.anomaly.transition import JumpNoveltyBank, JumpNoveltyConfig
+
+            return JumpNoveltyBank(m, JumpNoveltyConfig(**params), probation=probation)
     except TypeError as exc:
         raise AnomalyError(f"{spec.key}: unknown setting ({exc})") from exc
     return EnsembleBank([make_bank(s, m, probation) for s in spec.members], spec.combine)

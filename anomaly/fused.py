@@ -14,9 +14,11 @@ with different runs): from that sample on, `FusedStreamMax` runs two plain `Stre
 the shared NAB subset the channels stay fused on 90 % of the samples.
 
 `make_detector` returns it for any max ensemble of exactly two ``stream`` members whose
-settings differ at most in ``range_floor`` and one ``spatial`` member (each may be ``rest``ed;
-none calibrated or likelihood-scaled). Its scores equal the `Ensemble`'s bit for bit (a
-differential Hypothesis test and every file of the NAB subset check it).
+settings differ at most in ``range_floor``, one ``spatial`` member and at most one ``jump``
+member (`trainguard.anomaly.transition.JumpNovelty`, called inline: no `Ensemble` or `Rested`
+wrapper around it; each member may be ``rest``ed; none calibrated or likelihood-scaled). Its
+scores equal the `Ensemble`'s bit for bit (a differential Hypothesis test and every file of
+the NAB subset check it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from trainguard.anomaly.config import StreamConfig
 from trainguard.anomaly.interface import AnomalyError
 from trainguard.anomaly.spatial import SpatialRangeConfig
 from trainguard.anomaly.streaming import _DAY, _SIGMA_PER_MAD, _WEEK, StreamDetector
+from trainguard.anomaly.transition import JumpNovelty, JumpNoveltyConfig
 
 __all__ = ["FusedStreamMax"]
 
@@ -38,23 +41,25 @@ _SHARED = ("n", "level", "mad0", "mad1", "mad2", "absx", "lo", "hi")
 
 
 class FusedStreamMax:
-    """``max(stream a, stream b, spatial)`` for one series, each optionally rested.
+    """``max(stream a, stream b, spatial[, jump])`` for one series, each optionally rested.
 
     ``a`` and ``b`` are (config, rest, rest_at) and must differ at most in ``range_floor``;
     ``spatial`` is (config, rest, rest_at). `score(t, x)` equals what the `Ensemble` of
     `StreamDetector` a, `StreamDetector` b and `SpatialRange`, each in `Rested` when its rest
-    is > 0, returns for the same samples.
+    is > 0, returns for the same samples. ``jump`` (config, rest, rest_at), if given, adds a
+    `JumpNovelty` channel the same way.
     """
 
     __slots__ = (
         "_a", "_b", "_k", "_dw", "_ww", "daily", "weekly", "_rfa", "_rfb", "_sp_inv", "_sp_prob",
-        "_rest", "_left_a", "_left_b", "_left_s", "_sn", "_split",
+        "_rest", "_left_a", "_left_b", "_left_s", "_sn", "_split", "_jump", "_jrest", "_left_j",
         *_SHARED, *(f"{s}_a" for s in _CHANNEL), *(f"{s}_b" for s in _CHANNEL),
     )
 
     def __init__(
         self, a: tuple[StreamConfig, int, float], b: tuple[StreamConfig, int, float],
         spatial: tuple[SpatialRangeConfig, int, float], *, probation: int = 750,
+        jump: tuple[JumpNoveltyConfig, int, float] | None = None,
     ) -> None:
         (ca, ra, ata), (cb, rb, atb), (cs, rs, ats) = a, b, spatial
         if replace(ca, range_floor=0.0) != replace(cb, range_floor=0.0):
@@ -70,7 +75,9 @@ class FusedStreamMax:
         self._rfa, self._rfb = ca.range_floor, cb.range_floor
         self._sp_inv, self._sp_prob = 1.0 / cs.tolerance, max(int(probation), 1)
         self._rest = (int(ra), float(ata), int(rb), float(atb), int(rs), float(ats))
-        self._left_a = self._left_b = self._left_s = 0
+        self._left_a = self._left_b = self._left_s = self._left_j = 0
+        self._jump = None if jump is None else JumpNovelty(jump[0], probation=probation)
+        self._jrest = (0, 1.0) if jump is None else (int(jump[1]), float(jump[2]))
         self._sn = 0  # samples the spatial channel has seen (NaN included, as SpatialRange)
         self._split = False
         self.daily, self.weekly = proto.daily, proto.weekly  # a's profiles, shared while fused
@@ -87,9 +94,10 @@ class FusedStreamMax:
 
     def state_size(self) -> int:
         # both channels' detectors exist from the start (a's profiles are the shared ones), plus
-        # the fused state, the spatial sample count and the three rest counters: constant
+        # the fused state, the spatial sample count and the rest counters (+ the jump channel)
+        jump = 0 if self._jump is None else self._jump.state_size() + 1
         return (self._a.state_size() + self._b.state_size() + len(_SHARED) + 2 * len(_CHANNEL)
-                + 4)
+                + 4 + jump)
 
     def _part(self, level_a: float, level_b: float) -> None:
         """The levels parted: from now on each channel is its own `StreamDetector`."""
@@ -149,6 +157,16 @@ class FusedStreamMax:
             best = ss
         if sb > best:
             best = sb
+        jump = self._jump
+        if jump is not None:  # sees every sample, as an Ensemble member (it skips NaN itself)
+            sj = jump.score(t, x)
+            if self._left_j:
+                self._left_j -= 1
+            else:
+                if sj >= self._jrest[1]:
+                    self._left_j = self._jrest[0]
+                if sj > best:
+                    best = sj
         return best
 
     def _fused(self, t: float, x: float, lo: float, hi: float) -> tuple[float, float]:  # noqa: C901, PLR0912, PLR0915

@@ -29,20 +29,26 @@ scores once (all edges it crosses fire on the same sample); the rarity condition
 keeps a level the series has come to hold often from being news however long it is held.
 State: four numbers per band edge and the range.
 
+`JumpNoveltyBank` is `JumpNovelty` for ``m`` series at once (`DetectorBank`, one numpy step per
+time step; the same arithmetic, so the same scores up to ``np.exp`` against ``math.exp``).
+
 In both, a NaN or infinite value is neither scored nor learned (it still counts towards the
 probation length, as in the other detectors). Measured on the shared NAB subset as a channel
 beside the selected default (README, "Anomaly detection", "Temporal-context novelty"); neither
-is part of the default.
+was part of the default when they were written; the jump channel is now its fourth member
+(`trainguard.anomaly.config.SELECTED_MEMBERS`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from trainguard.anomaly.interface import AnomalyError
 
-__all__ = ["DwellNovelty", "DwellNoveltyConfig", "JumpNovelty", "JumpNoveltyConfig"]
+__all__ = ["DwellNovelty", "DwellNoveltyConfig", "JumpNovelty", "JumpNoveltyBank",
+           "JumpNoveltyConfig"]
 
 
 @dataclass(frozen=True)
@@ -105,31 +111,47 @@ class JumpNovelty:
     def score(self, t: float, x: float) -> float:
         n = self._n
         self._n = n + 1
-        finite = -math.inf < x < math.inf  # NaN or infinite: not scored, not learned
         if self._buf is not None:
-            if finite:
+            if -math.inf < x < math.inf:  # NaN or infinite: not kept
                 self._buf.append(x)
             if n + 1 >= self.probation and self._buf:  # nothing finite yet: wait for one
                 self._fit()
             return 0.0
-        if not finite:
+        if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
             return 0.0
-        b = self._bin(x)
+        # `_bin` and `_learn` written out (this runs on every sample of the default stream)
+        q = (x - self._lo) / self._w + self._off
+        if not q >= 0.0:  # below the lowest bin (or NaN from an overflowing range)
+            b = 0
+        elif q >= self._nb:
+            b = self._nb - 1
+        else:
+            b = int(q)  # q >= 0: int() is floor
         prev = self._prev
         self._prev = b
         if prev < 0:
             return 0.0
         out = 0.0
         j = b - prev
-        if j >= self._min:
-            e = j - self._up[prev]
+        if j >= self._min:  # a long jump up: news by how far it beats the record from prev
+            up = self._up
+            e = j - up[prev]
+            if e > 0:
+                if self._cnt[prev] >= self.config.min_count:
+                    out = 1.0 - math.exp(-e * self._inv_scale)
+                up[prev] = j
         elif -j >= self._min:
-            e = -j - self._dn[prev]
-        else:
-            e = 0
-        if e > 0 and self._cnt[prev] >= self.config.min_count:
-            out = 1.0 - math.exp(-e * self._inv_scale)
-        self._learn(prev, j)
+            dn = self._dn
+            e = -j - dn[prev]
+            if e > 0:
+                if self._cnt[prev] >= self.config.min_count:
+                    out = 1.0 - math.exp(-e * self._inv_scale)
+                dn[prev] = -j
+        elif j > self._up[prev]:  # a short jump: only learned
+            self._up[prev] = j
+        elif -j > self._dn[prev]:
+            self._dn[prev] = -j
+        self._cnt[prev] += 1
         return out
 
     def _bin(self, x: float) -> int:
@@ -160,6 +182,115 @@ class JumpNovelty:
             if self._prev >= 0:
                 self._learn(self._prev, b - self._prev)
             self._prev = b
+
+
+class JumpNoveltyBank:
+    """`JumpNovelty` for ``m`` series at once: ``score(t, values) -> scores`` (shape ``[m]``).
+
+    The probation values of all series are kept in one ``probation x m`` array (NaN where a
+    value is not finite) and replayed together, one vector step per row; a series without one
+    finite probation value fits at its first finite value after, as `JumpNovelty` does.
+    """
+
+    def __init__(
+        self, m: int, config: JumpNoveltyConfig | None = None, *, probation: int = 750,
+    ) -> None:
+        import numpy as np
+
+        c = config or JumpNoveltyConfig()
+        problems = c.validate()
+        if problems:
+            raise AnomalyError("; ".join(problems),
+                               tip="see trainguard.anomaly.transition.JumpNoveltyConfig")
+        self._np, self.config, self.m = np, c, int(m)
+        self.probation = max(int(probation), 1)
+        self._nb = (2 * c.span + 1) * c.bins + 1
+        self._off = float(c.span * c.bins)
+        self._inv_scale = 1.0 / (c.tolerance * c.min_jump)
+        self._buf: Any = np.full((self.probation, self.m), np.nan)  # None once fitted
+        self._lo = np.zeros(self.m)
+        self._w = np.ones(self.m)
+        self._up = np.zeros((self.m, self._nb), dtype=np.int64)
+        self._dn = np.zeros((self.m, self._nb), dtype=np.int64)
+        self._cnt = np.zeros((self.m, self._nb), dtype=np.int64)
+        self._prev = np.full(self.m, -1, dtype=np.int64)  # -1: no finite value yet
+        self._fitted = np.zeros(self.m, dtype=bool)
+        self._rows = np.arange(self.m)
+        self._n = 0
+
+    def state_size(self) -> int:
+        buf = 0 if self._buf is None else self._buf.size
+        return 3 * self._up.size + buf + 4 * self.m + 1
+
+    def _bins(self, x: Any) -> Any:
+        np = self._np
+        with np.errstate(invalid="ignore", over="ignore"):
+            q = (x - self._lo) / self._w + self._off
+            top = self._nb - 1
+            # below the lowest bin or NaN: 0; at or above the top: the top bin; else floor
+            b = np.where(q >= 0.0, np.where(q >= self._nb, top, np.floor(q)), 0.0)
+        return b.astype(np.int64)
+
+    def _learn(self, live: Any, b: Any) -> None:
+        """Each live series: the jump from its previous bin to ``b`` raises that bin's records."""
+        np = self._np
+        r, prev = self._rows[live], self._prev[live]
+        j = b[live] - prev
+        self._up[r, prev] = np.maximum(self._up[r, prev], j)
+        self._dn[r, prev] = np.maximum(self._dn[r, prev], -j)
+        self._cnt[r, prev] += 1
+
+    def _fit(self, which: Any, buf: Any) -> None:
+        """Fix the bins of the series in ``which`` from their rows of ``buf`` and replay them."""
+        np = self._np
+        vals = buf[:, which]
+        lo, hi = np.nanmin(vals, axis=0), np.nanmax(vals, axis=0)
+        width = np.maximum(hi - lo, self.config.min_width * np.maximum(np.abs(lo), np.abs(hi)))
+        self._lo[which] = lo
+        self._w[which] = np.where(width > 0.0, width, 1.0) / self.config.bins
+        self._fitted[which] = True
+        for row in buf:
+            ok = which & np.isfinite(row)
+            b = self._bins(row)
+            live = ok & (self._prev >= 0)
+            if live.any():
+                self._learn(live, b)
+            self._prev = np.where(ok, b, self._prev)
+
+    def score(self, t: float, values: Any) -> Any:
+        np = self._np
+        x = np.asarray(values, dtype=np.float64).reshape(self.m)
+        n = self._n
+        self._n = n + 1
+        ok = np.isfinite(x)  # NaN or infinite: not scored, not learned
+        out = np.zeros(self.m)
+        if self._buf is not None:
+            self._buf[n] = np.where(ok, x, np.nan)
+            if n + 1 >= self.probation:
+                buf, self._buf = self._buf, None
+                which = np.isfinite(buf).any(axis=0)
+                if which.any():
+                    self._fit(which, buf)
+            return out
+        late = ok & ~self._fitted  # no finite probation value: fit at this one, score 0
+        if late.any():
+            self._fit(late, np.where(late, x, np.nan)[None, :])
+            ok = ok & ~late
+        if not ok.any():
+            return out
+        b = self._bins(x)
+        r, prev = self._rows[ok], self._prev[ok]
+        j = b[ok] - prev
+        up, dn, cnt = self._up[r, prev], self._dn[r, prev], self._cnt[r, prev]
+        lim = self.config.min_jump
+        e = np.where(j >= lim, j - up, np.where(-j >= lim, -j - dn, 0))
+        hit = (e > 0) & (cnt >= self.config.min_count)
+        out[r[hit]] = 1.0 - np.exp(-e[hit] * self._inv_scale)
+        self._up[r, prev] = np.maximum(up, j)
+        self._dn[r, prev] = np.maximum(dn, -j)
+        self._cnt[r, prev] = cnt + 1
+        self._prev[r] = b[ok]
+        return out
 
 
 @dataclass(frozen=True)

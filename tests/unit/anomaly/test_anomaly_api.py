@@ -23,8 +23,8 @@ PUBLIC = {
     "DetectorBank", "RelativeEntropyBank", "make_bank",
     # the range breakout beside the stream detector
     "SpatialRange", "SpatialRangeBank", "SpatialRangeConfig",
-    # temporal-context novelty (measured beside the default, not adopted)
-    "JumpNovelty", "JumpNoveltyConfig", "DwellNovelty", "DwellNoveltyConfig",
+    # temporal-context novelty (the jump channel is the default's fourth member)
+    "JumpNovelty", "JumpNoveltyConfig", "JumpNoveltyBank", "DwellNovelty", "DwellNoveltyConfig",
     # a rest period after a detection (one alert per event)
     "Rested", "RestedBank",
     # Numenta's anomaly likelihood on any detector's scores

@@ -35,6 +35,9 @@ def test_make_detector_fuses_the_selected_default_and_nothing_else():
     # other ensembles keep the generic path
     assert isinstance(make_detector(replace(spec, combine="mean")), Ensemble)
     assert isinstance(make_detector(replace(spec, members=spec.members[:2])), Ensemble)
+    assert isinstance(make_detector(replace(spec, members=spec.members[:3])), FusedStreamMax)
+    two_jumps = replace(spec, members=(*spec.members, spec.members[3]))
+    assert isinstance(make_detector(two_jumps), Ensemble)
     unlike = replace(spec.members[2], params=(("clip", 4.0),))
     assert isinstance(make_detector(replace(spec, members=(*spec.members[:2], unlike))), Ensemble)
     calibrated = replace(spec.members[0], calibrate=0.9)
@@ -100,6 +103,11 @@ def test_the_fused_detector_equals_the_ensemble_on_any_series_and_settings(data)
         DetectorSpec("stream", 0.73, shared, rest=draw(st.sampled_from([0, 10, 400])),
                      rest_at=draw(st.sampled_from([0.3, 0.6, 1.0]))),
     ]
+    if draw(st.booleans()):  # the default's jump channel, inline in the fused detector
+        members.append(DetectorSpec(
+            "jump", 0.73, (("bins", draw(st.sampled_from([1, 10]))),
+                           ("min_jump", draw(st.sampled_from([1, 4]))), ("min_count", 2)),
+            rest=draw(st.sampled_from([0, 5, 400])), rest_at=draw(st.sampled_from([0.3, 0.6]))))
     spec = DetectorSpec("ensemble", 0.73, members=tuple(draw(st.permutations(members))),
                         combine="max")
     probation = draw(st.sampled_from([1, 20, 300]))

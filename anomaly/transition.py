@@ -82,8 +82,8 @@ class JumpNoveltyConfig:
 class JumpNovelty:
     """Jump novelty for one stream: ``score(t, x)`` in [0, 1] (`UnivariateDetector`)."""
 
-    __slots__ = ("_buf", "_cnt", "_dn", "_inv_scale", "_lo", "_min", "_n", "_nb", "_off",
-                 "_prev", "_up", "_w", "config", "probation")
+    __slots__ = ("_buf", "_cnt", "_dn", "_inv_scale", "_lo", "_mc", "_min", "_n", "_nb",
+                 "_off", "_prev", "_up", "_w", "config", "probation")
 
     def __init__(self, config: JumpNoveltyConfig | None = None, *, probation: int = 750) -> None:
         c = config or JumpNoveltyConfig()
@@ -96,6 +96,7 @@ class JumpNovelty:
         self._nb = (2 * c.span + 1) * c.bins + 1
         self._off = c.span * c.bins  # bin index of the probation minimum
         self._min = int(c.min_jump)
+        self._mc = int(c.min_count)
         self._inv_scale = 1.0 / (c.tolerance * c.min_jump)
         self._buf: list[float] | None = []  # probation values until the bins are fixed
         self._lo = self._w = 0.0
@@ -109,12 +110,12 @@ class JumpNovelty:
         return 3 * len(self._up) + len(self._buf or ()) + 4
 
     def score(self, t: float, x: float) -> float:
-        n = self._n
-        self._n = n + 1
-        if self._buf is not None:
+        buf = self._buf
+        if buf is not None:  # probation (the sample count matters only until the fit)
+            n = self._n = self._n + 1
             if -math.inf < x < math.inf:  # NaN or infinite: not kept
-                self._buf.append(x)
-            if n + 1 >= self.probation and self._buf:  # nothing finite yet: wait for one
+                buf.append(x)
+            if n >= self.probation and buf:  # nothing finite yet: wait for one
                 self._fit()
             return 0.0
         if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
@@ -137,14 +138,14 @@ class JumpNovelty:
             up = self._up
             e = j - up[prev]
             if e > 0:
-                if self._cnt[prev] >= self.config.min_count:
+                if self._cnt[prev] >= self._mc:
                     out = 1.0 - math.exp(-e * self._inv_scale)
                 up[prev] = j
         elif -j >= self._min:
             dn = self._dn
             e = -j - dn[prev]
             if e > 0:
-                if self._cnt[prev] >= self.config.min_count:
+                if self._cnt[prev] >= self._mc:
                     out = 1.0 - math.exp(-e * self._inv_scale)
                 dn[prev] = -j
         elif j > self._up[prev]:  # a short jump: only learned

@@ -191,7 +191,8 @@ def _conv_args(
         and not torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
     ):
         return None
-    return x, _through_view(weight), _through_view(bias), _pair(stride), _pair(padding)
+    b = None if bias is None else _through_view(bias)
+    return x, _through_view(weight), b, _pair(stride), _pair(padding)
 
 
 def _engine_needs(t: Tensor) -> bool:
@@ -207,10 +208,10 @@ def _engine_needs(t: Tensor) -> bool:
         return True
 
 
-def _through_view(t: Tensor | None) -> Tensor | None:
+def _through_view(t: Tensor) -> Tensor:
     """``t`` behind a view when it requires grad: a leaf's gradient node cannot be asked
     whether ``autograd.grad`` will run it, a view's can."""
-    return t.view_as(t) if t is not None and t.requires_grad else t
+    return t.view_as(t) if t.requires_grad else t
 
 
 class _SmallInputConv2d(torch.autograd.Function):

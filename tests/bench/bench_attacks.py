@@ -195,8 +195,9 @@ def _compared(attack: str, steps: int, early_stop: bool) -> str:
         return (
             same + "; torchattacks iterates every point for every step, trainguard stops "
             "iterating a point once it is misclassified (as robust eval does) and runs "
-            "max-pooling on a channels-last copy (bitwise the same results); each one's "
-            "robust accuracy is reported next to its time"
+            "max-pooling on a channels-last copy and before the ReLU (bitwise the same "
+            "results) and the first convolution's input gradient with torch's im2col kernel "
+            "(equal to float rounding); each one's robust accuracy is reported next to its time"
         )
     return same + "; both iterate every point for every step"
 

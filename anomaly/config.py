@@ -149,8 +149,9 @@ class AnomalyConfig:
 # 0.05), a recall channel, the stream without the floor that rests for 400 samples once it
 # reaches 0.6 (one alert per event), and a temporal-context channel, jump novelty
 # (`trainguard.anomaly.transition.JumpNovelty`: 10 bins across the probation range, jumps of
-# 4 bins or more, tolerance 1, the level left must have been left twice before) resting 400
-# samples after 0.6; alert at 0.73, no rest period on the maximum. `make_detector` runs it as
+# 4 bins or more, tolerance 1, the level left must have been left twice before), reported only
+# once the next 2 values stayed beyond the value the jump left (`hold`), quiet for 400 samples
+# after any novel jump scoring 0.6 (held or not); alert at 0.73, no rest period on the maximum. `make_detector` runs it as
 # one `FusedStreamMax`, `make_bank` as an `EnsembleBank` (both score as the plain `Ensemble`).
 SELECTED_NAME = "ensemble"
 SELECTED_PARAMS: tuple[tuple[str, float], ...] = ()
@@ -160,7 +161,8 @@ SELECTED_MEMBERS: tuple[tuple[str, tuple[tuple[str, float], ...], int, float], .
     ("stream", (("range_floor", 0.01),), 0, 0.7),
     ("spatial", (("tolerance", 0.05),), 0, 0.7),
     ("stream", (), 400, 0.6),
-    ("jump", (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 2)), 400, 0.6),
+    ("jump", (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 2), ("hold", 2),
+              ("quiet", 400), ("quiet_at", 0.6)), 0, 0.7),
 )
 SELECTED_THRESHOLD = 0.73
 SELECTED_REST = 0  # samples reported as 0 after a score >= SELECTED_REST_AT (0: no rest period)
@@ -177,4 +179,4 @@ def selected_detector() -> DetectorSpec:
         SELECTED_NAME, SELECTED_THRESHOLD, SELECTED_PARAMS, members=members,
         combine=SELECTED_COMBINE, rest=SELECTED_REST, rest_at=SELECTED_REST_AT,
         label="selected: max(stream range floor 0.01, spatial 0.05, stream rest 400 @ 0.6, "
-              "jump 10/4/1.0 rest 400 @ 0.6)")
+              "jump 10/4/1.0 hold 2 quiet 400 @ 0.6)")

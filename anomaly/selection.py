@@ -70,6 +70,15 @@ RECALL_REST_GRID = tuple((rest, at) for at in (0.6, 0.65) for rest in (200, 400,
 # 400/800, min_count 1/2 and variants), a disclosed look at realAWSCloudwatch like the earlier
 # channels; min_count 2 (the level left must have been left twice before) in all four
 JUMP_GRID = ((10, 4, 1.0, 400), (10, 5, 0.75, 400), (8, 5, 0.75, 400), (8, 4, 1.0, 800))
+# the jump channel with a hold (a jump reported only once the next `hold` values stayed beyond
+# the value it left: a spike that falls straight back is the stream channels' news, a new level
+# is the jump channel's) and its own quiet period started by any novel jump, held or not:
+# (bins, min_jump, tolerance, hold), quiet 400 samples from 0.6. Added after reading the jump
+# channel's AWS false positives (five spikes that fell back within two samples), a disclosed
+# look at realAWSCloudwatch like the earlier channels'; the protocol chooses the hold
+JUMP_HOLD_GRID = tuple((bins, min_jump, tol, hold)
+                       for bins, min_jump, tol in ((10, 4, 1.0), (10, 5, 0.75), (8, 5, 0.75))
+                       for hold in (1, 2, 3))
 
 
 def candidates() -> list[DetectorSpec]:
@@ -148,7 +157,20 @@ def candidates() -> list[DetectorSpec]:
             "ensemble", 0.7, members=(*triple, jump), combine="max",
             label=f"max(stream range floor 0.01, spatial 0.05, stream rest 400 @ 0.6, jump "
                   f"{bins}/{min_jump}/{tol} rest {rest} @ 0.6)"))
+    for bins, min_jump, tol, hold in JUMP_HOLD_GRID:
+        out.append(DetectorSpec(
+            "ensemble", 0.7, members=(*triple, held_jump(bins, min_jump, tol, hold)),
+            combine="max",
+            label=f"max(stream range floor 0.01, spatial 0.05, stream rest 400 @ 0.6, jump "
+                  f"{bins}/{min_jump}/{tol} hold {hold} quiet 400 @ 0.6)"))
     return out
+
+
+def held_jump(bins: int, min_jump: int, tol: float, hold: int) -> DetectorSpec:
+    """A jump-novelty member with a hold and a quiet period of 400 samples from 0.6."""
+    return DetectorSpec("jump", 0.73, (("bins", bins), ("min_jump", min_jump), ("tolerance", tol),
+                                       ("min_count", 2), ("hold", hold), ("quiet", 400),
+                                       ("quiet_at", 0.6)))
 
 
 def score_file(

@@ -61,6 +61,9 @@ class JumpNoveltyConfig:
     min_count: int = 1  # the bin left must have been left this many times before
     span: int = 3  # probation ranges covered below and above the probation range
     min_width: float = 1e-3  # relative floor of the range (a flat probation)
+    hold: int = 0  # report a jump only once the next `hold` values stayed beyond its start
+    quiet: int = 0  # samples after a jump scoring >= quiet_at in which no jump is scored
+    quiet_at: float = 0.6
 
     def validate(self) -> list[str]:
         problems = []
@@ -76,14 +79,21 @@ class JumpNoveltyConfig:
             problems.append("jump span must be a whole number >= 0")
         if not self.min_width > 0.0:
             problems.append("jump min_width must be > 0")
+        if self.hold < 0 or int(self.hold) != self.hold:
+            problems.append("jump hold must be a whole number of samples >= 0 (0: off)")
+        if self.quiet < 0 or int(self.quiet) != self.quiet:
+            problems.append("jump quiet must be a whole number of samples >= 0 (0: off)")
+        if not 0.0 < self.quiet_at <= 1.0:
+            problems.append("jump quiet_at must be a score in (0, 1]")
         return problems
 
 
 class JumpNovelty:
     """Jump novelty for one stream: ``score(t, x)`` in [0, 1] (`UnivariateDetector`)."""
 
-    __slots__ = ("_buf", "_cnt", "_dn", "_inv_scale", "_lo", "_mc", "_min", "_n", "_nb",
-                 "_off", "_prev", "_up", "_w", "config", "probation")
+    __slots__ = ("_buf", "_cnt", "_dn", "_hold", "_inv_scale", "_left", "_lo", "_mc", "_min",
+                 "_n", "_nb", "_off", "_pend", "_prev", "_qat", "_quiet", "_up", "_w", "_xprev",
+                 "config", "probation")
 
     def __init__(self, config: JumpNoveltyConfig | None = None, *, probation: int = 750) -> None:
         c = config or JumpNoveltyConfig()
@@ -98,18 +108,24 @@ class JumpNovelty:
         self._min = int(c.min_jump)
         self._mc = int(c.min_count)
         self._inv_scale = 1.0 / (c.tolerance * c.min_jump)
+        self._hold, self._quiet, self._qat = int(c.hold), int(c.quiet), float(c.quiet_at)
         self._buf: list[float] | None = []  # probation values until the bins are fixed
         self._lo = self._w = 0.0
         self._up: list[int] = []
         self._dn: list[int] = []
         self._cnt: list[int] = []
         self._prev = -1  # bin of the last finite value (-1: none yet)
+        self._xprev = 0.0  # the last finite value (where a jump starts from)
+        self._left = 0  # samples of quiet left
+        # jumps waiting for their hold: [finite samples still to hold, value the jump left,
+        # jumped up, score]; at most `hold` of them (one per sample, each lives `hold` samples)
+        self._pend: list[list[Any]] = []
         self._n = 0
 
     def state_size(self) -> int:
-        return 3 * len(self._up) + len(self._buf or ()) + 4
+        return 3 * len(self._up) + len(self._buf or ()) + 4 * len(self._pend) + 7
 
-    def score(self, t: float, x: float) -> float:
+    def score(self, t: float, x: float) -> float:  # noqa: C901, PLR0912 - hot path, flat
         buf = self._buf
         if buf is not None:  # probation (the sample count matters only until the fit)
             n = self._n = self._n + 1
@@ -118,7 +134,10 @@ class JumpNovelty:
             if n >= self.probation and buf:  # nothing finite yet: wait for one
                 self._fit()
             return 0.0
-        if not -math.inf < x < math.inf:  # NaN or infinite: not scored, not learned
+        left = self._left
+        if left:  # the quiet period counts every sample, NaN included (as `Rested` does)
+            self._left = left - 1
+        if not -math.inf < x < math.inf:  # NaN or infinite: not scored, learned nor held
             return 0.0
         # `_bin` and `_learn` written out (this runs on every sample of the default stream)
         q = (x - self._lo) / self._w + self._off
@@ -130,6 +149,8 @@ class JumpNovelty:
             b = int(q)  # q >= 0: int() is floor
         prev = self._prev
         self._prev = b
+        xprev = self._xprev
+        self._xprev = x
         if prev < 0:
             return 0.0
         out = 0.0
@@ -153,7 +174,31 @@ class JumpNovelty:
         elif -j > self._dn[prev]:
             self._dn[prev] = -j
         self._cnt[prev] += 1
-        return out
+        if left:  # quiet: learned, not scored
+            out = 0.0
+        elif out >= self._qat and self._quiet:
+            self._left = self._quiet
+        if not self._hold:
+            return out
+        # the hold: a jump is reported `hold` finite samples late, and only if every one of
+        # them stayed beyond the value it jumped from (a spike that falls back is not a new
+        # level); the quiet period above started at the jump either way
+        rep = 0.0
+        pend = self._pend
+        if pend:
+            keep = []
+            for p in pend:
+                if (x > p[1]) if p[2] else (x < p[1]):
+                    if p[0] == 1:
+                        if p[3] > rep:
+                            rep = p[3]
+                    else:
+                        p[0] -= 1
+                        keep.append(p)
+            self._pend = pend = keep
+        if out > 0.0:
+            pend.append([self._hold, xprev, j > 0, out])
+        return rep
 
     def _bin(self, x: float) -> int:
         q = (x - self._lo) / self._w + self._off
@@ -183,6 +228,8 @@ class JumpNovelty:
             if self._prev >= 0:
                 self._learn(self._prev, b - self._prev)
             self._prev = b
+        if buf:
+            self._xprev = buf[-1]
 
 
 class JumpNoveltyBank:
@@ -218,10 +265,20 @@ class JumpNoveltyBank:
         self._fitted = np.zeros(self.m, dtype=bool)
         self._rows = np.arange(self.m)
         self._n = 0
+        self._left = np.zeros(self.m, dtype=np.int64)  # samples of quiet left
+        self._xprev = np.zeros(self.m)  # the last finite value (where a jump starts from)
+        # the hold: a ring of `hold` pending jumps per series, slot = finite samples % hold
+        # (a jump waits exactly `hold` finite samples, so its slot is free when reused)
+        h = max(int(c.hold), 1)
+        self._k = np.zeros(self.m, dtype=np.int64)  # finite samples scored, per series
+        self._p_left = np.zeros((self.m, h), dtype=np.int64)  # 0: slot empty
+        self._p_dep = np.zeros((self.m, h))  # the value the jump left
+        self._p_up = np.zeros((self.m, h), dtype=bool)
+        self._p_score = np.zeros((self.m, h))
 
     def state_size(self) -> int:
         buf = 0 if self._buf is None else self._buf.size
-        return 3 * self._up.size + buf + 4 * self.m + 1
+        return 3 * self._up.size + buf + 4 * self._p_left.size + 6 * self.m + 1
 
     def _bins(self, x: Any) -> Any:
         np = self._np
@@ -257,6 +314,7 @@ class JumpNoveltyBank:
             if live.any():
                 self._learn(live, b)
             self._prev = np.where(ok, b, self._prev)
+            self._xprev = np.where(ok, row, self._xprev)
 
     def score(self, t: float, values: Any) -> Any:
         np = self._np
@@ -273,6 +331,11 @@ class JumpNoveltyBank:
                 if which.any():
                     self._fit(which, buf)
             return out
+        c = self.config
+        left = self._left
+        quiet = left > 0  # the quiet period counts every sample, NaN included
+        if quiet.any():
+            self._left = np.where(quiet, left - 1, 0)
         late = ok & ~self._fitted  # no finite probation value: fit at this one, score 0
         if late.any():
             self._fit(late, np.where(late, x, np.nan)[None, :])
@@ -283,14 +346,41 @@ class JumpNoveltyBank:
         r, prev = self._rows[ok], self._prev[ok]
         j = b[ok] - prev
         up, dn, cnt = self._up[r, prev], self._dn[r, prev], self._cnt[r, prev]
-        lim = self.config.min_jump
+        lim = c.min_jump
         e = np.where(j >= lim, j - up, np.where(-j >= lim, -j - dn, 0))
-        hit = (e > 0) & (cnt >= self.config.min_count)
+        hit = (e > 0) & (cnt >= c.min_count) & ~quiet[r]  # quiet: learned, not scored
         out[r[hit]] = 1.0 - np.exp(-e[hit] * self._inv_scale)
         self._up[r, prev] = np.maximum(up, j)
         self._dn[r, prev] = np.maximum(dn, -j)
         self._cnt[r, prev] = cnt + 1
         self._prev[r] = b[ok]
+        dep = self._xprev[r]
+        self._xprev[r] = x[r]
+        if c.quiet:
+            start = hit.copy()
+            start[hit] = out[r[hit]] >= c.quiet_at
+            self._left[r[start]] = int(c.quiet)
+        if not c.hold:
+            return out
+        # the hold (see `JumpNovelty.score`): pending jumps of these series meet this value
+        xr = x[r]
+        pl, pd = self._p_left[r], self._p_dep[r]
+        active = pl > 0
+        held = np.where(self._p_up[r], xr[:, None] > pd, xr[:, None] < pd)
+        pl = np.where(active & held, pl - 1, 0)
+        done = active & held & (pl == 0)
+        rep = np.where(done, self._p_score[r], 0.0).max(axis=1)
+        self._p_left[r] = pl
+        new = out[r] > 0.0
+        if new.any():
+            rn = r[new]
+            slot = self._k[rn] % int(c.hold)
+            self._p_left[rn, slot] = int(c.hold)
+            self._p_dep[rn, slot] = dep[new]
+            self._p_up[rn, slot] = j[new] > 0
+            self._p_score[rn, slot] = out[rn]
+        self._k[r] += 1
+        out[r] = rep
         return out
 
 

@@ -45,8 +45,9 @@ FIT_TARGET_S = 1.0
 RSS_TARGET_MB = 20.0
 LIKELIHOOD_LABEL = "max(likelihood 500/5 of stream range floor 0.01, spatial 0.05)"
 PAIR_LABEL = "max(stream range floor 0.01, spatial 0.05)"
-JUMP_PARAMS = (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 2))
-JUMP_LABEL = "jump novelty (bins 10, min_jump 4), rest 400 @ 0.6"
+JUMP_PARAMS = (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 2), ("hold", 2),
+               ("quiet", 400), ("quiet_at", 0.6))
+JUMP_LABEL = "jump novelty (bins 10, min_jump 4), hold 2, quiet 400 @ 0.6"
 TRIPLE_LABEL = "max(stream range floor 0.01, spatial 0.05, stream rest 400 @ 0.6) (previous default)"
 DWELL_PARAMS = (("levels", 4), ("ratio", 2.0), ("rare", 0.05))
 DWELL_LABEL = "dwell novelty (4 levels, ratio 2, rare 0.05)"
@@ -149,7 +150,7 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     # the temporal-context novelty channel alone (the default's fourth member, inline in its
     # FusedStreamMax), and the default before it (the fused recall triple): a same-run ratio
     sel = selected_detector()
-    jump = DetectorSpec("jump", 0.73, JUMP_PARAMS, rest=400, rest_at=0.6)
+    jump = DetectorSpec("jump", 0.73, JUMP_PARAMS, rest_at=0.7)
     assert sel.members[3] == jump, "the benchmarked jump channel is not the default's"
     specs[JUMP_LABEL] = jump
     specs[TRIPLE_LABEL] = replace(sel, members=sel.members[:3], label="")
@@ -252,7 +253,7 @@ def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) ->
                                       DetectorSpec("spatial", 0.7, (("tolerance", 0.1),))),
             combine="max"),
         LIKELIHOOD_LABEL: next(c for c in candidates() if c.label == LIKELIHOOD_LABEL),
-        JUMP_LABEL: DetectorSpec("jump", 0.73, JUMP_PARAMS, rest=400, rest_at=0.6),
+        JUMP_LABEL: DetectorSpec("jump", 0.73, JUMP_PARAMS, rest_at=0.7),
         TRIPLE_LABEL: replace(selected_detector(), members=selected_detector().members[:3],
                               label=""),
     }

@@ -54,16 +54,40 @@ def _found(spec: DetectorSpec, f, threshold: float) -> tuple[list[bool], int]:
 def test_the_jump_channel_finds_two_aws_windows_the_triple_misses(nab_dir):
     # fe7f93's first window (a dip to a known low, then a rise no dip there was followed by)
     # and cc0c53's second (a two-sample spike on a level whose changes were all small): the
-    # stream's z calls both ordinary; the jump channel costs one alert outside on fe7f93
+    # stream's z calls both ordinary; with its hold the jump channel costs no alert outside
     spec = selected_detector()
     assert spec.members[3].name == "jump"
     triple = replace(spec, members=spec.members[:3], label="")
     files = {f.name.split("/")[-1]: f for f in load_nab(nab_dir)}
     fe, cc = files["ec2_cpu_utilization_fe7f93.csv"], files["rds_cpu_utilization_cc0c53.csv"]
     assert _found(triple, fe, spec.threshold) == ([False, True, False], 0)
-    assert _found(spec, fe, spec.threshold) == ([True, True, False], 1)
+    assert _found(spec, fe, spec.threshold) == ([True, True, False], 0)
     assert _found(triple, cc, spec.threshold) == ([True, False], 2)
     assert _found(spec, cc, spec.threshold) == ([True, True], 2)
+
+
+def test_the_hold_drops_the_jump_channels_spikes_and_keeps_every_window(nab_dir):
+    # the jump channel without its hold (resting 400 samples after 0.6, the default before)
+    # alerted outside the windows on five spikes that fell back within two samples: a burst
+    # reaching a new height on fe7f93 (row 1268), 1ef3de (3038, 3728) and 5abac7 (1802, 4112)
+    spec = selected_detector()
+    jump = spec.members[3]
+    assert dict(jump.params)["hold"] == 2
+    unheld = DetectorSpec("jump", jump.threshold, tuple(
+        (k, v) for k, v in jump.params if k not in ("hold", "quiet", "quiet_at")),
+        rest=400, rest_at=0.6)
+    before = replace(spec, members=(*spec.members[:3], unheld), label="")
+    aws = [f for f in load_nab(nab_dir) if f.category == "realAWSCloudwatch"]
+    changed = {}
+    for f in aws:
+        a, b = _found(before, f, spec.threshold), _found(spec, f, spec.threshold)
+        if a != b:
+            changed[f.name.split("/")[-1]] = (a, b)
+    assert changed == {
+        "ec2_cpu_utilization_fe7f93.csv": (([True, True, False], 1), ([True, True, False], 0)),
+        "ec2_disk_write_bytes_1ef3de.csv": (([True], 4), ([True], 2)),
+        "ec2_network_in_5abac7.csv": (([True, True], 3), ([True, True], 1)),
+    }
 
 
 finite = st.floats(-1e6, 1e6, allow_nan=False)

@@ -57,21 +57,76 @@ def test_a_value_far_beyond_the_probation_range_shares_the_edge_bin():
     assert det.score(0.0, 1e9) == 0.0  # the same (edge) bin: no jump at all
 
 
+def _held(hold: int, quiet: int = 0) -> JumpNovelty:
+    # probation 0 <-> 2: bins of width 0.2 (range 2, 10 bins), 2's bin is 40 (30 bins below
+    # the probation range), the top bin 70 holds 8 and above; the records are +10 from 0's bin
+    # and -10 from 2's
+    det = JumpNovelty(JumpNoveltyConfig(bins=10, min_jump=4, tolerance=1.0, hold=hold,
+                                        quiet=quiet, quiet_at=0.6), probation=10)
+    _scores(det, [0.0, 2.0] * 5)
+    return det
+
+
+UP = 1.0 - math.exp(-30 / 4)  # 2 -> 10 (bin 40 -> 70): +30 bins over a record of 0
+
+
+def test_a_held_jump_is_reported_hold_samples_late_with_its_own_score():
+    assert _scores(_held(0), [10.0, 9.0, 11.0]) == [UP, 0.0, 0.0]
+    assert _scores(_held(2), [10.0, 9.0, 11.0]) == [0.0, 0.0, UP]
+    assert _scores(_held(1), [10.0, 9.0]) == [0.0, UP]
+
+
+def test_a_spike_that_falls_back_past_where_it_started_is_not_reported():
+    # back to the value it left (2.0) or beyond, within the hold: dropped, whatever comes next
+    assert _scores(_held(2), [10.0, 2.0, 10.0, 10.0]) == [0.0] * 4
+    assert _scores(_held(2), [10.0, 9.0, 1.0, 10.0]) == [0.0] * 4
+    # a fall that stays below the value it fell from is held (falls mirror rises): 7 <-> 6.9
+    # teaches 6.9's bin (64) small steps only, then 6.9 -> 0 is -34 bins over a record of 0
+    det = _held(2)
+    _scores(det, [7.0, 6.9] * 3)
+    assert _scores(det, [0.0, 1.0, 0.5]) == [0.0, 0.0, 1.0 - math.exp(-34 / 4)]
+    assert _scores(_held(2), [7.0, 6.9] * 3 + [0.0, 1.0, 7.0])[-1] == 0.0
+
+
+def test_a_non_finite_value_neither_holds_nor_breaks_a_hold():
+    assert _scores(_held(2), [10.0, math.nan, 9.0, math.inf, 11.0]) == [0.0] * 4 + [UP]
+
+
+def test_the_quiet_period_starts_at_any_novel_jump_held_or_not():
+    # the spike to 10 is dropped by the hold but quiets the channel for 5 samples: the novel
+    # fall 2 -> -4 inside them is learned, not scored (nor repeated later); the rise -4 -> 2
+    # after them scores, held one sample
+    det = _held(1, quiet=5)
+    out = _scores(det, [10.0, 2.0, -4.0, -4.0, -4.0, -4.0, 2.0, 2.0] + [2.0] * 5 + [-4.0, -4.0])
+    assert out[7] == UP
+    assert out[:7] == [0.0] * 7 and out[8:] == [0.0] * 7
+    loud = _scores(_held(1), [10.0, 2.0, -4.0, -4.0])
+    assert loud[3] == pytest.approx(1.0 - math.exp(-20 / 4))  # without the quiet: -30 vs -10
+
+
 finite = st.floats(-1e6, 1e6, allow_nan=False)
 values = st.lists(st.one_of(finite, finite, finite, st.sampled_from([math.nan, math.inf])),
                   max_size=120)
 jump_configs = st.builds(JumpNoveltyConfig, bins=st.integers(1, 12), min_jump=st.integers(1, 6),
                          tolerance=st.sampled_from([0.5, 1.0, 2.0]),
-                         min_count=st.integers(0, 3), span=st.integers(0, 3))
+                         min_count=st.integers(0, 3), span=st.integers(0, 3),
+                         hold=st.integers(0, 3), quiet=st.sampled_from([0, 0, 1, 5, 40]),
+                         quiet_at=st.sampled_from([0.1, 0.6, 1.0]))
 dwell_configs = st.builds(DwellNoveltyConfig, levels=st.integers(2, 8),
                           ratio=st.sampled_from([1.0, 1.5, 2.0, 3.0]),
                           min_run=st.integers(1, 8), rare=st.sampled_from([0.02, 0.1, 1.0]))
 # (a detector factory for one probation length, the bound its state_size must stay under)
 detectors = st.one_of(
     jump_configs.map(lambda c: (lambda p: JumpNovelty(c, probation=p),
-                                lambda p: 3 * ((2 * c.span + 1) * c.bins + 1) + p + 4)),
+                                lambda p: 3 * ((2 * c.span + 1) * c.bins + 1) + p + 7
+                                + 4 * c.hold)),
     dwell_configs.map(lambda c: (lambda p: DwellNovelty(c, probation=p),
                                  lambda p: 4 * c.levels + 4)),
+)
+# the quiet period counts samples, NaN included (as `Rested` does), so a NaN moves its end
+unquiet_detectors = st.one_of(
+    jump_configs.map(lambda c: (lambda p: JumpNovelty(replace(c, quiet=0), probation=p), None)),
+    dwell_configs.map(lambda c: (lambda p: DwellNovelty(c, probation=p), None)),
 )
 
 
@@ -99,7 +154,7 @@ def test_a_score_reads_only_the_past(past, future, other, made, probation):
 
 @settings(max_examples=80, deadline=None)
 @given(xs=st.lists(finite, min_size=1, max_size=80), where=st.lists(st.integers(0, 80)),
-       bad=st.sampled_from([math.nan, math.inf, -math.inf]), made=detectors,
+       bad=st.sampled_from([math.nan, math.inf, -math.inf]), made=unquiet_detectors,
        probation=st.integers(1, 20))
 def test_a_non_finite_value_after_probation_is_neither_scored_nor_learned(
         xs, where, bad, made, probation):
@@ -204,7 +259,7 @@ def _beside_default(files, *channels: DetectorSpec):
     """The protocol's LOCO folds and objective for max(previous default, channels...): the
     previous default is the selected one without its jump channel (the recall triple)."""
     default = selected_detector()
-    assert default.members[3] == JUMP  # the channel measured here is the one adopted
+    assert default.members[3] == HELD  # the channel measured here is the one adopted
     both = replace(default, members=(*default.members[:3], *channels), label="")
     curves = {f.name: FileCurve(f, score_file(both, f, {})) for f in files}
     loco, lofo = _evaluate(curves, choose_threshold)
@@ -213,6 +268,34 @@ def _beside_default(files, *channels: DetectorSpec):
 
 JUMP = DetectorSpec("jump", 0.73, (("bins", 10), ("min_jump", 4), ("tolerance", 1.0),
                                    ("min_count", 2)), rest=400, rest_at=0.6)
+# the adopted channel: the same, held 2 samples, quiet 400 samples after any novel jump
+HELD = DetectorSpec("jump", 0.73, (*JUMP.params, ("hold", 2), ("quiet", 400), ("quiet_at", 0.6)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("hold", "aws_cells", "aws_nab", "aws_f1", "expected"), [
+    (0, (25, 30, 21), 72.82, 0.658, 1.3861),  # quiet 400 alone is the rest it replaced
+    (1, (25, 30, 17), 73.42, 0.694, 1.4286),
+    (2, (25, 30, 16), 73.58, 0.704, 1.4400),  # the default
+    (3, (24, 30, 16), 70.72, 0.686, 1.3929),  # fe7f93's burst falls back on its 3rd sample
+])
+def test_the_hold_beside_the_default_beats_htms_published_aws_nab_at_one_and_two(
+        nab_dir, hold, aws_cells, aws_nab, aws_f1, expected):
+    """The README's per-fold numbers for the adopted jump channel and its hold neighbours:
+    max(previous default, jump hold h quiet 400 @ 0.6); HTM's published AWS: 73.42 / 0.610."""
+    files = load_nab(nab_dir)
+    jump = DetectorSpec("jump", 0.73, (*JUMP.params, ("hold", hold), ("quiet", 400),
+                                       ("quiet_at", 0.6)))
+    folds, objective = _beside_default(files, jump)
+    aws = folds["realAWSCloudwatch"]
+    assert (aws.detected, aws.windows, aws.fp_rows) == aws_cells
+    assert aws.nab == pytest.approx(aws_nab, abs=0.005)
+    assert aws.f1 == pytest.approx(aws_f1, abs=5e-4)
+    assert objective == pytest.approx(expected, abs=5e-4)
+    with_anomaly = folds["artificialWithAnomaly"]
+    assert (with_anomaly.nab, with_anomaly.f1) == (pytest.approx(76.54, abs=0.005),
+                                                   pytest.approx(0.714, abs=5e-4))
+    assert folds["artificialNoAnomaly"].fp_rows == 0
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@
   the same in-run EW z-score, with `within_budget` (<= 5 us per sample on one core); the
   selected default also as the plain `Ensemble` of its members (before `FusedStreamMax`) and
   with its channels parted by a level shift (the fused detector's worst case), the default
-  before its jump channel (the fused recall triple), and the temporal-novelty channels
+  before its jump channel (the fused recall triple) and before the jump channel's hold (that
+  channel resting after a reported score instead), and the temporal-novelty channels
   (`trainguard.anomaly.transition`, jump and dwell) alone, the dwell channel also beside it.
 * banks: every detector that has a `DetectorBank` (`make_bank`: stream, Relative Entropy,
   spatial range, jump novelty, the max ensemble of stream and Relative Entropy, the selected
-  default and the default before its jump channel), process CPU time
+  default, the default before its jump channel and before that channel's hold), process CPU time
   per sample per series for one series and for a bank of 256, against an EW z-score bank over
   the same series and the scalar EW z-score on one of them, in the same run (chunks interleaved
   baseline / candidate, medians); plus the floor of a KNN-CAD bank (its batched distance pass
@@ -49,6 +50,17 @@ JUMP_PARAMS = (("bins", 10), ("min_jump", 4), ("tolerance", 1.0), ("min_count", 
                ("quiet", 400), ("quiet_at", 0.6))
 JUMP_LABEL = "jump novelty (bins 10, min_jump 4), hold 2, quiet 400 @ 0.6"
 TRIPLE_LABEL = "max(stream range floor 0.01, spatial 0.05, stream rest 400 @ 0.6) (previous default)"
+UNHELD_LABEL = "the default with its jump channel rested 400 @ 0.6, no hold (previous default)"
+
+
+def _unheld(sel):
+    """The default before the hold: its jump channel resting 400 samples after a reported 0.6."""
+    from trainguard.anomaly.detectors import DetectorSpec
+
+    jump = DetectorSpec("jump", 0.73, JUMP_PARAMS[:4], rest=400, rest_at=0.6)
+    return replace(sel, members=(*sel.members[:3], jump), label="")
+
+
 DWELL_PARAMS = (("levels", 4), ("ratio", 2.0), ("rare", 0.05))
 DWELL_LABEL = "dwell novelty (4 levels, ratio 2, rare 0.05)"
 
@@ -154,6 +166,7 @@ def bench_detectors(n: int, only_budget: bool = False) -> dict[str, dict[str, fl
     assert sel.members[3] == jump, "the benchmarked jump channel is not the default's"
     specs[JUMP_LABEL] = jump
     specs[TRIPLE_LABEL] = replace(sel, members=sel.members[:3], label="")
+    specs[UNHELD_LABEL] = _unheld(sel)
     dwell = DetectorSpec("dwell", 0.73, DWELL_PARAMS)
     specs[DWELL_LABEL] = dwell
     out = {label: _timed(make_detector(spec, probation), ts, xs, probation)
@@ -256,6 +269,7 @@ def bench_banks(steps: int, sizes: tuple[int, ...] = (1, 256), reps: int = 5) ->
         JUMP_LABEL: DetectorSpec("jump", 0.73, JUMP_PARAMS, rest_at=0.7),
         TRIPLE_LABEL: replace(selected_detector(), members=selected_detector().members[:3],
                               label=""),
+        UNHELD_LABEL: _unheld(selected_detector()),
     }
     out: dict = {}
     for m in sizes:

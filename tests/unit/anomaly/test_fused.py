@@ -101,7 +101,9 @@ def _spec(draw, floor: float, jump: bool) -> DetectorSpec:
     if jump:  # the default's jump channel, inline in the fused detector
         members.append(DetectorSpec(
             "jump", 0.73, (("bins", draw(st.sampled_from([1, 10]))),
-                           ("min_jump", draw(st.sampled_from([1, 4]))), ("min_count", 2)),
+                           ("min_jump", draw(st.sampled_from([1, 4]))), ("min_count", 2),
+                           ("hold", draw(st.sampled_from([0, 1, 2]))),
+                           ("quiet", draw(st.sampled_from([0, 5, 400]))), ("quiet_at", 0.6)),
             rest=draw(st.sampled_from([0, 5, 400])), rest_at=draw(st.sampled_from([0.3, 0.6]))))
     return DetectorSpec("ensemble", 0.73, members=tuple(draw(st.permutations(members))),
                         combine="max")

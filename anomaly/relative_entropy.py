@@ -20,13 +20,25 @@ it fall into the end bins; the histogram is updated incrementally (O(1) per samp
 O(window)); at most ``max_hypotheses`` are stored (memory bound; past it a rejected window still
 scores 1 but is not stored).
 
+Histograms are integer counts out of ``window``, so every KL term ``p * log(p / q)`` takes one
+of ``(window + 1)^2`` values: they are tabulated once per window (`_fill_row`, the reference's
+arithmetic) and summed in the reference's bin order, so a statistic is the reference's bit for
+bit at a table look-up per (stored hypothesis, bin) instead of a logarithm. The scalar detector
+also keeps a memo of test results per histogram (the histogram as one int, updated with it):
+which hypothesis a histogram accepts depends only on the histogram and the stored hypotheses,
+which are only ever appended to, so a histogram seen before is tested against the hypotheses
+stored since only, and most samples (a window's histogram changes slowly and revisits the same
+shapes) cost no test at all. It holds at most `_MEMO_SIZE` histograms (then starts over).
+That brings `RelativeEntropy` from about 48 times the bench's EW z-score baseline (9-10 us a
+sample) to 2-7 times (0.4-1.3 us) on the bench's sinusoid and NAB's AWS files: a test against
+every stored hypothesis (0.1-0.2 us each) is left only where a histogram is new. Its scores
+are the reference loop's on any input (a differential test against a frozen copy of it, on
+generated series and the 28 NAB files).
+
 `RelativeEntropyBank` runs the same test for ``m`` series at once (one ``score(t, values)`` call
 per time step, numpy over arrays of shape ``[m, ...]``), for an agent that watches many
-metrics. Histograms are integer counts out of ``window``, so every KL term
-``p * log(p / q)`` takes one of ``(window + 1)^2`` values: they are tabulated once with the
-scalar detector's own arithmetic and summed in its order, so the bank's scores equal
-`RelativeEntropy`'s exactly (a property test checks it), and a step costs a table look-up per
-(series, stored hypothesis, bin) instead of a logarithm.
+metrics, with the same table, so the bank's scores equal `RelativeEntropy`'s exactly (a
+property test checks it).
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from functools import reduce
+from operator import add, getitem
 from typing import Any
 
 __all__ = ["RelativeEntropy", "RelativeEntropyBank", "RelativeEntropyConfig"]
@@ -65,16 +79,26 @@ class RelativeEntropy:
         self._buffer: list[float] | None = []
         self._levels: deque[int] = deque(maxlen=c.window)
         self._counts = [0] * c.bins
-        self._hyp: list[tuple[float, ...]] = []
+        self._hyp: list[tuple[int, ...]] = []  # histograms as counts out of `window`
         self._seen: list[int] = []
         self._lo, self._step = 0.0, 0.0
+        # the per-sample path reads these as attributes, not through cfg
+        self._window, self._top, self._scale = c.window, c.bins - 1, 2.0 * c.window
+        self._threshold, self._min_count, self._max_hyp = c.threshold, c.min_count, c.max_hypotheses
+        self._terms = _kl_rows(c.window)
+        self._stats = _stats5 if c.bins == 5 else _stats
+        # the histogram as one int (counts in base window + 1), updated with it
+        self._weight = [(c.window + 1) ** b for b in range(c.bins)]
+        self._key = 0
+        # histogram key -> (test result, hypotheses it was tested against)
+        self._memo: dict[int, tuple[int, int]] = {}
         if value_range is not None:
             self._set_range(*value_range)
             self._buffer = None
 
     def state_size(self) -> int:
         return (len(self._buffer or ()) + len(self._levels) + len(self._counts)
-                + (self.cfg.bins + 1) * len(self._hyp))
+                + (self.cfg.bins + 1) * len(self._hyp) + 3 * len(self._memo))
 
     def score(self, t: float, x: float) -> float:
         if self._buffer is not None:
@@ -91,57 +115,116 @@ class RelativeEntropy:
         self._lo, self._step = lo, (hi - lo) / self.cfg.bins
 
     def _step_value(self, x: float) -> float:
-        if self._step == 0.0:  # a flat probation: the reference declares every point normal
+        step = self._step
+        if step == 0.0:  # a flat probation: the reference declares every point normal
             return 0.0
-        c = self.cfg
-        top = c.bins - 1
-        level = math.ceil((x - self._lo) / self._step)  # 0..bins, as the reference
+        level = math.ceil((x - self._lo) / step)  # 0..bins, as the reference
+        top = self._top
         level = 0 if level < 0 else top if level > top else level  # `bins` shares the top bin
         levels, counts = self._levels, self._counts
-        if len(levels) == c.window:
-            counts[levels[0]] -= 1
-        levels.append(level)
-        counts[level] += 1
-        if len(levels) < c.window:
-            return 0.0
-        p = [k / c.window for k in counts]
-        if not self._hyp:
-            self._hyp.append(tuple(p))
+        if len(levels) == self._window:
+            old = levels[0]
+            levels.append(level)
+            if old != level:
+                counts[old] -= 1
+                counts[level] += 1
+                weight = self._weight
+                self._key += weight[level] - weight[old]
+        else:
+            levels.append(level)
+            counts[level] += 1
+            self._key += self._weight[level]
+            if len(levels) < self._window:
+                return 0.0
+        hyp = self._hyp
+        n = len(hyp)
+        if not n:
+            hyp.append(tuple(counts))
             self._seen.append(1)
             return 0.0
-        best, index = math.inf, -1
-        scale = 2.0 * c.window
-        for i, q in enumerate(self._hyp):
-            kl = 0.0
-            for pk, qk in zip(p, q, strict=True):
-                if pk > 0.0:
-                    if qk == 0.0:
-                        kl = math.inf
-                        break
-                    kl += pk * math.log(pk / qk)
-            stat = scale * kl
-            if stat < c.threshold and stat < best:
-                best, index = stat, i
+        memo = self._memo
+        key = self._key
+        known = memo.get(key)
+        if known is None:
+            index = self._test(0, -1)
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[key] = (index, n)
+        elif known[1] < n:  # hypotheses were added since: test against those only
+            index = self._test(known[1], known[0])
+            memo[key] = (index, n)
+        else:
+            index = known[0]
         if index >= 0:
-            self._seen[index] += 1
-            return 1.0 if self._seen[index] <= c.min_count else 0.0
-        if len(self._hyp) < c.max_hypotheses:
-            self._hyp.append(tuple(p))
+            seen = self._seen
+            seen[index] += 1
+            return 1.0 if seen[index] <= self._min_count else 0.0
+        if n < self._max_hyp:
+            hyp.append(tuple(counts))
             self._seen.append(1)
         return 1.0
+
+    def _test(self, start: int, index: int) -> int:
+        """The accepted hypothesis with the smallest statistic (the first of equals; -1: none),
+        given ``index``, the answer among the first ``start`` hypotheses."""
+        rows = _rows_for(self._terms, self._counts)
+        stats = self._stats(rows, self._hyp[start:], self._scale)
+        best = min(stats)
+        if best < self._threshold and (
+                index < 0 or best < self._stats(rows, [self._hyp[index]], self._scale)[0]):
+            return start + stats.index(best)
+        return index
+
+
+# The scalar detector's memo of test results holds at most this many histograms (a few hundred
+# kB); when full it starts over. The 28 NAB files visit at most ~1500 distinct histograms.
+_MEMO_SIZE = 2048
+
+# per window: row ``a`` holds the KL terms for count ``a`` against counts 0..window (None until
+# first needed, so a long window costs only the rows its histograms use)
+_KL_ROWS: dict[int, list[list[float] | None]] = {}
+
+
+def _kl_rows(window: int) -> list[list[float] | None]:
+    return _KL_ROWS.setdefault(window, [[0.0] * (window + 1)] + [None] * window)
+
+
+def _rows_for(terms: list[list[float] | None], counts: list[int]) -> list[list[float]]:
+    """The rows of KL terms for a histogram's counts, bin by bin."""
+    return [terms[k] or _fill_row(terms, k) for k in counts]
+
+
+def _fill_row(rows: list[list[float] | None], a: int) -> list[float]:
+    """Row ``a``: the reference's term ``p * log(p / q)`` for ``p = a / window`` and each ``q``.
+
+    The reference sums the terms of the bins with ``p > 0`` in bin order, and stops at the
+    first ``q == 0`` (KL is then infinite). Row 0 holds 0.0 (adding 0.0 to the sum changes
+    nothing) and every other row starts with inf (inf plus any finite term stays inf), so a
+    sum of one row entry per bin, in bin order, is the reference's KL bit for bit."""
+    window = len(rows) - 1
+    pk = a / window
+    row = rows[a] = [math.inf] + [pk * math.log(pk / (b / window)) for b in range(1, window + 1)]
+    return row
+
+
+def _stats5(rows: list[list[float]], hyps: list[tuple[int, ...]], scale: float) -> list[float]:
+    """`_stats` unrolled for 5 bins (the NAB setting): the same additions in the same order."""
+    r0, r1, r2, r3, r4 = rows
+    return [scale * (r0[a] + r1[b] + r2[c] + r3[d] + r4[e]) for a, b, c, d, e in hyps]
+
+
+def _stats(rows: list[list[float]], hyps: list[tuple[int, ...]], scale: float) -> list[float]:
+    """The statistic ``2 * window * KL`` of the current histogram (``rows``: its bins' rows of
+    KL terms) against each hypothesis, the terms summed left to right in bin order."""
+    return [scale * reduce(add, map(getitem, rows, h)) for h in hyps]
 
 
 def _kl_table(window: int) -> Any:
     """``table[a, b]`` = the scalar detector's KL term for counts ``a`` (current) and ``b``."""
     import numpy as np
 
-    table = np.zeros((window + 1, window + 1))
-    for a in range(1, window + 1):
-        pk = a / window
-        table[a, 0] = math.inf
-        for b in range(1, window + 1):
-            table[a, b] = pk * math.log(pk / (b / window))
-    return table
+    rows = _kl_rows(window)
+    return np.array([row or _fill_row(rows, a) for a, row in enumerate(rows)])
 
 
 class RelativeEntropyBank:

@@ -56,10 +56,12 @@ DETECTOR_NAMES = ("stream", "cad_ose", "relative_entropy", "knncad", "spatial", 
 # Detectors within the streaming budget (<= 5 us per sample per series on one core), as
 # tests/bench/bench_anomaly.py measures them: the stream detector (2-3 us scalar, well under 1 us
 # per series in a `StreamBank`) and Relative Entropy in a `RelativeEntropyBank` (about 1.5 us
-# per series at 256 series; 20-50 us scalar). KNN-CAD (~90 us scalar; its 19-d distances to
-# every training vector alone cost ~11 us per series batched) and CAD-OSE (1-3 ms, a pass over
-# its context memory) are outside it and have no bank. `SpatialRange` is two comparisons;
-# `JumpNovelty` a quantisation and three table look-ups (~0.8 us scalar, rested).
+# per series at 256 series; 0.4-1.3 us scalar, a memo of test results per histogram).
+# KNN-CAD (~90 us scalar; its 19-d distances to every training vector alone cost ~11 us per
+# series batched) and CAD-OSE (1-3 ms, a pass over its context memory) are outside it and have
+# no bank: reference candidates for the selection, not detectors to stream with.
+# `SpatialRange` is two comparisons; `JumpNovelty` a quantisation and three table look-ups
+# (~0.7 us scalar, held and quiet).
 WITHIN_LATENCY_BUDGET = frozenset({"stream", "relative_entropy", "spatial", "jump"})
 BANKED = frozenset({"stream", "relative_entropy", "spatial", "jump"})
 

@@ -18,7 +18,9 @@ probation samples (NAB passes the whole file's min and max, a look into the futu
 buffered and replayed so the hypotheses learned in probation are the reference's; values outside
 it fall into the end bins; the histogram is updated incrementally (O(1) per sample, not
 O(window)); at most ``max_hypotheses`` are stored (memory bound; past it a rejected window still
-scores 1 but is not stored).
+scores 1 but is not stored); a NaN or infinite value is neither scored nor learned (it counts
+towards the probation length, as in the other detectors; the reference raised on it), and
+`RelativeEntropyBank` refuses a step holding one (`AnomalyError` naming the series).
 
 Histograms are integer counts out of ``window``, so every KL term ``p * log(p / q)`` takes one
 of ``(window + 1)^2`` values: they are tabulated once per window (`_fill_row`, the reference's
@@ -50,6 +52,8 @@ from functools import reduce
 from operator import add, getitem
 from typing import Any
 
+from trainguard.anomaly.interface import AnomalyError
+
 __all__ = ["RelativeEntropy", "RelativeEntropyBank", "RelativeEntropyConfig"]
 
 # scipy.stats.chi2.isf(0.01, 4): computed once here, so the module needs no scipy
@@ -77,6 +81,7 @@ class RelativeEntropy:
         self.cfg = c = config or RelativeEntropyConfig()
         self.probation = max(int(probation), 1)
         self._buffer: list[float] | None = []
+        self._n = 0  # probation samples seen (NaN included)
         self._levels: deque[int] = deque(maxlen=c.window)
         self._counts = [0] * c.bins
         self._hyp: list[tuple[int, ...]] = []  # histograms as counts out of `window`
@@ -101,15 +106,18 @@ class RelativeEntropy:
                 + (self.cfg.bins + 1) * len(self._hyp) + 3 * len(self._memo))
 
     def score(self, t: float, x: float) -> float:
+        finite = -math.inf < x < math.inf  # NaN or infinite: not scored, not learned
         if self._buffer is not None:
-            self._buffer.append(x)
-            if len(self._buffer) >= self.probation:
+            self._n += 1  # such a value still counts towards the probation length
+            if finite:
+                self._buffer.append(x)
+            if self._n >= self.probation and self._buffer:  # none finite yet: wait for one
                 values, self._buffer = self._buffer, None
                 self._set_range(min(values), max(values))
                 for v in values:
                     self._step_value(v)
             return 0.0
-        return self._step_value(x)
+        return self._step_value(x) if finite else 0.0
 
     def _set_range(self, lo: float, hi: float) -> None:
         self._lo, self._step = lo, (hi - lo) / self.cfg.bins
@@ -118,9 +126,11 @@ class RelativeEntropy:
         step = self._step
         if step == 0.0:  # a flat probation: the reference declares every point normal
             return 0.0
-        level = math.ceil((x - self._lo) / step)  # 0..bins, as the reference
+        # 0..bins, as the reference (`bins` shares the top bin), clamped before the ceil so a
+        # value beyond what float division can hold lands in an end bin instead of raising
+        q = (x - self._lo) / step
         top = self._top
-        level = 0 if level < 0 else top if level > top else level  # `bins` shares the top bin
+        level = 0 if not q > 0.0 else top if q > top else math.ceil(q)
         levels, counts = self._levels, self._counts
         if len(levels) == self._window:
             old = levels[0]
@@ -267,6 +277,14 @@ class RelativeEntropyBank:
         """Score one value per series (``values``, length ``m``), then learn from them."""
         np = self._np
         x = np.asarray(values, dtype=np.float64).reshape(self.m)
+        if not np.isfinite(x).all():
+            bad = np.flatnonzero(~np.isfinite(x))
+            raise AnomalyError(
+                f"relative entropy bank: {len(bad)} of {self.m} values at t={t} are NaN or "
+                f"infinite (first: series {int(bad[0])}); nothing was scored or learned at "
+                "this step",
+                tip="fill or drop missing values before the bank, or score that series with "
+                    "make_detector (the scalar detector skips them)")
         if self._buffer is not None:
             self._buffer.append(x.copy())
             if len(self._buffer) >= self.probation:

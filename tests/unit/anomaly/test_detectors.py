@@ -21,6 +21,7 @@ from trainguard.anomaly import (
     RelativeEntropyConfig,
     StreamDetector,
     UnivariateDetector,
+    make_bank,
     make_detector,
 )
 from trainguard.anomaly.detectors import ProbationCalibrated
@@ -245,6 +246,7 @@ class _ReferenceRelativeEntropy:
         self.cfg = c
         self.probation = max(int(probation), 1)
         self._buffer: list[float] | None = []
+        self._n = 0
         self._levels: deque[int] = deque(maxlen=c.window)
         self._counts = [0] * c.bins
         self._hyp: list[tuple[float, ...]] = []
@@ -255,15 +257,20 @@ class _ReferenceRelativeEntropy:
             self._buffer = None
 
     def score(self, t: float, x: float) -> float:
+        # the non-finite policy every detector has (skipped, counted towards probation), on
+        # the frozen algorithm (which raised on them)
+        finite = math.isfinite(x)
         if self._buffer is not None:
-            self._buffer.append(x)
-            if len(self._buffer) >= self.probation:
+            self._n += 1
+            if finite:
+                self._buffer.append(x)
+            if self._n >= self.probation and self._buffer:
                 values, self._buffer = self._buffer, None
                 self._set_range(min(values), max(values))
                 for v in values:
                     self._step_value(v)
             return 0.0
-        return self._step_value(x)
+        return self._step_value(x) if finite else 0.0
 
     def _set_range(self, lo: float, hi: float) -> None:
         self._lo, self._step = lo, (hi - lo) / self.cfg.bins
@@ -273,8 +280,8 @@ class _ReferenceRelativeEntropy:
             return 0.0
         c = self.cfg
         top = c.bins - 1
-        level = math.ceil((x - self._lo) / self._step)
-        level = 0 if level < 0 else top if level > top else level
+        q = (x - self._lo) / self._step  # beyond float range: an end bin, not an error
+        level = 0 if not q > 0.0 else top if q > top else math.ceil(q)
         levels, counts = self._levels, self._counts
         if len(levels) == c.window:
             counts[levels[0]] -= 1
@@ -302,8 +309,8 @@ class _ReferenceRelativeEntropy:
 
 
 def _outcomes(det, xs) -> list[float | str]:
-    """Each sample's score, or the error it raised (a NaN or infinity after probation raises
-    in both detectors; the stream goes on after it)."""
+    """Each sample's score, or the error it raised (none should: a NaN or infinity is skipped,
+    a value beyond float range lands in an end bin)."""
     out: list[float | str] = []
     for i, x in enumerate(xs):
         try:
@@ -316,7 +323,9 @@ def _outcomes(det, xs) -> list[float | str]:
 def _assert_same_as_reference(cfg, probation, xs, value_range=None):
     ref = _ReferenceRelativeEntropy(cfg, probation, value_range)
     det = RelativeEntropy(cfg, probation=probation, value_range=value_range)
-    assert _outcomes(det, xs) == _outcomes(ref, xs)
+    ours = _outcomes(det, xs)
+    assert ours == _outcomes(ref, xs)
+    assert all(isinstance(o, float) for o in ours)  # no input makes it raise
     # the same hypotheses (stored as counts, the reference's as fractions), seen as often
     assert [tuple(k / cfg.window for k in h) for h in det._hyp] == ref._hyp
     assert det._seen == ref._seen
@@ -401,3 +410,20 @@ def test_relative_entropy_scores_as_the_reference_on_every_nab_file(nab_dir, cfg
         probation = probationary_length(len(values))
         _assert_same_as_reference(cfg, probation, values)
         _assert_same_as_reference(cfg, probation, values, (min(values), max(values)))
+
+
+def test_relative_entropy_skips_a_non_finite_value_and_its_bank_refuses_the_step():
+    rng = np.random.default_rng(2)
+    xs = [float(v) for v in rng.normal(0, 1, 400)]
+    det, plain = RelativeEntropy(probation=100), RelativeEntropy(probation=100)
+    clean = [plain.score(60.0 * i, x) for i, x in enumerate(xs)]
+    dirty = []
+    for i, x in enumerate(xs):
+        if i == 250:
+            assert det.score(0.0, math.nan) == 0.0 and det.score(0.0, math.inf) == 0.0
+        dirty.append(det.score(60.0 * i, x))
+    assert dirty == clean  # after probation: neither scored nor learned
+    bank = make_bank(DetectorSpec("relative_entropy", 0.5), 2, 100)
+    with pytest.raises(AnomalyError, match="series 1") as err:
+        bank.score(0.0, [1.0, math.nan])
+    assert err.value.tip

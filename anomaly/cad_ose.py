@@ -27,11 +27,14 @@ on the previous step (prediction error), (2) crosses the current facts with stor
 find active ones and to propose new contexts, (3) predicts the next facts. The raw score is
 ``(1 - share of selected contexts that fully matched + share of proposed contexts that were
 new) / 2`` when the prediction error is non-zero, else 0; it is reported only when no raw score
-in the last ``rest`` samples reached ``base_threshold`` (one alert per event).
+in the last ``rest`` samples reached ``base_threshold`` (one alert per event). A NaN or
+infinite value is neither scored nor learned (it counts towards the probation length, as in
+the other detectors; the reference raised on it).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -203,6 +206,7 @@ class CadOse:
         self.cfg = c = config or CadOseConfig()
         self.probation = max(int(probation), 1)
         self._buffer: list[float] | None = []
+        self._n = 0  # probation samples seen (NaN included)
         self._max_bin = 2 ** c.bits - 1
         self._lo, self._step = 0.0, 1.0
         self._mem = _Memory(c.max_left_len, c.max_contexts)
@@ -220,12 +224,15 @@ class CadOse:
                 + len(m.semi_vals[0]) + len(m.semi_vals[1]))
 
     def score(self, t: float, x: float) -> float:
+        finite = -math.inf < x < math.inf  # NaN or infinite: not scored, not learned
         if self._buffer is not None:
-            self._buffer.append(x)
-            if len(self._buffer) >= self.probation:
+            self._n += 1  # such a value still counts towards the probation length
+            if finite:
+                self._buffer.append(x)
+            if self._n >= self.probation and self._buffer:  # none finite yet: wait for one
                 self._calibrate()
             return 0.0
-        return self._step_value(x)
+        return self._step_value(x) if finite else 0.0
 
     def _calibrate(self) -> None:
         values, self._buffer = self._buffer or [], None
@@ -242,8 +249,8 @@ class CadOse:
         self._step = (full if full > 0 else self._max_bin) / self._max_bin
 
     def _step_value(self, x: float) -> float:
-        level = int((x - self._lo) / self._step)
-        level = 0 if level < 0 else self._max_bin if level > self._max_bin else level
+        q = (x - self._lo) / self._step  # clamped before int(): beyond float range is an end bin
+        level = 0 if not q > 0.0 else self._max_bin if q >= self._max_bin else int(q)
         facts = tuple(_SENSOR + 2 * b + ((level >> b) & 1) for b in range(self.cfg.bits))
         predicted = self._predicted
         error = sum(1 << b for b, f in enumerate(facts) if f not in predicted)

@@ -14,11 +14,14 @@ vector replaces the oldest training vector, so state is bounded by ``2 * probati
 values. The inverse covariance ``(X^T X)^-1`` of the training set is refreshed every
 ``probation / 2`` samples as in the reference; distances use its Cholesky factor, which gives
 the reference's numbers with one small matrix product per sample instead of a quadratic form
-per training vector. Needs numpy.
+per training vector. Needs numpy. A NaN or infinite value is skipped: not scored, not learned
+and not counted (it would enter ``dim`` windows and the training set and poison every distance
+after it).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +79,8 @@ class KnnCad:
 
     def score(self, t: float, x: float) -> float:
         c = self.cfg
+        if not -math.inf < x < math.inf:  # NaN or infinite: skipped (it would enter 19
+            return 0.0  # windows and the training set, and poison every distance after)
         self._buf.append(float(x))
         self._count += 1
         if len(self._buf) < c.dim:

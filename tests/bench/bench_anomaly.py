@@ -57,7 +57,8 @@ def _unheld(sel):
     """The default before the hold: its jump channel resting 400 samples after a reported 0.6."""
     from trainguard.anomaly.detectors import DetectorSpec
 
-    jump = DetectorSpec("jump", 0.73, JUMP_PARAMS[:4], rest=400, rest_at=0.6)
+    unheld = tuple(p for p in JUMP_PARAMS if p[0] not in ("hold", "quiet", "quiet_at"))
+    jump = DetectorSpec("jump", 0.73, unheld, rest=400, rest_at=0.6)
     return replace(sel, members=(*sel.members[:3], jump), label="")
 
 
